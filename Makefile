@@ -1,0 +1,38 @@
+# The README's two commands are `make demo` and `make test`; both work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DR := $(VENV)/bin/digitreader
+# Where the MNIST files are (read, never copied into the project).
+export DIGITREADER_DATA_DIR ?= $(abspath ../shared/datasets)
+
+.PHONY: install install-dev demo test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Runtime only (CPU onnxruntime; no torch).
+$(VENV)/.runtime: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[cpu]'
+	touch $@
+
+# Runtime + training (torch==2.13.0 CPU) + test tools.
+$(VENV)/.dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[cpu,train,dev]'
+	touch $@ $(VENV)/.runtime
+
+install: $(VENV)/.runtime
+install-dev: $(VENV)/.dev
+
+demo: install
+	$(DR) demo examples/scans
+
+test: install-dev
+	$(PY) -m pytest
+
+lint: install-dev
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

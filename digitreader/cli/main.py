@@ -1,0 +1,96 @@
+"""`digitreader` entry point: the Typer app, logging setup, and the one place errors become exit codes.
+
+Each command lives in its own module under `digitreader.cli.commands` and exposes
+`register(app: typer.Typer) -> None`; modules are registered in name order.
+Data goes to stdout; logs, progress bars and summaries go to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+import sys
+
+import typer
+from typer.exceptions import TyperException
+
+from digitreader import __version__
+from digitreader.errors import DigitreaderError, ExitCode
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(
+    name="digitreader",
+    help=(
+        "Read handwritten digits off scanned forms and bank cheques.\n\n"
+        "Typical use:  digitreader submit scans/   then   digitreader export BATCH --format json\n\n"
+        "Configuration comes from DIGITREADER_* environment variables (or a .env file); "
+        "exit codes are listed in the README."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"digitreader {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging on stderr (-vv: debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+
+
+def _register_commands() -> None:
+    from digitreader.cli import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(app)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; map errors to the documented exit codes."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except DigitreaderError as exc:
+        typer.echo(f"digitreader: error: {exc}", err=True)
+        sys.exit(int(exc.exit_code))
+    except KeyboardInterrupt:
+        typer.echo("digitreader: interrupted", err=True)
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except typer.Exit as exc:  # raised by commands that choose their own exit code
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except typer.Abort:
+        typer.echo("digitreader: interrupted", err=True)
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except TyperException as exc:  # usage errors: unknown option, bad value, missing argument
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"digitreader: error: {exc}", err=True)
+        sys.exit(int(getattr(exc, "exit_code", ExitCode.USAGE) or ExitCode.USAGE))
+    except Exception as exc:  # everything unexpected
+        log.exception("unexpected error")
+        typer.echo(f"digitreader: internal error: {exc!r} (please report it)", err=True)
+        sys.exit(int(ExitCode.INTERNAL))

@@ -1,0 +1,118 @@
+"""Typed errors and the exit codes they map to.
+
+Every error the user can cause or fix is a `DigitreaderError` with a stable `code` (a short slug
+stored in the database and in exports) and an `exit_code`. One place (`digitreader.cli.main`)
+turns them into process exit codes. The codes are documented in the README.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from pathlib import Path
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL = 1  # a bug: please report it
+    USAGE = 2  # bad arguments or options (also what Typer/Click use)
+    PARTIAL = 3  # the batch ran, but some documents failed (see `digitreader status`)
+    INPUT = 4  # the input could not be read (a single document, or every document failed)
+    MODEL = 5  # the model is missing, corrupt or does not match its checksum
+    DATABASE = 6  # the database is unreachable or its schema is wrong
+    BROKER = 7  # the Celery broker is unreachable
+    DEPENDENCY = 8  # an optional extra is not installed (e.g. training without torch)
+    DATASET = 9  # a training/evaluation dataset is missing, truncated or fails its checksum
+    NOT_FOUND = 10  # a batch, document, digit or model named on the command line does not exist
+    INTERRUPTED = 130  # Ctrl-C
+
+
+class DigitreaderError(Exception):
+    """Base class. `code` is a stable slug; `hint` tells the user what to do."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+    code: str = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class UsageError(DigitreaderError):
+    exit_code = ExitCode.USAGE
+    code = "usage"
+
+
+class NotFoundError(DigitreaderError):
+    exit_code = ExitCode.NOT_FOUND
+    code = "not_found"
+
+
+class MissingDependencyError(DigitreaderError):
+    exit_code = ExitCode.DEPENDENCY
+    code = "missing_dependency"
+
+    def __init__(self, module: str, extra: str, what: str) -> None:
+        super().__init__(
+            f"{what} needs the Python package '{module}', which is not installed.",
+            hint=f"install the extra: pip install 'digitreader[{extra}]'",
+        )
+
+
+class DatasetError(DigitreaderError):
+    """A dataset file is missing, truncated, malformed or fails its checksum."""
+
+    exit_code = ExitCode.DATASET
+    code = "dataset"
+
+
+class ModelError(DigitreaderError):
+    """The model file is missing, corrupt, fails its SHA-256 or lacks required metadata."""
+
+    exit_code = ExitCode.MODEL
+    code = "model"
+
+
+class DatabaseError(DigitreaderError):
+    exit_code = ExitCode.DATABASE
+    code = "database"
+
+
+class BrokerError(DigitreaderError):
+    exit_code = ExitCode.BROKER
+    code = "broker"
+
+
+class InputError(DigitreaderError):
+    """A document (or one page of it) cannot be processed. Recorded per document; the batch goes on.
+
+    Codes used: unreadable, truncated, unsupported, encrypted, too_large, empty_file, empty_page,
+    blank_page, all_black, template_mismatch, timeout, worker_lost.
+    """
+
+    exit_code = ExitCode.INPUT
+    code = "input"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        page: int | None = None,
+        code: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = ""
+        if path is not None:
+            where = f"{path}"
+            if page is not None:
+                where += f" (page {page})"
+            where += ": "
+        super().__init__(where + message, hint=hint, code=code)
+        self.path = str(path) if path is not None else None
+        self.page = page

@@ -1,0 +1,146 @@
+"""Crop -> the MNIST form. The one implementation, used by segmentation, `predict` and training.
+
+MNIST form: ink high (0 = paper, 255 = full ink), the ink's bounding box scaled to fit 20x20
+keeping its aspect ratio (anti-aliased), then placed in a 28x28 field so that its centre of mass
+sits at the centre (14, 14).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+SIZE = 28
+BOX = 20
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Any uint8/uint16/float image, grey or colour (BGR/BGRA), -> uint8 grey."""
+    img = image
+    if img.ndim == 3:
+        if img.shape[2] == 4:
+            # Composite on white so transparent areas become paper.
+            alpha = img[..., 3:4].astype(np.float32) / (255.0 if img.dtype == np.uint8 else 65535.0)
+            rgb = img[..., :3].astype(np.float32)
+            white = 255.0 if img.dtype == np.uint8 else 65535.0
+            img = (rgb * alpha + white * (1 - alpha)).astype(img.dtype)
+        img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY) if img.shape[2] >= 3 else img[..., 0]
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype == bool:
+        img = np.where(img, 255, 0).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        f = img.astype(np.float32)
+        hi = float(f.max()) if f.size else 1.0
+        img = np.clip(f * (255.0 / (hi if hi > 1.0 else 1.0)), 0, 255).astype(np.uint8)
+    return img
+
+
+def ink_from_gray(gray: np.ndarray, polarity: str = "auto") -> np.ndarray:
+    """Grey image -> ink-high uint8 with the paper level removed.
+
+    polarity: "dark" (dark ink on light paper), "light" (light ink on dark), or "auto" (decided by
+    the border, which is paper in any sensible crop, falling back to the median).
+    """
+    g = to_gray(gray)
+    if polarity == "auto":
+        border = np.concatenate([g[0, :], g[-1, :], g[:, 0], g[:, -1]]) if min(g.shape) > 2 else g.ravel()
+        paper = float(np.median(border))
+        polarity = "dark" if paper >= float(np.median(g)) - 1 and paper > 96 else "light"
+        if paper > 96:
+            polarity = "dark"
+    ink = (255 - g) if polarity == "dark" else g.copy()
+    # Remove the paper level (the most common value) and stretch the ink to full range.
+    bg = float(np.median(ink))
+    ink_f = np.clip(ink.astype(np.float32) - bg, 0, None)
+    hi = float(np.percentile(ink_f[ink_f > 0], 99)) if np.any(ink_f > 0) else 0.0
+    if hi <= 0:
+        return np.zeros_like(g)
+    return np.clip(ink_f * (255.0 / hi), 0, 255).astype(np.uint8)
+
+
+def ink_mask(ink: np.ndarray, level: float = 0.3) -> np.ndarray:
+    """Binary mask (bool) of the pixels that carry ink, ignoring specks far smaller than the main ink."""
+    if ink.size == 0 or int(ink.max()) == 0:
+        return np.zeros(ink.shape, bool)
+    mask = (ink >= max(1.0, level * float(ink.max()))).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 2:
+        return mask.astype(bool)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.zeros(n, bool)
+    keep[1:] = areas >= max(2, 0.02 * areas.max())
+    return keep[labels]
+
+
+def normalize_ink(ink: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Ink-high crop (any size) -> 28x28 uint8 MNIST form. An inkless crop gives zeros.
+
+    `mask`, when given, says which pixels belong to the digit (e.g. after box lines and other
+    components were removed); ink outside it (grown by one pixel to keep anti-aliasing) is dropped.
+    """
+    ink_f = ink.astype(np.float32)
+    if mask is not None:
+        grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        ink_f = np.where(grown, ink_f, 0.0)
+        m = mask.astype(bool)
+    else:
+        m = ink_mask(ink)
+    ys, xs = np.nonzero(m)
+    if ys.size == 0:
+        return np.zeros((SIZE, SIZE), np.uint8)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    box = ink_f[y0:y1, x0:x1]
+    h, w = box.shape
+    scale = BOX / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(box, (nw, nh), interpolation=interp)
+    total = float(small.sum())
+    if total <= 0:
+        return np.zeros((SIZE, SIZE), np.uint8)
+    cy = float((small.sum(axis=1) * np.arange(nh)).sum() / total)
+    cx = float((small.sum(axis=0) * np.arange(nw)).sum() / total)
+    # Translate so the centre of mass lands on (13.5, 13.5), the pixel-centre of the 28x28 field,
+    # clamped so the 20x20 box stays inside the field.
+    tx = min(max((SIZE - 1) / 2 - cx, 0.0), SIZE - nw)
+    ty = min(max((SIZE - 1) / 2 - cy, 0.0), SIZE - nh)
+    m_aff = np.float32([[1, 0, tx], [0, 1, ty]])
+    out = cv2.warpAffine(small, m_aff, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    peak = float(out.max())
+    if peak > 0:
+        out *= 255.0 / max(peak, 1e-6) if peak < 255.0 * 0.6 else 1.0
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def normalize_digit(image: np.ndarray, polarity: str = "auto") -> np.ndarray:
+    """A single-digit image of any size, grey or colour, either polarity -> 28x28 MNIST form."""
+    return normalize_ink(ink_from_gray(image, polarity))
+
+
+def is_blank(
+    mask: np.ndarray,
+    *,
+    min_extent: float = 0.25,
+    min_area_fraction: float = 0.004,
+) -> bool:
+    """Blank test for a cell/slot given its ink mask (bool, the cell's inner area).
+
+    A cell holds a digit when some connected piece of ink is tall or wide enough (extent relative to
+    the cell: a faint thin "1" is tall, so it is kept even though its ink mass is tiny), or when the
+    ink mass is clearly more than specks. Specks and dust are blank.
+    """
+    m = mask.astype(np.uint8)
+    if not m.any():
+        return True
+    h, w = m.shape
+    n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    if n <= 1:
+        return True
+    comp_h = stats[1:, cv2.CC_STAT_HEIGHT] / max(h, 1)
+    comp_w = stats[1:, cv2.CC_STAT_WIDTH] / max(w, 1)
+    extent = np.maximum(comp_h, comp_w)
+    if float(extent.max()) >= min_extent:
+        return False
+    area = float(stats[1:, cv2.CC_STAT_AREA].sum()) / float(h * w)
+    return area < max(min_area_fraction * 4, 0.02) or float(extent.max()) < min_extent / 2

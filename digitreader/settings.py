@@ -1,0 +1,83 @@
+"""The one settings object. Every knob is a `DIGITREADER_*` environment variable (or a `.env` line).
+
+Nothing else in the code reads `os.environ` for configuration: take a `Settings` and pass it down.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    # Per-user data directory (XDG on Linux), like other well-behaved tools.
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "digitreader"
+
+
+class Settings(BaseSettings):
+    """Configuration for every part of digitreader; each field is `DIGITREADER_<NAME>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DIGITREADER_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Where state lives.
+    home: Path = Field(default_factory=_default_home, description="Per-user data directory (SQLite file, models).")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///<home>/digitreader.sqlite."
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker (e.g. redis://127.0.0.1:6379/0); set = distributed mode."
+    )
+    result_backend: str | None = Field(default=None, description="Celery result backend (default: none needed).")
+
+    # Data for training and evaluation.
+    data_dir: Path | None = Field(
+        default=None, description="Folder holding mnist/ (the four IDX gzip files); e.g. ../shared/datasets."
+    )
+
+    # Model and recognition.
+    model_path: Path | None = Field(default=None, description="ONNX model to use instead of the active one.")
+    threshold: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Review threshold on calibrated confidence (default: model's)."
+    )
+    providers: str = Field(default="auto", description="onnxruntime providers: auto, cpu or cuda.")
+    intra_op_threads: int = Field(default=1, ge=0, description="onnxruntime threads per session (0 = all cores).")
+    batch_size: int = Field(default=1024, ge=1, description="Digits per inference batch.")
+
+    # Loading and segmentation.
+    pdf_dpi: int = Field(default=300, ge=50, le=1200, description="Rasterization dpi for PDF pages.")
+    max_page_pixels: int = Field(
+        default=120_000_000, ge=1, description="Refuse pages larger than this many pixels (decompression bombs)."
+    )
+    max_file_bytes: int = Field(default=500_000_000, ge=1, description="Refuse input files larger than this.")
+
+    # Work.
+    workers: int = Field(default=0, ge=0, description="Processes for segmentation (0 = one per core).")
+    document_time_limit: float = Field(default=300.0, gt=0, description="Seconds one document may take.")
+    max_redeliveries: int = Field(default=3, ge=1, description="Distributed: deliveries before a document fails.")
+
+    # Review page.
+    review_token: str | None = Field(default=None, description="Token required when review binds off loopback.")
+    reviewer: str | None = Field(default=None, description="Name stored with corrections (default: $USER).")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'digitreader.sqlite'}"
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.broker_url)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once). Tests build their own `Settings(...)` instead."""
+    return Settings()

@@ -1,0 +1,52 @@
+"""Shared fixtures. Real files, real services: no mocks of the database, Redis or Celery."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from digitreader.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+def _find_data_dir() -> Path | None:
+    env = os.environ.get("DIGITREADER_DATA_DIR")
+    for cand in [env, ROOT.parent / "shared" / "datasets"]:
+        if cand and (Path(cand) / "mnist" / "t10k-images-idx3-ubyte.gz").exists():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Folder holding mnist/ (../shared/datasets on this machine and on CI)."""
+    d = _find_data_dir()
+    if d is None:
+        if os.environ.get("CI"):
+            pytest.fail("MNIST data not found: set DIGITREADER_DATA_DIR (CI must have ../shared/datasets)")
+        pytest.skip("MNIST data not found (set DIGITREADER_DATA_DIR)")
+    return d
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    """Settings isolated in a temporary home (SQLite database inside it)."""
+    return Settings(home=tmp_path / "home", data_dir=_find_data_dir(), _env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture()
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point every DIGITREADER_* setting that holds state at a temporary folder (for CLI tests)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("DIGITREADER_HOME", str(home))
+    monkeypatch.delenv("DIGITREADER_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DIGITREADER_BROKER_URL", raising=False)
+    from digitreader.settings import get_settings
+
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
