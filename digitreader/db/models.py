@@ -1,0 +1,219 @@
+"""The schema as SQLAlchemy 2 models. Alembic migrations (`migrations/`) own the tables; these
+classes describe them for the code. Change both in one commit (a test checks they agree).
+
+Hierarchy: Batch 1-n Document 1-n Page 1-n Field 1-n Digit; Correction n-1 Digit.
+Duplicate-proofing: a document is unique per (batch, sha256); pages per (document, number);
+fields per (page, order); digits per (field, position). Storing a document's results deletes its
+previous pages first (in the same transaction), so storing twice never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+#: Deterministic constraint names, so migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Status values (plain strings, so new ones need no migration).
+BATCH_STATUSES = ("running", "done", "partial", "failed", "interrupted")
+DOCUMENT_STATUSES = ("pending", "processing", "done", "needs_review", "failed")
+#: Documents in these states have results and are skipped by a later submit unless --force.
+DOCUMENT_FINISHED_OK = ("done", "needs_review")
+MODEL_STATUSES = ("candidate", "active", "retired")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Batch(Base):
+    """One `digitreader submit` (or one distributed submission)."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    mode: Mapped[str] = mapped_column(String(16), default="embedded")  # embedded | distributed
+    template: Mapped[str | None] = mapped_column(Text)  # template file used, if any
+    threshold: Mapped[float | None] = mapped_column(Float)  # override of the model's review threshold
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    seconds: Mapped[float | None] = mapped_column(Float)  # wall time of the last run over the batch
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # e.g. {"force": true, "inputs": [...]}
+
+    documents: Mapped[list[Document]] = relationship(
+        back_populates="batch", cascade="all, delete-orphan", passive_deletes=True, order_by="Document.id"
+    )
+
+
+class Document(Base):
+    """One submitted file. `status`: pending -> processing -> done | needs_review | failed."""
+
+    __tablename__ = "documents"
+    __table_args__ = (UniqueConstraint("batch_id", "sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    page_count: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    seconds: Mapped[float | None] = mapped_column(Float)  # processing time of this document
+    timings: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # stage -> seconds (summed over pages)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    batch: Mapped[Batch] = relationship(back_populates="documents")
+    pages: Mapped[list[Page]] = relationship(
+        back_populates="document", cascade="all, delete-orphan", passive_deletes=True, order_by="Page.number"
+    )
+
+
+class Page(Base):
+    __tablename__ = "pages"
+    __table_args__ = (UniqueConstraint("document_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # from 1
+    width: Mapped[int] = mapped_column(Integer)  # page as submitted
+    height: Mapped[int] = mapped_column(Integer)
+    skew_degrees: Mapped[float | None] = mapped_column(Float)
+    timings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    document: Mapped[Document] = relationship(back_populates="pages")
+    fields: Mapped[list[Field]] = relationship(
+        back_populates="page", cascade="all, delete-orphan", passive_deletes=True, order_by="Field.ordinal"
+    )
+
+
+class Field(Base):
+    """A digit field. `flags`: why it needs review, e.g. ["low_confidence", "length", "pattern"]."""
+
+    __tablename__ = "fields"
+    __table_args__ = (UniqueConstraint("page_id", "ordinal"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"), index=True)
+    ordinal: Mapped[int] = mapped_column(Integer)  # from 0, reading order on the page
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))  # boxes | string
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    value: Mapped[str] = mapped_column(String(256), default="")
+    confidence: Mapped[float | None] = mapped_column(Float)
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    length: Mapped[int | None] = mapped_column(Integer)  # template rule
+    pattern: Mapped[str | None] = mapped_column(String(256))  # template rule
+
+    page: Mapped[Page] = relationship(back_populates="fields")
+    digits: Mapped[list[Digit]] = relationship(
+        back_populates="field", cascade="all, delete-orphan", passive_deletes=True, order_by="Digit.position"
+    )
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        return (self.x, self.y, self.w, self.h)
+
+
+class Digit(Base):
+    """One digit slot. `label` is None for a blank cell; `top3` is [[label, probability], ...]
+    over the model's 11 classes (10 = not a digit); `non_digit` is set when the model's first
+    choice was "not a digit" (then `label` is its best digit and the digit is flagged)."""
+
+    __tablename__ = "digits"
+    __table_args__ = (UniqueConstraint("field_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    field_id: Mapped[int] = mapped_column(ForeignKey("fields.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # from 0
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    crop: Mapped[bytes | None] = mapped_column(LargeBinary)  # 784 bytes, 28x28 uint8 row-major; None if blank
+    blank: Mapped[bool] = mapped_column(Boolean, default=False)
+    label: Mapped[int | None] = mapped_column(Integer)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    top3: Mapped[list[Any] | None] = mapped_column(JSON)
+    non_digit: Mapped[bool] = mapped_column(Boolean, default=False)
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+
+    field: Mapped[Field] = relationship(back_populates="digits")
+    corrections: Mapped[list[Correction]] = relationship(
+        back_populates="digit", cascade="all, delete-orphan", passive_deletes=True, order_by="Correction.id"
+    )
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        return (self.x, self.y, self.w, self.h)
+
+
+class ModelVersion(Base):
+    """A recognition model known to this database (the registry; the review issue extends it)."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str | None] = mapped_column(Text)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="candidate", index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+
+
+class Correction(Base):
+    """A reviewer's correction of one digit (written by the review page, read by retraining)."""
+
+    __tablename__ = "corrections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digit_id: Mapped[int] = mapped_column(ForeignKey("digits.id", ondelete="CASCADE"), index=True)
+    old_label: Mapped[int | None] = mapped_column(Integer)
+    new_label: Mapped[int | None] = mapped_column(Integer)  # None = "this cell is blank"
+    reviewer: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+    model_version: Mapped[str | None] = mapped_column(String(64))
+
+    digit: Mapped[Digit] = relationship(back_populates="corrections")

@@ -1,0 +1,54 @@
+"""Alembic environment. Runs on the engine passed in `config.attributes["engine"]` (how
+`digitreader db upgrade` calls it), else on `sqlalchemy.url` / DIGITREADER_DATABASE_URL."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Connection
+
+from digitreader.db.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _configure(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        render_as_batch=connection.dialect.name == "sqlite",  # SQLite needs table rebuilds for ALTER
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        compare_type=True,
+        dialect_opts={"paramstyle": "named"},
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = config.attributes.get("engine")
+    if engine is None:
+        from digitreader.db.session import make_engine
+        from digitreader.settings import Settings
+
+        url = config.get_main_option("sqlalchemy.url") or Settings().resolved_database_url
+        engine = make_engine(url)
+    with engine.connect() as connection:
+        _configure(connection)
+        connection.commit()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
