@@ -1,0 +1,288 @@
+"""Load stage: a file -> its pages as greyscale uint8 arrays (`PageImage`), one page at a time.
+
+Formats: PNG, JPEG, TIFF (multi-page; 1-, 8-, 16-bit; with or without alpha), BMP (anything Pillow
+decodes), and PDF (each page rasterized by pdfium at `settings.pdf_dpi`). EXIF orientation is
+honoured; colour becomes grey; transparent areas become paper. The page-size limit
+(`settings.max_page_pixels`) is checked from the header (or the PDF page size) *before* any pixel is
+decoded, so a decompression bomb costs nothing.
+
+Every failure is an `InputError` naming the file (and page) with one of the codes:
+unreadable, truncated, unsupported, encrypted, too_large, empty_file, empty_page.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from digitreader.errors import InputError
+from digitreader.pipeline.normalize import to_gray
+from digitreader.settings import Settings
+from digitreader.types import PageImage
+
+log = logging.getLogger(__name__)
+
+PDF_MAGIC = b"%PDF"
+
+
+def _sniff(path: Path, settings: Settings) -> bytes:
+    """Check the file exists, is not empty and not too big; return its first bytes."""
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise InputError("is a folder, not a file", path=path, code="unreadable")
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except FileNotFoundError as exc:
+        raise InputError("no such file", path=path, code="unreadable") from exc
+    except PermissionError as exc:
+        raise InputError("permission denied", path=path, code="unreadable") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read the file ({exc.strerror or exc})", path=path, code="unreadable") from exc
+    if size == 0:
+        raise InputError("the file is empty (0 bytes)", path=path, code="empty_file")
+    if size > settings.max_file_bytes:
+        raise InputError(
+            f"the file is {size:,} bytes, more than the limit of {settings.max_file_bytes:,}",
+            path=path, code="too_large", hint="raise DIGITREADER_MAX_FILE_BYTES if this file is genuine",
+        )
+    return head
+
+
+def _describe(head: bytes) -> str:
+    if head.startswith((b"PK\x03\x04",)):
+        return "a ZIP archive (e.g. a Word or OpenDocument file)"
+    if head.startswith(b"GIF8"):
+        return "a GIF image"
+    try:
+        head.decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return "an unknown binary format"
+
+
+def count_pages(path: str | Path, settings: Settings) -> int:
+    """Number of pages in a document, without decoding pixels."""
+    p = Path(path)
+    head = _sniff(p, settings)
+    if head.startswith(PDF_MAGIC):
+        doc = _open_pdf(p)
+        try:
+            return len(doc)
+        finally:
+            doc.close()
+    with _open_image(p, head) as im:
+        return int(getattr(im, "n_frames", 1))
+
+
+def load_pages(path: str | Path, settings: Settings) -> Iterator[PageImage]:
+    """Yield the pages of a document as `PageImage`s (greyscale uint8, dark ink on light paper)."""
+    p = Path(path)
+    head = _sniff(p, settings)
+    if head.startswith(PDF_MAGIC):
+        yield from _pdf_pages(p, settings)
+    else:
+        yield from _image_pages(p, head, settings)
+
+
+# ----------------------------------------------------------------------------------------------
+# raster images
+
+
+def _open_image(path: Path, head: bytes) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"the image is too large to decode safely ({exc})", path=path, code="too_large") from exc
+    except UnidentifiedImageError as exc:
+        raise InputError(
+            f"not a supported image or PDF (the content looks like {_describe(head)})",
+            path=path, code="unsupported", hint="supported: PNG, JPEG, TIFF, BMP, PDF",
+        ) from exc
+    except (EOFError, SyntaxError) as exc:
+        raise InputError(f"the file is cut short ({exc})", path=path, code="truncated") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read the image ({exc})", path=path, code="unreadable") from exc
+
+
+def _check_size(w: int, h: int, settings: Settings, path: Path, page: int) -> None:
+    if w <= 0 or h <= 0:
+        raise InputError(f"the page has no pixels ({w}x{h})", path=path, page=page, code="empty_page")
+    if w * h > settings.max_page_pixels:
+        raise InputError(
+            f"the page is {w}x{h} = {w * h:,} pixels, more than the limit of {settings.max_page_pixels:,}",
+            path=path, page=page, code="too_large",
+            hint="raise DIGITREADER_MAX_PAGE_PIXELS if this scan is genuine",
+        )
+
+
+def _to_array(im: Image.Image) -> np.ndarray:
+    """Pillow image (any mode) -> numpy array that `to_gray` understands (grey, BGR or BGRA)."""
+    mode = im.mode
+    if mode in ("1", "L", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        return np.asarray(im)
+    if mode == "I":
+        a = np.asarray(im)
+        return np.clip(a, 0, 65535).astype(np.uint16) if a.max(initial=0) > 255 else a.astype(np.uint8)
+    if mode in ("LA", "PA", "RGBA", "La", "RGBa") or (mode == "P" and "transparency" in im.info):
+        a = np.asarray(im.convert("RGBA"))
+        return a[..., [2, 1, 0, 3]]
+    a = np.asarray(im if mode == "RGB" else im.convert("RGB"))
+    return a[..., ::-1]
+
+
+# EXIF orientation -> (transpose first?, rotate k quarter turns counter-clockwise, flip left-right after)
+_ORIENT = {2: (False, 0, True), 3: (False, 2, False), 4: (False, 2, True), 5: (True, 0, False),
+           6: (False, 3, False), 7: (True, 2, False), 8: (False, 1, False)}
+
+
+def _fast_decode(path: Path, im: Image.Image) -> np.ndarray | None:
+    """Decode a complete single-frame PNG/JPEG/BMP with OpenCV (several times faster than Pillow).
+
+    Returns None when the file does not end properly (Pillow then reports the exact problem).
+    """
+    import cv2
+
+    fmt = im.format
+    if fmt not in ("PNG", "JPEG", "BMP") or getattr(im, "n_frames", 1) != 1:
+        return None
+    if im.mode not in ("L", "RGB", "1", "P", "RGBA", "LA", "I;16", "I;16B", "I"):
+        return None
+    data = path.read_bytes()
+    if fmt == "PNG" and b"IEND" not in data[-32:]:
+        return None
+    if fmt == "JPEG" and b"\xff\xd9" not in data[-16:]:
+        return None
+    flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+    if im.mode in ("L", "RGB", "1") and fmt != "BMP":
+        flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if arr is None or arr.shape[0] != im.height or arr.shape[1] != im.width:
+        return None
+    orient = 1
+    try:
+        # PNG: only an eXIf chunk before the image data (getexif() would decode the whole image).
+        if fmt == "JPEG" or "exif" in im.info:
+            exif = im.getexif() if fmt == "JPEG" else Image.Exif()
+            if fmt != "JPEG":
+                exif.load(im.info["exif"])
+            orient = int(exif.get(0x0112, 1))
+    except Exception:  # a broken EXIF block is not a broken image
+        orient = 1
+    if orient in _ORIENT:
+        transpose, k, flip = _ORIENT[orient]
+        if transpose:
+            arr = np.swapaxes(arr, 0, 1)
+        arr = np.rot90(arr, k)
+        if flip:
+            arr = arr[:, ::-1]
+    return arr
+
+
+def _image_pages(path: Path, head: bytes, settings: Settings) -> Iterator[PageImage]:
+    im = _open_image(path, head)
+    with im:
+        n = int(getattr(im, "n_frames", 1))
+        if n == 1:
+            _check_size(im.width, im.height, settings, path, 1)
+            fast = _fast_decode(path, im)
+            if fast is not None:
+                gray = to_gray(fast)
+                dpi = im.info.get("dpi")
+                dpi_v = float(dpi[0]) if dpi and float(dpi[0]) > 1 else None
+                yield PageImage(number=1, gray=np.ascontiguousarray(gray), dpi=dpi_v, source=str(path))
+                return
+        for index in range(n):
+            number = index + 1
+            try:
+                if index:
+                    im.seek(index)
+            except (EOFError, OSError) as exc:
+                raise InputError(f"cannot reach this page ({exc})", path=path, page=number, code="truncated") from exc
+            _check_size(im.width, im.height, settings, path, number)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    im.load()
+                    frame = ImageOps.exif_transpose(im) if index == 0 else im
+                    arr = _to_array(frame)
+            except Image.DecompressionBombError as exc:
+                raise InputError(f"too large to decode ({exc})", path=path, page=number, code="too_large") from exc
+            except (EOFError, SyntaxError) as exc:
+                raise InputError(f"the image data is cut short ({exc})", path=path, page=number,
+                                 code="truncated") from exc
+            except OSError as exc:
+                code = "truncated" if "truncated" in str(exc) or "broken" in str(exc) else "unreadable"
+                raise InputError(f"cannot decode the image ({exc})", path=path, page=number, code=code) from exc
+            except (ValueError, MemoryError) as exc:
+                raise InputError(f"cannot decode the image ({exc})", path=path, page=number,
+                                 code="unreadable") from exc
+            gray = to_gray(arr)
+            if gray.size == 0:
+                raise InputError("the page has no pixels", path=path, page=number, code="empty_page")
+            dpi = im.info.get("dpi")
+            dpi_v = float(dpi[0]) if dpi and float(dpi[0]) > 1 else None
+            log.debug("%s page %d: %dx%d mode %s dpi %s", path, number, gray.shape[1], gray.shape[0], im.mode, dpi_v)
+            yield PageImage(number=number, gray=np.ascontiguousarray(gray), dpi=dpi_v, source=str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# PDF
+
+
+def _open_pdf(path: Path):  # type: ignore[no-untyped-def]
+    import pypdfium2 as pdfium
+
+    try:
+        return pdfium.PdfDocument(str(path))
+    except pdfium.PdfiumError as exc:
+        msg = str(exc).lower()
+        if "password" in msg or "security" in msg:
+            raise InputError("the PDF is encrypted (password protected)", path=path, code="encrypted",
+                             hint="remove the password and submit it again") from exc
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 2048))
+            tail = fh.read()
+        code = "truncated" if b"%%EOF" not in tail else "unreadable"
+        raise InputError(f"cannot open the PDF ({exc})", path=path, code=code) from exc
+
+
+def _pdf_pages(path: Path, settings: Settings) -> Iterator[PageImage]:
+    import pypdfium2 as pdfium
+
+    doc = _open_pdf(path)
+    try:
+        n = len(doc)
+        if n == 0:
+            raise InputError("the PDF has no pages", path=path, code="empty_file")
+        dpi = float(settings.pdf_dpi)
+        for index in range(n):
+            number = index + 1
+            try:
+                page = doc[index]
+                w_pt, h_pt = page.get_size()
+            except pdfium.PdfiumError as exc:
+                raise InputError(f"cannot read this page ({exc})", path=path, page=number, code="unreadable") from exc
+            w, h = int(round(w_pt / 72.0 * dpi)), int(round(h_pt / 72.0 * dpi))
+            _check_size(w, h, settings, path, number)
+            try:
+                bitmap = page.render(scale=dpi / 72.0, grayscale=True)
+                arr = bitmap.to_numpy()
+            except pdfium.PdfiumError as exc:
+                raise InputError(f"cannot render this page ({exc})", path=path, page=number,
+                                 code="unreadable") from exc
+            finally:
+                page.close()
+            gray = to_gray(arr if arr.ndim == 2 or arr.shape[2] != 1 else arr[..., 0])
+            if gray.size == 0:
+                raise InputError("the page has no pixels", path=path, page=number, code="empty_page")
+            yield PageImage(number=number, gray=np.ascontiguousarray(gray), dpi=dpi, source=str(path))
+    finally:
+        doc.close()
