@@ -1,0 +1,72 @@
+"""`digitreader export BATCH --format json|csv [-o FILE]`: a batch's results (thin adapter)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from digitreader.cli.output import err
+from digitreader.db import session_scope
+from digitreader.errors import UsageError
+from digitreader.export import export_json, write_csv
+from digitreader.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+class Format(StrEnum):
+    json = "json"
+    csv = "csv"
+
+
+def export(
+    batch: int = typer.Argument(..., help="Batch id (printed by submit)."),
+    fmt: Format = typer.Option(Format.json, "--format", "-f", help="json (everything) or csv (one row per field)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+) -> None:
+    """Export a batch's results: every document, page, field and digit with its box and confidence.
+
+    JSON follows the "digitreader.results/v1" shape described in the README; boxes are in pixels of
+    the page as submitted. CSV has one row per field (document, page, field, value, confidence,
+    flag); a failed document gets one row with its error.
+
+    Example:  digitreader export 12 --format csv -o results.csv
+    """
+    settings = get_settings()
+    with session_scope(settings) as s:
+        if fmt is Format.json:
+            text = json.dumps(export_json(s, batch), ensure_ascii=False, indent=1) + "\n"
+        else:
+            import io
+
+            buf = io.StringIO()
+            rows = write_csv(s, batch, buf)
+            text = buf.getvalue()
+            log.info("%d rows", rows)
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    if output.is_dir():
+        raise UsageError(f"{output} is a folder; give a file name")
+    # Write atomically: a reader never sees half a file.
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, output)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    err.print(f"wrote {output}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

@@ -1,0 +1,75 @@
+"""`digitreader status [BATCH]`: where a batch stands (thin adapter)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import typer
+from sqlalchemy.orm import Session
+
+from digitreader.cli.output import print_json
+from digitreader.db import session_scope
+from digitreader.db.store import batch_stats, document_counts, failures, get_batch
+from digitreader.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def batch_status(session: Session, batch_id: int | None) -> dict[str, Any]:
+    batch = get_batch(session, batch_id)
+    counts = document_counts(session, batch.id)
+    return {
+        "batch": batch.id,
+        "status": batch.status,
+        "created_at": batch.created_at.isoformat() if batch.created_at else None,
+        "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
+        "seconds": batch.seconds,
+        "model_version": batch.model_version,
+        "threshold": batch.threshold,
+        "documents": {"total": sum(counts.values()), **counts},
+        **batch_stats(session, batch.id),
+        "failures": [
+            {"path": d.path, "code": d.error_code, "message": d.error_message} for d in failures(session, batch.id)
+        ],
+    }
+
+
+def _text(st: dict[str, Any]) -> str:
+    docs = st["documents"]
+    by = ", ".join(f"{k} {v}" for k, v in sorted(docs.items()) if k != "total")
+    share = f" ({100.0 * st['flagged_digits'] / st['digits']:.1f} %)" if st["digits"] else ""
+    lines = [
+        f"batch {st['batch']}: {st['status']} (created {st['created_at']}"
+        + (f", {st['seconds']:.1f} s" if st["seconds"] else "")
+        + ")",
+        f"documents: {docs['total']}" + (f" ({by})" if by else ""),
+        f"pages: {st['pages']}, fields: {st['fields']} ({st['flagged_fields']} need review), "
+        f"digits: {st['digits']}, flagged digits: {st['flagged_digits']}{share}, blank cells: {st['blank_cells']}",
+    ]
+    if st["status"] == "interrupted":
+        lines.append("interrupted: run the same submit command again to finish it")
+    if st["failures"]:
+        lines.append(f"failures ({len(st['failures'])}):")
+        lines += [f"  {f['path']}: {f['code']}: {f['message']}" for f in st["failures"]]
+    return "\n".join(lines)
+
+
+def status(
+    batch: int | None = typer.Argument(None, help="Batch id (default: the latest batch)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Show a batch: documents by status, pages, digits, flagged digits, and why documents failed.
+
+    Example:  digitreader status 12 --json
+    """
+    with session_scope(get_settings()) as s:
+        st = batch_status(s, batch)
+    if as_json:
+        print_json(st)
+    else:
+        typer.echo(_text(st))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)

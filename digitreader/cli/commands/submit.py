@@ -1,0 +1,121 @@
+"""`digitreader submit PATH...`: read the digits of scans into the database (thin adapter)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from digitreader.cli.output import err, progress
+from digitreader.errors import ExitCode
+from digitreader.pipeline.process import BatchReport, DocumentReport, ProgressHook, process_batch
+from digitreader.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+class _Bar(ProgressHook):
+    """Progress bar (terminal only) and one line per failed document on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = progress(transient=True, disable=quiet or not err.is_terminal)
+        self.task: int | None = None
+
+    def started(self, batch_id: int, todo: int, total: int) -> None:
+        typer.echo(str(batch_id))  # the batch id, alone on stdout, as soon as it exists
+        self.bar.start()
+        self.task = self.bar.add_task(f"batch {batch_id}", total=todo)
+
+    def document_done(self, report: DocumentReport) -> None:
+        if self.task is not None:
+            self.bar.advance(self.task)
+        if report.status == "failed" and not self.quiet:
+            self.bar.console.print(
+                f"[red]failed[/red] {report.path}: {report.error_code}: {_short(report)}", highlight=False, markup=True
+            )
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _short(r: DocumentReport) -> str:
+    msg = r.error_message or ""
+    prefix = f"{r.path}: "
+    return msg[len(prefix) :] if msg.startswith(prefix) else msg
+
+
+def _summary(rep: BatchReport) -> str:
+    done = sum(1 for d in rep.processed if d.status == "done")
+    review = sum(1 for d in rep.processed if d.status == "needs_review")
+    failed = len(rep.failed)
+    share = f" ({100.0 * rep.flagged / rep.digits:.1f} %)" if rep.digits else ""
+    rate = f", {rep.pages / rep.seconds:.1f} pages/s" if rep.seconds > 0 and rep.pages else ""
+    lines = [
+        f"batch {rep.batch_id}{' (resumed)' if rep.resumed else ''}: {rep.status}",
+        f"  documents {len(rep.processed)} ({done} done, {review} need review, {failed} failed)"
+        + (f", {len(rep.skipped)} skipped" if rep.skipped else ""),
+        f"  pages {rep.pages}, digits {rep.digits}, flagged {rep.flagged}{share}",
+        f"  {rep.seconds:.1f} s{rate}; model {rep.model_version}, threshold {rep.threshold:.3f}"
+        if rep.threshold is not None
+        else f"  {rep.seconds:.1f} s{rate}",
+    ]
+    processed = [s for s in rep.skipped if s.reason == "processed"]
+    dups = [s for s in rep.skipped if s.reason == "duplicate"]
+    if processed:
+        batches = sorted({s.batch_id for s in processed if s.batch_id is not None})
+        lines.append(
+            f"  skipped {len(processed)} already processed (batch {', '.join(map(str, batches))}); "
+            "use --force to read them again"
+        )
+    if dups:
+        lines.append(f"  skipped {len(dups)} duplicate file(s) (same content as another file of this batch)")
+    if rep.failed:
+        lines.append(f"  failures ({len(rep.failed)}):")
+        lines += [f"    {d.path}: {d.error_code}: {_short(d)}" for d in rep.failed[:20]]
+        if len(rep.failed) > 20:
+            lines.append(f"    ... and {len(rep.failed) - 20} more: digitreader status {rep.batch_id}")
+    return "\n".join(lines)
+
+
+def submit(
+    paths: list[str] = typer.Argument(..., help="Scan files, folders (searched recursively) or globs."),
+    template: Path | None = typer.Option(
+        None, "--template", "-t", exists=True, dir_okay=False, help="Form template (YAML) naming the fields."
+    ),
+    threshold: float | None = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="Review threshold on confidence (default: the model's)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Read files again even if their content was processed before."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (errors only)."),
+) -> None:
+    """Read the handwritten digits of scans (PNG, JPEG, TIFF, BMP, PDF) into a new batch.
+
+    Prints the batch id alone on stdout; progress and a summary (documents, pages, digits,
+    flagged, failed, seconds) go to stderr. A file that cannot be read is recorded as failed with
+    its reason and the batch goes on. Files whose content was already processed are skipped
+    (--force reads them again); re-running the same command after Ctrl-C or a crash finishes the
+    interrupted batch without duplicates.
+
+    Exit code: 0 all documents read, 3 some failed, 4 all failed, 2 bad arguments, 5 no model,
+    6 database error, 130 interrupted.
+
+    Example:  BATCH=$(digitreader submit scans/) && digitreader export "$BATCH" --format csv
+    """
+    settings = get_settings()
+    hook = _Bar(quiet)
+    try:
+        rep = process_batch(paths, settings, template=template, threshold=threshold, force=force, hook=hook)
+    finally:
+        hook.stop()
+    if not quiet:
+        err.print(_summary(rep), highlight=False, markup=False)
+    if rep.status == "failed":  # every document of the batch failed
+        raise typer.Exit(int(ExitCode.INPUT))
+    if rep.status == "partial":
+        raise typer.Exit(int(ExitCode.PARTIAL))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("submit")(submit)

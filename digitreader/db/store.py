@@ -1,0 +1,381 @@
+"""Writes and reads shared by the embedded pipeline, the workers, the CLI and the review page.
+
+Every write here runs inside the caller's session/transaction; `digitreader.db.session_scope`
+gives one. Storing a document's results is idempotent: it replaces whatever that document had.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from digitreader.db.models import (
+    DOCUMENT_FINISHED_OK,
+    Batch,
+    Digit,
+    Document,
+    Field,
+    ModelVersion,
+    Page,
+    utcnow,
+)
+from digitreader.errors import NotFoundError
+from digitreader.pipeline.assemble import PageResult
+
+log = logging.getLogger(__name__)
+
+UNFINISHED_BATCH = ("running", "interrupted")
+PENDING_DOCUMENT = ("pending", "processing")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A file to process, identified by its content."""
+
+    path: str
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    sha256: str
+    reason: str  # "processed" (already done in batch `batch_id`) or "duplicate" (same content twice)
+    batch_id: int | None = None
+
+
+@dataclass
+class BatchPlan:
+    """What `register_batch` decided: the batch, the documents left to process, what was skipped."""
+
+    batch_id: int
+    resumed: bool
+    todo: list[tuple[int, str]]  # (document id, path) still to process
+    total: int  # documents in the batch
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+def register_batch(
+    session: Session,
+    files: Sequence[InputFile],
+    *,
+    force: bool = False,
+    template: str | None = None,
+    threshold: float | None = None,
+    model_version: str | None = None,
+    mode: str = "embedded",
+    options: dict[str, Any] | None = None,
+) -> BatchPlan:
+    """Create a batch for `files` (or resume an unfinished one holding exactly these files).
+
+    - The same content twice in one submission is registered once.
+    - Without `force`, a file whose content was already processed successfully (any batch) is
+      skipped, and an interrupted batch with exactly the same contents is resumed: its pending
+      documents are processed, the finished ones kept. So re-running a command after Ctrl-C or a
+      crash completes the same batch without duplicates.
+    - With `force`, a new batch processes every file again (results of older batches are kept).
+    """
+    unique: dict[str, InputFile] = {}
+    skipped: list[SkippedFile] = []
+    for f in files:
+        if f.sha256 in unique:
+            skipped.append(SkippedFile(f.path, f.sha256, "duplicate"))
+        else:
+            unique[f.sha256] = f
+    shas = set(unique)
+
+    if not force and shas:
+        resumable = session.scalars(
+            select(Batch).where(Batch.status.in_(UNFINISHED_BATCH)).order_by(Batch.id.desc()).limit(20)
+        ).all()
+        for batch in resumable:
+            docs = session.execute(
+                select(Document.id, Document.path, Document.sha256, Document.status).where(
+                    Document.batch_id == batch.id
+                )
+            ).all()
+            if {d.sha256 for d in docs} == shas:
+                batch.status = "running"
+                todo = [(d.id, d.path) for d in docs if d.status in PENDING_DOCUMENT]
+                session.flush()
+                log.info("resuming batch %s: %d of %d documents left", batch.id, len(todo), len(docs))
+                return BatchPlan(batch.id, True, todo, len(docs), skipped)
+
+    if not force and shas:
+        done_rows = session.execute(
+            select(Document.sha256, func.max(Document.batch_id))
+            .where(Document.sha256.in_(shas), Document.status.in_(DOCUMENT_FINISHED_OK))
+            .group_by(Document.sha256)
+        ).all()
+        for sha, batch_id in done_rows:
+            f = unique.pop(sha)
+            skipped.append(SkippedFile(f.path, sha, "processed", batch_id))
+
+    batch = Batch(
+        status="running",
+        mode=mode,
+        template=template,
+        threshold=threshold,
+        model_version=model_version,
+        options={"force": force, **(options or {})},
+    )
+    session.add(batch)
+    session.flush()
+    rows = [
+        {"batch_id": batch.id, "path": f.path, "sha256": f.sha256, "size_bytes": f.size_bytes, "status": "pending"}
+        for f in unique.values()
+    ]
+    todo: list[tuple[int, str]] = []
+    if rows:
+        ids = session.scalars(insert(Document).returning(Document.id, sort_by_parameter_order=True), rows).all()
+        todo = [(i, r["path"]) for i, r in zip(ids, rows, strict=True)]
+    return BatchPlan(batch.id, False, todo, len(rows), skipped)
+
+
+def _page_rows(pages: Sequence[PageResult]) -> list[dict[str, Any]]:
+    return [
+        {
+            "number": p.number,
+            "width": p.width,
+            "height": p.height,
+            "skew_degrees": float(p.skew_degrees),
+            "timings": {k: round(float(v), 6) for k, v in p.timings.items()} or None,
+        }
+        for p in pages
+    ]
+
+
+def store_document_results(
+    session: Session,
+    document_id: int,
+    pages: Sequence[PageResult],
+    *,
+    model_version: str | None,
+    seconds: float | None = None,
+    timings: dict[str, float] | None = None,
+) -> str:
+    """Replace the document's pages/fields/digits with `pages` and mark it done or needs_review.
+
+    Idempotent (a second call replaces the first's rows). Returns the document's new status.
+    """
+    session.execute(delete(Page).where(Page.document_id == document_id))
+    page_rows = _page_rows(pages)
+    for r in page_rows:
+        r["document_id"] = document_id
+    page_ids = (
+        session.scalars(insert(Page).returning(Page.id, sort_by_parameter_order=True), page_rows).all()
+        if page_rows
+        else []
+    )
+    field_rows: list[dict[str, Any]] = []
+    for page_id, page in zip(page_ids, pages, strict=True):
+        for ordinal, f in enumerate(page.fields):
+            x, y, w, h = (int(v) for v in f.bbox)
+            field_rows.append(
+                {
+                    "page_id": page_id,
+                    "ordinal": ordinal,
+                    "name": f.name,
+                    "kind": f.kind,
+                    "x": x,
+                    "y": y,
+                    "w": w,
+                    "h": h,
+                    "value": f.value,
+                    "confidence": f.confidence,
+                    "needs_review": f.needs_review,
+                    "flags": list(f.flags),
+                    "length": f.length,
+                    "pattern": f.pattern,
+                }
+            )
+    field_ids = (
+        session.scalars(insert(Field).returning(Field.id, sort_by_parameter_order=True), field_rows).all()
+        if field_rows
+        else []
+    )
+    digit_rows: list[dict[str, Any]] = []
+    all_fields = [f for p in pages for f in p.fields]
+    for field_id, f in zip(field_ids, all_fields, strict=True):
+        for d in f.digits:
+            x, y, w, h = (int(v) for v in d.bbox)
+            digit_rows.append(
+                {
+                    "field_id": field_id,
+                    "position": d.position,
+                    "x": x,
+                    "y": y,
+                    "w": w,
+                    "h": h,
+                    "crop": None if d.crop is None or d.blank else bytes(d.crop.astype("uint8").tobytes()),
+                    "blank": d.blank,
+                    "label": d.label,
+                    "confidence": d.confidence,
+                    "top3": [list(t) for t in d.top3] or None,
+                    "non_digit": d.non_digit,
+                    "needs_review": d.needs_review,
+                    "model_version": None if d.blank else model_version,
+                }
+            )
+    if digit_rows:
+        session.execute(insert(Digit), digit_rows)
+    status = "needs_review" if any(p.needs_review for p in pages) else "done"
+    session.execute(
+        update(Document)
+        .where(Document.id == document_id)
+        .values(
+            status=status,
+            error_code=None,
+            error_message=None,
+            page_count=len(pages),
+            finished_at=utcnow(),
+            seconds=seconds,
+            timings={k: round(float(v), 6) for k, v in (timings or {}).items()} or None,
+            attempts=Document.attempts + 1,
+        )
+    )
+    return status
+
+
+def store_document_failure(
+    session: Session,
+    document_id: int,
+    code: str,
+    message: str,
+    *,
+    page_count: int | None = None,
+    seconds: float | None = None,
+) -> None:
+    """Mark a document failed with its error (its earlier results, if any, are removed)."""
+    session.execute(delete(Page).where(Page.document_id == document_id))
+    session.execute(
+        update(Document)
+        .where(Document.id == document_id)
+        .values(
+            status="failed",
+            error_code=code[:32],
+            error_message=message,
+            page_count=page_count,
+            finished_at=utcnow(),
+            seconds=seconds,
+            attempts=Document.attempts + 1,
+        )
+    )
+
+
+def finish_batch(session: Session, batch_id: int, *, seconds: float | None = None, interrupted: bool = False) -> str:
+    """Set the batch's final status from its documents: done, partial, failed (or interrupted)."""
+    counts = document_counts(session, batch_id)
+    total = sum(counts.values())
+    failed = counts.get("failed", 0)
+    pending = sum(counts.get(s, 0) for s in PENDING_DOCUMENT)
+    if interrupted or pending:
+        status = "interrupted"
+    elif failed and failed == total:
+        status = "failed"
+    elif failed:
+        status = "partial"
+    else:
+        status = "done"
+    values: dict[str, Any] = {"status": status, "seconds": seconds}
+    if status != "interrupted":
+        values["finished_at"] = utcnow()
+    session.execute(update(Batch).where(Batch.id == batch_id).values(**values))
+    return status
+
+
+def get_batch(session: Session, batch_id: int | None = None) -> Batch:
+    """The batch `batch_id`, or the latest batch when None. Raises NotFoundError."""
+    if batch_id is None:
+        batch = session.scalars(select(Batch).order_by(Batch.id.desc()).limit(1)).first()
+        if batch is None:
+            raise NotFoundError("there are no batches yet", hint="submit some scans: digitreader submit scans/")
+        return batch
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        raise NotFoundError(f"batch {batch_id} does not exist", hint="digitreader status lists the latest batch")
+    return batch
+
+
+def document_counts(session: Session, batch_id: int) -> dict[str, int]:
+    rows = session.execute(
+        select(Document.status, func.count()).where(Document.batch_id == batch_id).group_by(Document.status)
+    ).all()
+    return {status: int(n) for status, n in rows}
+
+
+def batch_stats(session: Session, batch_id: int) -> dict[str, int]:
+    """Pages, fields, digits (non-blank), blank cells, flagged digits and fields of a batch."""
+    pages = select(Page.id).join(Document, Page.document_id == Document.id).where(Document.batch_id == batch_id)
+    page_count = session.scalar(select(func.count()).select_from(pages.subquery())) or 0
+    field_q = select(Field.id).where(Field.page_id.in_(pages))
+    fields = session.scalar(select(func.count()).select_from(field_q.subquery())) or 0
+    flagged_fields = (
+        session.scalar(select(func.count()).select_from(field_q.where(Field.needs_review.is_(True)).subquery())) or 0
+    )
+    digit_base = select(Digit.id).where(Digit.field_id.in_(field_q))
+    digits = session.scalar(select(func.count()).select_from(digit_base.where(Digit.blank.is_(False)).subquery()))
+    blanks = session.scalar(select(func.count()).select_from(digit_base.where(Digit.blank.is_(True)).subquery()))
+    flagged = session.scalar(
+        select(func.count()).select_from(digit_base.where(Digit.needs_review.is_(True)).subquery())
+    )
+    return {
+        "pages": int(page_count),
+        "fields": int(fields),
+        "flagged_fields": int(flagged_fields),
+        "digits": int(digits or 0),
+        "blank_cells": int(blanks or 0),
+        "flagged_digits": int(flagged or 0),
+    }
+
+
+def ensure_model_version(
+    session: Session,
+    version: str,
+    sha256: str,
+    *,
+    path: str | Path | None = None,
+    threshold: float | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Register a model the first time it is used; the first model registered becomes active."""
+    mv = session.scalars(select(ModelVersion).where(ModelVersion.version == version)).first()
+    if mv is not None:
+        return mv
+    has_active = session.scalar(select(func.count()).where(ModelVersion.status == "active")) or 0
+    mv = ModelVersion(
+        version=version,
+        sha256=sha256,
+        path=str(path) if path is not None else None,
+        threshold=threshold,
+        metrics=metrics,
+        status="candidate" if has_active else "active",
+        created_at=utcnow(),
+    )
+    session.add(mv)
+    session.flush()
+    return mv
+
+
+def failures(session: Session, batch_id: int) -> list[Document]:
+    return list(
+        session.scalars(
+            select(Document).where(Document.batch_id == batch_id, Document.status == "failed").order_by(Document.id)
+        ).all()
+    )
+
+
+def iter_documents(session: Session, batch_id: int) -> Iterable[Document]:
+    return session.scalars(select(Document).where(Document.batch_id == batch_id).order_by(Document.id))
+
+
+def now() -> dt.datetime:
+    return utcnow()

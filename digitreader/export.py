@@ -1,0 +1,188 @@
+"""Results of a batch as JSON ("digitreader.results/v1") or CSV (one row per field).
+
+JSON shape (docs/architecture.md; extra keys may be added, none removed):
+
+    {"schema": "digitreader.results/v1", "batch": ID, "documents": [{"path", "sha256",
+      "status": "done"|"needs_review"|"failed", "error": null|{"code", "message"},
+      "pages": [{"number", "width", "height", "fields": [{"name", "kind", "bbox": [x, y, w, h],
+        "value", "confidence", "needs_review", "digits": [{"position", "bbox", "label",
+        "confidence", "needs_review"}]}]}]}]}
+
+Boxes are in pixels of the page as submitted (before deskew). A digit's `label` is null for a blank
+cell. Extra keys: batch-level "status", "created_at", "model_version", "threshold"; field "flags";
+digit "blank", "non_digit", "top3", "corrected" (a reviewer's correction, when there is one).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from digitreader.db.models import Correction, Digit, Document, Field, Page
+from digitreader.db.store import get_batch
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "digitreader.results/v1"
+CSV_COLUMNS = (
+    "batch",
+    "document",
+    "sha256",
+    "status",
+    "page",
+    "field",
+    "kind",
+    "value",
+    "confidence",
+    "flag",
+    "flags",
+    "error",
+)
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 6)
+
+
+def _documents(session: Session, batch_id: int) -> Iterator[Document]:
+    """The batch's documents with everything below them loaded (a few queries, not one per row)."""
+    stmt = (
+        select(Document)
+        .where(Document.batch_id == batch_id)
+        .order_by(Document.id)
+        .options(
+            selectinload(Document.pages)
+            .selectinload(Page.fields)
+            .selectinload(Field.digits)
+            .selectinload(Digit.corrections)
+        )
+    )
+    yield from session.scalars(stmt)
+
+
+def _latest_correction(d: Digit) -> Correction | None:
+    return d.corrections[-1] if d.corrections else None
+
+
+def digit_json(d: Digit) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "position": d.position,
+        "bbox": [d.x, d.y, d.w, d.h],
+        "label": None if d.blank else d.label,
+        "confidence": _round(d.confidence),
+        "needs_review": bool(d.needs_review),
+        "blank": bool(d.blank),
+        "non_digit": bool(d.non_digit),
+        "top3": d.top3,
+    }
+    corr = _latest_correction(d)
+    if corr is not None:
+        out["corrected"] = {
+            "label": corr.new_label,
+            "by": corr.reviewer,
+            "at": corr.created_at.isoformat() if corr.created_at else None,
+        }
+    return out
+
+
+def field_json(f: Field) -> dict[str, Any]:
+    return {
+        "name": f.name,
+        "kind": f.kind,
+        "bbox": [f.x, f.y, f.w, f.h],
+        "value": f.value,
+        "confidence": _round(f.confidence),
+        "needs_review": bool(f.needs_review),
+        "flags": list(f.flags or []),
+        "digits": [digit_json(d) for d in f.digits],
+    }
+
+
+def document_json(doc: Document) -> dict[str, Any]:
+    return {
+        "path": doc.path,
+        "sha256": doc.sha256,
+        "status": doc.status,
+        "error": None if doc.status != "failed" else {"code": doc.error_code, "message": doc.error_message},
+        "page_count": doc.page_count,
+        "pages": [
+            {
+                "number": p.number,
+                "width": p.width,
+                "height": p.height,
+                "fields": [field_json(f) for f in p.fields],
+            }
+            for p in doc.pages
+        ],
+    }
+
+
+def export_json(session: Session, batch_id: int) -> dict[str, Any]:
+    """The batch as the "digitreader.results/v1" document. Raises NotFoundError for a bad id."""
+    batch = get_batch(session, batch_id)
+    return {
+        "schema": SCHEMA,
+        "batch": batch.id,
+        "status": batch.status,
+        "created_at": batch.created_at.isoformat() if batch.created_at else None,
+        "model_version": batch.model_version,
+        "threshold": batch.threshold,
+        "documents": [document_json(d) for d in _documents(session, batch.id)],
+    }
+
+
+def csv_rows(session: Session, batch_id: int) -> Iterator[dict[str, Any]]:
+    """One row per field; a failed document gets one row with its error and empty field columns."""
+    batch = get_batch(session, batch_id)
+    for doc in _documents(session, batch.id):
+        base = {"batch": batch.id, "document": doc.path, "sha256": doc.sha256, "status": doc.status}
+        if doc.status == "failed" or not doc.pages:
+            err = f"{doc.error_code}: {doc.error_message}" if doc.status == "failed" else ""
+            yield {
+                **base,
+                "page": "",
+                "field": "",
+                "kind": "",
+                "value": "",
+                "confidence": "",
+                "flag": "",
+                "flags": "",
+                "error": err,
+            }
+            continue
+        for p in doc.pages:
+            for f in p.fields:
+                yield {
+                    **base,
+                    "page": p.number,
+                    "field": f.name,
+                    "kind": f.kind,
+                    "value": f.value,
+                    "confidence": "" if f.confidence is None else f"{f.confidence:.4f}",
+                    "flag": "review" if f.needs_review else "",
+                    "flags": " ".join(f.flags or []),
+                    "error": "",
+                }
+
+
+def write_csv(session: Session, batch_id: int, out: TextIO) -> int:
+    """Write the CSV (header + one row per field) to `out`; returns the number of rows."""
+    writer = csv.DictWriter(out, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    n = 0
+    for row in csv_rows(session, batch_id):
+        writer.writerow(row)
+        n += 1
+    return n
+
+
+def export_csv(session: Session, batch_id: int) -> str:
+    buf = io.StringIO()
+    write_csv(session, batch_id, buf)
+    return buf.getvalue()

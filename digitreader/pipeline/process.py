@@ -1,0 +1,572 @@
+"""The embedded pipeline: documents -> database. The distributed workers reuse the same steps.
+
+Steps (each usable on its own):
+
+- `collect_inputs(paths)` -> files (folders recursive, globs) and `hash_inputs` -> `InputFile`s
+- `segment_document(path, settings, template)` -> `DocumentCut`: load -> segment every page.
+  Never raises for a bad document: the `InputError` (or an unexpected error) is in `.error`.
+  Picklable in and out, so it runs in a process pool (or a Celery worker).
+- `recognize_pages(predictor, cuts, batch_size)` -> one (N_page, 11) probability array per page,
+  inferred in batches that span pages and documents with one reused `Predictor`.
+- `assemble_document(cut, probs, threshold)` -> `PageResult`s (values, confidences, flags)
+- `store.store_document_results` / `store.store_document_failure`: one transaction per document.
+
+`process_batch` joins them: segmentation runs in a process pool (both cores), inference is batched
+in the parent, each document is stored in its own transaction as soon as it is recognized. A bad
+document is recorded as failed and the batch goes on; Ctrl-C or a crash leaves every stored
+document intact, and re-running the same command resumes the batch without duplicates.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import glob
+import hashlib
+import logging
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitreader.db import session_scope, store
+from digitreader.db.session import get_engine
+from digitreader.errors import DigitreaderError, InputError, UsageError
+from digitreader.pipeline.assemble import PageResult, Probs, assemble_page, count_crops
+from digitreader.settings import Settings
+from digitreader.types import PageCut
+
+log = logging.getLogger(__name__)
+
+#: File types picked up when a folder is submitted (explicit files are always tried).
+SCAN_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pdf", ".webp", ".pbm", ".pgm", ".ppm"})
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+
+def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
+    """Files named by `paths`: files as given, folders searched recursively for scans, globs expanded.
+
+    Order: as given, folders and globs sorted; each file once. Raises `UsageError` for a path that
+    does not exist or a glob/folder that matches nothing.
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_file():
+            add(p)
+        elif p.is_dir():
+            found = sorted(
+                q
+                for q in p.rglob("*")
+                if q.is_file() and q.suffix.lower() in SCAN_SUFFIXES and not any(s.startswith(".") for s in q.parts)
+            )
+            if not found:
+                raise UsageError(
+                    f"no scans found in folder {p}", hint=f"file types: {', '.join(sorted(SCAN_SUFFIXES))}"
+                )
+            for q in found:
+                add(q)
+        elif glob.has_magic(str(raw)):
+            matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file())
+            if not matches:
+                raise UsageError(f"no files match {raw}")
+            for q in matches:
+                add(q)
+        else:
+            raise UsageError(f"no such file or folder: {raw}")
+    return out
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    """(hex SHA-256, size in bytes) of a file."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def hash_inputs(paths: Sequence[Path]) -> tuple[list[store.InputFile], list[tuple[str, str]]]:
+    """Hash every file. Returns (files, unreadable) where unreadable is [(path, reason)]."""
+    files: list[store.InputFile] = []
+    bad: list[tuple[str, str]] = []
+    for p in paths:
+        try:
+            sha, size = file_sha256(p)
+        except OSError as exc:
+            bad.append((str(p), exc.strerror or str(exc)))
+            continue
+        files.append(store.InputFile(str(p), sha, size))
+    return files, bad
+
+
+# ----------------------------------------------------------------------------------- segmentation
+
+
+@dataclass(frozen=True)
+class DocumentCut:
+    """Segmentation of one document: its pages, or the error that stopped it. Picklable."""
+
+    path: str
+    pages: tuple[PageCut, ...] = ()
+    error_code: str | None = None
+    error_message: str | None = None
+    page_count: int | None = None
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    traceback: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error_code is not None
+
+    @property
+    def crops(self) -> int:
+        return sum(count_crops(p) for p in self.pages)
+
+
+def segment_document(path: str | Path, settings: Settings, template: Any = None) -> DocumentCut:
+    """Load and segment every page of one document. Errors are returned, never raised."""
+    from digitreader.pipeline.load import load_pages
+    from digitreader.pipeline.segment import segment_page
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {"decode": 0.0, "segment": 0.0}
+    pages: list[PageCut] = []
+    try:
+        it = iter(load_pages(path, settings))
+        while True:
+            t = time.perf_counter()
+            page = next(it, None)
+            timings["decode"] += time.perf_counter() - t
+            if page is None:
+                break
+            t = time.perf_counter()
+            pages.append(segment_page(page, settings, template=template))
+            timings["segment"] += time.perf_counter() - t
+        if not pages:
+            raise InputError("the document has no pages", path=path, code="empty_file")
+    except InputError as exc:
+        return DocumentCut(str(path), (), exc.code, exc.message, len(pages) or None, time.perf_counter() - t0, timings)
+    except MemoryError:
+        return DocumentCut(
+            str(path), (), "too_large", f"{path}: out of memory", None, time.perf_counter() - t0, timings
+        )
+    except Exception as exc:  # a bug or an unforeseen file: fail this document, not the batch
+        return DocumentCut(
+            str(path),
+            (),
+            "internal",
+            f"{path}: unexpected error while reading: {exc!r}",
+            None,
+            time.perf_counter() - t0,
+            timings,
+            traceback.format_exc(),
+        )
+    return DocumentCut(str(path), tuple(pages), None, None, len(pages), time.perf_counter() - t0, timings)
+
+
+def _worker_init() -> None:
+    # One OpenCV thread per process: the pool already uses every core.
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # pragma: no cover - cv2 always present in the runtime
+        pass
+
+
+# ------------------------------------------------------------------------------------ recognition
+
+
+def recognize_pages(predictor: Any, cuts: Sequence[PageCut], batch_size: int = 1024) -> list[np.ndarray]:
+    """Calibrated probabilities for every non-blank crop of `cuts`, one (N_i, 11) array per page.
+
+    The crops of all pages are concatenated and inferred in batches of `batch_size`, so one batch
+    spans pages and documents.
+    """
+    counts = [count_crops(c) for c in cuts]
+    total = sum(counts)
+    if total == 0:
+        return [np.zeros((0, 11), np.float32) for _ in cuts]
+    crops = np.concatenate([c.crops() for c in cuts if count_crops(c)], axis=0)
+    parts = [np.asarray(predictor.predict(crops[i : i + batch_size]).probs) for i in range(0, total, batch_size)]
+    probs = np.concatenate(parts, axis=0)
+    out: list[np.ndarray] = []
+    row = 0
+    for n in counts:
+        out.append(probs[row : row + n])
+        row += n
+    return out
+
+
+def assemble_document(cut: DocumentCut, probs: Sequence[np.ndarray], threshold: float) -> list[PageResult]:
+    """Each page's fields and digits with values, confidences and review flags."""
+    return [assemble_page(page, Probs(p), threshold) for page, p in zip(cut.pages, probs, strict=True)]
+
+
+# ---------------------------------------------------------------------------------------- batches
+
+
+@dataclass
+class DocumentReport:
+    document_id: int
+    path: str
+    status: str  # done | needs_review | failed
+    pages: int = 0
+    digits: int = 0
+    flagged: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchReport:
+    """What `process_batch` did (the CLI's summary)."""
+
+    batch_id: int
+    resumed: bool = False
+    total: int = 0  # documents in the batch
+    processed: list[DocumentReport] = field(default_factory=list)  # this run
+    skipped: list[store.SkippedFile] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # could not even be hashed
+    status: str = "running"
+    seconds: float = 0.0
+    model_version: str | None = None
+    threshold: float | None = None
+
+    @property
+    def pages(self) -> int:
+        return sum(d.pages for d in self.processed)
+
+    @property
+    def digits(self) -> int:
+        return sum(d.digits for d in self.processed)
+
+    @property
+    def flagged(self) -> int:
+        return sum(d.flagged for d in self.processed)
+
+    @property
+    def failed(self) -> list[DocumentReport]:
+        return [d for d in self.processed if d.status == "failed"]
+
+
+class ProgressHook:
+    """Called by `process_batch` as it goes (the CLI draws a progress bar from it)."""
+
+    def started(self, batch_id: int, todo: int, total: int) -> None: ...
+
+    def document_done(self, report: DocumentReport) -> None: ...
+
+
+class _InlineExecutor(cf.Executor):
+    """Runs the work at submit time (one document, or workers=1): no process start-up cost."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        fut: cf.Future[Any] = cf.Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            fut.set_exception(exc)
+        return fut
+
+
+def worker_count(settings: Settings, documents: int) -> int:
+    cores = settings.workers or os.cpu_count() or 1
+    return max(1, min(cores, documents))
+
+
+def make_executor(workers: int) -> cf.Executor:
+    if workers <= 1:
+        return _InlineExecutor()
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context(method), initializer=_worker_init
+    )
+
+
+def load_predictor(settings: Settings) -> Any:
+    """The recognizer for the settings (the active model, or DIGITREADER_MODEL_PATH)."""
+    from digitreader.pipeline.recognize import Predictor
+
+    return Predictor.load(settings.model_path, settings=settings)
+
+
+def resolve_threshold(predictor: Any, settings: Settings, threshold: float | None) -> float:
+    if threshold is not None:
+        return float(threshold)
+    if settings.threshold is not None:
+        return float(settings.threshold)
+    return float(predictor.info.threshold)
+
+
+def process_batch(
+    paths: Sequence[str | Path],
+    settings: Settings,
+    *,
+    template: str | Path | None = None,
+    threshold: float | None = None,
+    force: bool = False,
+    predictor: Any = None,
+    hook: ProgressHook | None = None,
+) -> BatchReport:
+    """Process documents into the database (the embedded pipeline). Returns the batch report.
+
+    Raises `UsageError` (bad paths, no files), `ModelError` (no model), `DatabaseError`; a bad
+    document never raises: it is recorded as failed. KeyboardInterrupt leaves the batch
+    'interrupted' with every finished document stored; the same call again completes it.
+    """
+    t0 = time.perf_counter()
+    hook = hook or ProgressHook()
+    files = collect_inputs(paths)
+    tmpl = None
+    if template is not None:
+        from digitreader.pipeline.templates import load_template
+
+        tmpl = load_template(template)
+    if predictor is None:
+        predictor = load_predictor(settings)
+    thr = resolve_threshold(predictor, settings, threshold)
+    info = predictor.info
+    version = str(info.version)
+    inputs, unreadable = hash_inputs(files)
+    engine = get_engine(settings)
+    with session_scope(engine=engine) as s:
+        store.ensure_model_version(
+            s, version, str(info.sha256), path=getattr(info, "path", None), threshold=float(info.threshold)
+        )
+        plan = store.register_batch(
+            s,
+            inputs,
+            force=force,
+            template=str(template) if template is not None else None,
+            threshold=threshold if threshold is not None else settings.threshold,
+            model_version=version,
+            options={"inputs": [str(p) for p in paths]},
+        )
+        # Files that cannot even be read (permissions): recorded as failed documents of the batch.
+        for path, reason in unreadable:
+            doc = store.Document(batch_id=plan.batch_id, path=path, sha256=f"unreadable:{path}"[:64], status="pending")
+            s.add(doc)
+            s.flush()
+            store.store_document_failure(s, doc.id, "unreadable", f"{path}: {reason}")
+            plan.total += 1
+    report = BatchReport(
+        plan.batch_id,
+        resumed=plan.resumed,
+        total=plan.total,
+        skipped=plan.skipped,
+        unreadable=unreadable,
+        model_version=version,
+        threshold=thr,
+    )
+    for path, reason in unreadable:
+        report.processed.append(DocumentReport(0, path, "failed", error_code="unreadable", error_message=reason))
+    hook.started(plan.batch_id, len(plan.todo), plan.total)
+    interrupted = False
+    try:
+        _run(plan.todo, settings, tmpl, predictor, thr, version, engine, report, hook)
+    except BaseException:
+        interrupted = True
+        raise
+    finally:
+        report.seconds = time.perf_counter() - t0
+        try:
+            with session_scope(engine=engine) as s:
+                report.status = store.finish_batch(s, plan.batch_id, seconds=report.seconds, interrupted=interrupted)
+        except Exception:
+            if not interrupted:
+                raise
+            log.exception("could not mark batch %s interrupted", plan.batch_id)
+    return report
+
+
+def _run(
+    todo: list[tuple[int, str]],
+    settings: Settings,
+    template: Any,
+    predictor: Any,
+    threshold: float,
+    model_version: str,
+    engine: Any,
+    report: BatchReport,
+    hook: ProgressHook,
+) -> None:
+    if not todo:
+        return
+    workers = worker_count(settings, len(todo))
+    max_in_flight = workers * 2
+    queue: Iterator[tuple[int, str]] = iter(todo)
+    buffer: list[tuple[int, DocumentCut]] = []
+    buffered = 0
+
+    def flush() -> None:
+        nonlocal buffer, buffered
+        if not buffer:
+            return
+        _recognize_and_store(buffer, predictor, settings.batch_size, threshold, model_version, engine, report, hook)
+        buffer, buffered = [], 0
+
+    executor = make_executor(workers)
+    try:
+        in_flight: dict[cf.Future[DocumentCut], tuple[int, str]] = {}
+
+        def fill() -> None:
+            while len(in_flight) < max_in_flight:
+                nxt = next(queue, None)
+                if nxt is None:
+                    return
+                in_flight[executor.submit(segment_document, nxt[1], settings, template)] = nxt
+
+        fill()
+        while in_flight:
+            done, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                doc_id, path = in_flight.pop(fut)
+                try:
+                    cut = fut.result()
+                except cf.process.BrokenProcessPool as exc:
+                    cut = DocumentCut(path, (), "worker_lost", f"{path}: the segmentation process died ({exc})")
+                except Exception as exc:  # pickling errors and the like: this document only
+                    cut = DocumentCut(path, (), "internal", f"{path}: {exc!r}", traceback=traceback.format_exc())
+                if cut.failed:
+                    _store_failure(doc_id, cut, engine, report, hook)
+                else:
+                    buffer.append((doc_id, cut))
+                    buffered += cut.crops
+            if isinstance(executor, cf.ProcessPoolExecutor) and getattr(executor, "_broken", False):
+                executor.shutdown(wait=False, cancel_futures=True)
+                executor = make_executor(workers)
+                for fut, (doc_id, path) in list(in_flight.items()):
+                    in_flight.pop(fut)
+                    in_flight[executor.submit(segment_document, path, settings, template)] = (doc_id, path)
+            if buffered >= settings.batch_size or (not in_flight and buffer):
+                flush()
+            fill()
+            if not in_flight:
+                flush()
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _store_failure(doc_id: int, cut: DocumentCut, engine: Any, report: BatchReport, hook: ProgressHook) -> None:
+    if cut.traceback:
+        log.warning("document %s failed unexpectedly:\n%s", cut.path, cut.traceback)
+    else:
+        log.info("document %s failed: %s", cut.path, cut.error_message)
+    with session_scope(engine=engine) as s:
+        store.store_document_failure(
+            s,
+            doc_id,
+            cut.error_code or "internal",
+            cut.error_message or "",
+            page_count=cut.page_count,
+            seconds=cut.seconds,
+        )
+    rep = DocumentReport(
+        doc_id, cut.path, "failed", error_code=cut.error_code, error_message=cut.error_message, seconds=cut.seconds
+    )
+    report.processed.append(rep)
+    hook.document_done(rep)
+
+
+def _recognize_and_store(
+    buffer: list[tuple[int, DocumentCut]],
+    predictor: Any,
+    batch_size: int,
+    threshold: float,
+    model_version: str,
+    engine: Any,
+    report: BatchReport,
+    hook: ProgressHook,
+) -> None:
+    pages = [p for _, cut in buffer for p in cut.pages]
+    t = time.perf_counter()
+    probs = recognize_pages(predictor, pages, batch_size)
+    rec_seconds = time.perf_counter() - t
+    total_crops = max(1, sum(cut.crops for _, cut in buffer))
+    row = 0
+    for doc_id, cut in buffer:
+        n = len(cut.pages)
+        doc_probs, row = probs[row : row + n], row + n
+        t = time.perf_counter()
+        try:
+            results = assemble_document(cut, doc_probs, threshold)
+        except Exception as exc:  # a segmentation/recognition mismatch is a bug: fail this document only
+            failed = DocumentCut(cut.path, (), "internal", f"{cut.path}: {exc!r}", traceback=traceback.format_exc())
+            _store_failure(doc_id, failed, engine, report, hook)
+            continue
+        timings = dict(cut.timings)
+        timings["recognize"] = rec_seconds * cut.crops / total_crops
+        with session_scope(engine=engine) as s:
+            status = store.store_document_results(
+                s,
+                doc_id,
+                results,
+                model_version=model_version,
+                seconds=cut.seconds + timings["recognize"],
+                timings=timings,
+            )
+        timings["store"] = time.perf_counter() - t
+        digits = [d for r in results for d in r.digits() if not d.blank]
+        rep = DocumentReport(
+            doc_id,
+            cut.path,
+            status,
+            pages=len(results),
+            digits=len(digits),
+            flagged=sum(1 for d in digits if d.needs_review),
+            seconds=cut.seconds + timings["recognize"] + timings["store"],
+        )
+        report.processed.append(rep)
+        hook.document_done(rep)
+
+
+def process_document(
+    path: str | Path,
+    settings: Settings,
+    *,
+    template: str | Path | None = None,
+    threshold: float | None = None,
+    force: bool = False,
+    predictor: Any = None,
+) -> BatchReport:
+    """One document as its own batch (convenience over `process_batch`)."""
+    return process_batch([path], settings, template=template, threshold=threshold, force=force, predictor=predictor)
+
+
+__all__ = [
+    "BatchReport",
+    "DigitreaderError",
+    "DocumentCut",
+    "DocumentReport",
+    "ProgressHook",
+    "assemble_document",
+    "collect_inputs",
+    "hash_inputs",
+    "process_batch",
+    "process_document",
+    "recognize_pages",
+    "segment_document",
+]
