@@ -25,8 +25,10 @@ $(VENV)/.dev: pyproject.toml | $(PY)
 install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
 
+# Reads the sample scans into a new batch (the database in DIGITREADER_HOME, default
+# ~/.local/share/digitreader) and prints the results as CSV; --force so every run shows them.
 demo: install
-	$(DR) demo examples/scans
+	@batch=$$($(DR) submit --force examples/scans/) && $(DR) export "$$batch" --format csv
 
 test: install-dev
 	$(PY) -m pytest
