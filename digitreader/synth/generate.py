@@ -186,7 +186,7 @@ def _box_cells(canvas: Canvas, it: Item) -> tuple[list[tuple[int, int, int, int]
             cells.append((a + half, y + half, b - a - 2 * half, ch - 2 * half))
         outer = [x - t // 2, y - t // 2, x1 - x + t, ch + t]
     elif it.kind == "squares":
-        gap = c.px(float(rng.uniform(1.2, 2.5)))
+        gap = int(round(cw * float(rng.uniform(0.15, 0.28))))
         side = int(round(cw)) - gap
         for i in range(it.cells):
             a = int(round(x + i * cw))

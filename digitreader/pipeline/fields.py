@@ -1,0 +1,277 @@
+"""Fields stage: find box ("comb") fields and string fields on a prepared page, without a template.
+
+How: long horizontal and vertical strokes are extracted by morphological opening (box lines survive,
+handwriting and printed text mostly do not); each connected piece of that line image is examined
+with row/column coverage profiles:
+
+- a *frame* has a top and a bottom line and walls spanning between them: several cells = a joined
+  comb; one wide cell = a string field; one squarish cell = a square, and squares standing in a
+  row are grouped into one box field;
+- a *tick row* is a base line with evenly spaced short ticks rising from it (cells above the line).
+
+Lines that are not fields (signature lines, rules), logos (filled), printed text and writing never
+form such structures. Cell walls are regularized (equal widths), so a digit stroke that happens to
+span a cell is not taken for a wall. Fields come out ordered top-to-bottom, left-to-right.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from digitreader.settings import Settings
+from digitreader.types import BBox, FieldRegion, PreparedPage
+
+log = logging.getLogger(__name__)
+
+LINE_COVER = 0.8  # a row is a box line when this fraction of the structure's width is inked
+WALL_COVER = 0.92  # a column is a cell wall when this fraction of the cell height is inked
+
+
+@dataclass(frozen=True)
+class _Geom:
+    ppm: float  # prepared-page pixels per mm
+
+    def mm(self, v: float) -> int:
+        return max(1, int(round(v * self.ppm)))
+
+
+def line_image(ink: np.ndarray, g: _Geom) -> np.ndarray:
+    """Horizontal and vertical line pieces of the ink (uint8 0/255)."""
+    bridge_h = cv2.morphologyEx(ink, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 1)))
+    horiz = cv2.morphologyEx(bridge_h, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (g.mm(3.0), 1)))
+    bridge_v = cv2.morphologyEx(ink, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (1, 3)))
+    vert = cv2.morphologyEx(bridge_v, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, g.mm(1.8))))
+    return cv2.bitwise_or(horiz, vert)
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of True as (start, end_exclusive)."""
+    if not flags.any():
+        return []
+    d = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    starts = np.flatnonzero(d == 1)
+    ends = np.flatnonzero(d == -1)
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+def _fit_grid(walls: list[tuple[int, int]], min_cell: float) -> list[tuple[int, int]]:
+    """Walls of a comb as an even grid between its first and last wall.
+
+    Candidates that do not sit on the grid (a digit stroke that spans a cell) are dropped; grid
+    positions without a candidate (a faint or broken wall) are filled in. The number of cells is the
+    one whose grid best explains the candidates.
+    """
+    if len(walls) <= 2:
+        return walls
+    centre = [(a + b) / 2 for a, b in walls]
+    first, last = centre[0], centre[-1]
+    interior = centre[1:-1]
+    span = last - first
+    thick = max(1, int(round(((walls[0][1] - walls[0][0]) + (walls[-1][1] - walls[-1][0])) / 2)))
+    best_n, best_score, best_match = 1, -0.3 * len(interior), [None] * 0
+    for n in range(2, int(span / max(min_cell, 1.0)) + 1):
+        pitch = span / n
+        tol = 0.2 * pitch
+        match: list[int | None] = []
+        for i in range(1, n):
+            e = first + i * pitch
+            j = int(np.argmin([abs(c - e) for c in interior]))
+            match.append(j if abs(interior[j] - e) <= tol else None)
+        matched = sum(m is not None for m in match)
+        missing = (n - 1) - matched
+        score = matched - 1.0 * missing - 0.3 * (len(interior) - matched)
+        if score > best_score:
+            best_n, best_score, best_match = n, score, match
+    if best_n == 1:
+        return [walls[0], walls[-1]]
+    out = [walls[0]]
+    pitch = span / best_n
+    for i, m in enumerate(best_match, start=1):
+        if m is not None:
+            out.append(walls[m + 1])
+        else:
+            c = first + i * pitch
+            out.append((int(round(c - thick / 2)), int(round(c - thick / 2)) + thick))
+    out.append(walls[-1])
+    return out
+
+
+@dataclass
+class _Found:
+    kind: str  # boxes | string | square
+    bbox: BBox
+    cells: list[BBox]
+
+
+def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
+    """A frame (closed box structure) in one connected piece of the line image, or None."""
+    h, w = sub.shape
+    rows = cv2.dilate(sub, np.ones((3, 1), np.uint8)).astype(bool).mean(axis=1)
+    hl = [r for r in _runs(rows >= LINE_COVER)]
+    if len(hl) < 2:
+        return None
+    top, bottom = hl[0], hl[-1]
+    inner_h = bottom[0] - top[1]
+    if inner_h < g.mm(4.5) or inner_h > g.mm(30):
+        return None
+    # Thick solid blocks (logos) are not frames.
+    if (top[1] - top[0]) > g.mm(1.5) or (bottom[1] - bottom[0]) > g.mm(1.5):
+        return None
+    band = sub[top[1] : bottom[0]]
+    cols = cv2.dilate(band, np.ones((1, 3), np.uint8)).astype(bool).mean(axis=0)
+    walls = _runs(cols >= WALL_COVER)
+    walls = [wl for wl in walls if wl[1] - wl[0] <= g.mm(1.5)]
+    if len(walls) < 2:
+        return None
+    walls = _fit_grid(walls, max(g.mm(3.0), 0.45 * inner_h))
+    cells: list[BBox] = []
+    for a, b in zip(walls[:-1], walls[1:], strict=True):
+        cw = b[0] - a[1]
+        if cw < g.mm(2.0):
+            continue
+        cells.append((x0 + a[1], y0 + top[1], cw, inner_h))
+    if not cells:
+        return None
+    fx, fy = x0 + walls[0][0], y0 + top[0]
+    bbox = (fx, fy, x0 + walls[-1][1] - fx, y0 + bottom[1] - fy)
+    if len(cells) == 1:
+        c = cells[0]
+        kind = "string" if c[2] > 1.8 * c[3] else "square"
+        return _Found(kind, bbox, cells)
+    widths = np.array([c[2] for c in cells], float)
+    if widths.max() > 1.6 * np.median(widths):
+        return None  # irregular: a table, not a comb
+    return _Found("boxes", bbox, cells)
+
+
+def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
+    """A tick row (base line with short ticks rising from it) in one piece of the line image, or None."""
+    h, w = sub.shape
+    rows = cv2.dilate(sub, np.ones((3, 1), np.uint8)).astype(bool).mean(axis=1)
+    hl = _runs(rows >= LINE_COVER)
+    if not hl:
+        return None
+    base = hl[-1]
+    if base[1] - base[0] > g.mm(1.5):
+        return None
+    probe = g.mm(1.3)
+    if base[0] < probe:
+        return None
+    band = sub[base[0] - probe : base[0]]
+    cols = band.astype(bool).mean(axis=0)
+    ticks = [t for t in _runs(cols >= 0.9) if t[1] - t[0] <= g.mm(1.2)]
+    if len(ticks) < 3:
+        return None
+    ticks = _fit_grid(ticks, g.mm(4.0))
+    centres = np.array([(a + b) / 2 for a, b in ticks])
+    gaps = np.diff(centres)
+    if len(gaps) < 2 or gaps.max() > 1.4 * np.median(gaps) or gaps.min() < 0.7 * np.median(gaps):
+        return None
+    pitch = float(np.median(gaps))
+    if pitch < g.mm(4.0):
+        return None  # letters of printed text standing on their baseline
+    between = np.ones(w, bool)
+    for a, b in ticks:
+        between[max(0, a - 2) : b + 2] = False
+    between[: ticks[0][0]] = False
+    between[ticks[-1][1] :] = False
+    if between.any() and band.astype(bool).any(axis=0)[between].mean() > 0.35:
+        return None  # the space between ticks is full: text or a drawing, not a tick row
+    cell_h = int(round(1.25 * pitch))
+    top = y0 + base[0] - cell_h
+    cells = [(x0 + a[1], top, b[0] - a[1], cell_h) for a, b in zip(ticks[:-1], ticks[1:], strict=True)]
+    bbox = (x0 + ticks[0][0], top, ticks[-1][1] - ticks[0][0], base[1] - base[0] + cell_h)
+    return _Found("ticks", bbox, cells)
+
+
+def _group_squares(squares: list[_Found]) -> list[_Found]:
+    """Squares standing in a row, evenly spaced, become one box field (lone squares are dropped)."""
+    squares = sorted(squares, key=lambda s: (s.bbox[1], s.bbox[0]))
+    used = [False] * len(squares)
+    out: list[_Found] = []
+    for i, s in enumerate(squares):
+        if used[i]:
+            continue
+        row = [s]
+        used[i] = True
+        changed = True
+        while changed:
+            changed = False
+            last = max(row, key=lambda r: r.bbox[0])
+            for j, t in enumerate(squares):
+                if used[j]:
+                    continue
+                lx, ly, lw, lh = last.bbox
+                tx, ty, tw, th = t.bbox
+                same_row = abs((ty + th / 2) - (ly + lh / 2)) < 0.3 * lh and abs(th - lh) < 0.25 * lh
+                gap = tx - (lx + lw)
+                if same_row and -2 <= gap < 0.9 * lw:
+                    row.append(t)
+                    used[j] = True
+                    changed = True
+                    break
+        if len(row) < 2:
+            continue
+        row.sort(key=lambda r: r.bbox[0])
+        x0 = row[0].bbox[0]
+        y0 = min(r.bbox[1] for r in row)
+        x1 = max(r.bbox[0] + r.bbox[2] for r in row)
+        y1 = max(r.bbox[1] + r.bbox[3] for r in row)
+        out.append(_Found("boxes", (x0, y0, x1 - x0, y1 - y0), [r.cells[0] for r in row]))
+    return out
+
+
+def order_fields(regions: list[FieldRegion]) -> list[FieldRegion]:
+    """Top-to-bottom, left-to-right: fields whose vertical centres are close form one row."""
+    items = sorted(regions, key=lambda r: r.bbox[1] + r.bbox[3] / 2)
+    rows: list[list[FieldRegion]] = []
+    for r in items:
+        cy = r.bbox[1] + r.bbox[3] / 2
+        if rows:
+            last = rows[-1]
+            ref = np.mean([q.bbox[1] + q.bbox[3] / 2 for q in last])
+            if abs(cy - ref) < 0.5 * min(q.bbox[3] for q in [*last, r]):
+                last.append(r)
+                continue
+        rows.append([r])
+    return [r for row in rows for r in sorted(row, key=lambda q: q.bbox[0])]
+
+
+def find_fields(prepared: PreparedPage, settings: Settings | None = None) -> list[FieldRegion]:
+    """Box and string fields on a prepared page, ordered top-to-bottom, left-to-right (unnamed)."""
+    g = _Geom(ppm=(prepared.dpi or 150.0) / 25.4)
+    lines = line_image(prepared.ink, g)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(lines, connectivity=8)
+    found: list[_Found] = []
+    squares: list[_Found] = []
+    for i in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        if w < g.mm(2.5) or area < g.mm(6):
+            continue
+        tall_enough = h >= g.mm(3.5)
+        if not tall_enough and w < g.mm(10):
+            continue
+        if h > g.mm(40):
+            continue
+        sub = (labels[y : y + h, x : x + w] == i).astype(np.uint8)
+        f = _frame(sub, x, y, g) if tall_enough else None
+        if f is None and w >= g.mm(10):
+            f = _ticks(sub, x, y, g)
+        if f is None:
+            continue
+        if f.kind == "square":
+            squares.append(f)
+        else:
+            found.append(f)
+    found += _group_squares(squares)
+    regions = []
+    for f in found:
+        kind = "string" if f.kind == "string" else "boxes"
+        regions.append(FieldRegion(kind=kind, bbox=f.bbox, cells=tuple(f.cells)))
+    ordered = order_fields(regions)
+    log.debug("page %d: %d fields", prepared.number, len(ordered))
+    return ordered
