@@ -1,0 +1,234 @@
+"""End-to-end benchmark of the embedded pipeline on generated pages with ground truth.
+
+    .venv/bin/python benchmarks/bench_e2e.py --pages 200            # quality + throughput
+    .venv/bin/python benchmarks/bench_e2e.py --pages 200 --json out.json
+
+Generates pages with `digitreader.synth` (cached under --cache, never in the repo), runs
+`process_batch` into a fresh SQLite database (all cores), then scores the stored results against the
+ground truth:
+
+- digit accuracy: truth non-blank digits read with the right label (missed ones count as wrong)
+- field exact match: stored value == truth value
+- blank accuracy: cells whose blank/non-blank decision matches the truth
+- error among unflagged: wrong labels among digits the pipeline did not flag
+- share flagged: flagged digits among digits read
+- throughput: pages/s end to end (model load excluded), and per-page time / decode-only time.
+
+Fields and digits are matched to the truth by box overlap (page-as-submitted pixels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from digitreader.db import session_scope  # noqa: E402
+from digitreader.db.session import get_engine  # noqa: E402
+from digitreader.settings import Settings  # noqa: E402
+
+Box = tuple[int, int, int, int] | list[int]
+
+
+def iou(a: Box, b: Box) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _best(box: Box, candidates: list[Any], key: Any, used: set[int], min_iou: float) -> Any:
+    best, best_iou = None, min_iou
+    for i, c in enumerate(candidates):
+        if i in used:
+            continue
+        v = iou(box, key(c))
+        if v > best_iou:
+            best, best_iou = i, v
+    return best
+
+
+def score_page(truth_page: dict[str, Any], fields: list[dict[str, Any]]) -> dict[str, int]:
+    """Compare one page's stored fields (export JSON shape) with its truth."""
+    s = dict.fromkeys(
+        (
+            "truth_fields",
+            "fields_found",
+            "fields_exact",
+            "truth_digits",
+            "digits_right",
+            "cells",
+            "blank_right",
+            "read",
+            "flagged",
+            "unflagged",
+            "unflagged_wrong",
+            "extra_fields",
+        ),
+        0,
+    )
+    used: set[int] = set()
+    for tf in truth_page["fields"]:
+        s["truth_fields"] += 1
+        i = _best(tf["bbox"], fields, lambda f: f["bbox"], used, 0.3)
+        tdigits = tf["digits"]
+        s["truth_digits"] += sum(1 for d in tdigits if d["label"] is not None)
+        s["cells"] += len(tdigits) if tf["kind"] == "boxes" else 0
+        if i is None:
+            continue
+        used.add(i)
+        f = fields[i]
+        s["fields_found"] += 1
+        s["fields_exact"] += int(f["value"] == tf["value"])
+        dused: set[int] = set()
+        for td in tdigits:
+            j = _best(td["bbox"], f["digits"], lambda d: d["bbox"], dused, 0.2)
+            if j is None:
+                if td["label"] is None and tf["kind"] == "boxes":
+                    s["blank_right"] += 0
+                continue
+            dused.add(j)
+            d = f["digits"][j]
+            if tf["kind"] == "boxes":
+                s["blank_right"] += int((d["label"] is None) == (td["label"] is None))
+            if td["label"] is not None and d["label"] == td["label"]:
+                s["digits_right"] += 1
+            if d["label"] is not None and td["label"] is not None and not d["needs_review"]:
+                s["unflagged_wrong"] += int(d["label"] != td["label"])
+        for d in f["digits"]:
+            if d["label"] is None:
+                continue
+            s["read"] += 1
+            if d["needs_review"]:
+                s["flagged"] += 1
+            else:
+                s["unflagged"] += 1
+    s["extra_fields"] = len(fields) - len(used)
+    return s
+
+
+def score_batch(export: dict[str, Any], truth_dir: Path) -> dict[str, Any]:
+    totals: dict[str, int] = {}
+    failed = 0
+    for doc in export["documents"]:
+        truth = json.loads((truth_dir / (Path(doc["path"]).name.rsplit(".", 1)[0] + ".truth.json")).read_text())
+        if doc["status"] == "failed":
+            failed += 1
+        pages = {p["number"]: p for p in doc["pages"]}
+        for tp in truth["pages"]:
+            fields = pages.get(tp["number"], {"fields": []})["fields"]
+            for k, v in score_page(tp, fields).items():
+                totals[k] = totals.get(k, 0) + v
+
+    def pct(a: str, b: str) -> float:
+        return round(100.0 * totals.get(a, 0) / totals[b], 3) if totals.get(b) else float("nan")
+
+    return {
+        "documents_failed": failed,
+        **totals,
+        "digit_accuracy_pct": pct("digits_right", "truth_digits"),
+        "field_exact_pct": pct("fields_exact", "truth_fields"),
+        "field_found_pct": pct("fields_found", "truth_fields"),
+        "blank_accuracy_pct": pct("blank_right", "cells"),
+        "unflagged_error_pct": pct("unflagged_wrong", "unflagged"),
+        "flagged_pct": pct("flagged", "read"),
+    }
+
+
+def load_export(settings: Settings, batch_id: int) -> dict[str, Any]:
+    from digitreader.export import export_json
+
+    with session_scope(settings) as s:
+        return export_json(s, batch_id)
+
+
+def generate_pages(cache: Path, pages: int, seed: int, data_dir: Path, fmt: str, kind: str) -> Path:
+    from digitreader.synth import generate
+
+    out = cache / f"synth-{kind}-{fmt}-{pages}-seed{seed}"
+    done = out / ".complete"
+    if not done.exists():
+        t = time.perf_counter()
+        generate(out, pages=pages, seed=seed, fmt=fmt, kind=kind, data_dir=data_dir)
+        done.write_text("ok")
+        print(f"generated {pages} pages in {time.perf_counter() - t:.1f} s -> {out}", file=sys.stderr)
+    return out
+
+
+def decode_time(files: list[Path], settings: Settings) -> tuple[float, int]:
+    from digitreader.pipeline.load import load_pages
+
+    t = time.perf_counter()
+    n = 0
+    for f in files:
+        for _ in load_pages(f, settings):
+            n += 1
+    return time.perf_counter() - t, n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pages", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--format", default="png")
+    ap.add_argument("--kind", default="mixed")
+    ap.add_argument("--workers", type=int, default=0, help="segmentation processes (0 = cores)")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "digitreader-bench")
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("DIGITREADER_DATA_DIR", ROOT.parent / "shared" / "datasets")),
+    )
+    ap.add_argument("--json", type=Path, help="write the results here too")
+    args = ap.parse_args()
+
+    from digitreader.pipeline.process import collect_inputs, load_predictor, process_batch
+
+    scans = generate_pages(args.cache, args.pages, args.seed, args.data_dir, args.format, args.kind)
+    files = collect_inputs([scans])
+    with tempfile.TemporaryDirectory() as home:
+        settings = Settings(home=Path(home), workers=args.workers, _env_file=None)  # type: ignore[call-arg]
+        get_engine(settings)
+        t = time.perf_counter()
+        predictor = load_predictor(settings)
+        load_s = time.perf_counter() - t
+        t = time.perf_counter()
+        report = process_batch([scans], settings, predictor=predictor)
+        wall = time.perf_counter() - t
+        export = load_export(settings, report.batch_id)
+    dec_s, dec_pages = decode_time(files, settings)
+    cores = settings.workers or os.cpu_count() or 1
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "pages": report.pages,
+        "documents": len(report.processed),
+        "model_version": report.model_version,
+        "threshold": report.threshold,
+        "model_load_s": round(load_s, 3),
+        "wall_s": round(wall, 3),
+        "pages_per_s": round(report.pages / wall, 2) if wall else None,
+        "per_page_core_ms": round(1000 * wall * cores / max(report.pages, 1), 2),
+        "decode_only_ms_per_page": round(1000 * dec_s / max(dec_pages, 1), 2),
+        "ratio_per_page_core_to_decode": round((wall * cores / max(report.pages, 1)) / (dec_s / max(dec_pages, 1)), 2),
+        **score_batch(export, scans),
+    }
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
