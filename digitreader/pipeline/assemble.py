@@ -96,8 +96,7 @@ def count_crops(cut: PageCut) -> int:
 def _digit(slot_position: int, bbox: BBox, crop: np.ndarray, p: np.ndarray, threshold: float) -> DigitResult:
     order = np.argsort(-p)
     top3 = tuple((int(k), round(float(p[k]), 6)) for k in order[:3])
-    first = int(order[0])
-    non_digit = first == NON_DIGIT
+    non_digit = int(order[0]) == NON_DIGIT
     label = int(np.argmax(p[:NON_DIGIT]))
     confidence = float(p[label])
     return DigitResult(
@@ -161,11 +160,12 @@ def assemble_page(cut: PageCut, recognition: HasProbs | np.ndarray, threshold: f
     """Digits of one page -> its fields' values, confidences and flags.
 
     `recognition` holds calibrated probabilities (N, 11) for the page's non-blank crops in the order
-    of `cut.crops()` (a `Recognition`, a `Probs` slice, or the array itself).
+    of `cut.crops()` (a `Recognition`, a `Probs` slice, or the array itself); (N, 10) for a
+    digits-only model works too (then nothing is ever "not a digit").
     """
     probs = np.asarray(recognition if isinstance(recognition, np.ndarray) else recognition.probs)
     expected = count_crops(cut)
-    if probs.shape[0] != expected or (expected and probs.shape[1] <= NON_DIGIT):
+    if probs.shape[0] != expected or (expected and probs.shape[1] < NON_DIGIT):
         raise ValueError(f"page {cut.number}: {expected} crops but recognition has shape {probs.shape}")
     fields: list[FieldResult] = []
     row = 0

@@ -1,0 +1,172 @@
+"""`digitreader models list|show`: the installed recognition models and which one is active."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from sqlalchemy import select
+
+from digitreader.cli.output import err, print_json
+from digitreader.db import ModelVersion, session_scope
+from digitreader.errors import DigitreaderError, NotFoundError
+from digitreader.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+models_app = typer.Typer(
+    name="models",
+    help=(
+        "The recognition models: those shipped in digitreader/models/ (manifest.json names the "
+        "default), DIGITREADER_MODEL_PATH, and those registered in the database.\n\n"
+        "  digitreader models list\n\n  digitreader models show"
+    ),
+    no_args_is_help=True,
+)
+
+
+def _onnx_meta(path: Path) -> dict[str, str]:
+    try:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return dict(sess.get_modelmeta().custom_metadata_map)
+    except Exception as exc:  # a broken file is listed with its error, not fatal
+        log.debug("cannot read %s: %s", path, exc)
+        return {"error": str(exc).splitlines()[0][:200]}
+
+
+def installed_models(settings: Settings) -> list[dict[str, Any]]:
+    """Every model file we know of, with its metadata and where it comes from; `active` marks the
+    one `submit` uses (DIGITREADER_MODEL_PATH, else the manifest's)."""
+    from digitreader.pipeline.recognize import MANIFEST, MODELS_DIR, _sha256
+
+    manifest: dict[str, Any] = {}
+    if MANIFEST.exists():
+        try:
+            manifest = json.loads(MANIFEST.read_text())
+        except ValueError:
+            manifest = {}
+    files = sorted(MODELS_DIR.glob("*.onnx"))
+    if settings.model_path is not None and Path(settings.model_path).expanduser() not in files:
+        files.append(Path(settings.model_path).expanduser())
+    active_path = (
+        Path(settings.model_path).expanduser()
+        if settings.model_path
+        else (MODELS_DIR / manifest["model"] if manifest.get("model") else None)
+    )
+    registered: dict[str, ModelVersion] = {}
+    try:
+        with session_scope(settings) as s:
+            registered = {m.version: m for m in s.scalars(select(ModelVersion)).all()}
+    except DigitreaderError as exc:
+        log.warning("model registry unavailable: %s", exc)
+    out: list[dict[str, Any]] = []
+    for f in files:
+        exists = f.exists()
+        meta = _onnx_meta(f) if exists else {"error": "file not found"}
+        version = meta.get("version", f.stem)
+        reg = registered.pop(version, None)
+        digest = _sha256(f) if exists else None
+        out.append(
+            {
+                "version": version,
+                "path": str(f),
+                "active": active_path is not None and f == active_path,
+                "source": "DIGITREADER_MODEL_PATH"
+                if settings.model_path and f == Path(settings.model_path).expanduser()
+                else "shipped",
+                "sha256": digest,
+                "sha256_ok": None
+                if f.name != manifest.get("model")
+                else (digest == str(manifest.get("sha256", "")).lower()),
+                "threshold": _num(meta.get("threshold")),
+                "temperature": _num(meta.get("temperature")),
+                "mnist_test_accuracy": _num(meta.get("mnist_test_accuracy")),
+                "arch": meta.get("arch"),
+                "registry_status": reg.status if reg else None,
+                "error": meta.get("error"),
+            }
+        )
+    for version, reg in registered.items():  # in the database only (e.g. retrained candidates elsewhere)
+        out.append(
+            {
+                "version": version,
+                "path": reg.path,
+                "active": False,
+                "source": "database",
+                "sha256": reg.sha256,
+                "sha256_ok": None,
+                "threshold": reg.threshold,
+                "temperature": None,
+                "mnist_test_accuracy": (reg.metrics or {}).get("mnist_test_accuracy"),
+                "arch": None,
+                "registry_status": reg.status,
+                "error": None,
+            }
+        )
+    return out
+
+
+def _num(v: str | None) -> float | None:
+    try:
+        return None if v is None else float(v)
+    except ValueError:
+        return None
+
+
+@models_app.command("list")
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the models; '*' marks the active one (the one `submit` uses).
+
+    Example:  digitreader models list --json
+    """
+    models = installed_models(get_settings())
+    if as_json:
+        print_json(models)
+        return
+    if not models:
+        err.print("no models installed (digitreader/models/ is empty); train one: digitreader train")
+        return
+    for m in models:
+        acc = f"{100 * m['mnist_test_accuracy']:.2f} %" if m["mnist_test_accuracy"] else "-"
+        thr = f"{m['threshold']:.3f}" if m["threshold"] is not None else "-"
+        flag = "*" if m["active"] else " "
+        extra = f"  ERROR: {m['error']}" if m["error"] else ""
+        if m["sha256_ok"] is False:
+            extra += "  SHA-256 MISMATCH"
+        typer.echo(
+            f"{flag} {m['version']:<28} mnist {acc:>8}  threshold {thr:>5}  "
+            f"{m['registry_status'] or '-':<9} {m['path']}{extra}"
+        )
+
+
+@models_app.command("show")
+def show_cmd(
+    version: str | None = typer.Argument(None, help="Model version (default: the active model)."),
+) -> None:
+    """Show one model's details as JSON (default: the active one, loaded and checked).
+
+    Example:  digitreader models show
+    """
+    settings = get_settings()
+    if version is None:
+        from digitreader.pipeline.recognize import Predictor
+
+        p = Predictor.load(None, settings)  # checks the SHA-256 and the model's I/O
+        print_json({**p.info.as_dict(), "metadata": p.info.metadata, "active": True})
+        return
+    for m in installed_models(settings):
+        if m["version"] == version:
+            print_json(m)
+            return
+    raise NotFoundError(f"no model with version {version!r}", hint="digitreader models list")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app)
