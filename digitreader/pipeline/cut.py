@@ -1,0 +1,258 @@
+"""Cut stage: a field -> its digit slots (box cells or digits split from a string), each normalized.
+
+Box lines are removed without eating strokes that cross them: the rows/columns of a line next to a
+cell are found by their coverage, taken out of the ink, and put back wherever ink continues on both
+sides of the line (a stroke crossing it). What is left is split into connected pieces, and a
+cell keeps the pieces that lie mostly inside it (so a neighbour's digit that pokes in is ignored).
+
+String fields are split into digits: connected pieces, specks dropped, pieces of one broken digit
+merged (overlapping columns), separators (. , - / =) and trailing strokes dropped (small against
+the string's digit height, or a thin slanted line), and touching digits split at the thinnest
+column near where an even split would cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from digitreader.pipeline.normalize import is_blank, normalize_ink
+from digitreader.pipeline.prepare import map_box
+from digitreader.types import BBox, DigitSlot, FieldCut, FieldRegion, PreparedPage
+
+log = logging.getLogger(__name__)
+
+EMPTY = np.zeros((28, 28), np.uint8)
+
+
+@dataclass
+class _Window:
+    x0: int
+    y0: int
+    ink: np.ndarray  # bool, the window's ink
+    inner: tuple[int, int, int, int]  # x0, y0, x1, y1 of the cell/field interior, window coordinates
+
+
+def _window(prepared: PreparedPage, box: BBox, mx: float, my: float) -> _Window:
+    H, W = prepared.ink.shape
+    x, y, w, h = box
+    X0, Y0 = max(0, int(x - mx)), max(0, int(y - my))
+    X1, Y1 = min(W, int(math.ceil(x + w + mx))), min(H, int(math.ceil(y + h + my)))
+    ink = prepared.ink[Y0:Y1, X0:X1] > 0
+    return _Window(X0, Y0, ink, (x - X0, y - Y0, x + w - X0, y + h - Y0))
+
+
+def _line_runs(cover: np.ndarray, lo: int, hi: int, level: float) -> list[int]:
+    return [i for i in range(max(lo, 0), min(hi, cover.size)) if cover[i] >= level]
+
+
+def remove_lines(win: _Window, max_t: int, level: float = 0.6) -> np.ndarray:
+    """The window's ink without the box lines bordering its interior; crossing strokes are kept."""
+    ink = win.ink
+    x0, y0, x1, y1 = win.inner
+    h, w = ink.shape
+    if x1 <= x0 or y1 <= y0:
+        return ink.copy()
+    row_cover = ink[:, max(x0, 0) : min(x1, w)].mean(axis=1)
+    col_cover = ink[max(y0, 0) : min(y1, h), :].mean(axis=0)
+    rows = _line_runs(row_cover, y0 - max_t, y0 + 2, level) + _line_runs(row_cover, y1 - 2, y1 + max_t, level)
+    cols = _line_runs(col_cover, x0 - max_t, x0 + 2, level) + _line_runs(col_cover, x1 - 2, x1 + max_t, level)
+    line = np.zeros_like(ink)
+    line[rows, :] = True
+    line[:, cols] = True
+    line &= ink
+    out = ink & ~line
+    k = np.ones(3, bool)
+    for band in _bands(rows):
+        a, b = band[0] - 1, band[-1] + 1
+        if a < 0 or b >= h:
+            continue
+        above = np.convolve(out[a], k, "same") > 0
+        below = np.convolve(out[b], k, "same") > 0
+        cross = above & below
+        out[band[0] : band[-1] + 1, cross] |= ink[band[0] : band[-1] + 1, cross]
+    for band in _bands(cols):
+        a, b = band[0] - 1, band[-1] + 1
+        if a < 0 or b >= w:
+            continue
+        left = np.convolve(out[:, a], k, "same") > 0
+        right = np.convolve(out[:, b], k, "same") > 0
+        cross = left & right
+        out[np.ix_(cross, np.arange(band[0], band[-1] + 1))] |= ink[np.ix_(cross, np.arange(band[0], band[-1] + 1))]
+    return out
+
+
+def _bands(idx: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for i in sorted(set(idx)):
+        if out and i == out[-1][-1] + 1:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def _crop(prepared: PreparedPage, win: _Window, mask: np.ndarray) -> np.ndarray:
+    h, w = mask.shape
+    gray = prepared.gray[win.y0 : win.y0 + h, win.x0 : win.x0 + w]
+    return normalize_ink(255 - gray, mask)
+
+
+def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float) -> DigitSlot:
+    x, y, w, h = cell
+    win = _window(prepared, cell, 0.22 * w, 0.3 * h)
+    digit = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))))
+    ix0, iy0, ix1, iy1 = win.inner
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(digit.astype(np.uint8), connectivity=8)
+    keep = np.zeros(n, bool)
+    min_area = max(2, int(0.0015 * w * h))
+    for i in range(1, n):
+        area = int(stats[i, cv2.CC_STAT_AREA])
+        if area < min_area:
+            continue
+        inside = int((labels[iy0:iy1, ix0:ix1] == i).sum())
+        if inside >= 0.5 * area:
+            keep[i] = True
+    mask = keep[labels]
+    box = map_box(prepared.to_original, cell, prepared.width, prepared.height)
+    if is_blank(mask[iy0:iy1, ix0:ix1]):
+        return DigitSlot(position=position, bbox=box, crop=EMPTY.copy(), blank=True)
+    return DigitSlot(position=position, bbox=box, crop=_crop(prepared, win, mask), blank=False)
+
+
+@dataclass
+class _Piece:
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    mask: np.ndarray  # bool, window-sized
+
+    @property
+    def w(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def h(self) -> int:
+        return self.y1 - self.y0
+
+
+def _merge(a: _Piece, b: _Piece) -> _Piece:
+    return _Piece(min(a.x0, b.x0), min(a.y0, b.y0), max(a.x1, b.x1), max(a.y1, b.y1), a.mask | b.mask)
+
+
+def _is_slash(p: _Piece, med_h: float) -> bool:
+    """A thin straight slanted stroke ('/') rather than a digit (a '1' stands nearly upright)."""
+    ys, xs = np.nonzero(p.mask)
+    if ys.size < 5:
+        return False
+    cov = np.cov(np.stack([xs.astype(float), ys.astype(float)]))
+    evals, evecs = np.linalg.eigh(cov)
+    if evals[1] <= 0 or evals[0] / evals[1] > 0.06:
+        return False
+    vx, vy = evecs[:, 1]
+    angle = math.degrees(math.atan2(abs(vy), abs(vx)))  # 90 = upright
+    rising = vx * vy < 0  # x up while y down: '/'
+    return rising and angle < 66.0 and p.h < 1.05 * med_h
+
+
+def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Piece]:
+    """Digits of a string field's ink (lines already removed), left to right."""
+    x0, y0, x1, y1 = inner
+    field_h = max(1, y1 - y0)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    pieces: list[_Piece] = []
+    speck = max(3, int((0.07 * field_h) ** 2))
+    for i in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        if area < speck or max(w, h) < 0.12 * field_h:
+            continue
+        cx, cy = x + w / 2, y + h / 2
+        if not (x0 <= cx <= x1 and y0 <= cy <= y1):
+            continue  # mostly outside the field: a neighbour's ink or a stray line
+        if w > 3.5 * h and h < 0.25 * field_h:
+            continue  # a line remnant
+        pieces.append(_Piece(x, y, x + w, y + h, labels == i))
+    if not pieces:
+        return []
+    pieces.sort(key=lambda p: p.x0)
+    # Merge pieces that share columns (a broken digit, a 5's detached bar, the two bars of '=').
+    merged: list[_Piece] = []
+    for p in pieces:
+        if merged:
+            q = merged[-1]
+            overlap = min(q.x1, p.x1) - max(q.x0, p.x0)
+            if overlap >= 0.5 * min(q.w, p.w):
+                merged[-1] = _merge(q, p)
+                continue
+        merged.append(p)
+    heights = np.array([p.h for p in merged], float)
+    tall = heights[heights >= 0.4 * field_h]
+    med_h = float(np.median(tall)) if tall.size else float(heights.max())
+    digits = [p for p in merged if p.h >= 0.5 * med_h and not _is_slash(p, med_h)]
+    out: list[_Piece] = []
+    for p in digits:
+        ratio = p.w / max(p.h, 1)
+        if ratio <= 1.15:
+            out.append(p)
+            continue
+        k = max(2, int(round(p.w / (0.62 * max(p.h, med_h)))))
+        out.extend(_split_touching(p, k))
+    return out
+
+
+def _split_touching(p: _Piece, k: int) -> list[_Piece]:
+    """Split a piece holding k touching digits at the thinnest columns near the even cuts."""
+    sub = p.mask[:, p.x0 : p.x1]
+    prof = sub.sum(axis=0).astype(float)
+    prof = np.convolve(prof, np.ones(3) / 3, "same")
+    cuts = [0]
+    for i in range(1, k):
+        e = int(round(i * p.w / k))
+        r = max(2, int(0.22 * p.w / k))
+        lo, hi = max(cuts[-1] + 2, e - r), min(p.w - 2, e + r)
+        cuts.append(lo + int(np.argmin(prof[lo:hi])) if hi > lo else e)
+    cuts.append(p.w)
+    out = []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        m = np.zeros_like(p.mask)
+        m[:, p.x0 + a : p.x0 + b] = p.mask[:, p.x0 + a : p.x0 + b]
+        ys, xs = np.nonzero(m)
+        if ys.size == 0:
+            continue
+        out.append(_Piece(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, m))
+    return out
+
+
+def _string_slots(prepared: PreparedPage, region: FieldRegion, ppm: float) -> list[DigitSlot]:
+    inner = region.cells[0] if region.cells else region.bbox
+    x, y, w, h = inner
+    win = _window(prepared, inner, 0.05 * h, 0.3 * h)
+    digit = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))))
+    slots = []
+    for i, p in enumerate(split_string(digit, win.inner)):
+        box = (win.x0 + p.x0, win.y0 + p.y0, p.w, p.h)
+        slots.append(DigitSlot(position=i, bbox=map_box(prepared.to_original, box, prepared.width, prepared.height),
+                               crop=_crop(prepared, win, p.mask), blank=False))
+    return slots
+
+
+def cut_field(prepared: PreparedPage, region: FieldRegion, name: str | None = None) -> FieldCut:
+    """Digit slots of one field, boxes in page-as-submitted coordinates, crops in the MNIST form."""
+    ppm = (prepared.dpi or 150.0) / 25.4
+    if region.kind == "boxes":
+        slots = [_cell_slot(prepared, c, i, ppm) for i, c in enumerate(region.cells)]
+    else:
+        slots = _string_slots(prepared, region, ppm)
+    return FieldCut(
+        name=name or region.name or "",
+        kind=region.kind,
+        bbox=map_box(prepared.to_original, region.bbox, prepared.width, prepared.height),
+        slots=tuple(slots),
+        length=region.length,
+        pattern=region.pattern,
+    )

@@ -1,0 +1,64 @@
+"""Segment: one call per page, prepare -> fields (or a template) -> cut. Returns a `PageCut`."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from digitreader.errors import InputError
+from digitreader.pipeline.cut import cut_field
+from digitreader.pipeline.fields import find_fields
+from digitreader.pipeline.prepare import prepare_page
+from digitreader.settings import Settings
+from digitreader.types import PageCut, PageImage, PreparedPage
+
+log = logging.getLogger(__name__)
+
+#: A page with less ink than this fraction is blank; with more, it is all black (a failed scan).
+BLANK_INK = 0.0005
+BLACK_INK = 0.85
+
+
+def check_page(page: PageImage, prepared: PreparedPage) -> None:
+    """Refuse pages with no ink at all, or that are almost entirely ink."""
+    g = page.gray[::4, ::4]
+    if g.size and float(np.mean(g < 64)) > BLACK_INK:
+        raise InputError("the page is all black (a failed scan or a negative?)", path=page.source or None,
+                         page=page.number, code="all_black")
+    ink = prepared.ink[::2, ::2]
+    if ink.size == 0 or float(np.count_nonzero(ink)) / ink.size < BLANK_INK:
+        raise InputError("the page is blank (no ink found)", path=page.source or None, page=page.number,
+                         code="blank_page")
+
+
+def segment_page(page: PageImage, settings: Settings | None = None, template: object | None = None) -> PageCut:
+    """Find and cut every digit of a page. Boxes are in the coordinates of the page as submitted.
+
+    With a `template` (see `templates.load_template`), the page is registered to it and its fields
+    are named and cut where the template says; otherwise fields are found and named by position
+    ("field-01", ... top-to-bottom, left-to-right).
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    prepared = prepare_page(page, settings)
+    t1 = time.perf_counter()
+    timings["prepare"] = t1 - t0
+    check_page(page, prepared)
+    if template is not None:
+        from digitreader.pipeline.templates import apply_template
+
+        regions = apply_template(prepared, template)  # type: ignore[arg-type]
+    else:
+        regions = find_fields(prepared, settings)
+    t2 = time.perf_counter()
+    timings["fields"] = t2 - t1
+    fields = tuple(
+        cut_field(prepared, r, name=r.name or f"field-{i:02d}") for i, r in enumerate(regions, start=1)
+    )
+    timings["cut"] = time.perf_counter() - t2
+    log.debug("page %d: %d fields, %d digits, %.0f ms", page.number, len(fields),
+              sum(len(f.slots) for f in fields), 1000 * sum(timings.values()))
+    return PageCut(number=page.number, width=page.width, height=page.height, fields=fields,
+                   skew_degrees=prepared.skew_degrees, timings=timings)
