@@ -157,7 +157,7 @@ def _is_slash(p: _Piece, med_h: float) -> bool:
     vx, vy = evecs[:, 1]
     angle = math.degrees(math.atan2(abs(vy), abs(vx)))  # 90 = upright
     rising = vx * vy < 0  # x up while y down: '/'
-    return rising and angle < 66.0 and p.h < 1.05 * med_h
+    return rising and angle < 57.0 and p.h < 1.05 * med_h
 
 
 def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Piece]:
@@ -200,7 +200,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
         if ratio <= 1.15:
             out.append(p)
             continue
-        k = max(2, int(round(p.w / (0.62 * max(p.h, med_h)))))
+        k = max(2, int(round(p.w / (0.75 * max(p.h, med_h)))))
         out.extend(_split_touching(p, k))
     return out
 

@@ -188,40 +188,45 @@ def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     return _Found("ticks", bbox, cells)
 
 
-def _group_squares(squares: list[_Found]) -> list[_Found]:
-    """Squares standing in a row, evenly spaced, become one box field (lone squares are dropped)."""
-    squares = sorted(squares, key=lambda s: (s.bbox[1], s.bbox[0]))
-    used = [False] * len(squares)
+def _group_cells(parts: list[_Found]) -> list[_Found]:
+    """Box structures standing in a row with cell-sized gaps become one box field.
+
+    Separate squares are found one by one (or a few at a time where they nearly touch); joined into
+    one field here. A lone square stays out: one box on its own is not a digit field.
+    """
+    parts = sorted(parts, key=lambda s: (s.bbox[0], s.bbox[1]))
+    used = [False] * len(parts)
     out: list[_Found] = []
-    for i, s in enumerate(squares):
+    for i, s in enumerate(parts):
         if used[i]:
             continue
         row = [s]
         used[i] = True
-        changed = True
-        while changed:
-            changed = False
-            last = max(row, key=lambda r: r.bbox[0])
-            for j, t in enumerate(squares):
+        extended = True
+        while extended:
+            extended = False
+            last = row[-1]
+            lx, ly, lw, lh = last.bbox
+            cell_w = float(np.median([c[2] for c in last.cells]))
+            for j, t in enumerate(parts):
                 if used[j]:
                     continue
-                lx, ly, lw, lh = last.bbox
                 tx, ty, tw, th = t.bbox
                 same_row = abs((ty + th / 2) - (ly + lh / 2)) < 0.3 * lh and abs(th - lh) < 0.25 * lh
                 gap = tx - (lx + lw)
-                if same_row and -2 <= gap < 0.9 * lw:
+                if same_row and -3 <= gap < 0.9 * cell_w:
                     row.append(t)
                     used[j] = True
-                    changed = True
+                    extended = True
                     break
-        if len(row) < 2:
+        cells = [c for r in row for c in r.cells]
+        if len(cells) < 2:
             continue
-        row.sort(key=lambda r: r.bbox[0])
         x0 = row[0].bbox[0]
         y0 = min(r.bbox[1] for r in row)
         x1 = max(r.bbox[0] + r.bbox[2] for r in row)
         y1 = max(r.bbox[1] + r.bbox[3] for r in row)
-        out.append(_Found("boxes", (x0, y0, x1 - x0, y1 - y0), [r.cells[0] for r in row]))
+        out.append(_Found("boxes", (x0, y0, x1 - x0, y1 - y0), cells))
     return out
 
 
@@ -263,11 +268,11 @@ def find_fields(prepared: PreparedPage, settings: Settings | None = None) -> lis
             f = _ticks(sub, x, y, g)
         if f is None:
             continue
-        if f.kind == "square":
+        if f.kind in ("square", "boxes"):
             squares.append(f)
         else:
             found.append(f)
-    found += _group_squares(squares)
+    found += _group_cells(squares)
     regions = []
     for f in found:
         kind = "string" if f.kind == "string" else "boxes"

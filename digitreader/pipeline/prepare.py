@@ -95,8 +95,8 @@ def binarize(flat: np.ndarray) -> np.ndarray:
         noise = 1.4826 * float(np.median(np.abs(paper.astype(np.float32) - med)))
     else:
         med, noise = 255.0, 3.0
-    strong = min(200.0, med - max(40.0, 8.0 * noise))
-    weak = min(228.0, med - max(18.0, 4.0 * noise))
+    strong = min(195.0, med - max(60.0, 8.0 * noise))
+    weak = min(230.0, med - max(25.0, 4.0 * noise))
     weak_mask = (flat < weak).astype(np.uint8)
     strong_mask = flat < strong
     # Hysteresis: keep weak pixels only in components that hold a strong pixel.

@@ -167,10 +167,8 @@ def _box_cells(canvas: Canvas, it: Item) -> tuple[list[tuple[int, int, int, int]
     """Draw a box field; return each cell's inner box (x, y, w, h) and its outer bbox."""
     c, rng = canvas, canvas.rng
     faint = rng.random() < c.style.faint_box
-    tone = float(rng.uniform(150, 195)) if faint else float(rng.uniform(10, 80))
-    t = max(1, int(round(rng.uniform(0.2, 0.45) * c.dpi / 25.4)))
-    if faint:
-        t = max(1, t - 1)
+    tone = float(rng.uniform(140, 185)) if faint else float(rng.uniform(10, 80))
+    t = max(2, int(round(rng.uniform(0.2, 0.45) * c.dpi / 25.4)))
     x, y = c.px(it.x), c.px(it.y)
     cw, ch = it.cell_w * c.dpi / 25.4, c.px(it.cell_h)
     cells: list[tuple[int, int, int, int]] = []
@@ -207,7 +205,7 @@ def _box_cells(canvas: Canvas, it: Item) -> tuple[list[tuple[int, int, int, int]
         for i in range(it.cells):
             a, b = int(round(x + i * cw)), int(round(x + (i + 1) * cw))
             cells.append((a + half, y, b - a - 2 * half, ch - half))
-        outer = [x - t // 2, base - tick, x1 - x + t, tick + t]
+        outer = [x - t // 2, y, x1 - x + t, ch + t]
     return cells, outer
 
 
@@ -251,7 +249,7 @@ def _fill_boxes(canvas: Canvas, it: Item) -> dict[str, Any]:
 def _separator(canvas: Canvas, ch: str, h: int, stroke: int) -> np.ndarray:
     """A handwritten-looking separator, float ink-high, height `h` (digit height)."""
     rng = canvas.rng
-    w = max(3, int(h * (0.45 if ch in "/-=" else 0.2)))
+    w = max(3, int(h * (0.6 if ch == "/" else 0.45 if ch in "-=" else 0.2)))
     img = np.zeros((h, w), np.uint8)
     if ch == "/":
         cv2.line(img, (int(w * 0.95), int(h * 0.15)), (int(w * 0.05), int(h * 0.85)), 255, stroke, cv2.LINE_AA)
@@ -271,8 +269,8 @@ def _separator(canvas: Canvas, ch: str, h: int, stroke: int) -> np.ndarray:
 def _fill_string(canvas: Canvas, it: Item) -> dict[str, Any]:
     c, rng = canvas, canvas.rng
     faint = rng.random() < c.style.faint_box
-    tone = float(rng.uniform(150, 195)) if faint else float(rng.uniform(10, 80))
-    t = max(1, int(round(rng.uniform(0.2, 0.45) * c.dpi / 25.4)))
+    tone = float(rng.uniform(140, 185)) if faint else float(rng.uniform(10, 80))
+    t = max(2, int(round(rng.uniform(0.2, 0.45) * c.dpi / 25.4)))
     x, y, w, h = c.px(it.x), c.px(it.y), c.px(it.w), c.px(it.h)
     c.hline(x, x + w + t // 2 + 1, y, t, tone)
     c.hline(x, x + w + t // 2 + 1, y + h, t, tone)
@@ -380,7 +378,8 @@ def _decorate(canvas: Canvas, it: Item) -> None:
         wave = np.sin((xx + 0.6 * period * np.sin(yy / (period * 1.3))) / period * 2 * math.pi)
         wave2 = np.sin((yy + 0.5 * period * np.sin(xx / (period * 2.1))) / (period * 1.7) * 2 * math.pi)
         pat = np.maximum(wave, wave2) > 0.9
-        c.img[pat] = np.minimum(c.img[pat], np.uint8(rng.uniform(212, 228)))
+        paper = float(np.median(c.img[::50, ::50]))
+        c.img[pat] = np.minimum(c.img[pat], np.uint8(paper - rng.uniform(10, 22)))
         _put_text(c, "NORTHWIND", 40, 55, 14.0, tone=228.0)
     elif it.kind == "micr":
         _put_text(c, it.text, it.x, it.y, 3.5, tone=25.0)
