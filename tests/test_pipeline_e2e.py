@@ -1,0 +1,257 @@
+"""The embedded pipeline end to end on generated pages: database and export against ground truth,
+re-runs without duplicates, bad documents isolated, PostgreSQL for real."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from digitreader.db import Digit, Document, Field, Page, session_scope
+from digitreader.db.migrate import upgrade
+from digitreader.db.session import get_engine, make_engine
+from digitreader.db.store import store_document_results
+from digitreader.export import export_json
+from digitreader.pipeline.process import (
+    assemble_document,
+    collect_inputs,
+    load_predictor,
+    process_batch,
+    recognize_pages,
+    segment_document,
+)
+from digitreader.settings import Settings
+from tests.test_db import pg_url  # noqa: F401  (fixture)
+
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+# ------------------------------------------------------------------------------------- fixtures
+
+
+def make_scans(base: Path, data_dir: Path) -> Path:
+    """8 generated pages in 6 files (multi-page TIFF and PDF among them), with ground truth.
+
+    Generated once per test session (shared by the test modules that import this)."""
+    from digitreader.synth import generate
+
+    out = base / "scans"
+    if not (out / ".complete").exists():
+        generate(out, pages=5, seed=41, fmt="mixed", kind="mixed", data_dir=data_dir)
+        generate(out / "multi", pages=3, seed=42, fmt="tiff", kind="form", per_file=3, data_dir=data_dir)
+        (out / ".complete").write_text("ok")
+    return out
+
+
+@pytest.fixture(scope="session")
+def scans(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    return make_scans(tmp_path_factory.getbasetemp(), data_dir)
+
+
+@pytest.fixture(scope="session")
+def predictor() -> Any:
+    return load_predictor(Settings(_env_file=None))  # type: ignore[call-arg]
+
+
+def truth_of(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    return json.loads(p.with_name(p.name.rsplit(".", 1)[0] + ".truth.json").read_text())
+
+
+def iou(a: list[int], b: list[int]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    union = aw * ah + bw * bh - ix * iy
+    return ix * iy / union if union else 0.0
+
+
+def score(export: dict[str, Any]) -> dict[str, float]:
+    """Match every truth field and digit to the export by box overlap; count what agrees."""
+    n = dict.fromkeys(("fields", "found", "exact", "digits", "right", "boxes_ok"), 0)
+    for doc in export["documents"]:
+        truth = truth_of(doc["path"])
+        pages = {p["number"]: p for p in doc["pages"]}
+        for tp in truth["pages"]:
+            page = pages[tp["number"]]
+            # (PDF pages are rasterized from their size in points: +-1 px of rounding.)
+            assert abs(page["width"] - tp["width"]) <= 1 and abs(page["height"] - tp["height"]) <= 1
+            for tf in tp["fields"]:
+                n["fields"] += 1
+                n["digits"] += sum(1 for d in tf["digits"] if d["label"] is not None)
+                best = max(page["fields"], key=lambda f: iou(f["bbox"], tf["bbox"]), default=None)
+                if best is None or iou(best["bbox"], tf["bbox"]) < 0.5:
+                    continue
+                n["found"] += 1
+                n["exact"] += best["value"] == tf["value"]
+                for td in tf["digits"]:
+                    if td["label"] is None:
+                        continue
+                    d = max(best["digits"], key=lambda d: iou(d["bbox"], td["bbox"]), default=None)
+                    if d is not None and iou(d["bbox"], td["bbox"]) > 0.2:
+                        n["boxes_ok"] += 1
+                        n["right"] += d["label"] == td["label"]
+    return {
+        "field_found": n["found"] / n["fields"],
+        "field_exact": n["exact"] / n["fields"],
+        "digit_boxes": n["boxes_ok"] / n["digits"],
+        "digit_accuracy": n["right"] / n["digits"],
+    }
+
+
+def row_counts(settings: Settings) -> dict[str, int]:
+    with session_scope(settings) as s:
+        return {m.__tablename__: int(s.scalar(select(func.count()).select_from(m)) or 0)
+                for m in (Document, Page, Field, Digit)}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- bad files
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def make_bad_files(folder: Path, good_png: Path) -> dict[str, str]:
+    """Real bad files next to good ones; returns {file name: the error code it must get}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    expected: dict[str, str] = {}
+    (folder / "zero.png").write_bytes(b"")
+    expected["zero.png"] = "empty_file"
+    data = good_png.read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 3])
+    expected["truncated.png"] = "truncated"
+    (folder / "notes.jpg").write_text("this is a text file, not a scan\n" * 20)
+    expected["notes.jpg"] = "unsupported"
+    # A PNG whose header claims 100000 x 100000 pixels (a decompression bomb): refused unread.
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+    (folder / "huge.png").write_bytes(bomb + _png_chunk(b"IEND", b""))
+    expected["huge.png"] = "too_large"
+    cv2.imwrite(str(folder / "blank.png"), np.full((1754, 1240), 250, np.uint8))
+    expected["blank.png"] = "blank_page"
+    cv2.imwrite(str(folder / "black.png"), np.full((1754, 1240), 8, np.uint8))
+    expected["black.png"] = "all_black"
+    for name in ("encrypted.pdf", "encrypted_form.pdf"):
+        if (TEST_DATA / name).exists():
+            shutil.copy(TEST_DATA / name, folder / "encrypted.pdf")
+            expected["encrypted.pdf"] = "encrypted"
+            break
+    return expected
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+
+@pytest.mark.slow
+def test_batch_matches_ground_truth(settings: Settings, scans: Path, predictor: Any) -> None:
+    report = process_batch([scans], settings, predictor=predictor)
+    files = collect_inputs([scans])
+    assert report.status == "done" and not report.failed
+    assert report.total == len(files) == 6 and report.pages == 8
+    with session_scope(settings) as s:
+        export = export_json(s, report.batch_id)
+        crops = s.scalars(select(Digit.crop).where(Digit.blank.is_(False))).all()
+        assert crops and all(c is not None and len(c) == 784 for c in crops)
+        assert s.scalar(select(func.count()).select_from(Digit).where(Digit.blank.is_(True))) > 0
+    assert export["schema"] == "digitreader.results/v1" and export["batch"] == report.batch_id
+    for doc in export["documents"]:
+        assert doc["status"] in ("done", "needs_review") and doc["error"] is None
+        assert len(doc["pages"]) == len(truth_of(doc["path"])["pages"])
+        for page in doc["pages"]:
+            for f in page["fields"]:
+                assert f["value"] == "".join(str(d["label"]) for d in f["digits"] if d["label"] is not None)
+                assert f["needs_review"] == (bool(f["flags"]))
+                if any(d["needs_review"] for d in f["digits"]):
+                    assert f["needs_review"]
+    q = score(export)
+    # Loose floors (the benchmark measures the real numbers): a broken stage falls far below them.
+    assert q["field_found"] >= 0.9, q
+    assert q["digit_boxes"] >= 0.9, q
+    assert q["digit_accuracy"] >= 0.85, q
+    counts = row_counts(settings)
+    assert counts["digits"] == sum(len(f["digits"]) for d in export["documents"] for p in d["pages"]
+                                   for f in p["fields"])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_rerun_skips_force_reprocesses(settings: Settings, scans: Path, predictor: Any) -> None:
+    first = process_batch([scans], settings, predictor=predictor)
+    before = row_counts(settings)
+    again = process_batch([scans], settings, predictor=predictor)
+    assert again.batch_id != first.batch_id and again.total == 0 and not again.processed
+    assert {s.reason for s in again.skipped} == {"processed"} and len(again.skipped) == first.total
+    assert row_counts(settings) == before  # nothing duplicated
+    forced = process_batch([scans], settings, predictor=predictor, force=True)
+    assert forced.total == first.total and forced.status == "done"
+    with session_scope(settings) as s:
+        a, b = export_json(s, first.batch_id), export_json(s, forced.batch_id)
+    values = lambda e: [f["value"] for d in e["documents"] for p in d["pages"] for f in p["fields"]]  # noqa: E731
+    assert values(a) == values(b)  # deterministic
+    assert row_counts(settings)["digits"] == 2 * before["digits"]
+
+
+def test_storing_a_document_twice_replaces_it(settings: Settings, scans: Path, predictor: Any) -> None:
+    path = sorted(scans.glob("*.png")) or sorted(scans.glob("*.jp*g"))
+    cut = segment_document(path[0], settings)
+    assert not cut.failed, cut.error_message
+    results = assemble_document(cut, recognize_pages(predictor, cut.pages), 0.9)
+    from digitreader.db.store import InputFile, register_batch
+
+    with session_scope(settings) as s:
+        plan = register_batch(s, [InputFile(str(path[0]), "f" * 64, 1)])
+    doc_id = plan.todo[0][0]
+    for _ in range(2):  # e.g. a redelivered task
+        with session_scope(settings) as s:
+            store_document_results(s, doc_id, results, model_version="t")
+    counts = row_counts(settings)
+    assert counts["pages"] == len(results)
+    assert counts["digits"] == sum(len(f.digits) for r in results for f in r.fields)
+
+
+@pytest.mark.slow
+def test_bad_documents_fail_alone(settings: Settings, scans: Path, predictor: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    good = sorted(scans.glob("*.png"))[:1] + sorted(scans.glob("*.jp*g"))[:1]
+    folder.mkdir()
+    for g in good:
+        shutil.copy(g, folder / g.name)
+    expected = make_bad_files(folder, good[0])
+    report = process_batch([folder], settings, predictor=predictor)
+    assert report.status == "partial"
+    with session_scope(settings) as s:
+        docs = {Path(d.path).name: d for d in s.scalars(select(Document)).all()}
+        got = {name: d.error_code for name, d in docs.items() if d.status == "failed"}
+        assert got == expected
+        for name in expected:
+            assert name in docs[name].error_message and docs[name].error_message.strip()
+        for g in good:
+            assert docs[g.name].status in ("done", "needs_review")
+            assert s.scalar(select(func.count()).select_from(Page).where(Page.document_id == docs[g.name].id)) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_postgres_end_to_end(pg_url: str, scans: Path, predictor: Any, tmp_path: Path) -> None:  # noqa: F811
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    engine.dispose()
+    settings = Settings(home=tmp_path, database_url=pg_url, _env_file=None)  # type: ignore[call-arg]
+    report = process_batch([scans], settings, predictor=predictor)
+    assert report.status == "done" and report.pages == 8
+    with session_scope(settings) as s:
+        export = export_json(s, report.batch_id)
+    assert score(export)["digit_accuracy"] >= 0.85
+    before = row_counts(settings)
+    again = process_batch([scans], settings, predictor=predictor)
+    assert again.total == 0 and row_counts(settings) == before
+    get_engine(settings).dispose()
