@@ -201,6 +201,11 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="candidate", index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+    # Migration 0002 (review/retraining): the model it was fine-tuned from, when it last went
+    # live, and the promotion gate's last decision ({"passed", "reasons", "metrics"...}).
+    parent_version: Mapped[str | None] = mapped_column(String(64))
+    promoted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    gate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Correction(Base):
@@ -213,7 +218,13 @@ class Correction(Base):
     old_label: Mapped[int | None] = mapped_column(Integer)
     new_label: Mapped[int | None] = mapped_column(Integer)  # None = "this cell is blank"
     reviewer: Mapped[str | None] = mapped_column(String(128))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now(), index=True
+    )
     model_version: Mapped[str | None] = mapped_column(String(64))
+    # Migration 0002: the digit (and its field/document) before this correction, so `undo` can
+    # restore it exactly; and where the correction came from (web, cli).
+    previous: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    source: Mapped[str | None] = mapped_column(String(16))
 
     digit: Mapped[Digit] = relationship(back_populates="corrections")
