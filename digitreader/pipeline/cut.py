@@ -194,15 +194,50 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
     tall = heights[heights >= 0.4 * field_h]
     med_h = float(np.median(tall)) if tall.size else float(heights.max())
     digits = [p for p in merged if p.h >= 0.5 * med_h and not _is_slash(p, med_h)]
+    single = [p.w for p in digits if 0.3 * p.h <= p.w <= 1.1 * p.h]
+    est_w = max(float(np.median(single)) if len(single) >= 2 else 0.0, 0.6 * med_h)
     out: list[_Piece] = []
     for p in digits:
-        ratio = p.w / max(p.h, 1)
-        if ratio <= 1.15:
-            out.append(p)
-            continue
-        k = max(2, int(round(p.w / (0.75 * max(p.h, med_h)))))
-        out.extend(_split_touching(p, k))
+        k = _touching_count(p, est_w)
+        parts = _split_touching(p, k) if k >= 2 else [p]
+        # A split is right only when every part is digit-sized (not a 5's bar or a 2's tail).
+        if k >= 2 and not (
+            all(q.h >= 0.6 * med_h and q.w >= 0.25 * med_h for q in parts) and _thin_necks(p, parts)
+        ):
+            parts = [p]
+        out.extend(parts)
     return out
+
+
+def _stroke_width(p: _Piece) -> float:
+    """Median length of horizontal ink runs: the pen's width."""
+    sub = p.mask[p.y0 : p.y1, p.x0 : p.x1].astype(np.int8)
+    widths = []
+    for a in (sub, sub.T):
+        d = np.diff(np.pad(a, ((0, 0), (1, 1))), axis=1)
+        runs = np.nonzero(d == -1)[1] - np.nonzero(d == 1)[1]
+        if runs.size:
+            widths.append(float(np.median(runs)))
+    return min(widths) if widths else 1.0
+
+
+def _thin_necks(p: _Piece, parts: list[_Piece]) -> bool:
+    """Touching digits meet at a neck about one pen stroke thick; a cut through a digit is thicker."""
+    prof = p.mask[:, p.x0 : p.x1].sum(axis=0)
+    pen = _stroke_width(p)
+    for q in parts[1:]:
+        c = q.x0 - p.x0
+        lo, hi = max(0, c - 1), min(prof.size, c + 2)
+        if hi <= lo or float(prof[lo:hi].min()) > 1.8 * pen:
+            return False
+    return True
+
+
+def _touching_count(p: _Piece, est_w: float) -> int:
+    """How many digits a piece holds: 1 unless it is much wider than a digit and has a thin neck."""
+    if p.w < 1.35 * est_w or p.w <= p.h:
+        return 1
+    return max(2, int(round(p.w / est_w)))
 
 
 def _split_touching(p: _Piece, k: int) -> list[_Piece]:
@@ -213,7 +248,7 @@ def _split_touching(p: _Piece, k: int) -> list[_Piece]:
     cuts = [0]
     for i in range(1, k):
         e = int(round(i * p.w / k))
-        r = max(2, int(0.22 * p.w / k))
+        r = max(2, int(0.3 * p.w / k))
         lo, hi = max(cuts[-1] + 2, e - r), min(p.w - 2, e + r)
         cuts.append(lo + int(np.argmin(prof[lo:hi])) if hi > lo else e)
     cuts.append(p.w)
