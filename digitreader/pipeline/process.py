@@ -307,10 +307,15 @@ def make_executor(workers: int) -> cf.Executor:
 
 
 def load_predictor(settings: Settings) -> Any:
-    """The recognizer for the settings (the active model, or DIGITREADER_MODEL_PATH)."""
+    """The recognizer for the settings: DIGITREADER_MODEL_PATH if set, else the registry's active model
+    (a `registry.LivePredictor`: a newly promoted model is picked up between documents, no restart)."""
     from digitreader.pipeline.recognize import Predictor
 
-    return Predictor.load(settings.model_path, settings=settings)
+    if settings.model_path is not None:
+        return Predictor.load(settings.model_path, settings=settings)
+    from digitreader.registry import LivePredictor
+
+    return LivePredictor(settings)
 
 
 def resolve_threshold(predictor: Any, settings: Settings, threshold: float | None) -> float:
@@ -422,9 +427,16 @@ def _run(
     buffered = 0
 
     def flush() -> None:
-        nonlocal buffer, buffered
+        nonlocal buffer, buffered, threshold, model_version
         if not buffer:
             return
+        refresh = getattr(predictor, "refresh", None)  # registry.LivePredictor: follow the active model
+        if refresh is not None:
+            old_threshold = float(predictor.info.threshold)
+            if refresh():
+                model_version = str(predictor.info.version)
+                if threshold == old_threshold and settings.threshold is None:  # the model's own threshold
+                    threshold = float(predictor.info.threshold)
         _recognize_and_store(buffer, predictor, settings.batch_size, threshold, model_version, engine, report, hook)
         buffer, buffered = [], 0
 

@@ -1,0 +1,498 @@
+"""Review of flagged digits: the queue, corrections and undo. Used by the web page and the CLI alike.
+
+A *correction* is a reviewer's answer for one digit: a label 0-9 (the model's own label = "accept")
+or `None` for "not a digit / blank" (the `x` key). Applying one, in one transaction:
+
+- stores a `corrections` row (who, when, old and new label, the model version that read the digit,
+  the digit's previous state for undo, and where it came from: web or cli);
+- updates the digit (label, blank, needs_review = False), its field (value, confidence, flags,
+  needs_review: template rules re-checked on the new value) and its document (`done` when none of
+  its fields needs review any more, else `needs_review`).
+
+`undo` deletes the reviewer's latest correction and restores exactly what was there before it.
+Corrections feed retraining (`training/corrections.py`): the latest correction of a digit is its
+ground truth.
+"""
+
+from __future__ import annotations
+
+import getpass
+import io
+import logging
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from digitreader.db.models import Batch, Correction, Digit, Document, Field, Page, utcnow
+from digitreader.errors import NotFoundError, UsageError
+from digitreader.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ORDERS = ("confidence", "margin")
+#: Field flags that come from the digits (re-derived after a correction); others are template rules.
+DIGIT_FLAGS = ("low_confidence", "non_digit")
+
+
+def reviewer_name(settings: Settings | None = None, override: str | None = None) -> str:
+    """Who is correcting: the explicit name, else settings.reviewer (DIGITREADER_REVIEWER), else the OS user."""
+    if override:
+        return override.strip()[:128]
+    if settings is not None and settings.reviewer:
+        return settings.reviewer[:128]
+    try:
+        return getpass.getuser()[:128]
+    except Exception:  # no user name (some containers)
+        return "unknown"
+
+
+def parse_label(text: str | int | None) -> int | None:
+    """'0'..'9' -> int; 'x' (or 'blank', 'none', '-') -> None ("not a digit / blank"). Raises UsageError."""
+    if text is None:
+        return None
+    if isinstance(text, int):
+        if 0 <= text <= 9:
+            return text
+        raise UsageError(f"label {text} is not a digit 0-9 (use x for 'not a digit / blank')")
+    t = str(text).strip().lower()
+    if t in ("x", "blank", "none", "-", "10"):
+        return None
+    if len(t) == 1 and t.isdigit():
+        return int(t)
+    raise UsageError(f"label {text!r}: use a digit 0-9, or x for 'not a digit / blank'")
+
+
+# ------------------------------------------------------------------------------------------ queue
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One flagged digit with what a reviewer needs to decide."""
+
+    digit_id: int
+    batch_id: int
+    document_id: int
+    document: str  # path as submitted
+    page: int
+    field_id: int
+    field: str
+    kind: str
+    position: int
+    label: int | None  # the model's best digit
+    confidence: float | None
+    margin: float | None  # top-1 minus top-2 probability
+    top3: list[list[float]]  # [[label, probability], ...]; label 10 = not a digit
+    non_digit: bool
+    model_version: str | None
+    bbox: tuple[int, int, int, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["bbox"] = list(self.bbox)
+        return d
+
+
+def _margin(top3: list[Any] | None) -> float | None:
+    if not top3:
+        return None
+    if len(top3) < 2:
+        return float(top3[0][1])
+    return float(top3[0][1]) - float(top3[1][1])
+
+
+def _queue_stmt(batch_id: int | None, field: str | None) -> Any:
+    stmt = (
+        select(Digit, Field.name, Field.kind, Page.number, Document.id, Document.path, Document.batch_id)
+        .join(Field, Digit.field_id == Field.id)
+        .join(Page, Field.page_id == Page.id)
+        .join(Document, Page.document_id == Document.id)
+        .where(Digit.needs_review.is_(True), Digit.blank.is_(False))
+    )
+    if batch_id is not None:
+        stmt = stmt.where(Document.batch_id == batch_id)
+    if field:
+        stmt = stmt.where(Field.name == field)
+    return stmt
+
+
+def list_queue(
+    session: Session,
+    *,
+    batch_id: int | None = None,
+    field: str | None = None,
+    order: str = "confidence",
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[QueueItem]:
+    """Flagged digits still to review, hardest first: lowest confidence, or smallest top-2 margin.
+
+    Ties are broken by digit id, so the order is stable between calls.
+    """
+    if order not in ORDERS:
+        raise UsageError(f"order must be one of {', '.join(ORDERS)}")
+    if batch_id is not None and session.get(Batch, batch_id) is None:
+        raise NotFoundError(f"batch {batch_id} does not exist", hint="digitreader status lists the latest batch")
+    stmt = _queue_stmt(batch_id, field)
+    if order == "confidence":
+        # NULL confidence (should not happen for a non-blank digit) first: it surely needs a look.
+        stmt = stmt.order_by(Digit.confidence.is_not(None), Digit.confidence, Digit.id)
+        if limit is not None:
+            stmt = stmt.limit(limit).offset(offset)
+        rows = session.execute(stmt).all()
+    else:
+        rows = session.execute(stmt).all()
+        rows.sort(key=lambda r: (_margin(r[0].top3) if r[0].top3 else -1.0, r[0].id))
+        rows = rows[offset : offset + limit if limit is not None else None]
+    return [
+        QueueItem(
+            digit_id=d.id,
+            batch_id=batch,
+            document_id=doc_id,
+            document=path,
+            page=page,
+            field_id=d.field_id,
+            field=fname,
+            kind=kind,
+            position=d.position,
+            label=d.label,
+            confidence=d.confidence,
+            margin=_margin(d.top3),
+            top3=[[int(a), float(b)] for a, b in (d.top3 or [])],
+            non_digit=bool(d.non_digit),
+            model_version=d.model_version,
+            bbox=d.bbox,
+        )
+        for d, fname, kind, page, doc_id, path, batch in rows
+    ]
+
+
+def queue_counts(session: Session, *, batch_id: int | None = None, field: str | None = None) -> dict[str, int]:
+    """What is left and what was done: flagged digits left, corrections made (same filters), documents
+    still needing review."""
+    left = session.scalar(select(func.count()).select_from(_queue_stmt(batch_id, field).subquery())) or 0
+    corr = (
+        select(func.count(func.distinct(Correction.digit_id)))
+        .join(Digit, Correction.digit_id == Digit.id)
+        .join(Field, Digit.field_id == Field.id)
+        .join(Page, Field.page_id == Page.id)
+        .join(Document, Page.document_id == Document.id)
+    )
+    docs = select(func.count()).select_from(Document).where(Document.status == "needs_review")
+    if batch_id is not None:
+        corr = corr.where(Document.batch_id == batch_id)
+        docs = docs.where(Document.batch_id == batch_id)
+    if field:
+        corr = corr.where(Field.name == field)
+    return {
+        "left": int(left),
+        "reviewed": int(session.scalar(corr) or 0),
+        "documents_left": int(session.scalar(docs) or 0),
+    }
+
+
+def queue_fields(session: Session, batch_id: int | None = None) -> list[tuple[str, int]]:
+    """Field names with flagged digits (for the filter), with how many each."""
+    stmt = _queue_stmt(batch_id, None).subquery()
+    rows = session.execute(select(stmt.c.name, func.count()).group_by(stmt.c.name).order_by(stmt.c.name)).all()
+    return [(str(n), int(c)) for n, c in rows]
+
+
+def queue_batches(session: Session) -> list[tuple[int, int]]:
+    """Batches with flagged digits, newest first, with how many each."""
+    stmt = _queue_stmt(None, None).subquery()
+    rows = session.execute(
+        select(stmt.c.batch_id, func.count()).group_by(stmt.c.batch_id).order_by(stmt.c.batch_id.desc())
+    ).all()
+    return [(int(b), int(c)) for b, c in rows]
+
+
+# ------------------------------------------------------------------------------------ corrections
+
+
+@dataclass(frozen=True)
+class CorrectionResult:
+    correction_id: int
+    digit_id: int
+    old_label: int | None
+    new_label: int | None
+    accepted: bool  # the reviewer kept the model's label
+    field_value: str
+    field_needs_review: bool
+    document_id: int
+    document_status: str
+    reviewer: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _get_digit(session: Session, digit_id: int) -> Digit:
+    d = session.get(Digit, digit_id, with_for_update=_locks(session))
+    if d is None:
+        raise NotFoundError(f"digit {digit_id} does not exist", hint="digitreader review list shows the queue")
+    return d
+
+
+def _locks(session: Session) -> bool:
+    bind = session.get_bind()
+    return bind.dialect.name != "sqlite"  # SQLite serializes writers itself
+
+
+def _rule_ok(pattern: str | None, value: str) -> bool:
+    if pattern is None:
+        return True
+    try:
+        return re.fullmatch(pattern, value) is not None
+    except re.error:
+        return False
+
+
+def refresh_field(field: Field) -> None:
+    """Re-derive a field's value, confidence and flags from its digits (after a correction or undo)."""
+    read = [d for d in field.digits if not d.blank and d.label is not None]
+    field.value = "".join(str(d.label) for d in read)
+    confs = [1.0 if d.corrections else float(d.confidence) for d in read if d.corrections or d.confidence is not None]
+    field.confidence = float(np.prod(confs)) if confs else None
+    flags: list[str] = []
+    if any(d.needs_review and not d.non_digit for d in field.digits if not d.blank):
+        flags.append("low_confidence")
+    if any(d.needs_review and d.non_digit for d in field.digits if not d.blank):
+        flags.append("non_digit")
+    if field.length is not None and len(field.value) != field.length:
+        flags.append("length")
+    if field.pattern is not None and not _rule_ok(field.pattern, field.value):
+        flags.append("pattern")
+    field.flags = flags
+    field.needs_review = bool(flags)
+
+
+def refresh_document(session: Session, document_id: int) -> str:
+    """`done` when none of the document's fields needs review, else `needs_review` (failed stays failed)."""
+    doc = session.get(Document, document_id)
+    assert doc is not None
+    if doc.status in ("done", "needs_review"):
+        flagged = session.scalar(
+            select(func.count())
+            .select_from(Field)
+            .join(Page, Field.page_id == Page.id)
+            .where(Page.document_id == document_id, Field.needs_review.is_(True))
+        )
+        doc.status = "needs_review" if flagged else "done"
+    return doc.status
+
+
+def _snapshot(d: Digit, f: Field, doc: Document) -> dict[str, Any]:
+    return {
+        "digit": {"label": d.label, "blank": d.blank, "needs_review": d.needs_review},
+        "field": {"value": f.value, "confidence": f.confidence, "flags": list(f.flags or []),
+                  "needs_review": f.needs_review},
+        "document": {"status": doc.status},
+    }  # fmt: skip
+
+
+def apply_correction(
+    session: Session,
+    digit_id: int,
+    label: int | None,
+    *,
+    reviewer: str,
+    source: str = "cli",
+) -> CorrectionResult:
+    """Record the reviewer's label for a digit (None = not a digit / blank) and update field and document.
+
+    Raises NotFoundError for an unknown digit, UsageError for a label outside 0-9/None or a digit that
+    was a blank cell with no crop.
+    """
+    if label is not None and not (isinstance(label, int) and 0 <= label <= 9):
+        raise UsageError(f"label {label!r} is not a digit 0-9 (None = not a digit / blank)")
+    d = _get_digit(session, digit_id)
+    if d.crop is None:
+        raise UsageError(f"digit {digit_id} is an empty cell (nothing to review)")
+    f = d.field
+    doc = f.page.document
+    prev = _snapshot(d, f, doc)
+    old = d.label if not d.blank else None
+    corr = Correction(
+        digit_id=d.id,
+        old_label=old,
+        new_label=label,
+        reviewer=reviewer,
+        created_at=utcnow(),
+        model_version=d.model_version,
+        previous=prev,
+        source=source,
+    )
+    session.add(corr)
+    d.corrections.append(corr)
+    d.label = label
+    d.blank = label is None
+    d.needs_review = False
+    refresh_field(f)
+    session.flush()
+    status = refresh_document(session, doc.id)
+    session.flush()
+    log.info("digit %s: %s -> %s by %s (%s)", d.id, old, label, reviewer, source)
+    return CorrectionResult(
+        correction_id=corr.id,
+        digit_id=d.id,
+        old_label=old,
+        new_label=label,
+        accepted=old == label and not prev["digit"]["blank"],
+        field_value=f.value,
+        field_needs_review=f.needs_review,
+        document_id=doc.id,
+        document_status=status,
+        reviewer=reviewer,
+    )
+
+
+@dataclass(frozen=True)
+class UndoResult:
+    correction_id: int
+    digit_id: int
+    label: int | None  # the digit's label again
+    document_status: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def undo(session: Session, *, reviewer: str | None = None, correction_id: int | None = None) -> UndoResult:
+    """Undo one correction: `correction_id`, else the latest one by `reviewer` (else the latest of all).
+
+    Only a digit's latest correction can be undone (older ones are history under it). Raises
+    NotFoundError when there is nothing to undo.
+    """
+    if correction_id is not None:
+        corr = session.get(Correction, correction_id)
+        if corr is None:
+            raise NotFoundError(f"correction {correction_id} does not exist")
+    else:
+        stmt = select(Correction).order_by(Correction.id.desc()).limit(1)
+        if reviewer is not None:
+            stmt = stmt.where(Correction.reviewer == reviewer)
+        corr = session.scalars(stmt).first()
+        if corr is None:
+            raise NotFoundError("nothing to undo" + (f" for {reviewer}" if reviewer else ""))
+    d = _get_digit(session, corr.digit_id)
+    latest = max(c.id for c in d.corrections)
+    if corr.id != latest:
+        raise UsageError(f"correction {corr.id} is not the latest of digit {d.id}; undo correction {latest} first")
+    prev = corr.previous or {}
+    pd = prev.get("digit") or {"label": corr.old_label, "blank": False, "needs_review": True}
+    d.label = pd["label"]
+    d.blank = bool(pd["blank"])
+    d.needs_review = bool(pd["needs_review"])
+    d.corrections.remove(corr)
+    session.delete(corr)
+    session.flush()
+    f = d.field
+    refresh_field(f)
+    session.flush()
+    status = refresh_document(session, f.page.document_id)
+    session.flush()
+    log.info("undid correction %s of digit %s", corr.id, d.id)
+    return UndoResult(corr.id, d.id, d.label, status)
+
+
+def corrections_of(session: Session, digit_id: int) -> list[Correction]:
+    return list(session.scalars(select(Correction).where(Correction.digit_id == digit_id).order_by(Correction.id)))
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+def crop_array(session: Session, digit_id: int) -> np.ndarray:
+    """The stored 28x28 crop (ink high) of a digit. Raises NotFoundError."""
+    d = session.get(Digit, digit_id)
+    if d is None or d.crop is None:
+        raise NotFoundError(f"digit {digit_id} has no crop")
+    return np.frombuffer(d.crop, np.uint8).reshape(28, 28)
+
+
+def _png(img: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:  # pragma: no cover - encoding a small uint8 array does not fail
+        raise RuntimeError("PNG encoding failed")
+    return bytes(buf)
+
+
+def _paper(crop: np.ndarray, scale: int) -> np.ndarray:
+    """Ink-high crop -> dark ink on white paper, enlarged (nearest neighbour: pixels stay visible)."""
+    import cv2
+
+    img = 255 - crop
+    return cv2.resize(img, (28 * scale, 28 * scale), interpolation=cv2.INTER_NEAREST)
+
+
+def crop_png(session: Session, digit_id: int, scale: int = 8) -> bytes:
+    """PNG of a digit's crop, dark on white, enlarged `scale` times (1-16)."""
+    scale = max(1, min(int(scale), 16))
+    return _png(_paper(crop_array(session, digit_id), scale))
+
+
+def strip_png(session: Session, digit_id: int, scale: int = 3) -> bytes:
+    """The field's strip: its digit crops side by side (blank cells as empty boxes), this digit framed.
+
+    The pipeline keeps crops, not page images, so the strip is rebuilt from the field's crops.
+    """
+    import cv2
+
+    d = session.get(Digit, digit_id)
+    if d is None:
+        raise NotFoundError(f"digit {digit_id} does not exist")
+    scale = max(1, min(int(scale), 8))
+    cell, gap = 28 * scale, 4
+    digits = list(d.field.digits)
+    width = len(digits) * (cell + gap) + gap
+    img = np.full((cell + 2 * gap, width, 3), 255, np.uint8)
+    for i, other in enumerate(digits):
+        x = gap + i * (cell + gap)
+        if other.crop is not None:
+            tile = _paper(np.frombuffer(other.crop, np.uint8).reshape(28, 28), scale)
+            img[gap : gap + cell, x : x + cell] = tile[:, :, None]
+        else:
+            cv2.rectangle(img, (x, gap), (x + cell - 1, gap + cell - 1), (220, 220, 220), 1)
+        if other.id == d.id:
+            cv2.rectangle(img, (x - 2, gap - 2), (x + cell + 1, gap + cell + 1), (0, 90, 255), 3)  # BGR: orange
+    return _png(img)
+
+
+def digit_context(session: Session, digit_id: int) -> dict[str, Any]:
+    """A digit with its field, page, document and correction history (for the page and `review show`)."""
+    d = session.get(Digit, digit_id)
+    if d is None:
+        raise NotFoundError(f"digit {digit_id} does not exist")
+    f = d.field
+    doc = f.page.document
+    return {
+        "digit_id": d.id,
+        "label": d.label,
+        "blank": d.blank,
+        "confidence": d.confidence,
+        "top3": d.top3,
+        "needs_review": d.needs_review,
+        "model_version": d.model_version,
+        "field": {"id": f.id, "name": f.name, "value": f.value, "needs_review": f.needs_review,
+                  "flags": list(f.flags or []), "digit_ids": [x.id for x in f.digits]},
+        "document": {"id": doc.id, "path": doc.path, "status": doc.status, "batch": doc.batch_id,
+                     "page": f.page.number},
+        "corrections": [
+            {"id": c.id, "old_label": c.old_label, "new_label": c.new_label, "reviewer": c.reviewer,
+             "at": c.created_at.isoformat() if c.created_at else None, "source": c.source}
+            for c in d.corrections
+        ],
+    }  # fmt: skip
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a PNG (tests, templates)."""
+    b = io.BytesIO(data)
+    b.seek(16)
+    return int.from_bytes(b.read(4), "big"), int.from_bytes(b.read(4), "big")
