@@ -69,7 +69,10 @@ _register_commands()
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map errors to the documented exit codes."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        # Without standalone mode, Typer *returns* the code of typer.Exit and of Ctrl-C (130).
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except DigitreaderError as exc:
         typer.echo(f"digitreader: error: {exc}", err=True)
         sys.exit(int(exc.exit_code))

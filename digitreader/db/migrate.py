@@ -14,7 +14,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from digitreader.errors import DatabaseError
 
@@ -56,9 +56,9 @@ def current_revision(engine: Engine) -> str | None:
     try:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
-    except OperationalError as exc:
+    except DBAPIError as exc:
         raise DatabaseError(
-            f"cannot connect to the database {engine.url.render_as_string(hide_password=True)}: {exc.orig}",
+            f"cannot use the database {engine.url.render_as_string(hide_password=True)}: {exc.orig}",
             hint="check that the server is running and DIGITREADER_DATABASE_URL is right",
         ) from exc
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digitreader.errors import DatabaseError
@@ -118,7 +118,10 @@ def session_scope(settings: Settings | None = None, *, engine: Engine | None = N
     try:
         yield session
         session.commit()
-    except OperationalError as exc:
+    except IntegrityError:
+        session.rollback()
+        raise
+    except DBAPIError as exc:  # unreachable, locked, not a database, wrong schema...
         session.rollback()
         raise DatabaseError(f"database error: {exc.orig}", hint=_hint(engine)) from exc
     except BaseException:

@@ -8,11 +8,18 @@ from pathlib import Path
 import typer
 
 from digitreader.cli.output import err, progress
-from digitreader.errors import ExitCode
+from digitreader.errors import DigitreaderError, ExitCode, InputError
 from digitreader.pipeline.process import BatchReport, DocumentReport, ProgressHook, process_batch
 from digitreader.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+
+class PartialBatchError(DigitreaderError):
+    """The batch ran, but some documents failed (exit code 3)."""
+
+    exit_code = ExitCode.PARTIAL
+    code = "partial"
 
 
 class _Bar(ProgressHook):
@@ -89,6 +96,9 @@ def submit(
     ),
     force: bool = typer.Option(False, "--force", help="Read files again even if their content was processed before."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (errors only)."),
+    queue: bool = typer.Option(False, "--queue", help="Distributed: queue on DIGITREADER_BROKER_URL for the "
+                               "worker pools (the default when a broker is set) and return at once."),  # fmt: skip
+    wait: bool = typer.Option(False, "--wait", help="Distributed: show progress until the batch is done."),
 ) -> None:
     """Read the handwritten digits of scans (PNG, JPEG, TIFF, BMP, PDF) into a new batch.
 
@@ -101,9 +111,17 @@ def submit(
     Exit code: 0 all documents read, 3 some failed, 4 all failed, 2 bad arguments, 5 no model,
     6 database error, 130 interrupted.
 
+    Distributed mode (DIGITREADER_BROKER_URL set, or --queue): the batch is queued for the worker
+    pools and its id printed at once (exit 7: broker unreachable); --wait follows it to the end.
+
     Example:  BATCH=$(digitreader submit scans/) && digitreader export "$BATCH" --format csv
     """
     settings = get_settings()
+    if queue or settings.distributed:  # distributed mode (README "Distributed mode")
+        from digitreader.cli.commands._distributed import submit_distributed
+
+        return submit_distributed(paths, settings, template=template, threshold=threshold, force=force,
+                                  quiet=quiet, wait=wait)  # fmt: skip
     hook = _Bar(quiet)
     try:
         rep = process_batch(paths, settings, template=template, threshold=threshold, force=force, hook=hook)
@@ -111,10 +129,14 @@ def submit(
         hook.stop()
     if not quiet:
         err.print(_summary(rep), highlight=False, markup=False)
+    failed = sum(1 for d in rep.processed if d.status == "failed") if not rep.resumed else None
     if rep.status == "failed":  # every document of the batch failed
-        raise typer.Exit(int(ExitCode.INPUT))
+        raise InputError(f"every document of batch {rep.batch_id} failed", code="batch_failed",
+                         hint=f"digitreader status {rep.batch_id} lists the reasons")  # fmt: skip
     if rep.status == "partial":
-        raise typer.Exit(int(ExitCode.PARTIAL))
+        some = f"{failed} document(s)" if failed else "some documents"
+        raise PartialBatchError(f"{some} of batch {rep.batch_id} failed; the others were stored",
+                                hint=f"digitreader status {rep.batch_id} lists the reasons")  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,201 @@
+"""submit / status / export / models / db from the command line: in-process (CliRunner) and as real
+subprocesses (exit codes, stdout holding only data, a batch killed mid-way and resumed)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from digitreader.cli.main import app
+from digitreader.errors import ExitCode, NotFoundError
+from tests.test_pipeline_e2e import make_bad_files, make_scans, score
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="session")
+def scans(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    return make_scans(tmp_path_factory.getbasetemp(), data_dir)
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITREADER_") or k in (
+        "DIGITREADER_DATA_DIR", "DIGITREADER_MODEL_PATH")}  # fmt: skip
+    env.update({"DIGITREADER_HOME": str(home), "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def _cli(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "digitreader", *args], env=env, capture_output=True, text=True,
+                          timeout=300, **kw)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_submit_status_export_in_process(isolated_env: Path, scans: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["submit", str(scans)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip().isdigit() and res.stdout.count("\n") == 1  # the batch id alone
+    batch = res.stdout.strip()
+    assert "documents 6" in res.stderr and "pages 8" in res.stderr and "flagged" in res.stderr
+
+    st = runner.invoke(app, ["status", batch, "--json"])
+    assert st.exit_code == 0
+    info = json.loads(st.stdout)
+    assert info["status"] == "done" and info["documents"]["total"] == 6 and info["pages"] == 8
+    assert info["digits"] > 100 and info["failures"] == []
+    assert "documents: 6" in runner.invoke(app, ["status"]).stdout  # latest batch, as text
+
+    ex = runner.invoke(app, ["export", batch, "--format", "json"])
+    export = json.loads(ex.stdout)
+    assert export["schema"] == "digitreader.results/v1" and len(export["documents"]) == 6
+    assert score(export)["digit_accuracy"] >= 0.85
+
+    out = tmp_path / "out" / "results.csv"
+    assert runner.invoke(app, ["export", batch, "-f", "csv", "-o", str(out)]).exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    n_fields = sum(len(p["fields"]) for d in export["documents"] for p in d["pages"])
+    assert len(rows) == n_fields
+    assert {"document", "page", "field", "value", "confidence", "flag"} <= set(rows[0])
+    first = export["documents"][0]["pages"][0]["fields"][0]
+    assert (rows[0]["field"], rows[0]["value"]) == (first["name"], first["value"])
+
+    # A second submit skips everything already read; --force reads it again.
+    again = runner.invoke(app, ["submit", str(scans)])
+    assert again.exit_code == 0 and "skipped 6 already processed" in again.stderr
+    assert runner.invoke(app, ["export", "999"]).exception.__class__ is NotFoundError
+
+
+def test_usage_errors(isolated_env: Path, tmp_path: Path) -> None:
+    env = _env(isolated_env)
+    bad = _cli(["submit", str(tmp_path / "nope")], env)
+    assert bad.returncode == ExitCode.USAGE and bad.stdout == "" and "no such file" in bad.stderr
+    (tmp_path / "empty").mkdir()
+    assert _cli(["submit", str(tmp_path / "empty")], env).returncode == ExitCode.USAGE
+    assert _cli(["submit", str(tmp_path), "--threshold", "2"], env).returncode == ExitCode.USAGE
+    missing = _cli(["export", "12345"], env)
+    assert missing.returncode == ExitCode.NOT_FOUND and "does not exist" in missing.stderr
+
+
+def test_help_explains_with_examples() -> None:
+    for cmd in (["submit"], ["status"], ["export"], ["models", "list"], ["models", "show"], ["db", "upgrade"]):
+        res = runner.invoke(app, [*cmd, "--help"])
+        assert res.exit_code == 0 and "Example" in res.stdout, cmd
+
+
+def test_model_and_database_errors(isolated_env: Path, scans: Path, tmp_path: Path) -> None:
+    no_model = _cli(["submit", str(scans)], _env(isolated_env, DIGITREADER_MODEL_PATH=str(tmp_path / "x.onnx")))
+    assert no_model.returncode == ExitCode.MODEL and no_model.stdout == ""
+    nowhere = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    no_db = _cli(["submit", str(scans)], _env(isolated_env, DIGITREADER_DATABASE_URL=nowhere))
+    assert no_db.returncode == ExitCode.DATABASE and "database" in no_db.stderr
+    (tmp_path / "not-a-db.sqlite").write_text("garbage " * 100)
+    corrupt = _cli(["status"], _env(isolated_env, DIGITREADER_DATABASE_URL=f"sqlite:///{tmp_path}/not-a-db.sqlite"))
+    assert corrupt.returncode == ExitCode.DATABASE
+
+
+@pytest.mark.slow
+def test_subprocess_partial_and_all_failed(isolated_env: Path, scans: Path, tmp_path: Path) -> None:
+    """A real run as a subprocess: bad files fail alone (exit 3); only bad files: exit 4."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = sorted(scans.glob("*.jp*g"))[0]
+    (folder / good.name).write_bytes(good.read_bytes())
+    expected = make_bad_files(folder / "bad", good)
+    env = _env(isolated_env)
+    res = _cli(["submit", str(folder)], env)
+    assert res.returncode == ExitCode.PARTIAL, res.stderr
+    batch = res.stdout.strip()
+    assert batch.isdigit()
+    st = json.loads(_cli(["status", batch, "--json"], env).stdout)
+    assert {Path(f["path"]).name: f["code"] for f in st["failures"]} == expected
+    export = json.loads(_cli(["export", batch], env).stdout)
+    ok = [d for d in export["documents"] if d["status"] != "failed"]
+    assert len(ok) == 1 and ok[0]["pages"][0]["fields"]
+    assert all(d["error"]["code"] == expected[Path(d["path"]).name] for d in export["documents"]
+               if d["status"] == "failed")  # fmt: skip
+    only_bad = _cli(["submit", str(folder / "bad")], env)
+    assert only_bad.returncode == ExitCode.INPUT  # every document failed
+
+
+def _stored(db: Path, batch: int) -> tuple[int, str | None]:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            n = con.execute(
+                "select count(*) from documents where batch_id=? and status in ('done','needs_review')", (batch,)
+            ).fetchone()[0]
+            status = con.execute("select status from batches where id=?", (batch,)).fetchone()
+            return int(n), status[0] if status else None
+    except sqlite3.OperationalError:
+        return 0, None
+
+
+def _run_until_stored(args: list[str], env: dict[str, str], db: Path, at_least: int, sig: int) -> tuple[int, int]:
+    """Start submit, wait until `at_least` documents are stored, send `sig`; (batch id, return code)."""
+    # SIGINT as from a terminal's Ctrl-C (a shell running us in the background may have ignored it).
+    proc = subprocess.Popen([sys.executable, "-m", "digitreader", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    assert proc.stdout is not None
+    batch = int(proc.stdout.readline().strip())  # printed as soon as the batch exists
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _stored(db, batch)[0] >= at_least:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the batch finished before it could be interrupted"
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    return batch, proc.returncode
+
+
+@pytest.mark.slow
+def test_interrupted_batch_resumes_without_duplicates(isolated_env: Path, scans: Path) -> None:
+    db = isolated_env / "digitreader.sqlite"
+    # One segmentation process and tiny inference batches: documents are stored one by one.
+    env = _env(isolated_env, DIGITREADER_WORKERS="1", DIGITREADER_BATCH_SIZE="8")
+    args = ["submit", str(scans)]
+    batch, rc = _run_until_stored(args, env, db, 1, signal.SIGINT)  # Ctrl-C
+    assert rc == ExitCode.INTERRUPTED
+    n1, status = _stored(db, batch)
+    assert status == "interrupted" and 1 <= n1 < 6
+    batch2, rc = _run_until_stored(args, env, db, n1 + 1, signal.SIGKILL)  # a crash: no clean-up at all
+    assert batch2 == batch and rc == -signal.SIGKILL
+    n2, status = _stored(db, batch)
+    assert status == "running" and n2 > n1
+    done = _cli(args, env)  # the same command again finishes the same batch
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(batch) and "(resumed)" in done.stderr
+    with sqlite3.connect(db) as con:
+        assert con.execute("select count(*), count(distinct sha256) from documents").fetchone() == (6, 6)
+        assert con.execute("select count(*) from documents where status not in ('done','needs_review')"
+                           ).fetchone()[0] == 0  # fmt: skip
+        assert con.execute("select count(*) from batches").fetchone()[0] == 1
+        assert con.execute("select status from batches").fetchone()[0] == "done"
+        assert con.execute("select sum(page_count) from documents").fetchone()[0] == 8
+        assert con.execute("select count(*) from pages").fetchone()[0] == 8
+    export = json.loads(_cli(["export", str(batch)], env).stdout)
+    assert score(export)["digit_accuracy"] >= 0.85
+
+
+def test_models_list_and_db_upgrade(isolated_env: Path) -> None:
+    env = _env(isolated_env)
+    up = _cli(["db", "upgrade"], env)
+    assert up.returncode == 0 and up.stdout.strip()
+    assert _cli(["db", "current"], env).stdout.strip() == up.stdout.strip()
+    models = json.loads(_cli(["models", "list", "--json"], env).stdout)
+    active = [m for m in models if m["active"]]
+    assert len(active) == 1 and active[0]["sha256"] and active[0]["error"] is None
+    show = json.loads(_cli(["models", "show"], env).stdout)
+    assert show["sha256"] == active[0]["sha256"] and show["version"] == active[0]["version"]
