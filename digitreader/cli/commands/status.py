@@ -61,14 +61,22 @@ def status(
 ) -> None:
     """Show a batch: documents by status, pages, digits, flagged digits, and why documents failed.
 
+    With DIGITREADER_BROKER_URL set it also shows the queues (messages waiting, delivered but not
+    acknowledged) and the live workers with their pools and running tasks.
+
     Example:  digitreader status 12 --json
     """
-    with session_scope(get_settings()) as s:
+    settings = get_settings()
+    with session_scope(settings) as s:
         st = batch_status(s, batch)
+    if settings.distributed:  # queue depths and live workers of the pools
+        from digitreader.cli.commands._distributed import broker_section, broker_text
+
+        st["broker"] = broker_section(settings)
     if as_json:
         print_json(st)
     else:
-        typer.echo(_text(st))
+        typer.echo(_text(st) + ("\n" + broker_text(st["broker"]) if "broker" in st else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,103 @@
+"""CLI side of the distributed mode, called by `submit` and `status` (not a command itself: the
+leading underscore keeps it out of command discovery)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from digitreader.cli.output import err, progress
+from digitreader.errors import BrokerError, ExitCode, InputError, UsageError
+from digitreader.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def submit_distributed(
+    paths: list[str],
+    settings: Settings,
+    *,
+    template: Path | None,
+    threshold: float | None,
+    force: bool,
+    quiet: bool,
+    wait: bool,
+) -> None:
+    """Queue the batch on the broker, print its id on stdout at once; with `wait`, show progress
+    until it is finished and exit like the embedded submit (0, 3 some failed, 4 all failed)."""
+    from digitreader import distributed as dist
+
+    if not settings.broker_url:
+        raise UsageError("--queue needs a broker: DIGITREADER_BROKER_URL is not set",
+                         hint="e.g. export DIGITREADER_BROKER_URL=redis://127.0.0.1:6379/0")  # fmt: skip
+    sub = dist.submit_batch(paths, settings, template=template, threshold=threshold, force=force)
+    typer.echo(str(sub.batch_id))
+    if not quiet:
+        skipped = f", {len(sub.skipped)} skipped (already processed or duplicate)" if sub.skipped else ""
+        err.print(f"batch {sub.batch_id}{' (resumed)' if sub.resumed else ''}: queued {sub.queued} of "
+                  f"{sub.total} document(s){skipped}", highlight=False, markup=False)  # fmt: skip
+        if sub.queued and not wait:
+            err.print(f"  follow it with: digitreader status {sub.batch_id}", highlight=False, markup=False)
+        _warn_without_workers(settings)
+    if not wait:
+        return
+    bar = progress(transient=True, disable=quiet or not err.is_terminal)
+    with bar:
+        task = bar.add_task(f"batch {sub.batch_id}", total=sub.total)
+
+        def show(p: dist.Progress) -> None:
+            bar.update(task, completed=p.finished, total=p.total)
+
+        prog = dist.wait_for_batch(sub.batch_id, settings, on_progress=show)
+    if not quiet:
+        by = ", ".join(f"{k} {v}" for k, v in sorted(prog.counts.items()))
+        err.print(f"batch {sub.batch_id}: {prog.status} ({by})", highlight=False, markup=False)
+    if prog.status == "failed":
+        raise InputError(f"every document of batch {sub.batch_id} failed", code="batch_failed",
+                         hint=f"digitreader status {sub.batch_id} lists the reasons")  # fmt: skip
+    if prog.status == "partial":
+        typer.echo(f"digitreader: some documents of batch {sub.batch_id} failed; "
+                   f"digitreader status {sub.batch_id} lists them", err=True)  # fmt: skip
+        raise typer.Exit(int(ExitCode.PARTIAL))
+
+
+def _warn_without_workers(settings: Settings) -> None:
+    from digitreader.distributed import PAGES_QUEUE, broker_status
+
+    try:
+        st = broker_status(settings, timeout=1.0)
+    except BrokerError as exc:
+        log.warning("%s", exc)
+        return
+    if not any(PAGES_QUEUE in w["queues"] for w in st["workers"]):
+        err.print("  note: no page worker is running; start one: digitreader worker --pool page",
+                  highlight=False, markup=False)  # fmt: skip
+    if not any("infer" in w["queues"] for w in st["workers"]):
+        err.print("  note: no inference worker is running; start one: digitreader worker --pool infer",
+                  highlight=False, markup=False)  # fmt: skip
+
+
+def broker_section(settings: Settings) -> dict[str, Any]:
+    """`status`'s view of the pools: queue depths and live workers (or why it cannot tell)."""
+    from digitreader.distributed import broker_status
+
+    try:
+        return broker_status(settings)
+    except BrokerError as exc:
+        return {"error": str(exc)}
+
+
+def broker_text(b: dict[str, Any]) -> str:
+    if "error" in b:
+        return f"broker: {b['error']}"
+    q = ", ".join(f"{k} {v} waiting" for k, v in b["queues"].items())
+    lines = [f"broker {b['broker']}: {q}, {b['unacked']} delivered not yet acknowledged"]
+    if not b["workers"]:
+        lines.append("workers: none alive (digitreader worker --pool page|infer)")
+    else:
+        lines.append(f"workers ({len(b['workers'])}):")
+        lines += [f"  {w['name']}: {', '.join(w['queues'])}; {w['active']} running" for w in b["workers"]]
+    return "\n".join(lines)

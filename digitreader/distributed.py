@@ -1,0 +1,750 @@
+"""Distributed mode: the library side of the Celery worker pools (`workers/` holds thin tasks).
+
+The same pipeline functions as the embedded mode (`digitreader.pipeline.process`): the page pool
+runs `segment_document` per document, the inference pool runs `recognize_pages` over crops of many
+documents at once, then `assemble_document` and `store.store_document_results` per document.
+
+Flow of one batch:
+
+1. `submit_batch` registers the batch and its documents (`store.register_batch`, mode
+   "distributed") and COMMITS, then publishes one `pages` task per document carrying only the
+   document id. Publishing after the commit means a worker never sees an id that is not in the
+   database; a crash between the two leaves pending documents that re-running the same submit
+   publishes again (the batch is resumed, not duplicated).
+2. A page worker (`run_page_job`) loads the document row, segments it and publishes an `infer`
+   task with the crops as compact bytes (`workers.codec`, ~10 KB a page); a bad file is stored as
+   failed right there.
+3. The inference worker (`run_infer_batch`) receives many such tasks, recognizes their crops in
+   one batch, stores each document in its own transaction and closes the batch when none is left
+   pending (`finish_if_complete`).
+
+Every step is idempotent: a document already finished is skipped, and storing replaces its rows
+under a row lock, so a redelivered message never duplicates a digit. Deliveries that died (worker
+killed, hard time limit) are counted in Redis (`Deliveries`); past `settings.max_redeliveries` the
+document is failed with code `worker_lost` instead of looping.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from sqlalchemy import Engine, func, select, update
+
+from digitreader.db import Batch, Document, session_scope, store
+from digitreader.db.session import get_engine
+from digitreader.errors import BrokerError, DatabaseError, UsageError
+from digitreader.pipeline.process import (
+    DocumentCut,
+    assemble_document,
+    collect_inputs,
+    hash_inputs,
+    recognize_pages,
+    segment_document,
+)
+from digitreader.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Queues: CPU page work, and batched inference.
+PAGES_QUEUE = "pages"
+INFER_QUEUE = "infer"
+QUEUES = (PAGES_QUEUE, INFER_QUEUE)
+#: Task names (stable: they are in the messages).
+SEGMENT_TASK = "digitreader.segment"
+INFER_TASK = "digitreader.infer"
+#: Message header carrying the number of crops of an infer task (flush-by-size counts these).
+CROPS_HEADER = "digitreader_crops"
+
+FINISHED = ("done", "needs_review", "failed")
+PENDING = store.PENDING_DOCUMENT  # ("pending", "processing")
+
+
+# ----------------------------------------------------------------------------------- time limits
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Time limits of one document, and the broker's visibility timeout derived from them.
+
+    soft: SoftTimeLimitExceeded is raised in the task -> the document fails with code `timeout`.
+    hard: the worker process is killed -> the message is requeued and counted as a lost delivery.
+    visibility: a message not acknowledged this long after delivery is given to another worker
+    (Redis). It must exceed any task (hard limit) plus the longest retry countdown, or a slow but
+    healthy task would run twice; it is also how long a document held by a worker that was killed
+    as a whole waits before another worker takes it.
+    """
+
+    soft: float
+    hard: float
+    retry_backoff_max: int
+    visibility: int
+
+
+def limits(settings: Settings) -> Limits:
+    soft = float(settings.document_time_limit)
+    hard = soft + max(5.0, 0.25 * soft)
+    backoff = int(min(30, max(5, soft)))
+    return Limits(soft, hard, backoff, int(2 * hard + backoff + 1))
+
+
+# -------------------------------------------------------------------------------- transient errors
+
+
+class TransientError(Exception):
+    """A broker or database error worth retrying (connection refused/reset, server restarting)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for connection-level errors of the database or the broker; False for everything else
+    (a bug or a bad document must not be retried: it would fail the same way)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if isinstance(exc, TransientError | OperationalError | InterfaceError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, DatabaseError):  # session_scope wraps OperationalError into DatabaseError
+        return isinstance(exc.__cause__, OperationalError | InterfaceError)
+    try:
+        import redis.exceptions
+        from kombu.exceptions import OperationalError as KombuOperationalError
+
+        return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | KombuOperationalError)
+    except ImportError:  # pragma: no cover - celery[redis] is a runtime dependency
+        return False
+
+
+def retry_transient(fn: Callable[[], T], *, what: str, deadline: float = 120.0, logger: Any = None) -> T:
+    """Call `fn`, retrying transient errors with exponential backoff (0.2 s doubling to 5 s, with
+    jitter) for up to `deadline` seconds; then the last error is raised. Other errors at once."""
+    logger = logger or log
+    end = time.monotonic() + deadline
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay > end:
+                raise
+            logger.warning("%s: %s; retrying in %.1f s", what, _short(exc), delay)
+            time.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(5.0, delay * 2)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# ------------------------------------------------------------------------------------ logging
+
+
+class DocumentLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Log records carrying `batch_id` and `document_id` (as extra fields, and in the message)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = dict(self.extra or {})
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
+        return f"[batch {extra.get('batch_id')} document {extra.get('document_id')}] {msg}", kwargs
+
+
+def doc_log(batch_id: int | None, document_id: int | None) -> DocumentLog:
+    return DocumentLog(log, {"batch_id": batch_id, "document_id": document_id})
+
+
+# ------------------------------------------------------------------------------ delivery counting
+
+
+class Deliveries:
+    """Per-document count of deliveries that did not come back, kept in Redis (not in memory:
+    the process that would remember is the one that died).
+
+    `start` increments and returns the count; `done` decrements when the task ends normally
+    (success, handled failure, or a retry). So the count is the number of deliveries that
+    crashed or were killed, plus one. Keys live a day and are namespaced by database, so several
+    deployments (or test runs) can share one Redis.
+    """
+
+    TTL = 86_400
+
+    def __init__(self, client: Any, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Deliveries:
+        import redis
+
+        url = settings.broker_url or ""
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise UsageError(f"the distributed mode needs a Redis broker, not {_redact(url)!r}",
+                             hint="set DIGITREADER_BROKER_URL=redis://host:6379/0")  # fmt: skip
+        ns = hashlib.sha1(settings.resolved_database_url.encode()).hexdigest()[:10]
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5), ns)
+
+    def _key(self, stage: str, document_id: int) -> str:
+        return f"digitreader:{self.namespace}:deliveries:{stage}:{document_id}"
+
+    def start(self, stage: str, document_id: int) -> int:
+        key = self._key(stage, document_id)
+
+        def incr() -> int:
+            pipe = self.client.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, self.TTL)
+            return int(pipe.execute()[0])
+
+        return retry_transient(incr, what="counting a delivery")
+
+    def done(self, stage: str, document_id: int) -> None:
+        key = self._key(stage, document_id)
+        try:
+            retry_transient(lambda: self.client.decr(key), what="counting a delivery", deadline=30)
+        except Exception as exc:  # a missed decrement only makes the cap one delivery stricter
+            log.warning("could not decrement %s: %s", key, _short(exc))
+
+    def count(self, stage: str, document_id: int) -> int:
+        return int(self.client.get(self._key(stage, document_id)) or 0)
+
+
+# -------------------------------------------------------------------------------- documents
+
+
+@dataclass(frozen=True)
+class DocumentJob:
+    """What a worker needs to know about one document (read from the database by id)."""
+
+    document_id: int
+    batch_id: int
+    path: str  # as submitted (what the export shows)
+    status: str
+    template: str | None
+    threshold: float | None
+    cwd: str | None  # where `submit` ran: relative paths are resolved against it
+
+    def resolve(self, p: str) -> str:
+        if self.cwd and not os.path.isabs(p):
+            return os.path.join(self.cwd, p)
+        return p
+
+    @property
+    def file(self) -> str:
+        return self.resolve(self.path)
+
+
+def load_job(engine: Engine, document_id: int) -> DocumentJob | None:
+    with session_scope(engine=engine) as s:
+        row = s.execute(
+            select(Document.id, Document.batch_id, Document.path, Document.status,
+                   Batch.template, Batch.threshold, Batch.options)  # fmt: skip
+            .join(Batch, Batch.id == Document.batch_id)
+            .where(Document.id == document_id)
+        ).first()
+    if row is None:
+        return None
+    cwd = (row.options or {}).get("cwd") if isinstance(row.options, dict) else None
+    return DocumentJob(row.id, row.batch_id, row.path, row.status, row.template, row.threshold, cwd)
+
+
+def mark_processing(engine: Engine, document_id: int) -> None:
+    with session_scope(engine=engine) as s:
+        s.execute(
+            update(Document)
+            .where(Document.id == document_id, Document.status == "pending")
+            .values(status="processing", started_at=store.now())
+        )
+
+
+def store_failure(engine: Engine, document_id: int, code: str, message: str, **kw: Any) -> bool:
+    """Mark the document failed unless it is already finished. True when this call stored it."""
+    with session_scope(engine=engine) as s:
+        status = s.scalar(select(Document.status).where(Document.id == document_id).with_for_update())
+        if status is None or status in FINISHED:
+            return False
+        store.store_document_failure(s, document_id, code, message, **kw)
+    return True
+
+
+def store_results(engine: Engine, document_id: int, results: Sequence[Any], **kw: Any) -> str | None:
+    """Store a document's results unless it is already finished (then None): the row lock makes
+    two deliveries of the same document store it once."""
+    with session_scope(engine=engine) as s:
+        status = s.scalar(select(Document.status).where(Document.id == document_id).with_for_update())
+        if status is None or status in FINISHED:
+            return None
+        return store.store_document_results(s, document_id, results, **kw)
+
+
+def finish_if_complete(engine: Engine, batch_id: int) -> str | None:
+    """Close the batch (done / partial / failed) when no document is left pending; else None.
+
+    Called after every document is stored, in its own transaction after that commit, so the last
+    document to commit always sees the others (a second close of the same batch is harmless)."""
+    with session_scope(engine=engine) as s:
+        pending = s.scalar(
+            select(func.count()).where(Document.batch_id == batch_id, Document.status.in_(PENDING))
+        )
+        if pending:
+            return None
+        batch = s.get(Batch, batch_id)
+        if batch is None:
+            return None
+        if batch.status not in store.UNFINISHED_BATCH:
+            return batch.status
+        created = batch.created_at
+        seconds = None
+        if created is not None:
+            if created.tzinfo is None:
+                created = created.replace(tzinfo=store.now().tzinfo)
+            seconds = max(0.0, (store.now() - created).total_seconds())
+        status = store.finish_batch(s, batch_id, seconds=seconds)
+    log.info("batch %s finished: %s", batch_id, status)
+    return status
+
+
+def fail_unexpected(settings: Settings, document_id: int, exc: BaseException) -> None:
+    """A bug outside the per-document error handling: fail this document (never the batch), so
+    it does not stay pending for ever. Best effort: logged if even that cannot be stored."""
+    try:
+        engine = get_engine(settings)
+        job = load_job(engine, document_id)
+        if job is None:
+            return
+        msg = f"{job.path}: unexpected error in the distributed pipeline: {exc!r}"
+        retry_transient(lambda: store_failure(engine, document_id, "internal", msg), what="storing a failure")
+        finish_if_complete(engine, job.batch_id)
+    except Exception:
+        log.exception("document %s: could not record the failure", document_id)
+
+
+# ------------------------------------------------------------------------------ the page stage
+
+
+@dataclass(frozen=True)
+class PageOutcome:
+    status: str  # segmented | failed | skipped | missing
+    job: DocumentJob | None = None
+    crops: int = 0
+
+
+Publish = Callable[[DocumentJob, bytes, int], None]
+
+
+def run_page_job(
+    document_id: int,
+    settings: Settings,
+    *,
+    publish: Publish,
+    deliveries: Deliveries,
+    encode: Callable[[DocumentCut], bytes],
+    crash: Callable[[], None] = lambda: os._exit(70),
+) -> PageOutcome:
+    """The page pool's work for one document: load, prepare, segment, normalize (via
+    `segment_document`), then hand the crops to the inference pool through `publish`.
+
+    Transient database errors are retried here (`retry_transient`); what is still failing is
+    raised for the task to retry later. A bad document is stored as failed (the batch goes on).
+    """
+    engine = get_engine(settings)
+    job = retry_transient(lambda: load_job(engine, document_id), what=f"document {document_id}")
+    if job is None:
+        log.warning("document %s does not exist (batch deleted?): message dropped", document_id)
+        return PageOutcome("missing")
+    dlog = doc_log(job.batch_id, document_id)
+    if job.status in FINISHED:
+        dlog.info("already %s: nothing to do (duplicate delivery)", job.status)
+        return PageOutcome("skipped", job)
+    lim = limits(settings)
+    n = deliveries.start("page", document_id)
+    try:
+        if n > settings.max_redeliveries:
+            msg = (f"{job.path}: the worker processing this document died {n - 1} times (crashed, killed, "
+                   f"or past the hard time limit of {lim.hard:.0f} s); given up after "
+                   f"{settings.max_redeliveries} deliveries")  # fmt: skip
+            dlog.error("%s", msg)
+            retry_transient(lambda: store_failure(engine, document_id, "worker_lost", msg), what="storing")
+            retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch")
+            return PageOutcome("failed", job)
+        if settings.test_crash_on and fnmatch.fnmatch(job.path, settings.test_crash_on):
+            dlog.error("DIGITREADER_TEST_CRASH_ON matches: exiting hard (tests only)")
+            crash()
+        retry_transient(lambda: mark_processing(engine, document_id), what="marking processing")
+        t0 = time.monotonic()
+        template = None
+        if job.template:
+            from digitreader.pipeline.templates import load_template
+
+            template = load_template(job.resolve(job.template))
+        cut = segment_document(job.file, settings, template)
+        if cut.failed and cut.error_code == "internal" and time.monotonic() - t0 >= lim.soft * 0.99:
+            cut = DocumentCut(job.path, (), "timeout", f"{job.path}: took longer than the time limit "
+                              f"of {lim.soft:.0f} s (DIGITREADER_DOCUMENT_TIME_LIMIT)", None, cut.seconds)  # fmt: skip
+        if cut.failed:
+            message = (cut.error_message or "").replace(job.file, job.path)
+            dlog.info("failed: %s: %s", cut.error_code, message)
+            if cut.traceback:
+                dlog.warning("unexpected error:\n%s", cut.traceback)
+            retry_transient(
+                lambda: store_failure(engine, document_id, cut.error_code or "internal", message,
+                                      page_count=cut.page_count, seconds=cut.seconds),  # fmt: skip
+                what="storing a failure",
+            )
+            retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch")
+            return PageOutcome("failed", job)
+        cut = DocumentCut(job.path, cut.pages, None, None, cut.page_count, cut.seconds, cut.timings)
+        blob = encode(cut)
+        publish(job, blob, cut.crops)
+        dlog.info("segmented: %d page(s), %d crops, %.2f s, %d bytes to infer",
+                  len(cut.pages), cut.crops, cut.seconds, len(blob))  # fmt: skip
+        return PageOutcome("segmented", job, cut.crops)
+    finally:
+        deliveries.done("page", document_id)
+
+
+# ------------------------------------------------------------------------- the inference stage
+
+
+@dataclass(frozen=True)
+class InferItem:
+    document_id: int
+    batch_id: int
+    cut: DocumentCut
+
+
+@dataclass
+class InferOutcome:
+    stored: dict[int, str] = field(default_factory=dict)  # document id -> status
+    skipped: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    retry: list[InferItem] = field(default_factory=list)  # could not be stored (database down)
+    groups: int = 0
+    crops: int = 0
+    seconds: float = 0.0
+
+
+_model_registered: set[tuple[str, str]] = set()
+
+
+def register_model(engine: Engine, predictor: Any) -> None:
+    """Record the inference worker's model in the registry (once per process and database)."""
+    info = predictor.info
+    key = (str(engine.url), str(info.version))
+    if key in _model_registered:
+        return
+
+    def do() -> None:
+        with session_scope(engine=engine) as s:
+            store.ensure_model_version(s, str(info.version), str(info.sha256), path=getattr(info, "path", None),
+                                       threshold=float(info.threshold))  # fmt: skip
+
+    retry_transient(do, what="registering the model")
+    _model_registered.add(key)
+
+
+def _batch_thresholds(engine: Engine, batch_ids: Iterable[int], version: str) -> dict[int, float | None]:
+    ids = sorted(set(batch_ids))
+    with session_scope(engine=engine) as s:
+        rows = s.execute(select(Batch.id, Batch.threshold).where(Batch.id.in_(ids))).all()
+        # The batch's model is the inference pool's: recorded the first time it reads one.
+        s.execute(update(Batch).where(Batch.id.in_(ids), Batch.model_version.is_(None)).values(model_version=version))
+    return {int(r.id): r.threshold for r in rows}
+
+
+def run_infer_batch(
+    items: Sequence[InferItem],
+    settings: Settings,
+    *,
+    predictor: Any,
+    deliveries: Deliveries,
+    store_deadline: float = 120.0,
+) -> InferOutcome:
+    """The inference pool's work: recognize the crops of many documents in batches spanning them
+    (`recognize_pages` with settings.batch_size), then assemble and store each document.
+
+    Items delivered before without coming back (the worker died with them) are run one document
+    at a time, so an innocent document is not failed for sharing a batch with a poison one; past
+    the redelivery cap a document is failed with code `worker_lost`. Items whose results cannot be
+    stored (database down past `store_deadline`) are returned in `.retry`.
+    """
+    t_start = time.perf_counter()
+    out = InferOutcome()
+    engine = get_engine(settings)
+    refresh = getattr(predictor, "refresh", None)  # registry.LivePredictor: follow the active model
+    if refresh is not None:
+        retry_transient(refresh, what="checking the active model", deadline=store_deadline)
+    register_model(engine, predictor)
+    version = str(predictor.info.version)
+    counts = {it.document_id: deliveries.start("infer", it.document_id) for it in items}
+    try:
+        normal: list[InferItem] = []
+        suspects: list[InferItem] = []
+        for it in items:
+            n = counts[it.document_id]
+            if n > settings.max_redeliveries:
+                msg = (f"{it.cut.path}: the inference worker died {n - 1} times while reading this document; "
+                       f"given up after {settings.max_redeliveries} deliveries")  # fmt: skip
+                doc_log(it.batch_id, it.document_id).error("%s", msg)
+                if retry_transient(lambda it=it, msg=msg: store_failure(engine, it.document_id, "worker_lost", msg),
+                                   what="storing", deadline=store_deadline):  # fmt: skip
+                    out.failed.append(it.document_id)
+                retry_transient(lambda it=it: finish_if_complete(engine, it.batch_id), what="closing the batch")
+            elif n > 1:
+                suspects.append(it)
+            else:
+                normal.append(it)
+        groups = ([normal] if normal else []) + [[s] for s in suspects]
+        for group in groups:
+            _infer_group(group, settings, engine, predictor, version, out, store_deadline)
+        out.groups = len(groups)
+    finally:
+        for doc_id in counts:
+            deliveries.done("infer", doc_id)
+    out.seconds = time.perf_counter() - t_start
+    return out
+
+
+def _infer_group(
+    group: Sequence[InferItem],
+    settings: Settings,
+    engine: Engine,
+    predictor: Any,
+    version: str,
+    out: InferOutcome,
+    deadline: float,
+) -> None:
+    thresholds = retry_transient(
+        lambda: _batch_thresholds(engine, (it.batch_id for it in group), version), what="reading batches",
+        deadline=deadline,
+    )  # fmt: skip
+    pages = [p for it in group for p in it.cut.pages]
+    t = time.perf_counter()
+    probs = recognize_pages(predictor, pages, settings.batch_size)
+    rec_seconds = time.perf_counter() - t
+    total = max(1, sum(it.cut.crops for it in group))
+    out.crops += sum(it.cut.crops for it in group)
+    row = 0
+    finished_batches: set[int] = set()
+    for it in group:
+        n = len(it.cut.pages)
+        doc_probs: list[np.ndarray] = probs[row : row + n]
+        row += n
+        dlog = doc_log(it.batch_id, it.document_id)
+        thr = thresholds.get(it.batch_id)
+        if thr is None:
+            thr = settings.threshold if settings.threshold is not None else float(predictor.info.threshold)
+        try:
+            results = assemble_document(it.cut, doc_probs, float(thr))
+        except Exception as exc:  # a segmentation/recognition mismatch is a bug: this document only
+            dlog.exception("cannot assemble")
+            msg = f"{it.cut.path}: {exc!r}"
+            if retry_transient(lambda it=it, msg=msg: store_failure(engine, it.document_id, "internal", msg),
+                               what="storing", deadline=deadline):  # fmt: skip
+                out.failed.append(it.document_id)
+            finished_batches.add(it.batch_id)
+            continue
+        timings = dict(it.cut.timings)
+        timings["recognize"] = rec_seconds * it.cut.crops / total
+        try:
+            status = retry_transient(
+                lambda it=it, results=results, timings=timings: store_results(
+                    engine, it.document_id, results, model_version=version,
+                    seconds=it.cut.seconds + timings["recognize"], timings=timings),  # fmt: skip
+                what=f"storing document {it.document_id}",
+                deadline=deadline,
+                logger=dlog,
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            dlog.error("could not store the results (%s): handing the document back", _short(exc))
+            out.retry.append(it)
+            continue
+        if status is None:
+            dlog.info("already finished: results of this duplicate delivery dropped")
+            out.skipped.append(it.document_id)
+        else:
+            dlog.info("stored: %s", status)
+            out.stored[it.document_id] = status
+        finished_batches.add(it.batch_id)
+    for batch_id in sorted(finished_batches):
+        retry_transient(lambda b=batch_id: finish_if_complete(engine, b), what="closing the batch", deadline=deadline)
+
+
+# ----------------------------------------------------------------------------------- submitting
+
+
+@dataclass
+class Submission:
+    """What `submit_batch` did: the batch, how many documents were queued, what was skipped."""
+
+    batch_id: int
+    resumed: bool
+    total: int
+    queued: int
+    skipped: list[store.SkippedFile] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    status: str = "running"
+
+
+def submit_batch(
+    paths: Sequence[str | Path],
+    settings: Settings,
+    *,
+    template: str | Path | None = None,
+    threshold: float | None = None,
+    force: bool = False,
+    publish: Callable[[Sequence[int]], None] | None = None,
+) -> Submission:
+    """Register a batch in the database, commit, then queue one page task per document.
+
+    Same inputs, dedup and resume rules as the embedded `process_batch` (`store.register_batch`).
+    Raises `UsageError` (bad paths), `DatabaseError`, `BrokerError` (the broker is unreachable:
+    the batch is registered, and running the same command again queues what is missing).
+    """
+    files = collect_inputs(paths)
+    if template is not None and not Path(template).is_file():
+        raise UsageError(f"no such template file: {template}")
+    inputs, unreadable = hash_inputs(files)
+    engine = get_engine(settings)
+    with session_scope(engine=engine) as s:
+        plan = store.register_batch(
+            s,
+            inputs,
+            force=force,
+            template=str(template) if template is not None else None,
+            threshold=threshold if threshold is not None else settings.threshold,
+            model_version=None,  # set by the inference pool (its model)
+            mode="distributed",
+            options={"inputs": [str(p) for p in paths], "cwd": os.getcwd()},
+        )
+        for path, reason in unreadable:  # as in the embedded mode: failed documents of the batch
+            doc = Document(batch_id=plan.batch_id, path=path, sha256=f"unreadable:{path}"[:64], status="pending")
+            s.add(doc)
+            s.flush()
+            store.store_document_failure(s, doc.id, "unreadable", f"{path}: {reason}")
+            plan.total += 1
+    # Committed: from here on every id we publish exists for the workers.
+    sub = Submission(plan.batch_id, plan.resumed, plan.total, 0, plan.skipped, unreadable)
+    ids = [doc_id for doc_id, _ in plan.todo]
+    if ids:
+        (publish or publish_documents(settings))(ids)
+        sub.queued = len(ids)
+        log.info("batch %s: queued %d document(s) on %r", plan.batch_id, len(ids), PAGES_QUEUE)
+    sub.status = finish_if_complete(engine, plan.batch_id) or "running"
+    return sub
+
+
+def publish_documents(settings: Settings) -> Callable[[Sequence[int]], None]:
+    """A publisher of page tasks on the settings' broker (one connection for all of them)."""
+
+    def publish(ids: Sequence[int]) -> None:
+        from workers.app import get_app
+
+        app = get_app(settings)
+        try:
+            with app.producer_or_acquire() as producer:
+                for doc_id in ids:
+                    app.send_task(SEGMENT_TASK, args=[doc_id], queue=PAGES_QUEUE, producer=producer)
+        except Exception as exc:
+            if is_transient(exc):
+                raise BrokerError(f"cannot queue documents on the broker {_redact(settings.broker_url)}: {_short(exc)}",
+                                  hint="check DIGITREADER_BROKER_URL and that Redis runs; the batch is saved: "
+                                       "run the same command again to queue what is missing") from exc  # fmt: skip
+            raise
+
+    return publish
+
+
+# ------------------------------------------------------------------------------------- watching
+
+
+@dataclass(frozen=True)
+class Progress:
+    batch_id: int
+    status: str
+    total: int
+    finished: int
+    counts: dict[str, int]
+
+
+def batch_progress(engine: Engine, batch_id: int) -> Progress:
+    with session_scope(engine=engine) as s:
+        batch = store.get_batch(s, batch_id)
+        counts = store.document_counts(s, batch_id)
+        status = batch.status
+    total = sum(counts.values())
+    finished = sum(n for st, n in counts.items() if st in FINISHED)
+    return Progress(batch_id, status, total, finished, counts)
+
+
+def wait_for_batch(
+    batch_id: int,
+    settings: Settings,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    poll: float = 0.5,
+    timeout: float | None = None,
+) -> Progress:
+    """Poll the database until the batch is finished (not running); returns its last progress.
+
+    Raises `TimeoutError` after `timeout` seconds (None: wait for ever; Ctrl-C stops waiting,
+    the workers go on)."""
+    engine = get_engine(settings)
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        prog = retry_transient(lambda: batch_progress(engine, batch_id), what="reading progress")
+        if on_progress:
+            on_progress(prog)
+        if prog.status not in store.UNFINISHED_BATCH:
+            return prog
+        if end is not None and time.monotonic() > end:
+            raise TimeoutError(f"batch {batch_id} still {prog.status} after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+# ----------------------------------------------------------------------------------- operations
+
+
+def _redact(url: str | None) -> str:
+    if not url:
+        return ""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url))
+
+
+def broker_status(settings: Settings, *, timeout: float = 1.0) -> dict[str, Any]:
+    """Queue depths (messages waiting, and delivered but not acknowledged) and the live workers
+    with their queues and running tasks. Raises `BrokerError` when the broker is unreachable."""
+    import redis
+
+    url = settings.broker_url
+    if not url:
+        raise UsageError("no broker configured", hint="set DIGITREADER_BROKER_URL=redis://host:6379/0")
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
+        queues = {q: int(client.llen(q)) for q in QUEUES}
+        unacked = int(client.hlen("unacked"))
+    except redis.exceptions.RedisError as exc:
+        raise BrokerError(f"the broker {_redact(url)} is unreachable: {_short(exc)}",
+                          hint="check DIGITREADER_BROKER_URL and that Redis runs") from exc  # fmt: skip
+    from workers.app import get_app
+
+    insp = get_app(settings).control.inspect(timeout=timeout)
+    active_queues = insp.active_queues() or {}
+    active = insp.active() or {}
+    workers = [
+        {"name": name, "queues": sorted(q["name"] for q in qs), "active": len(active.get(name, []) or [])}
+        for name, qs in sorted(active_queues.items())
+    ]
+    return {"broker": _redact(url), "queues": queues, "unacked": unacked, "workers": workers}

@@ -1,0 +1,162 @@
+"""Celery tasks: thin adapters. Parse ids, call the library (`digitreader.distributed`), serialize.
+
+- `digitreader.segment(document_id)` on queue `pages` (prefork pool, one document per process):
+  `run_page_job` -> publishes `digitreader.infer(document_id, batch_id, cut=<bytes>)`.
+- `digitreader.infer` on queue `infer` (celery-batches): the worker buffers requests and flushes
+  them as ONE call when their crops reach DIGITREADER_BATCH_SIZE or `INFER_FLUSH_SECONDS` after the
+  first one arrived, whichever comes first -> `run_infer_batch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Task, signals
+from celery.exceptions import Reject
+from celery_batches import Batches
+
+from digitreader import distributed as dist
+from digitreader.settings import get_settings
+from workers.app import app
+from workers.codec import CodecError, decode_cut, encode_cut, from_text, to_text
+
+log = logging.getLogger(__name__)
+
+#: The longest a request waits in the inference worker's buffer before its batch runs.
+INFER_FLUSH_SECONDS = 0.5
+
+_settings = get_settings()
+_limits = dist.limits(_settings)
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def get_predictor() -> Any:
+    """The inference worker's model, loaded once per process (CUDA when onnxruntime has it)."""
+    with _lock:
+        if "predictor" not in _state:
+            from digitreader.pipeline.process import load_predictor
+
+            p = load_predictor(_settings)
+            log.info("inference model %s on %s, batches of %d crops", p.info.version, p.info.provider,
+                     _settings.batch_size)  # fmt: skip
+            _state["predictor"] = p
+        return _state["predictor"]
+
+
+def get_deliveries() -> dist.Deliveries:
+    with _lock:
+        if "deliveries" not in _state:
+            _state["deliveries"] = dist.Deliveries.from_settings(_settings)
+        return _state["deliveries"]
+
+
+@signals.worker_process_init.connect
+def _one_thread_per_process(**_: Any) -> None:
+    # Each page-pool process is one core's worth of work: no OpenCV thread pool on top.
+    import cv2
+
+    cv2.setNumThreads(1)
+    _state.pop("deliveries", None)  # a Redis connection must not be shared across fork
+
+
+class DocumentTask(Task):
+    """Retries transient errors by republishing; if even that fails (the broker is down), the
+    message is requeued instead of dropped (Celery's default there is Reject(requeue=False))."""
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as exc:
+            if exc.requeue:
+                raise
+            raise Reject(exc.reason, requeue=True) from exc
+
+
+@app.task(
+    name=dist.SEGMENT_TASK,
+    base=DocumentTask,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    acks_on_failure_or_timeout=False,  # hard time limit -> requeue, counted like a crash
+    soft_time_limit=_limits.soft,
+    time_limit=_limits.hard,
+    autoretry_for=(dist.TransientError,),  # database / broker connection errors only
+    retry_backoff=True,
+    retry_backoff_max=_limits.retry_backoff_max,
+    retry_jitter=True,
+    max_retries=None,  # transient means transient: documents wait for the database, never fail for it
+)
+def segment(self: Task, document_id: int) -> str:
+    """Segment one document (queue `pages`) and hand its crops to the inference pool."""
+    doc_id = int(document_id)
+
+    def publish(job: dist.DocumentJob, blob: bytes, crops: int) -> None:
+        infer.apply_async(
+            args=[job.document_id, job.batch_id], kwargs={"cut": to_text(blob)},
+            headers={dist.CROPS_HEADER: crops}, queue=dist.INFER_QUEUE,
+        )  # fmt: skip
+
+    try:
+        out = dist.run_page_job(doc_id, _settings, publish=publish, deliveries=get_deliveries(), encode=encode_cut)
+    except Exception as exc:
+        if dist.is_transient(exc):
+            raise dist.TransientError(f"{type(exc).__name__}: {exc}") from exc
+        log.exception("document %s: unexpected error", doc_id)
+        dist.fail_unexpected(_settings, doc_id, exc)
+        return "failed"
+    return out.status
+
+
+class CropBatches(Batches):
+    """celery-batches, flushed by the number of crops buffered (message header) or by time."""
+
+    flush_every = 1_000_000  # (count of requests: unused; crops decide)
+    flush_interval = INFER_FLUSH_SECONDS
+    flush_crops = _settings.batch_size
+    _crops = 0
+
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 (Celery's name)
+        handler = super().Strategy(task, app, consumer)
+
+        def counting(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
+            handler(message, body, ack, reject, callbacks, **kw)
+            self._crops += int((message.headers or {}).get(dist.CROPS_HEADER) or 0)
+            if self._crops >= self.flush_crops:
+                self._do_flush()
+
+        return counting
+
+    def _do_flush(self) -> None:
+        self._crops = 0
+        super()._do_flush()
+
+
+@app.task(name=dist.INFER_TASK, base=CropBatches, acks_late=True)
+def infer(requests: list[Any]) -> dict[str, int]:
+    """Recognize the crops of many documents at once (queue `infer`), store each document."""
+    items: list[dist.InferItem] = []
+    for r in requests:
+        doc_id, batch_id = int(r.args[0]), int(r.args[1])
+        try:
+            cut = decode_cut(from_text(r.kwargs["cut"]))
+        except (CodecError, KeyError) as exc:
+            log.error("document %s: corrupt infer message: %s", doc_id, exc)
+            dist.fail_unexpected(_settings, doc_id, exc)
+            continue
+        items.append(dist.InferItem(doc_id, batch_id, cut))
+    if not items:
+        return {"documents": 0}
+    out = dist.run_infer_batch(items, _settings, predictor=get_predictor(), deliveries=get_deliveries())
+    for it in out.retry:  # the database stayed down: back to the queue (from the start of the line)
+        infer.apply_async(
+            args=[it.document_id, it.batch_id], kwargs={"cut": to_text(encode_cut(it.cut))},
+            headers={dist.CROPS_HEADER: it.cut.crops}, queue=dist.INFER_QUEUE, countdown=5,
+        )  # fmt: skip
+    log.info("inference batch: %d document(s), %d crops in %d group(s), %.3f s; %d stored, %d duplicate, "
+             "%d failed, %d handed back", len(items), out.crops, out.groups, out.seconds, len(out.stored),
+             len(out.skipped), len(out.failed), len(out.retry))  # fmt: skip
+    return {"documents": len(items), "crops": out.crops}
