@@ -180,13 +180,19 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
     if not pieces:
         return []
     pieces.sort(key=lambda p: p.x0)
-    # Merge pieces that share columns (a broken digit, a 5's detached bar, the two bars of '=').
+    heights = np.array([p.h for p in pieces], float)
+    tall = heights[heights >= 0.4 * field_h]
+    med_h = float(np.median(tall)) if tall.size else float(heights.max())
+    # Merge a small piece into the digit whose columns it shares (a broken digit, a 5's detached
+    # bar, the two bars of '='); two full-height pieces are two digits, however close.
     merged: list[_Piece] = []
     for p in pieces:
         if merged:
             q = merged[-1]
             overlap = min(q.x1, p.x1) - max(q.x0, p.x0)
-            if overlap >= 0.5 * min(q.w, p.w):
+            small = min(p.h, q.h) < 0.6 * med_h
+            narrow = p if p.w < q.w else q
+            if (small and overlap >= 0.3 * narrow.w) or overlap >= 0.85 * narrow.w:
                 merged[-1] = _merge(q, p)
                 continue
         merged.append(p)
@@ -202,7 +208,8 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
         parts = _split_touching(p, k) if k >= 2 else [p]
         # A split is right only when every part is digit-sized (not a 5's bar or a 2's tail).
         if k >= 2 and not (
-            all(q.h >= 0.6 * med_h and q.w >= 0.25 * med_h for q in parts) and _thin_necks(p, parts)
+            all(q.h >= 0.6 * med_h and q.w >= 0.25 * med_h for q in parts)
+            and (p.w >= 1.75 * est_w or _thin_necks(p, parts))
         ):
             parts = [p]
         out.extend(parts)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from digitreader.pipeline.prepare import ink_levels
 from digitreader.settings import Settings
 from digitreader.types import BBox, FieldRegion, PreparedPage
 
@@ -249,7 +250,11 @@ def order_fields(regions: list[FieldRegion]) -> list[FieldRegion]:
 def find_fields(prepared: PreparedPage, settings: Settings | None = None) -> list[FieldRegion]:
     """Box and string fields on a prepared page, ordered top-to-bottom, left-to-right (unnamed)."""
     g = _Geom(ppm=(prepared.dpi or 150.0) / 25.4)
-    lines = line_image(prepared.ink, g)
+    # Lines are found in the weak-threshold mask: a faint box line is long and straight, noise is not,
+    # so it survives the opening even where hysteresis dropped it from the ink.
+    _, weak = ink_levels(prepared.gray)
+    faint = np.where(prepared.gray < weak, np.uint8(255), np.uint8(0))
+    lines = line_image(cv2.bitwise_or(prepared.ink, faint), g)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(lines, connectivity=8)
     found: list[_Found] = []
     squares: list[_Found] = []

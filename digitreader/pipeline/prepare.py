@@ -86,8 +86,8 @@ def estimate_skew(flat: np.ndarray, ppm: float, max_angle: float = MAX_SKEW) -> 
     return round(best, 3)
 
 
-def binarize(flat: np.ndarray) -> np.ndarray:
-    """Ink mask (uint8 0/255) of a background-normalized page; keeps faint strokes (hysteresis)."""
+def ink_levels(flat: np.ndarray) -> tuple[float, float]:
+    """(strong, weak) grey levels of a background-normalized page, from its paper noise."""
     sample = flat[::7, ::7]
     paper = sample[sample > 200]
     if paper.size > 100:
@@ -97,6 +97,12 @@ def binarize(flat: np.ndarray) -> np.ndarray:
         med, noise = 255.0, 3.0
     strong = min(195.0, med - max(60.0, 8.0 * noise))
     weak = min(230.0, med - max(25.0, 4.0 * noise))
+    return strong, weak
+
+
+def binarize(flat: np.ndarray) -> np.ndarray:
+    """Ink mask (uint8 0/255) of a background-normalized page; keeps faint strokes (hysteresis)."""
+    strong, weak = ink_levels(flat)
     weak_mask = (flat < weak).astype(np.uint8)
     strong_mask = flat < strong
     # Hysteresis: keep weak pixels only in components that hold a strong pixel.

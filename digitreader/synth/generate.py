@@ -290,7 +290,7 @@ def _fill_string(canvas: Canvas, it: Item) -> dict[str, Any]:
     gaps = [int(round(dh * rng.uniform(0.08, 0.25))) for _ in glyphs]
     for i in range(len(glyphs) - 1):
         if glyphs[i][0].isdigit() and glyphs[i + 1][0].isdigit() and rng.random() < c.style.touch_digit:
-            gaps[i] = -int(round(dh * rng.uniform(0.0, 0.08)))
+            gaps[i] = -int(round(dh * rng.uniform(0.0, 0.04)))
     total = sum(g.shape[1] for _, g in glyphs) + sum(gaps[:-1])
     room = w - 2 * t - int(0.1 * h)
     if total > room:  # too long for the box: squeeze

@@ -1,0 +1,230 @@
+"""Recognize: (N, 28, 28) uint8 MNIST-form crops -> labels and calibrated probabilities (onnxruntime only).
+
+The ONNX graph returns logits (N, 11): digits 0-9 and 10 = "not a digit". Softmax with the model's
+fitted temperature, the confidence and the review threshold live here, in Python. The shipped model
+is found through `digitreader/models/manifest.json`, whose SHA-256 is checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitreader.errors import MissingDependencyError, ModelError
+from digitreader.settings import Settings, get_settings
+from digitreader.types import LABELS, NON_DIGIT
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+MANIFEST = MODELS_DIR / "manifest.json"
+_logged_providers: set[tuple[str, ...]] = set()
+_log_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """The model's reading of N crops."""
+
+    labels: np.ndarray  # (N,) int64: 0-9, or 10 = not a digit
+    probs: np.ndarray  # (N, C) float32 calibrated probabilities (C = 11, or 10 for a digits-only model)
+    threshold: float  # review threshold these were made with
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """(N,) float32: the calibrated probability of the predicted label."""
+        if len(self.probs) == 0:
+            return np.zeros(0, np.float32)
+        return self.probs.max(axis=1)
+
+    @property
+    def needs_review(self) -> np.ndarray:
+        """(N,) bool: confidence below the threshold (or not a digit)."""
+        return (self.confidence < self.threshold) | (self.labels == NON_DIGIT)
+
+    def top(self, k: int = 3) -> list[list[tuple[int, float]]]:
+        """Per crop, the k most probable labels as (label, probability), best first."""
+        order = np.argsort(-self.probs, axis=1, kind="stable")[:, :k]
+        return [[(int(c), float(self.probs[i, c])) for c in row] for i, row in enumerate(order)]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: str
+    sha256: str
+    version: str
+    arch: str
+    labels: tuple[str, ...]
+    temperature: float
+    threshold: float  # the model's own review threshold (settings.threshold overrides it at predict time)
+    accuracy: float | None  # MNIST test accuracy recorded at export
+    provider: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "version": self.version, "arch": self.arch,
+                "labels": list(self.labels), "temperature": self.temperature, "threshold": self.threshold,
+                "mnist_test_accuracy": self.accuracy, "provider": self.provider}  # fmt: skip
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(manifest: Path = MANIFEST) -> dict[str, Any]:
+    """The shipped model's manifest: {"model": "default.onnx", "sha256": ..., ...}."""
+    if not manifest.exists():
+        raise ModelError(f"no model manifest at {manifest}", code="missing",
+                         hint="reinstall digitreader, or set DIGITREADER_MODEL_PATH to an ONNX model")  # fmt: skip
+    try:
+        data = json.loads(manifest.read_text())
+        data["model"], data["sha256"]  # noqa: B018
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{manifest}: not a valid manifest ({exc})", code="corrupt") from exc
+    return data
+
+
+def resolve_model(path: Path | str | None, settings: Settings) -> tuple[Path, str | None]:
+    """(model path, expected sha256 or None). Explicit path > settings.model_path > manifest."""
+    explicit = path or settings.model_path
+    if explicit:
+        p = Path(explicit).expanduser()
+        # A model with a manifest beside it (a models folder) is checked too.
+        side = p.parent / "manifest.json"
+        if side.exists():
+            try:
+                m = json.loads(side.read_text())
+                if m.get("model") == p.name:
+                    return p, m.get("sha256")
+            except ValueError:
+                pass
+        return p, None
+    m = read_manifest()
+    return MODELS_DIR / m["model"], m["sha256"]
+
+
+def _providers(settings: Settings, available: list[str]) -> list[str]:
+    want = settings.providers.lower()
+    if want == "cpu":
+        return ["CPUExecutionProvider"]
+    if want == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise ModelError("DIGITREADER_PROVIDERS=cuda, but this onnxruntime has no CUDA provider",
+                             code="provider",
+                             hint="install digitreader[gpu] (onnxruntime-gpu), or use auto/cpu")  # fmt: skip
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if want != "auto":
+        raise ModelError(f"DIGITREADER_PROVIDERS={settings.providers!r}: use auto, cpu or cuda", code="provider")
+    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+
+
+class Predictor:
+    """An ONNX digit model with its calibration. Thread-safe for `predict` (onnxruntime sessions are)."""
+
+    def __init__(self, session: Any, info: ModelInfo, settings: Settings) -> None:
+        self.session = session
+        self.info = info
+        self.settings = settings
+        self.threshold = settings.threshold if settings.threshold is not None else info.threshold
+        self._input = session.get_inputs()[0].name
+
+    @classmethod
+    def load(cls, path: Path | str | None = None, settings: Settings | None = None) -> Predictor:
+        """Load `path` (default: settings.model_path, else the shipped model), SHA-256 checked."""
+        settings = settings or get_settings()
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise MissingDependencyError("onnxruntime", "cpu", "recognition") from exc
+        model_path, expected = resolve_model(path, settings)
+        if not model_path.exists():
+            raise ModelError(f"model file not found: {model_path}", code="missing",
+                             hint="reinstall digitreader, or set DIGITREADER_MODEL_PATH to an ONNX model")  # fmt: skip
+        digest = _sha256(model_path)
+        if expected is not None and digest != expected.lower():
+            raise ModelError(
+                f"{model_path}: SHA-256 {digest[:16]}... does not match its manifest ({expected[:16]}...)",
+                code="checksum",
+                hint="the model file is corrupt or was replaced; reinstall digitreader or restore the file",
+            )
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = settings.intra_op_threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        providers = _providers(settings, ort.get_available_providers())
+        try:
+            session = ort.InferenceSession(str(model_path), so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ModelError(f"{model_path}: onnxruntime cannot load it ({exc})", code="corrupt") from exc
+        used = tuple(session.get_providers())
+        with _log_lock:
+            if used not in _logged_providers:
+                _logged_providers.add(used)
+                log.info("recognition runs on %s (%s)", used[0], model_path.name)
+        meta = session.get_modelmeta().custom_metadata_map
+        info = _info(model_path, digest, meta, used[0])
+        shape = session.get_inputs()[0].shape
+        n_out = session.get_outputs()[0].shape[-1]
+        if list(shape[1:]) != [1, 28, 28] or n_out not in (10, 11):
+            raise ModelError(f"{model_path}: input {shape} / output {n_out} classes; "
+                             "expected (N,1,28,28) -> 10 or 11", code="corrupt")  # fmt: skip
+        return cls(session, info, settings)
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) uint8 crops (ink high) -> (N, C) float32 raw logits, in batches of settings.batch_size."""
+        x = np.asarray(crops)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise ValueError(f"crops must be (N, 28, 28), got {x.shape}")
+        n_out = len(self.info.labels)
+        if len(x) == 0:
+            return np.zeros((0, n_out), np.float32)
+        scale = np.float32(1 / 255) if x.dtype == np.uint8 else np.float32(1)
+        bs = self.settings.batch_size
+        out = []
+        for i in range(0, len(x), bs):
+            batch = (x[i : i + bs].astype(np.float32) * scale)[:, None]
+            out.append(self.session.run(None, {self._input: batch})[0])
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def predict(self, crops: np.ndarray) -> Recognition:
+        """Labels (argmax) and calibrated probabilities softmax(logits / T)."""
+        z = self.logits(crops).astype(np.float64) / self.info.temperature
+        z -= z.max(axis=1, keepdims=True) if len(z) else 0
+        e = np.exp(z)
+        probs = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return Recognition(probs.argmax(axis=1).astype(np.int64), probs, float(self.threshold))
+
+
+def _info(path: Path, digest: str, meta: dict[str, str], provider: str) -> ModelInfo:
+    def num(key: str, default: float | None) -> float | None:
+        try:
+            return float(meta[key])
+        except (KeyError, ValueError):
+            return default
+
+    try:
+        labels = tuple(json.loads(meta["labels"])) if "labels" in meta else LABELS
+    except ValueError:
+        labels = LABELS
+    temperature = num("temperature", 1.0) or 1.0
+    return ModelInfo(
+        path=str(path), sha256=digest, version=meta.get("version", "unknown"), arch=meta.get("arch", "unknown"),
+        labels=labels, temperature=temperature, threshold=num("threshold", 0.9) or 0.0,
+        accuracy=num("mnist_test_accuracy", None), provider=provider, metadata=dict(meta),
+    )  # fmt: skip
