@@ -268,6 +268,10 @@ def _pdf_pages(path: Path, settings: Settings) -> Iterator[PageImage]:
             try:
                 page = doc[index]
                 w_pt, h_pt = page.get_size()
+                box = page.get_mediabox()
+                if abs(box[2] - box[0]) < 1 or abs(box[3] - box[1]) < 1:
+                    # pdfium substitutes a Letter page for a zero-size MediaBox; the page really has no area.
+                    w_pt = h_pt = 0.0
             except pdfium.PdfiumError as exc:
                 raise InputError(f"cannot read this page ({exc})", path=path, page=number, code="unreadable") from exc
             w, h = int(round(w_pt / 72.0 * dpi)), int(round(h_pt / 72.0 * dpi))

@@ -1,0 +1,150 @@
+"""Load stage: every supported format, EXIF orientation, and every loading error on a real bad file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitreader.errors import ExitCode, InputError
+from digitreader.pipeline.load import count_pages, load_pages
+from digitreader.pipeline.segment import segment_page
+from digitreader.settings import Settings
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def _page(h: int = 120, w: int = 90) -> np.ndarray:
+    """Grey page with a dark bar near the top-left (to see orientation)."""
+    a = np.full((h, w), 240, np.uint8)
+    a[10:20, 5:40] = 10
+    return a
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("empty.png", "empty_file"),
+        ("not_an_image.png", "unsupported"),
+        ("truncated.png", "truncated"),
+        ("truncated.jpg", "truncated"),
+        ("bomb.png", "too_large"),
+        ("encrypted.pdf", "encrypted"),
+        ("truncated.pdf", "truncated"),
+        ("empty_page.pdf", "empty_page"),
+    ],
+)
+def test_bad_files_raise_typed_errors(name: str, code: str, settings: Settings) -> None:
+    path = DATA / name
+    with pytest.raises(InputError) as info:
+        list(load_pages(path, settings))
+    err = info.value
+    assert err.code == code
+    assert err.exit_code == ExitCode.INPUT
+    assert str(path) in str(err)  # the message names the file
+
+
+@pytest.mark.parametrize(("name", "code"), [("blank.png", "blank_page"), ("all_black.png", "all_black")])
+def test_blank_and_black_pages_are_refused_by_segmentation(name: str, code: str, settings: Settings) -> None:
+    (page,) = list(load_pages(DATA / name, settings))
+    with pytest.raises(InputError) as info:
+        segment_page(page, settings)
+    assert info.value.code == code and info.value.page == 1
+
+
+def test_missing_file_is_unreadable(tmp_path: Path, settings: Settings) -> None:
+    with pytest.raises(InputError) as info:
+        list(load_pages(tmp_path / "nope.png", settings))
+    assert info.value.code == "unreadable"
+
+
+def test_page_limit_is_checked_before_decoding(tmp_path: Path) -> None:
+    p = tmp_path / "big.png"
+    Image.fromarray(_page(400, 300)).save(p)
+    small_limit = Settings(max_page_pixels=100_000, _env_file=None)  # type: ignore[call-arg]
+    with pytest.raises(InputError) as info:
+        list(load_pages(p, small_limit))
+    assert info.value.code == "too_large" and info.value.page == 1
+
+
+def test_file_size_limit(tmp_path: Path) -> None:
+    p = tmp_path / "a.png"
+    Image.fromarray(_page()).save(p)
+    with pytest.raises(InputError) as info:
+        list(load_pages(p, Settings(max_file_bytes=10, _env_file=None)))  # type: ignore[call-arg]
+    assert info.value.code == "too_large"
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "bmp", "tiff"])
+def test_single_page_formats(fmt: str, tmp_path: Path, settings: Settings) -> None:
+    p = tmp_path / f"page.{fmt}"
+    Image.fromarray(_page()).save(p, dpi=(200, 200))
+    (page,) = list(load_pages(p, settings))
+    assert page.gray.shape == (120, 90) and page.gray.dtype == np.uint8
+    assert abs(int(page.gray[15, 20]) - 10) < 25 and abs(int(page.gray[100, 80]) - 240) < 10
+    assert page.dpi is not None and abs(page.dpi - 200) < 1
+    assert count_pages(p, settings) == 1
+
+
+def test_multipage_tiff_with_mixed_depths(tmp_path: Path, settings: Settings) -> None:
+    g = _page()
+    frames = [
+        Image.fromarray(g),  # 8-bit
+        Image.fromarray(g.astype(np.uint16) * 257),  # 16-bit
+        Image.fromarray(g).point(lambda v: 255 if v > 128 else 0).convert("1"),  # 1-bit
+        Image.fromarray(np.dstack([g, g, g, np.full_like(g, 255)]), "RGBA"),  # with alpha
+    ]
+    p = tmp_path / "multi.tif"
+    frames[0].save(p, save_all=True, append_images=frames[1:], compression="tiff_deflate")
+    pages = list(load_pages(p, settings))
+    assert [pg.number for pg in pages] == [1, 2, 3, 4]
+    assert count_pages(p, settings) == 4
+    for pg in pages:
+        assert pg.gray.dtype == np.uint8 and pg.gray.shape == (120, 90)
+        assert pg.gray[15, 20] < 40 and pg.gray[100, 80] > 200
+
+
+def test_transparent_areas_become_paper(tmp_path: Path, settings: Settings) -> None:
+    rgba = np.zeros((50, 40, 4), np.uint8)  # fully transparent black...
+    rgba[10:20, 10:30] = (0, 0, 0, 255)  # ...except an opaque black bar
+    p = tmp_path / "alpha.png"
+    Image.fromarray(rgba, "RGBA").save(p)
+    (page,) = list(load_pages(p, settings))
+    assert page.gray[0, 0] == 255 and page.gray[15, 15] == 0
+
+
+def test_colour_becomes_grey(tmp_path: Path, settings: Settings) -> None:
+    rgb = np.full((40, 40, 3), 250, np.uint8)
+    rgb[5:15, 5:35] = (20, 30, 200)  # blue ink
+    p = tmp_path / "colour.jpg"
+    Image.fromarray(rgb).save(p, quality=95)
+    (page,) = list(load_pages(p, settings))
+    assert page.gray.ndim == 2 and page.gray[10, 20] < 80 and page.gray[30, 30] > 230
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_honoured(orientation: int, tmp_path: Path, settings: Settings) -> None:
+    upright = _page()
+    # Store the pixels rotated the way a camera would, and the EXIF tag that says how to undo it.
+    stored = {3: np.rot90(upright, 2), 6: np.rot90(upright, 1), 8: np.rot90(upright, -1)}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    p = tmp_path / "rotated.jpg"
+    Image.fromarray(np.ascontiguousarray(stored)).save(p, exif=exif.tobytes(), quality=95)
+    (page,) = list(load_pages(p, settings))
+    assert page.gray.shape == upright.shape
+    assert np.abs(page.gray.astype(int) - upright.astype(int)).mean() < 6
+
+
+def test_pdf_pages_are_rasterized_at_the_configured_dpi(tmp_path: Path) -> None:
+    p = tmp_path / "doc.pdf"
+    ims = [Image.fromarray(_page(300, 210)) for _ in range(2)]
+    ims[0].save(p, save_all=True, append_images=ims[1:], resolution=100)  # 2.1 x 3 inches
+    s = Settings(pdf_dpi=150, _env_file=None)  # type: ignore[call-arg]
+    pages = list(load_pages(p, s))
+    assert len(pages) == 2 and count_pages(p, s) == 2
+    assert abs(pages[0].width - 315) <= 1 and abs(pages[0].height - 450) <= 1
+    assert pages[1].dpi == 150
+    assert pages[0].gray[int(15 * 1.5), int(20 * 1.5)] < 60
