@@ -1,0 +1,106 @@
+"""`digitreader train`: train, calibrate, export and report a model (thin adapter over training.run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from digitreader.cli.output import err, print_json, progress
+from digitreader.errors import MissingDependencyError, UsageError
+
+log = logging.getLogger(__name__)
+
+ARCH_NAMES = ("drnet", "seed000", "seed001", "seed002", "seed003", "seed004")
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("torch", "train", "digitreader train") from exc
+    if importlib.util.find_spec("onnx") is None:
+        raise MissingDependencyError("onnx", "train", "digitreader train")
+
+
+def train(
+    arch: str = typer.Option("drnet", "--arch", help=f"Architecture: {', '.join(ARCH_NAMES)}."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (default: the architecture's recipe)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=2, help="Batch size (default: recipe's)."),
+    optimizer: str | None = typer.Option(None, "--optimizer", help="adamw, adam, sgd or rmsprop (default: recipe's)."),
+    lr: float | None = typer.Option(None, "--lr", min=0.0, help="(Peak) learning rate (default: recipe's)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same data order, same model."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", envvar="DIGITREADER_DATA_DIR", help="Folder holding mnist/ (the four IDX gzip files)."
+    ),
+    out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="Output folder (checkpoint, model, report)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    limit: int | None = typer.Option(None, "--limit", min=100, help="Train on the first N samples (smoke tests)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
+    augment: str | None = typer.Option(None, "--augment", help="scan, shift15 or none (default: recipe's)."),
+    nondigits: float = typer.Option(0.1, "--nondigits", min=0.0, max=1.0,
+                                    help="Generated non-digit crops per training digit; 0 = 10 classes only."),
+    threads: int = typer.Option(2, "--threads", min=1, help="PyTorch CPU threads."),
+    version: str = typer.Option("dev", "--model-version", help="Version string written into the model."),
+    download: bool = typer.Option(False, "--download", help="Download MNIST when missing (needs internet)."),
+    finalize_only: bool = typer.Option(False, "--finalize-only",
+                                       help="Only calibrate/export/report OUT/checkpoint.pt again."),
+) -> None:
+    """Train a digit model on MNIST, calibrate it, export it to ONNX and write its report.
+
+    Everything lands in --out: checkpoint.pt (every epoch; --resume continues), model.onnx,
+    report.md/report.json and plots. Progress goes to stderr; a JSON summary to stdout.
+
+    Example (the shipped model):  digitreader train --arch drnet --epochs 14 --out runs/drnet
+
+    Smoke test in a minute:  digitreader train --epochs 1 --limit 3000 --out /tmp/run
+    """
+    if arch not in ARCH_NAMES:
+        raise UsageError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCH_NAMES)}")
+    if device not in ("cpu", "cuda", "auto"):
+        raise UsageError("--device must be cpu, cuda or auto")
+    if augment not in (None, "scan", "shift15", "none"):
+        raise UsageError("--augment must be scan, shift15 or none")
+    _require_torch()
+    from training.run import TrainConfig, finalize
+    from training.run import train as run_train
+
+    cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, seed=seed,
+                      data_dir=str(data_dir) if data_dir else None, out=str(out), device=device, limit=limit,
+                      nondigit_fraction=nondigits, augment=augment, threads=threads, version=version,
+                      download=download)  # fmt: skip
+    with progress() as bar:
+        task = bar.add_task("loading", total=None)
+
+        def on_progress(phase: str, done: int, total: int, stats: dict[str, Any]) -> None:
+            if phase == "train":
+                bar.update(task, description=f"epoch {stats['epoch']} loss {stats['loss']:.4f} acc {stats['acc']:.4f}",
+                           completed=done, total=total)  # fmt: skip
+            elif phase == "augment":
+                bar.update(task, description=f"epoch {stats['epoch']}: augmenting", completed=0, total=None)
+            elif phase == "epoch":
+                err.print(f"epoch {done}/{total}: train loss {stats['train_loss']:.4f} acc {stats['train_acc']:.4f}"
+                          f" | val loss {stats['val_loss']:.4f} acc {stats['val_acc']:.4f} | {stats['seconds']:.0f} s")
+            elif phase == "finalize" and done == 0:
+                bar.update(task, description="calibrating, exporting, reporting", completed=0, total=None)
+
+        if finalize_only:
+            if not (out / "checkpoint.pt").exists():
+                raise UsageError(f"--finalize-only: no checkpoint in {out}")
+            finalize(out, progress=on_progress)
+        else:
+            run_train(cfg, resume=resume, progress=on_progress)
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    print_json({"out": str(out), "model": str(out / "model.onnx"), "arch": report["arch"],
+                "epochs": report["epochs"], "mnist_test_accuracy": report["mnist_test_accuracy"],
+                "threshold": report["threshold"], "temperature": report["temperature"],
+                "nondigits_rejected": report["nondigits"].get("rejected")})  # fmt: skip
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

@@ -1,0 +1,137 @@
+"""A one-epoch training run on a few thousand real MNIST samples: loss goes down, the export passes parity,
+the report is written, and `digitreader train` explains what to install when torch is missing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from digitreader.errors import ExitCode
+from training import archs, calibrate, export
+from training.data import load_mnist
+from training.nondigits import generate_nondigits
+from training.run import TrainConfig, load_checkpoint_model, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    train(TrainConfig(arch="drnet", epochs=1, limit=3000, data_dir=str(data_dir), out=str(out), threads=1,
+                      seed=3, version="smoke"))  # fmt: skip
+    return out
+
+
+@pytest.mark.slow
+def test_one_epoch_lowers_the_loss(smoke_run: Path, data_dir: Path) -> None:
+    # The trained model's validation loss is far below an untrained one's (same seed, same data).
+    history = json.loads((smoke_run / "history.json").read_text())
+    assert len(history) == 1
+    untrained = archs.build("drnet", 11).eval()
+    test = load_mnist("test", data_dir)
+    x = torch.from_numpy(test.images[:1000]).float().div(255).unsqueeze(1)
+    y = torch.from_numpy(test.labels[:1000])
+    with torch.no_grad():
+        loss0 = float(torch.nn.functional.cross_entropy(untrained(x), y))
+        model, _, _ = load_checkpoint_model(smoke_run)
+        loss1 = float(torch.nn.functional.cross_entropy(model(x), y))
+    assert loss1 < 0.5 * loss0, (loss0, loss1)
+    assert history[0]["val_loss"] < loss0
+
+
+@pytest.mark.slow
+def test_export_parity_and_metadata(smoke_run: Path, data_dir: Path) -> None:
+    import onnx
+
+    onnx_path = smoke_run / "model.onnx"
+    model, _, _ = load_checkpoint_model(smoke_run)
+    images = np.concatenate([load_mnist("test", data_dir).images[:256], generate_nondigits(64, 5)])
+    diff = export.parity(model, onnx_path, images)
+    assert diff <= export.PARITY_TOLERANCE  # a mismatch fails, never skips
+    proto = onnx.load(str(onnx_path))
+    assert not list(smoke_run.glob("*.data"))  # one file, no external data
+    assert proto.opset_import[0].version == export.OPSET
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert {"version", "arch", "labels", "input_spec", "temperature", "threshold", "mnist_test_accuracy",
+            "training_data"} <= set(meta)  # fmt: skip
+    assert json.loads(meta["labels"])[-1] == "non-digit" and meta["arch"] == "drnet"
+    assert "train-images-idx3-ubyte.gz" in meta["training_data"]
+    batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param  # dynamic batch axis
+
+
+@pytest.mark.slow
+def test_parity_detects_a_mismatch(smoke_run: Path, data_dir: Path) -> None:
+    model, _, _ = load_checkpoint_model(smoke_run)
+    with torch.no_grad():
+        model.head[1].bias.add_(1e-2)  # a model that is not the exported one
+    images = load_mnist("test", data_dir).images[:64]
+    assert export.parity(model, smoke_run / "model.onnx", images) > export.PARITY_TOLERANCE
+
+
+@pytest.mark.slow
+def test_report_files(smoke_run: Path) -> None:
+    report = json.loads((smoke_run / "report.json").read_text())
+    for f in ("report.md", "confusion.png", "curves.png", "misclassified.png", "reliability.png"):
+        assert (smoke_run / f).stat().st_size > 0, f
+    assert 0.5 < report["mnist_test_accuracy"] <= 1.0
+    assert len(report["per_class"]) == 10 and sum(c["support"] for c in report["per_class"]) == 10000
+    assert [r["coverage"] for r in report["coverage_table_test"]][:5] == [0.9, 0.95, 0.98, 0.99, 0.995]
+    assert report["ece"]["validation_after"] <= report["ece"]["validation_before"] + 1e-9
+    assert 0 <= report["nondigits"]["rejected"] <= 1
+    assert report["throughput_digits_per_s_1_thread"]["batch_256"] > 0
+    assert "MNIST test accuracy" in (smoke_run / "report.md").read_text()
+
+
+def test_temperature_and_threshold_on_known_data() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 4000)
+    logits = rng.normal(0, 1, (4000, 10))
+    logits[np.arange(4000), labels] += 4.0
+    sharp = logits * 3.0  # overconfident by a factor 3
+    t = calibrate.fit_temperature(sharp, labels)
+    assert 2.5 < t < 3.5
+    assert calibrate.ece(calibrate.softmax(sharp, t), labels) < calibrate.ece(calibrate.softmax(sharp, 1.0), labels)
+    probs = calibrate.softmax(logits)
+    thr = calibrate.choose_threshold(probs, labels, 0.001)
+    at = calibrate.at_threshold(probs, labels, thr)
+    assert at["error_rate"] <= 0.001 and at["coverage"] > 0.3
+
+
+def test_reference_architectures_build() -> None:
+    x = torch.zeros(2, 1, 28, 28)
+    for name in archs.ARCHS:
+        m = archs.build(name, 11).eval()
+        assert m(x).shape == (2, 11), name
+        assert archs.build(name, 10).eval()(x).shape == (2, 10), name
+    assert 1e6 < archs.count_macs(archs.build("drnet")) < 5e6
+
+
+def test_train_without_torch_says_which_extra() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from digitreader.cli.main import main\n"
+        "main(['train', '--epochs', '1'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == ExitCode.DEPENDENCY, proc.stderr
+    assert "torch" in proc.stderr and "digitreader[train]" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_runtime_never_imports_torch() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import digitreader.pipeline.recognize, digitreader.cli.main\n"
+        "import digitreader.cli.commands.predict, digitreader.cli.commands.evaluate\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
