@@ -10,7 +10,8 @@ JSON shape (docs/architecture.md; extra keys may be added, none removed):
 
 Boxes are in pixels of the page as submitted (before deskew). A digit's `label` is null for a blank
 cell. Extra keys: batch-level "status", "created_at", "model_version", "threshold"; field "flags";
-digit "blank", "non_digit", "top3", "corrected" (a reviewer's correction, when there is one).
+digit "blank", "non_digit", "top3", "reviewed" and "corrected" (a reviewer's correction, when there is
+one); field "reviewed".
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def digit_json(d: Digit) -> dict[str, Any]:
         "top3": d.top3,
     }
     corr = _latest_correction(d)
+    out["reviewed"] = corr is not None  # a reviewer confirmed or corrected this digit
     if corr is not None:
         out["corrected"] = {
             "label": corr.new_label,
@@ -100,6 +102,7 @@ def field_json(f: Field) -> dict[str, Any]:
         "confidence": _round(f.confidence),
         "needs_review": bool(f.needs_review),
         "flags": list(f.flags or []),
+        "reviewed": any(d.corrections for d in f.digits),  # a reviewer checked some of its digits
         "digits": [digit_json(d) for d in f.digits],
     }
 

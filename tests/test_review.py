@@ -1,0 +1,281 @@
+"""Review: queue, corrections, undo, export, CLI and the web app's security, on a real database filled
+by the real pipeline from generated pages whose digits are in a hard style (many get flagged)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from digitreader.cli.main import main
+from digitreader.db import Correction, Digit, Document, Field, session_scope
+from digitreader.db.session import dispose_engines
+from digitreader.errors import ExitCode, NotFoundError, UsageError
+from digitreader.export import export_json
+from digitreader.review import service
+from digitreader.review.app import check_bind, create_app
+from digitreader.settings import Settings
+
+
+def build_review_db(base: Path, data_dir: Path, pages: int = 2, seed: int = 5) -> tuple[Path, int]:
+    """Generate hard-style pages, run the embedded pipeline on them; returns (home, batch id)."""
+    from digitreader.pipeline.process import process_batch
+    from digitreader.synth import generate
+    from training.corrections import HardStyleDigits
+
+    scans = base / "scans"
+    generate(scans, pages=pages, seed=seed, kind="form", fmt="png", style="clean",
+             digit_source=HardStyleDigits(), data_dir=data_dir)  # fmt: skip
+    home = base / "home"
+    settings = Settings(home=home, data_dir=data_dir, workers=1, _env_file=None)  # type: ignore[call-arg]
+    report = process_batch([scans], settings)
+    dispose_engines()  # checkpoint the WAL: the file can be copied
+    return home, report.batch_id
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, int]:
+    return build_review_db(tmp_path_factory.mktemp("review"), data_dir)
+
+
+@pytest.fixture()
+def rsettings(processed: tuple[Path, int], tmp_path: Path, data_dir: Path) -> Settings:
+    """A private copy of the processed database (tests change it)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(processed[0] / "digitreader.sqlite", home / "digitreader.sqlite")
+    dispose_engines()
+    return Settings(home=home, data_dir=data_dir, reviewer="tester", _env_file=None)  # type: ignore[call-arg]
+
+
+def test_queue_is_hardest_first_and_filters(rsettings: Settings, processed: tuple[Path, int]) -> None:
+    batch = processed[1]
+    with session_scope(rsettings) as s:
+        items = service.list_queue(s, batch_id=batch)
+        assert len(items) >= 10, "hard-style pages should leave many digits flagged"
+        confs = [i.confidence for i in items]
+        assert confs == sorted(confs)
+        by_margin = service.list_queue(s, batch_id=batch, order="margin")
+        margins = [i.margin for i in by_margin]
+        assert margins == sorted(margins) and {i.digit_id for i in by_margin} == {i.digit_id for i in items}
+        field = items[0].field
+        only = service.list_queue(s, batch_id=batch, field=field)
+        assert only and all(i.field == field for i in only)
+        assert len(service.list_queue(s, batch_id=batch, limit=3)) == 3
+        assert service.queue_counts(s, batch_id=batch)["left"] == len(items)
+        assert all(len(i.top3) == 3 and i.model_version for i in items)
+        with pytest.raises(NotFoundError):
+            service.list_queue(s, batch_id=batch + 100)
+        with pytest.raises(UsageError):
+            service.list_queue(s, order="random")
+
+
+def _flagged_document(s: Any, batch: int) -> int:
+    items = service.list_queue(s, batch_id=batch)
+    return items[0].document_id
+
+
+def test_corrections_update_field_document_and_export(rsettings: Settings, processed: tuple[Path, int]) -> None:
+    batch = processed[1]
+    with session_scope(rsettings) as s:
+        doc_id = _flagged_document(s, batch)
+        todo = [i for i in service.list_queue(s, batch_id=batch) if i.document_id == doc_id]
+        assert s.get(Document, doc_id).status == "needs_review"
+    for n, item in enumerate(todo):
+        new = (item.label + 1) % 10 if n == 0 else item.label  # change the first, accept the rest
+        with session_scope(rsettings) as s:
+            res = service.apply_correction(s, item.digit_id, new, reviewer="ana", source="web")
+        assert res.accepted == (n != 0)
+    assert res.document_status == "done"  # nothing left to review in it
+    first = todo[0]
+    with session_scope(rsettings) as s:
+        d = s.get(Digit, first.digit_id)
+        assert d.label == (first.label + 1) % 10 and not d.needs_review
+        c = s.scalars(select(Correction).where(Correction.digit_id == first.digit_id)).one()
+        assert (c.old_label, c.new_label, c.reviewer, c.source) == (first.label, d.label, "ana", "web")
+        assert c.model_version == first.model_version and c.created_at is not None
+        f = s.get(Field, first.field_id)
+        assert f.value == "".join(str(x.label) for x in f.digits if not x.blank)
+        assert str(d.label) in f.value and not f.needs_review
+        assert s.get(Document, doc_id).status == "done"
+        out = export_json(s, batch)
+    doc = next(x for x in out["documents"] if x["status"] == "done" and any(
+        dd.get("corrected") for p in x["pages"] for ff in p["fields"] for dd in ff["digits"]))  # fmt: skip
+    digits = [dd for p in doc["pages"] for ff in p["fields"] for dd in ff["digits"]]
+    corrected = [dd for dd in digits if dd.get("reviewed")]
+    assert len(corrected) == len(todo)
+    assert all(dd["needs_review"] is False for dd in corrected)
+    fields = [ff for p in doc["pages"] for ff in p["fields"] if any(dd.get("reviewed") for dd in ff["digits"])]
+    assert fields and all(ff["reviewed"] for ff in fields)
+
+
+def test_x_blank_and_undo_restore_everything(rsettings: Settings, processed: tuple[Path, int]) -> None:
+    batch = processed[1]
+    with session_scope(rsettings) as s:
+        item = service.list_queue(s, batch_id=batch)[0]
+        f = s.get(Field, item.field_id)
+        before = (f.value, f.needs_review, list(f.flags), s.get(Document, item.document_id).status)
+    with session_scope(rsettings) as s:
+        service.apply_correction(s, item.digit_id, None, reviewer="tester")
+    with session_scope(rsettings) as s:
+        d = s.get(Digit, item.digit_id)
+        assert d.blank and d.label is None and not d.needs_review and d.crop is not None
+        assert len(s.get(Field, item.field_id).value) == len(before[0]) - 1
+        assert service.queue_counts(s, batch_id=batch)["left"] == len(service.list_queue(s, batch_id=batch))
+    with session_scope(rsettings) as s:
+        res = service.undo(s, reviewer="tester")
+        assert res.digit_id == item.digit_id
+    with session_scope(rsettings) as s:
+        d = s.get(Digit, item.digit_id)
+        f = s.get(Field, item.field_id)
+        assert (d.label, d.blank, d.needs_review) == (item.label, False, True)
+        assert (f.value, f.needs_review, list(f.flags), s.get(Document, item.document_id).status) == before
+        assert not s.scalars(select(Correction)).all()
+        with pytest.raises(NotFoundError):
+            service.undo(s, reviewer="tester")
+        with pytest.raises(NotFoundError):
+            service.apply_correction(s, 10**9, 1, reviewer="tester")
+    assert service.parse_label("x") is None and service.parse_label("7") == 7
+    with pytest.raises(UsageError):
+        service.parse_label("12")
+
+
+def test_crop_and_strip_png(rsettings: Settings, processed: tuple[Path, int]) -> None:
+    with session_scope(rsettings) as s:
+        item = service.list_queue(s, batch_id=processed[1])[0]
+        png = service.crop_png(s, item.digit_id, 8)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and service.png_size(png) == (224, 224)
+        strip = service.strip_png(s, item.digit_id)
+        n = len(s.get(Field, item.field_id).digits)
+        w, h = service.png_size(strip)
+        assert h == 28 * 3 + 8 and w == n * (28 * 3 + 4) + 4
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_list_label_undo(rsettings: Settings, processed: tuple[Path, int], monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from digitreader.settings import get_settings
+
+    monkeypatch.setenv("DIGITREADER_HOME", str(rsettings.home))
+    monkeypatch.setenv("DIGITREADER_REVIEWER", "cli-user")
+    monkeypatch.delenv("DIGITREADER_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        code, out, err = _cli(["review", "list", "--batch", str(processed[1]), "--json"], capsys)
+        assert code == 0, err
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert rows and "flagged digit(s) left" in err
+        first = rows[0]
+        code, out, err = _cli(["review", "label", str(first["digit_id"]), "x", "--json"], capsys)
+        assert code == 0, err
+        res = json.loads(out)
+        assert res["new_label"] is None and res["reviewer"] == "cli-user"
+        code, out, _ = _cli(["review", "list", "--batch", str(processed[1])], capsys)
+        assert str(first["digit_id"]) + "\t" not in out and len(out.splitlines()) == len(rows) - 1
+        assert _cli(["review", "label", str(first["digit_id"]), "12"], capsys)[0] == ExitCode.USAGE
+        assert _cli(["review", "label", "999999999", "1"], capsys)[0] == ExitCode.NOT_FOUND
+        code, _, err = _cli(["review", "undo"], capsys)
+        assert code == 0 and f"digit {first['digit_id']}" in err
+        assert _cli(["review", "undo"], capsys)[0] == ExitCode.NOT_FOUND
+        assert _cli(["review", "--host", "0.0.0.0"], capsys)[0] == ExitCode.USAGE  # no token off loopback
+    finally:
+        get_settings.cache_clear()
+
+
+# ----------------------------------------------------------------------------------------- web
+
+
+def _client(settings: Settings, **kw: Any) -> TestClient:
+    return TestClient(create_app(settings, **kw), base_url="http://127.0.0.1:8765")
+
+
+def _csrf(html: str) -> str:
+    marker = 'name="csrf-token" content="'
+    return html.split(marker, 1)[1].split('"', 1)[0]
+
+
+def test_web_csrf_origin_and_host_checks(rsettings: Settings, processed: tuple[Path, int]) -> None:
+    c = _client(rsettings)
+    page = c.get(f"/?batch={processed[1]}")
+    assert page.status_code == 200 and "flagged digits left" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    token = _csrf(page.text)
+    data = json.loads(page.text.split('id="queue-data">', 1)[1].split("</script>", 1)[0])
+    item = data["items"][0]
+    origin = {"Origin": "http://127.0.0.1:8765"}
+    body = {"digit_id": item["digit_id"], "label": "4"}
+    assert c.post("/api/label", json=body, headers=origin).status_code == 403  # no CSRF token
+    assert c.post("/api/label", json=body, headers={**origin, "X-CSRF-Token": "wrong"}).status_code == 403
+    evil = {"Origin": "http://evil.example", "X-CSRF-Token": token}
+    assert c.post("/api/label", json=body, headers=evil).status_code == 403
+    assert c.post("/api/label", json=body, headers={"X-CSRF-Token": token}).status_code == 403  # no Origin
+    with session_scope(rsettings) as s:
+        assert not s.scalars(select(Correction)).all()
+    ok = c.post("/api/label", json=body, headers={**origin, "X-CSRF-Token": token})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["new_label"] == 4 and ok.json()["counts"]["left"] == data["counts"]["left"] - 1
+    with session_scope(rsettings) as s:
+        assert s.get(Digit, item["digit_id"]).label == 4
+        assert s.scalars(select(Correction)).one().source == "web"
+    undo = c.post("/api/undo", headers={**origin, "X-CSRF-Token": token})
+    assert undo.status_code == 200 and undo.json()["digit_id"] == item["digit_id"]
+    # The no-JavaScript form checks the same token (form field) and origin.
+    form = {"digit_id": str(item["digit_id"]), "label": "x", "csrf_token": token}
+    assert c.post("/label", data=form, headers={"Origin": "http://evil.example"}).status_code == 403
+    r = c.post("/label", data=form, headers=origin, follow_redirects=False)
+    assert r.status_code == 303
+    # Crops by id only; unknown ids 404; paths never reach the filesystem.
+    png = c.get(f"/crop/{item['digit_id']}.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert c.get("/crop/999999999.png").status_code == 404
+    assert c.get("/crop/..%2f..%2fetc%2fpasswd.png").status_code == 404
+    assert c.get(f"/strip/{item['digit_id']}.png").status_code == 200
+    # DNS rebinding: a loopback server only answers to loopback host names.
+    assert c.get("/", headers={"Host": "attacker.example:8765"}).status_code == 400
+    assert c.get("/grid").status_code == 200
+
+
+def test_web_token_required_off_loopback(rsettings: Settings) -> None:
+    with pytest.raises(UsageError):
+        check_bind("0.0.0.0", None)
+    with pytest.raises(UsageError):
+        check_bind("192.168.1.5", "short")
+    check_bind("127.0.0.1", None)
+    check_bind("0.0.0.0", "a-long-enough-token")
+    c = TestClient(create_app(rsettings, token="a-long-enough-token", loopback_only=False),
+                   base_url="http://review.example")  # fmt: skip
+    r = c.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+    assert c.get("/api/queue").status_code == 401
+    assert c.get("/crop/1.png").status_code == 401
+    login = c.get("/login")
+    token = _csrf(login.text)
+    bad = c.post("/login", data={"csrf_token": token, "token": "nope", "name": "eve"},
+                 headers={"Origin": "http://review.example"})  # fmt: skip
+    assert bad.status_code == 401 and "wrong token" in bad.text
+    good = c.post("/login", data={"csrf_token": token, "token": "a-long-enough-token", "name": "bob"},
+                  headers={"Origin": "http://review.example"}, follow_redirects=False)  # fmt: skip
+    assert good.status_code == 303
+    page = c.get("/")
+    assert page.status_code == 200 and "reviewer: bob" in page.text
+    assert c.get("/api/queue").status_code == 200
+    # A link with ?token= logs in once and drops the token from the address.
+    c2 = TestClient(create_app(rsettings, token="a-long-enough-token", loopback_only=False),
+                    base_url="http://review.example")  # fmt: skip
+    r = c2.get("/?token=a-long-enough-token", follow_redirects=False)
+    assert r.status_code == 303 and "token" not in r.headers["location"]
+    assert c2.get("/").status_code == 200
