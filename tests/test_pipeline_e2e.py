@@ -141,11 +141,11 @@ def make_bad_files(folder: Path, good_png: Path) -> dict[str, str]:
     expected["blank.png"] = "blank_page"
     cv2.imwrite(str(folder / "black.png"), np.full((1754, 1240), 8, np.uint8))
     expected["black.png"] = "all_black"
-    for name in ("encrypted.pdf", "encrypted_form.pdf"):
-        if (TEST_DATA / name).exists():
-            shutil.copy(TEST_DATA / name, folder / "encrypted.pdf")
-            expected["encrypted.pdf"] = "encrypted"
-            break
+    # The fault files of tests/data/ (see its README): PDFs need a tool to write them.
+    pdfs = (("encrypted.pdf", "encrypted"), ("truncated.pdf", "truncated"), ("empty_page.pdf", "empty_page"))
+    for name, code in pdfs:
+        shutil.copy(TEST_DATA / name, folder / name)
+        expected[name] = code
     return expected
 
 
