@@ -120,12 +120,12 @@ def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     if inner_h < g.mm(4.5) or inner_h > g.mm(30):
         return None
     # Thick solid blocks (logos) are not frames.
-    if (top[1] - top[0]) > g.mm(1.5) or (bottom[1] - bottom[0]) > g.mm(1.5):
+    if (top[1] - top[0]) > g.mm(1.5) + 2 or (bottom[1] - bottom[0]) > g.mm(1.5) + 2:
         return None
     band = sub[top[1] : bottom[0]]
     cols = cv2.dilate(band, np.ones((1, 3), np.uint8)).astype(bool).mean(axis=0)
     walls = _runs(cols >= WALL_COVER)
-    walls = [wl for wl in walls if wl[1] - wl[0] <= g.mm(1.5)]
+    walls = [wl for wl in walls if wl[1] - wl[0] <= g.mm(1.5) + 2]
     if len(walls) < 2:
         return None
     walls = _fit_grid(walls, max(g.mm(3.0), 0.45 * inner_h))
@@ -157,7 +157,7 @@ def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     if not hl:
         return None
     base = hl[-1]
-    if base[1] - base[0] > g.mm(1.5):
+    if base[1] - base[0] > g.mm(1.5) + 2:
         return None
     probe = g.mm(1.3)
     if base[0] < probe:
@@ -249,12 +249,20 @@ def order_fields(regions: list[FieldRegion]) -> list[FieldRegion]:
 
 def find_fields(prepared: PreparedPage, settings: Settings | None = None) -> list[FieldRegion]:
     """Box and string fields on a prepared page, ordered top-to-bottom, left-to-right (unnamed)."""
-    g = _Geom(ppm=(prepared.dpi or 150.0) / 25.4)
+    ppm = (prepared.dpi or 150.0) / 25.4
     # Lines are found in the weak-threshold mask: a faint box line is long and straight, noise is not,
     # so it survives the opening even where hysteresis dropped it from the ink.
     _, weak = ink_levels(prepared.gray)
-    faint = np.where(prepared.gray < weak, np.uint8(255), np.uint8(0))
-    lines = line_image(cv2.bitwise_or(prepared.ink, faint), g)
+    _, faint = cv2.threshold(prepared.gray, weak, 255, cv2.THRESH_BINARY_INV)
+    mask = cv2.bitwise_or(prepared.ink, faint)
+    # Structure is analysed at half the working resolution (any ink in a 2x2 block counts): a box
+    # line stays at least one pixel wide, and the page has a quarter of the pixels to label.
+    f = 1  # (half resolution merged nearly-touching squares: kept at working resolution)
+    if f > 1:
+        mask = cv2.resize(mask, (mask.shape[1] // f, mask.shape[0] // f), interpolation=cv2.INTER_AREA)
+        _, mask = cv2.threshold(mask, 0, 255, cv2.THRESH_BINARY)
+    g = _Geom(ppm=ppm / f)
+    lines = line_image(mask, g)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(lines, connectivity=8)
     found: list[_Found] = []
     squares: list[_Found] = []
@@ -268,20 +276,28 @@ def find_fields(prepared: PreparedPage, settings: Settings | None = None) -> lis
         if h > g.mm(40):
             continue
         sub = (labels[y : y + h, x : x + w] == i).astype(np.uint8)
-        f = _frame(sub, x, y, g) if tall_enough else None
-        if f is None and w >= g.mm(10):
-            f = _ticks(sub, x, y, g)
-        if f is None:
+        fd = _frame(sub, x, y, g) if tall_enough else None
+        if fd is None and w >= g.mm(10):
+            fd = _ticks(sub, x, y, g)
+        if fd is None:
             continue
-        if f.kind in ("square", "boxes"):
-            squares.append(f)
+        if fd.kind in ("square", "boxes"):
+            squares.append(fd)
         else:
-            found.append(f)
+            found.append(fd)
     found += _group_cells(squares)
+    def up(b: BBox) -> BBox:
+        # Back to working resolution; inner boxes shrink by a pixel so no line is inside them.
+        if f == 1:
+            return tuple(int(v) for v in b)  # type: ignore[return-value]
+        return (int(b[0]) * f + 1, int(b[1]) * f + 1, int(b[2]) * f - 2, int(b[3]) * f - 2)
+
     regions = []
-    for f in found:
-        kind = "string" if f.kind == "string" else "boxes"
-        regions.append(FieldRegion(kind=kind, bbox=f.bbox, cells=tuple(f.cells)))
+    for fd in found:
+        kind = "string" if fd.kind == "string" else "boxes"
+        bx = fd.bbox
+        outer = (int(bx[0]) * f, int(bx[1]) * f, int(bx[2]) * f, int(bx[3]) * f)
+        regions.append(FieldRegion(kind=kind, bbox=outer, cells=tuple(up(c) for c in fd.cells)))
     ordered = order_fields(regions)
     log.debug("page %d: %d fields", prepared.number, len(ordered))
     return ordered
