@@ -278,8 +278,14 @@ def _string_slots(prepared: PreparedPage, region: FieldRegion, ppm: float) -> li
     slots = []
     for i, p in enumerate(split_string(digit, win.inner)):
         box = (win.x0 + p.x0, win.y0 + p.y0, p.w, p.h)
-        slots.append(DigitSlot(position=i, bbox=map_box(prepared.to_original, box, prepared.width, prepared.height),
-                               crop=_crop(prepared, win, p.mask), blank=False))
+        slots.append(
+            DigitSlot(
+                position=i,
+                bbox=map_box(prepared.to_original, box, prepared.width, prepared.height),
+                crop=_crop(prepared, win, p.mask),
+                blank=False,
+            )
+        )
     return slots
 
 

@@ -286,6 +286,7 @@ def find_fields(prepared: PreparedPage, settings: Settings | None = None) -> lis
         else:
             found.append(fd)
     found += _group_cells(squares)
+
     def up(b: BBox) -> BBox:
         # Back to working resolution; inner boxes shrink by a pixel so no line is inside them.
         if f == 1:

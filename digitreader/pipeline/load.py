@@ -49,7 +49,9 @@ def _sniff(path: Path, settings: Settings) -> bytes:
     if size > settings.max_file_bytes:
         raise InputError(
             f"the file is {size:,} bytes, more than the limit of {settings.max_file_bytes:,}",
-            path=path, code="too_large", hint="raise DIGITREADER_MAX_FILE_BYTES if this file is genuine",
+            path=path,
+            code="too_large",
+            hint="raise DIGITREADER_MAX_FILE_BYTES if this file is genuine",
         )
     return head
 
@@ -104,7 +106,9 @@ def _open_image(path: Path, head: bytes) -> Image.Image:
     except UnidentifiedImageError as exc:
         raise InputError(
             f"not a supported image or PDF (the content looks like {_describe(head)})",
-            path=path, code="unsupported", hint="supported: PNG, JPEG, TIFF, BMP, PDF",
+            path=path,
+            code="unsupported",
+            hint="supported: PNG, JPEG, TIFF, BMP, PDF",
         ) from exc
     except (EOFError, SyntaxError) as exc:
         raise InputError(f"the file is cut short ({exc})", path=path, code="truncated") from exc
@@ -118,7 +122,9 @@ def _check_size(w: int, h: int, settings: Settings, path: Path, page: int) -> No
     if w * h > settings.max_page_pixels:
         raise InputError(
             f"the page is {w}x{h} = {w * h:,} pixels, more than the limit of {settings.max_page_pixels:,}",
-            path=path, page=page, code="too_large",
+            path=path,
+            page=page,
+            code="too_large",
             hint="raise DIGITREADER_MAX_PAGE_PIXELS if this scan is genuine",
         )
 
@@ -139,8 +145,15 @@ def _to_array(im: Image.Image) -> np.ndarray:
 
 
 # EXIF orientation -> (transpose first?, rotate k quarter turns counter-clockwise, flip left-right after)
-_ORIENT = {2: (False, 0, True), 3: (False, 2, False), 4: (False, 2, True), 5: (True, 0, False),
-           6: (False, 3, False), 7: (True, 2, False), 8: (False, 1, False)}
+_ORIENT = {
+    2: (False, 0, True),
+    3: (False, 2, False),
+    4: (False, 2, True),
+    5: (True, 0, False),
+    6: (False, 3, False),
+    7: (True, 2, False),
+    8: (False, 1, False),
+}
 
 
 def _fast_decode(path: Path, im: Image.Image) -> np.ndarray | None:
@@ -216,14 +229,14 @@ def _image_pages(path: Path, head: bytes, settings: Settings) -> Iterator[PageIm
             except Image.DecompressionBombError as exc:
                 raise InputError(f"too large to decode ({exc})", path=path, page=number, code="too_large") from exc
             except (EOFError, SyntaxError) as exc:
-                raise InputError(f"the image data is cut short ({exc})", path=path, page=number,
-                                 code="truncated") from exc
+                raise InputError(
+                    f"the image data is cut short ({exc})", path=path, page=number, code="truncated"
+                ) from exc
             except OSError as exc:
                 code = "truncated" if "truncated" in str(exc) or "broken" in str(exc) else "unreadable"
                 raise InputError(f"cannot decode the image ({exc})", path=path, page=number, code=code) from exc
             except (ValueError, MemoryError) as exc:
-                raise InputError(f"cannot decode the image ({exc})", path=path, page=number,
-                                 code="unreadable") from exc
+                raise InputError(f"cannot decode the image ({exc})", path=path, page=number, code="unreadable") from exc
             gray = to_gray(arr)
             if gray.size == 0:
                 raise InputError("the page has no pixels", path=path, page=number, code="empty_page")
@@ -245,8 +258,12 @@ def _open_pdf(path: Path):  # type: ignore[no-untyped-def]
     except pdfium.PdfiumError as exc:
         msg = str(exc).lower()
         if "password" in msg or "security" in msg:
-            raise InputError("the PDF is encrypted (password protected)", path=path, code="encrypted",
-                             hint="remove the password and submit it again") from exc
+            raise InputError(
+                "the PDF is encrypted (password protected)",
+                path=path,
+                code="encrypted",
+                hint="remove the password and submit it again",
+            ) from exc
         with path.open("rb") as fh:
             fh.seek(max(0, path.stat().st_size - 2048))
             tail = fh.read()
@@ -280,8 +297,7 @@ def _pdf_pages(path: Path, settings: Settings) -> Iterator[PageImage]:
                 bitmap = page.render(scale=dpi / 72.0, grayscale=True)
                 arr = bitmap.to_numpy()
             except pdfium.PdfiumError as exc:
-                raise InputError(f"cannot render this page ({exc})", path=path, page=number,
-                                 code="unreadable") from exc
+                raise InputError(f"cannot render this page ({exc})", path=path, page=number, code="unreadable") from exc
             finally:
                 page.close()
             gray = to_gray(arr if arr.ndim == 2 or arr.shape[2] != 1 else arr[..., 0])

@@ -143,19 +143,30 @@ def prepare_page(page: PageImage, settings: Settings | None = None) -> PreparedP
         nh = int(math.ceil(h * math.cos(a) + w * math.sin(a)))
         m[0, 2] += (nw - w) / 2
         m[1, 2] += (nh - h) / 2
-        flat = cv2.warpAffine(flat, m, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                              borderValue=255)
+        flat = cv2.warpAffine(
+            flat, m, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=255
+        )
         inv = cv2.invertAffineTransform(m).astype(np.float64)
         to_original = scale_back @ np.vstack([inv, [0.0, 0.0, 1.0]])
     else:
         skew = 0.0
         to_original = scale_back
     ink = binarize(flat)
-    return PreparedPage(number=page.number, gray=flat, ink=ink, to_original=to_original, width=page.width,
-                        height=page.height, skew_degrees=skew, dpi=ppm * 25.4)
+    return PreparedPage(
+        number=page.number,
+        gray=flat,
+        ink=ink,
+        to_original=to_original,
+        width=page.width,
+        height=page.height,
+        skew_degrees=skew,
+        dpi=ppm * 25.4,
+    )
 
 
-def map_box(to_original: np.ndarray, box: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:
+def map_box(
+    to_original: np.ndarray, box: tuple[int, int, int, int], width: int, height: int
+) -> tuple[int, int, int, int]:
     """A prepared-page box -> the axis-aligned box of its corners on the page as submitted (clipped)."""
     x, y, w, h = box
     pts = np.array([[x, y, 1.0], [x + w, y, 1.0], [x, y + h, 1.0], [x + w, y + h, 1.0]]) @ to_original.T

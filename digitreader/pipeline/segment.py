@@ -25,12 +25,17 @@ def check_page(page: PageImage, prepared: PreparedPage) -> None:
     """Refuse pages with no ink at all, or that are almost entirely ink."""
     g = page.gray[::4, ::4]
     if g.size and float(np.mean(g < 64)) > BLACK_INK:
-        raise InputError("the page is all black (a failed scan or a negative?)", path=page.source or None,
-                         page=page.number, code="all_black")
+        raise InputError(
+            "the page is all black (a failed scan or a negative?)",
+            path=page.source or None,
+            page=page.number,
+            code="all_black",
+        )
     ink = prepared.ink[::2, ::2]
     if ink.size == 0 or float(np.count_nonzero(ink)) / ink.size < BLANK_INK:
-        raise InputError("the page is blank (no ink found)", path=page.source or None, page=page.number,
-                         code="blank_page")
+        raise InputError(
+            "the page is blank (no ink found)", path=page.source or None, page=page.number, code="blank_page"
+        )
 
 
 def segment_page(page: PageImage, settings: Settings | None = None, template: object | None = None) -> PageCut:
@@ -54,11 +59,20 @@ def segment_page(page: PageImage, settings: Settings | None = None, template: ob
         regions = find_fields(prepared, settings)
     t2 = time.perf_counter()
     timings["fields"] = t2 - t1
-    fields = tuple(
-        cut_field(prepared, r, name=r.name or f"field-{i:02d}") for i, r in enumerate(regions, start=1)
-    )
+    fields = tuple(cut_field(prepared, r, name=r.name or f"field-{i:02d}") for i, r in enumerate(regions, start=1))
     timings["cut"] = time.perf_counter() - t2
-    log.debug("page %d: %d fields, %d digits, %.0f ms", page.number, len(fields),
-              sum(len(f.slots) for f in fields), 1000 * sum(timings.values()))
-    return PageCut(number=page.number, width=page.width, height=page.height, fields=fields,
-                   skew_degrees=prepared.skew_degrees, timings=timings)
+    log.debug(
+        "page %d: %d fields, %d digits, %.0f ms",
+        page.number,
+        len(fields),
+        sum(len(f.slots) for f in fields),
+        1000 * sum(timings.values()),
+    )
+    return PageCut(
+        number=page.number,
+        width=page.width,
+        height=page.height,
+        fields=fields,
+        skew_degrees=prepared.skew_degrees,
+        timings=timings,
+    )

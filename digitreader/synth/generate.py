@@ -51,11 +51,35 @@ class Style:
 
 
 STYLES: dict[str, Style] = {
-    "clean": Style(skew=0.0, scale=0.0, shift_mm=0.0, blur=(0.0, 0.0), noise=(0.0, 0.0), light=(0.0, 0.0),
-                   dust=0, jpeg_quality=(95, 95), faint_ink=0.0, faint_box=0.0, touch_line=0.0, touch_digit=0.0),
+    "clean": Style(
+        skew=0.0,
+        scale=0.0,
+        shift_mm=0.0,
+        blur=(0.0, 0.0),
+        noise=(0.0, 0.0),
+        light=(0.0, 0.0),
+        dust=0,
+        jpeg_quality=(95, 95),
+        faint_ink=0.0,
+        faint_box=0.0,
+        touch_line=0.0,
+        touch_digit=0.0,
+    ),
     "scan": Style(),
-    "rough": Style(skew=5.0, scale=0.04, shift_mm=5.0, blur=(0.4, 1.3), noise=(3.0, 9.0), light=(0.1, 0.4),
-                   dust=150, jpeg_quality=(50, 75), faint_ink=0.25, faint_box=0.4, touch_line=0.25, touch_digit=0.3),
+    "rough": Style(
+        skew=5.0,
+        scale=0.04,
+        shift_mm=5.0,
+        blur=(0.4, 1.3),
+        noise=(3.0, 9.0),
+        light=(0.1, 0.4),
+        dust=150,
+        jpeg_quality=(50, 75),
+        faint_ink=0.25,
+        faint_box=0.4,
+        touch_line=0.25,
+        touch_digit=0.3,
+    ),
 }
 
 
@@ -237,7 +261,11 @@ def _fill_boxes(canvas: Canvas, it: Item) -> dict[str, Any]:
             elif side == 1:  # through the top line
                 dy = -rng.uniform(0.05, 0.15) * ch
             else:  # touching a wall
-                dx = (cw - ink.shape[1]) + rng.uniform(0.0, 0.08) * cw if rng.random() < 0.5 else -rng.uniform(0, 0.08) * cw
+                dx = (
+                    (cw - ink.shape[1]) + rng.uniform(0.0, 0.08) * cw
+                    if rng.random() < 0.5
+                    else -rng.uniform(0, 0.08) * cw
+                )
         px0, py0 = int(round(cx + dx)), int(round(cy + dy))
         c.darken(px0, py0, ink, _ink_tone(c))
         ink_boxes.append(_ink_bbox(ink, px0, py0))
@@ -312,16 +340,24 @@ def _fill_string(canvas: Canvas, it: Item) -> dict[str, Any]:
         cursor += g.shape[1] + gap
     value = "".join(str(d["label"]) for d in digits)
     outer = [x - t // 2, y - t // 2, w + t, h + t]
-    return {"name": it.name, "kind": "string", "style": "string", "bbox": outer, "value": value,
-            "text": text, "digits": digits}
+    return {
+        "name": it.name,
+        "kind": "string",
+        "style": "string",
+        "bbox": outer,
+        "value": value,
+        "text": text,
+        "digits": digits,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # decorations
 
 
-def _put_text(canvas: Canvas, text: str, x_mm: float, y_mm: float, height_mm: float, width_mm: float = 0.0,
-              tone: float = 30.0) -> None:
+def _put_text(
+    canvas: Canvas, text: str, x_mm: float, y_mm: float, height_mm: float, width_mm: float = 0.0, tone: float = 30.0
+) -> None:
     c = canvas
     font = cv2.FONT_HERSHEY_SIMPLEX
     px_h = height_mm * c.dpi / 25.4
@@ -359,8 +395,16 @@ def _decorate(canvas: Canvas, it: Item) -> None:
         else:
             cv2.rectangle(c.img, (x, y), (x + w, y + h), 35.0, -1)
             scale = h * 0.6 / 22.0
-            cv2.putText(c.img, it.text, (x + w // 8, y + int(h * 0.78)), cv2.FONT_HERSHEY_DUPLEX, scale, 240.0,
-                        max(1, int(scale * 2)), cv2.LINE_AA)
+            cv2.putText(
+                c.img,
+                it.text,
+                (x + w // 8, y + int(h * 0.78)),
+                cv2.FONT_HERSHEY_DUPLEX,
+                scale,
+                240.0,
+                max(1, int(scale * 2)),
+                cv2.LINE_AA,
+            )
     elif it.kind == "signature":
         x, y, w, h = c.px(it.x), c.px(it.y), c.px(it.w), c.px(it.h)
         n = 200
@@ -419,8 +463,14 @@ def render_page(
         f["bbox"] = _map_box(matrix, f["bbox"], W, H)
         for d in f["digits"]:
             d["bbox"] = _map_box(matrix, d["bbox"], W, H)
-    truth = {"width": W, "height": H, "dpi": dpi, "skew_degrees": round(skew, 3), "layout": layout_name,
-             "fields": fields}
+    truth = {
+        "width": W,
+        "height": H,
+        "dpi": dpi,
+        "skew_degrees": round(skew, 3),
+        "layout": layout_name,
+        "fields": fields,
+    }
     return img, truth
 
 
@@ -442,8 +492,9 @@ def _scan(canvas: Canvas, paper: float) -> tuple[np.ndarray, float, np.ndarray]:
     if s.shift_mm:
         m[:, 2] += rng.uniform(-1, 1, 2) * canvas.px(s.shift_mm)
     if skew or scale != 1.0 or s.shift_mm:
-        img = cv2.warpAffine(img, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                             borderValue=int(paper))
+        img = cv2.warpAffine(
+            img, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=int(paper)
+        )
     depth = float(rng.uniform(*s.light))
     if depth > 0:
         small = rng.uniform(0, 1, (4, 3)).astype(np.float32)
@@ -456,8 +507,9 @@ def _scan(canvas: Canvas, paper: float) -> tuple[np.ndarray, float, np.ndarray]:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
     img = np.ascontiguousarray(img)
     for _ in range(int(rng.integers(0, s.dust + 1)) if s.dust else 0):
-        cv2.circle(img, (int(rng.integers(W)), int(rng.integers(H))), int(rng.integers(1, 3)),
-                   int(rng.uniform(60, 180)), -1)
+        cv2.circle(
+            img, (int(rng.integers(W)), int(rng.integers(H))), int(rng.integers(1, 3)), int(rng.uniform(60, 180)), -1
+        )
     out = img
     ns = float(rng.uniform(*s.noise))
     if ns > 0:
@@ -471,8 +523,15 @@ def _scan(canvas: Canvas, paper: float) -> tuple[np.ndarray, float, np.ndarray]:
 # files
 
 
-def write_pages(path: Path, pages: list[np.ndarray], fmt: str, dpi: float, rng: np.random.Generator,
-                style: Style, variant: str = "8bit") -> None:
+def write_pages(
+    path: Path,
+    pages: list[np.ndarray],
+    fmt: str,
+    dpi: float,
+    rng: np.random.Generator,
+    style: Style,
+    variant: str = "8bit",
+) -> None:
     """Write pages in a format. TIFF variants: 8bit, 1bit, 16bit, alpha; several pages = multi-page."""
     dpi_t = (dpi, dpi)
     if fmt == "png":
@@ -556,8 +615,7 @@ def generate(
         name = f"scan-{seed:04d}-{index:05d}"
         path = out / (name + EXTENSIONS[f])
         write_pages(path, imgs, f, dpi, rng, st, variant)
-        doc = {"schema": "digitreader.truth/v1", "file": path.name, "format": f, "variant": variant,
-               "pages": truths}
+        doc = {"schema": "digitreader.truth/v1", "file": path.name, "format": f, "variant": variant, "pages": truths}
         (out / f"{name}.truth.json").write_text(json.dumps(doc, indent=1))
         written.append(path)
         done += n

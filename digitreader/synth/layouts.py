@@ -85,7 +85,9 @@ def survey_form() -> list[Item]:
         x = 18 + col * 95
         y = 48 + row * 22
         items.append(Item("label", x, y + 7, text=f"Q{i + 1}. Rating"))
-        items.append(Item("joined", x + 45, y, cells=3, cell_w=8.5, cell_h=10.5, name=f"q{i + 1:02d}", content="digits"))
+        items.append(
+            Item("joined", x + 45, y, cells=3, cell_w=8.5, cell_h=10.5, name=f"q{i + 1:02d}", content="digits")
+        )
     y = 48 + 6 * 22 + 6
     items += [
         Item("label", 18, y + 7, text="Reference"),
@@ -94,7 +96,9 @@ def survey_form() -> list[Item]:
         Item("string", 63, y + 20, w=50, h=13, name="total", content="number"),
         Item("label", 120, y + 29, text="Date"),
         Item("squares", 140, y + 20, cells=6, cell_w=7.5, cell_h=9.5, name="date", content="date6"),
-        Item("text", 18, y + 50, w=175, text="Thank you for your time. Return this form in the envelope provided.", h=3.0),
+        Item(
+            "text", 18, y + 50, w=175, text="Thank you for your time. Return this form in the envelope provided.", h=3.0
+        ),
         Item("line", 18, y + 56, w=175),
     ]
     return items

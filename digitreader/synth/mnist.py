@@ -30,7 +30,9 @@ def read_idx(path: Path) -> np.ndarray:
         with gzip.open(path, "rb") as fh:
             data = fh.read()
     except FileNotFoundError as exc:
-        raise DatasetError(f"MNIST file missing: {path}", hint="set DIGITREADER_DATA_DIR to the folder holding mnist/") from exc
+        raise DatasetError(
+            f"MNIST file missing: {path}", hint="set DIGITREADER_DATA_DIR to the folder holding mnist/"
+        ) from exc
     except (OSError, EOFError) as exc:
         raise DatasetError(f"MNIST file unreadable or truncated: {path} ({exc})") from exc
     if len(data) < 4:

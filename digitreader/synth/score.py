@@ -63,7 +63,7 @@ def score_page(truth: dict[str, Any], cut: PageCut) -> Counter[str]:
                 elif s.blank:
                     c["digit_called_blank"] += 1
         best = -1
-        for d, m in zip(digits, matched, strict=True):
+        for m in matched:
             if m is None:
                 continue
             c["found"] += 1

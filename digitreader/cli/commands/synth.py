@@ -23,8 +23,12 @@ def synth(
     dpi: int = typer.Option(300, "--dpi", min=100, max=600, help="Resolution of the pages."),
     style: str = typer.Option("scan", "--style", help="Scanner realism: clean, scan (default) or rough."),
     per_file: int = typer.Option(1, "--per-file", min=1, help="Pages per file for TIFF and PDF (multi-page)."),
-    layout: str | None = typer.Option(None, "--layout", help="Form layout: account, survey or order (default: random)."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder holding mnist/ (default: DIGITREADER_DATA_DIR)."),
+    layout: str | None = typer.Option(
+        None, "--layout", help="Form layout: account, survey or order (default: random)."
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Folder holding mnist/ (default: DIGITREADER_DATA_DIR)."
+    ),
 ) -> None:
     """Generate sample scans of forms and cheques from MNIST *test* digits, each with ground truth.
 
@@ -48,9 +52,19 @@ def synth(
     source_dir = data_dir or get_settings().data_dir
     with progress(transient=True) as bar:
         task = bar.add_task("generating", total=pages)
-        files = generate(out_dir, pages=pages, seed=seed, kind=kind, fmt=fmt, dpi=dpi, style=style,
-                         per_file=per_file, data_dir=source_dir, layout=layout,
-                         on_page=lambda n: bar.advance(task, n))
+        files = generate(
+            out_dir,
+            pages=pages,
+            seed=seed,
+            kind=kind,
+            fmt=fmt,
+            dpi=dpi,
+            style=style,
+            per_file=per_file,
+            data_dir=source_dir,
+            layout=layout,
+            on_page=lambda n: bar.advance(task, n),
+        )
     for f in files:
         typer.echo(str(f))
     err.print(f"wrote {len(files)} file(s), {pages} page(s) to {out_dir}")
