@@ -375,7 +375,7 @@ def run_page_job(
             retry_transient(lambda: store_failure(engine, document_id, "worker_lost", msg), what="storing")
             retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch")
             return PageOutcome("failed", job)
-        if settings.test_crash_on and fnmatch.fnmatch(job.path, settings.test_crash_on):
+        if settings.test_crash_on and fnmatch.fnmatch(os.path.basename(job.path), settings.test_crash_on):
             dlog.error("DIGITREADER_TEST_CRASH_ON matches: exiting hard (tests only)")
             crash()
         retry_transient(lambda: mark_processing(engine, document_id), what="marking processing")

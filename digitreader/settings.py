@@ -61,9 +61,9 @@ class Settings(BaseSettings):
     workers: int = Field(default=0, ge=0, description="Processes for segmentation (0 = one per core).")
     document_time_limit: float = Field(default=300.0, gt=0, description="Seconds one document may take.")
     max_redeliveries: int = Field(default=3, ge=1, description="Distributed: deliveries before a document fails.")
-    # Tests only: a page worker exits hard (os._exit) on documents whose path matches this glob,
-    # to prove the redelivery cap. Never set it in production.
-    test_crash_on: str | None = Field(default=None, description="TESTS ONLY: crash the page worker on matching paths.")
+    # Tests only: a page worker exits hard (os._exit) on documents whose file name matches this
+    # glob, to prove the redelivery cap. Never set it in production.
+    test_crash_on: str | None = Field(default=None, description="TESTS ONLY: page worker crashes on matching names.")
 
     # Review page.
     review_token: str | None = Field(default=None, description="Token required when review binds off loopback.")

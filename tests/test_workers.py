@@ -1,0 +1,469 @@
+"""Distributed mode for real: Celery workers as subprocesses (`digitreader worker`), real Redis,
+real PostgreSQL (a fresh database per test session), generated pages.
+
+- the export of a distributed batch equals the embedded export of the same files;
+- a page worker and the inference worker SIGKILLed mid-batch (120 documents), then restarted:
+  every document ends done exactly once (stored once, no duplicate digit rows);
+- Redis killed and restarted mid-batch (our own redis-server, AOF on), then the database made
+  unreachable for a few seconds: the batch completes, nothing lost or duplicated;
+- a poison document that kills its worker on every delivery ends failed (worker_lost) after the
+  redelivery cap while the rest of the batch completes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+from digitreader import distributed as dist
+from digitreader.db import Digit, Document, Field, Page, session_scope
+from digitreader.db.migrate import upgrade
+from digitreader.db.session import dispose_engines, get_engine, make_engine
+from digitreader.export import export_json
+from digitreader.pipeline.process import process_batch, segment_document
+from digitreader.settings import Settings
+from tests.test_workers_support import (
+    ROOT,
+    compare_exports,
+    free_port,
+    model_for_tests,
+    pg_admin_url,
+    pick_redis_db,
+)
+
+pytestmark = [pytest.mark.integration]
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+def _require(what: str, ok: bool) -> None:
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} is not reachable (CI must have it)")
+        pytest.skip(f"{what} is not running")
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A Redis database number of the shared server that is empty now (flushed at the end)."""
+    import redis
+
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2).ping()
+        ok = True
+    except redis.exceptions.RedisError:
+        ok = False
+    _require("Redis on 127.0.0.1:6379", ok)
+    db = pick_redis_db()
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    try:
+        yield f"redis://127.0.0.1:6379/{db}"
+    finally:
+        client.flushdb()
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[str]:
+    """Admin URL of PostgreSQL on 127.0.0.1:5432; per-test databases are created from it."""
+    eng = create_engine(pg_admin_url(), isolation_level="AUTOCOMMIT")
+    try:
+        with eng.connect():
+            ok = True
+    except Exception:
+        ok = False
+    _require("PostgreSQL on 127.0.0.1:5432", ok)
+    yield pg_admin_url()
+    eng.dispose()
+
+
+@pytest.fixture()
+def pg_db(pg_server: str) -> Iterator[str]:
+    """A fresh database digitreader_w_<random> at the latest schema, dropped afterwards."""
+    import secrets
+
+    name = f"digitreader_w_{secrets.token_hex(4)}"
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    eng = make_engine(url)
+    upgrade(eng)
+    eng.dispose()
+    try:
+        yield url
+    finally:
+        dispose_engines()
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> str | None:
+    return model_for_tests(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def small_pages(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> list[Path]:
+    """Four small (100 dpi) generated form pages."""
+    from digitreader.synth import generate
+
+    out = tmp_path_factory.mktemp("small")
+    generate(out, pages=4, seed=5, fmt="png", kind="form", dpi=100, data_dir=data_dir)
+    return sorted(out.glob("*.png"))
+
+
+def variants(sources: list[Path], n: int, out: Path, poison: int = 0) -> list[Path]:
+    """`n` distinct files (one pixel of a margin changed, so their SHA-256 differ) cycling over
+    `sources`; the first `poison` are named *poison*."""
+    out.mkdir(parents=True, exist_ok=True)
+    imgs = [cv2.imread(str(s), cv2.IMREAD_GRAYSCALE) for s in sources]
+    files = []
+    for i in range(n):
+        img = imgs[i % len(imgs)].copy()
+        img[1, 1 + i // 250] = i % 250
+        name = f"{'poison-' if i < poison else ''}doc-{i:04d}-src{i % len(imgs)}.png"
+        cv2.imwrite(str(out / name), img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        files.append(out / name)
+    return files
+
+
+class Pool:
+    """`digitreader worker` subprocesses, each in its own process group (so SIGKILL takes the
+    main process and its pool children, like a machine going away)."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, pool: str, concurrency: int = 1) -> subprocess.Popen[bytes]:
+        n = len(self.procs)
+        log = open(self.logs / f"{pool}-{n}.log", "wb")  # noqa: SIM115 (closed with the process)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "digitreader", "worker", "--pool", pool, "-c", str(concurrency),
+             "--name", f"{pool}-{n}-{os.getpid()}@test"],  # fmt: skip
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.procs.append(p)
+        return p
+
+    @staticmethod
+    def kill(p: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill(p)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)  # pool children left behind, if any
+
+    def tail(self) -> str:
+        out = []
+        for f in sorted(self.logs.glob("*.log")):
+            out.append(f"--- {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-25:]))
+        return "\n".join(out)
+
+
+def worker_env(settings_env: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITREADER_")}
+    env.update(settings_env)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def make_settings(env: dict[str, str]) -> Settings:
+    kw: dict[str, Any] = {k[len("DIGITREADER_") :].lower(): v for k, v in env.items() if k.startswith("DIGITREADER_")}
+    return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
+
+
+def base_env(tmp: Path, db_url: str, broker: str, model: str | None, **extra: Any) -> dict[str, str]:
+    env = {
+        "DIGITREADER_HOME": str(tmp / "home"),
+        "DIGITREADER_DATABASE_URL": db_url,
+        "DIGITREADER_BROKER_URL": broker,
+        "DIGITREADER_DATA_DIR": os.environ.get("DIGITREADER_DATA_DIR", str(ROOT.parent / "shared" / "datasets")),
+    }
+    if model:
+        env["DIGITREADER_MODEL_PATH"] = model
+    env.update({f"DIGITREADER_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+def wait(settings: Settings, batch_id: int, pool: Pool, timeout: float, failed: int = 0) -> dist.Progress:
+    """Wait for the batch to finish; fail with the workers' logs and the failures if it does not,
+    or if more than `failed` documents failed."""
+    try:
+        prog = dist.wait_for_batch(batch_id, settings, poll=0.3, timeout=timeout)
+    except TimeoutError:
+        pytest.fail(f"batch {batch_id} did not finish in {timeout} s\n{pool.tail()}")
+    if prog.counts.get("failed", 0) > failed:
+        with session_scope(settings) as s:
+            rows = s.execute(select(Document.path, Document.error_code, Document.error_message)
+                             .where(Document.batch_id == batch_id, Document.status == "failed")).all()  # fmt: skip
+        pytest.fail(f"{len(rows)} document(s) failed: {[tuple(r) for r in rows[:3]]}\n{pool.tail()}")
+    return prog
+
+
+def wait_finished(settings: Settings, batch_id: int, at_least: int, timeout: float, pool: Pool) -> int:
+    engine = get_engine(settings)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        p = dist.batch_progress(engine, batch_id)
+        if p.finished >= at_least:
+            return p.finished
+        time.sleep(0.1)
+    pytest.fail(f"fewer than {at_least} documents finished in {timeout} s\n{pool.tail()}")
+
+
+def expected_digits(sources: list[Path], settings: Settings) -> list[int]:
+    """Digit rows (slots, blank or not) each source page yields."""
+    out = []
+    for s in sources:
+        cut = segment_document(s, settings)
+        assert not cut.failed, cut.error_message
+        out.append(sum(len(f.slots) for p in cut.pages for f in p.fields))
+    return out
+
+
+def check_exactly_once(settings: Settings, batch_id: int, per_source: list[int] | None = None) -> dict[str, int]:
+    """Every document finished, stored exactly once (attempts == 1), with the digit rows its
+    source page yields (so nothing lost, nothing duplicated)."""
+    with session_scope(settings) as s:
+        docs = s.execute(select(Document.id, Document.path, Document.status, Document.attempts)
+                         .where(Document.batch_id == batch_id)).all()  # fmt: skip
+        digits = dict(
+            s.execute(
+                select(Page.document_id, func.count(Digit.id))
+                .join(Field, Field.page_id == Page.id)
+                .join(Digit, Digit.field_id == Field.id)
+                .group_by(Page.document_id)
+            ).all()
+        )
+        pages = dict(s.execute(select(Page.document_id, func.count(Page.id)).group_by(Page.document_id)).all())
+    statuses: dict[str, int] = {}
+    for d in docs:
+        statuses[d.status] = statuses.get(d.status, 0) + 1
+        if d.status == "failed":
+            continue
+        assert d.status in ("done", "needs_review"), d
+        assert d.attempts == 1, f"{d.path} stored {d.attempts} times"
+        assert pages.get(d.id) == 1
+        if per_source is not None:
+            src = int(d.path.rsplit("src", 1)[1].split(".")[0])
+            assert digits.get(d.id) == per_source[src], d.path
+    return statuses
+
+
+# --------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.slow
+def test_workers_export_equals_embedded(
+    tmp_path: Path, pg_db: str, redis_url: str, model_path: str | None, data_dir: Path
+) -> None:
+    from tests.test_pipeline_e2e import make_scans
+
+    scans = make_scans(tmp_path.parent.parent, data_dir)
+    files = sorted(str(p) for p in scans.rglob("*") if p.suffix in {".png", ".jpg", ".tif", ".tiff", ".pdf", ".bmp"})
+    env = base_env(tmp_path, pg_db, redis_url, model_path, document_time_limit=60)
+    settings = make_settings(env)
+    pool = Pool(worker_env(env), tmp_path / "logs")
+    try:
+        pool.start("page", 2)
+        pool.start("infer")
+        # The real CLI: the id alone on stdout, --wait follows it to the end (exit 0).
+        res = subprocess.run([sys.executable, "-m", "digitreader", "submit", "--wait", *files],
+                             cwd=tmp_path, env=worker_env(env), capture_output=True, timeout=240)  # fmt: skip
+        assert res.returncode == 0, res.stderr.decode()[-3000:] + pool.tail()
+        batch_id = int(res.stdout.decode().strip())
+        st = subprocess.run([sys.executable, "-m", "digitreader", "status", str(batch_id), "--json"],
+                            cwd=tmp_path, env=worker_env(env), capture_output=True, timeout=60)  # fmt: skip
+        assert st.returncode == 0, st.stderr.decode()
+        status = json.loads(st.stdout)
+        assert status["status"] == "done"
+        assert {q for w in status["broker"]["workers"] for q in w["queues"]} == {"pages", "infer"}
+        assert status["broker"]["queues"] == {"pages": 0, "infer": 0}
+    finally:
+        pool.stop()
+    with session_scope(settings) as s:
+        distributed = export_json(s, batch_id)
+    # The embedded mode on the same files, in its own SQLite database.
+    emb_settings = Settings(_env_file=None, home=tmp_path / "embedded", model_path=model_path)  # type: ignore[call-arg]
+    rep = process_batch(files, emb_settings)
+    with session_scope(emb_settings) as s:
+        embedded = export_json(s, rep.batch_id)
+    assert len(distributed["documents"]) == len(files)
+    assert sum(len(p["fields"]) for d in distributed["documents"] for p in d["pages"]) > 10
+    compare_exports(distributed, embedded)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_batch_every_document_done_once(
+    tmp_path: Path, pg_db: str, redis_url: str, model_path: str | None, small_pages: list[Path]
+) -> None:
+    files = variants(small_pages, 120, tmp_path / "scans")
+    env = base_env(tmp_path, pg_db, redis_url, model_path, document_time_limit=3)
+    settings = make_settings(env)
+    per_source = expected_digits(small_pages, settings)
+    pool = Pool(worker_env(env), tmp_path / "logs")
+    try:
+        page = pool.start("page", 2)
+        infer = pool.start("infer")
+        sub = dist.submit_batch([str(f) for f in files], settings)
+        assert sub.queued == 120
+        wait_finished(settings, sub.batch_id, 15, 120, pool)
+        pool.kill(page)  # mid-batch: documents in flight in the page pool
+        done_before = dist.batch_progress(get_engine(settings), sub.batch_id).finished
+        pool.kill(infer)  # and the inference worker with its buffered batch
+        assert done_before < 120
+        pool.start("page", 2)
+        pool.start("infer")
+        prog = wait(settings, sub.batch_id, pool, 240)
+    finally:
+        pool.stop()
+    assert prog.status == "done", prog
+    statuses = check_exactly_once(settings, sub.batch_id, per_source)
+    assert sum(statuses.values()) == 120 and "failed" not in statuses, statuses
+
+
+@pytest.mark.slow
+def test_redis_restart_and_database_outage(
+    tmp_path: Path, pg_db: str, pg_server: str, model_path: str | None, small_pages: list[Path]
+) -> None:
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        _require("redis-server (binary)", False)
+    port = free_port()
+    rdir = tmp_path / "redis"
+    rdir.mkdir()
+    cmd = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+           "--appendfsync", "always", "--dir", str(rdir)]  # fmt: skip
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return p
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    files = variants(small_pages, 40, tmp_path / "scans")
+    env = base_env(tmp_path, pg_db, f"redis://127.0.0.1:{port}/0", model_path, document_time_limit=3)
+    settings = make_settings(env)
+    per_source = expected_digits(small_pages, settings)
+    name = pg_db.rsplit("/", 1)[1]
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    redis_proc = start_redis()
+    pool = Pool(worker_env(env), tmp_path / "logs")
+    try:
+        pool.start("page", 2)
+        pool.start("infer")
+        sub = dist.submit_batch([str(f) for f in files], settings)
+        wait_finished(settings, sub.batch_id, 5, 120, pool)
+        redis_proc.kill()  # Redis dies (SIGKILL) with messages queued and unacknowledged
+        redis_proc.wait()
+        time.sleep(2)
+        redis_proc = start_redis()  # ... and comes back from its append-only file
+        n = dist.batch_progress(get_engine(settings), sub.batch_id).finished
+        wait_finished(settings, sub.batch_id, min(40, n + 5), 120, pool)
+        # The database goes away for 4 s: no new connections, every open one cut.
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
+            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})  # fmt: skip
+        time.sleep(4)
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
+        dispose_engines()  # this test process's own pool was cut too
+        prog = wait(settings, sub.batch_id, pool, 240)
+    finally:
+        pool.stop()
+        redis_proc.kill()
+        redis_proc.wait()
+        admin.dispose()
+    assert prog.status == "done", prog
+    statuses = check_exactly_once(settings, sub.batch_id, per_source)
+    assert sum(statuses.values()) == 40 and "failed" not in statuses, statuses
+
+
+@pytest.mark.slow
+def test_poison_document_fails_after_redelivery_cap(
+    tmp_path: Path, pg_db: str, redis_url: str, model_path: str | None, small_pages: list[Path]
+) -> None:
+    files = variants(small_pages, 12, tmp_path / "scans", poison=1)
+    env = base_env(tmp_path, pg_db, redis_url, model_path, document_time_limit=5, max_redeliveries=2,
+                   test_crash_on="*poison*")  # fmt: skip
+    settings = make_settings(env)
+    pool = Pool(worker_env(env), tmp_path / "logs")
+    try:
+        pool.start("page", 2)
+        pool.start("infer")
+        sub = dist.submit_batch([str(f) for f in files], settings)
+        prog = wait(settings, sub.batch_id, pool, 180, failed=1)
+    finally:
+        pool.stop()
+    assert prog.status == "partial", prog
+    with session_scope(settings) as s:
+        failed = s.execute(select(Document.path, Document.error_code, Document.error_message)
+                           .where(Document.batch_id == sub.batch_id, Document.status == "failed")).all()  # fmt: skip
+    assert len(failed) == 1
+    path, code, message = failed[0]
+    assert "poison" in path and code == "worker_lost"
+    assert "died 2 times" in message and "given up after 2 deliveries" in message
+    statuses = check_exactly_once(settings, sub.batch_id)
+    assert statuses.get("failed") == 1 and sum(statuses.values()) == 12
+
+
+def test_codec_round_trip_is_exact(small_pages: list[Path]) -> None:
+    from workers.codec import CodecError, decode_cut, encode_cut
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    cut = segment_document(small_pages[0], settings)
+    assert cut.crops > 10
+    back = decode_cut(encode_cut(cut))
+    assert back.path == cut.path and back.page_count == cut.page_count
+    for a, b in zip(cut.pages, back.pages, strict=True):
+        assert (a.number, a.width, a.height, a.skew_degrees) == (b.number, b.width, b.height, b.skew_degrees)
+        assert np.array_equal(a.crops(), b.crops())
+        for fa, fb in zip(a.fields, b.fields, strict=True):
+            assert (fa.name, fa.kind, tuple(fa.bbox), fa.length, fa.pattern) == (fb.name, fb.kind, fb.bbox,
+                                                                                fb.length, fb.pattern)  # fmt: skip
+            assert [(s.position, tuple(s.bbox), s.blank) for s in fa.slots] == [
+                (s.position, s.bbox, s.blank) for s in fb.slots
+            ]
+    with pytest.raises(CodecError):
+        decode_cut(b"DRC1garbage")
+    with pytest.raises(CodecError):
+        decode_cut(b"not a cut")
