@@ -10,7 +10,9 @@
   const query = window.location.search;
   const items = data.items;            // each gets .done = label text once labelled here
   let idx = 0;
-  let busy = false;
+  // Keys are queued and run one after the other: fast typing never loses a label.
+  let chain = Promise.resolve();
+  const enqueue = (fn) => { chain = chain.then(fn).catch((e) => status(String(e.message || e), true)); };
   const $ = (id) => document.getElementById(id);
 
   function labelText(k) { return k === null || k === 10 ? "x" : String(k); }
@@ -111,8 +113,7 @@
 
   async function label(value) {
     const it = items[idx];
-    if (!it || busy) return;
-    busy = true;
+    if (!it) return;  // a labelled item can be labelled again (a new correction)
     try {
       const j = await post("/api/label", { digit_id: it.digit_id, label: value });
       it.done = labelText(j.new_label);
@@ -122,8 +123,6 @@
       await advance();
     } catch (e) {
       status(String(e.message || e), true);
-    } finally {
-      busy = false;
     }
   }
 
@@ -142,8 +141,6 @@
   }
 
   async function undo() {
-    if (busy) return;
-    busy = true;
     try {
       const j = await post("/api/undo", {});
       setCounts(j.counts);
@@ -153,8 +150,6 @@
       render();
     } catch (e) {
       status(String(e.message || e), true);
-    } finally {
-      busy = false;
     }
   }
 
@@ -176,15 +171,15 @@
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
     const k = ev.key;
     let handled = true;
-    if (/^[0-9]$/.test(k)) label(k);
-    else if (k === "Enter") { const it = items[idx]; if (it) label(labelText(it.label)); }
-    else if (k === "x" || k === "X") label("x");
-    else if (k === "u" || k === "U") undo();
-    else if (k === "ArrowRight") move(1);
-    else if (k === "ArrowLeft") move(-1);
-    else if (k === "ArrowDown") move(mode === "grid" ? columns() : 1);
-    else if (k === "ArrowUp") move(mode === "grid" ? -columns() : -1);
-    else if (mode === "grid" && k === "A") acceptScreen();
+    if (/^[0-9]$/.test(k)) enqueue(() => label(k));
+    else if (k === "Enter") enqueue(() => { const it = items[idx]; return it ? label(labelText(it.label)) : null; });
+    else if (k === "x" || k === "X") enqueue(() => label("x"));
+    else if (k === "u" || k === "U") enqueue(undo);
+    else if (k === "ArrowRight") enqueue(() => move(1));
+    else if (k === "ArrowLeft") enqueue(() => move(-1));
+    else if (k === "ArrowDown") enqueue(() => move(mode === "grid" ? columns() : 1));
+    else if (k === "ArrowUp") enqueue(() => move(mode === "grid" ? -columns() : -1));
+    else if (mode === "grid" && k === "A") enqueue(acceptScreen);
     else if (mode === "grid" && k === "n") window.location.reload();
     else handled = false;
     if (handled) ev.preventDefault();
