@@ -153,3 +153,32 @@ def cheque() -> list[Item]:
 
 
 FORM_LAYOUTS = {"account": account_form, "survey": survey_form, "order": order_form}
+
+
+def template_for(layout: str) -> dict[str, object]:
+    """A digitreader template (plain data, see docs/templates.md) describing a form layout."""
+    items = cheque() if layout == "cheque" else FORM_LAYOUTS[layout]()
+    size = CHEQUE if layout == "cheque" else A4
+    fields: list[dict[str, object]] = []
+    for it in items:
+        if it.kind in ("joined", "squares", "ticks"):
+            f: dict[str, object] = {
+                "name": it.name,
+                "kind": "boxes",
+                "region": [round(it.x, 2), round(it.y, 2), round(it.cells * it.cell_w, 2), round(it.cell_h, 2)],
+                "cells": it.cells,
+            }
+            if it.content in ("date8", "date6"):
+                f["pattern"] = r"^\d{%d}$" % (8 if it.content == "date8" else 6)
+            fields.append(f)
+        elif it.kind == "string":
+            f = {"name": it.name, "kind": "string", "region": [it.x, it.y, it.w, it.h]}
+            if it.content in ("amount", "qty", "number"):
+                f["pattern"] = r"^\d+$"
+            fields.append(f)
+    return {
+        "schema": "digitreader.template/v1",
+        "name": layout,
+        "page": {"width_mm": size[0], "height_mm": size[1]},
+        "fields": fields,
+    }
