@@ -81,8 +81,8 @@ class HardStyleDigits:
             half = int((right - left) * rng.uniform(0.35, 0.5))
             cv2.line(img, (cx - half, y), (cx + half, y), 255, max(3, t - 2), cv2.LINE_AA)
         elif label == 1:  # long flag and a foot
-            cv2.line(img, (left + (right - left) // 2, top), (left - int(0.5 * (bottom - top)), top + (bottom - top) // 2),
-                     255, max(3, t - 2), cv2.LINE_AA)  # fmt: skip
+            tip = (left - int(0.5 * (bottom - top)), top + (bottom - top) // 2)
+            cv2.line(img, (left + (right - left) // 2, top), tip, 255, max(3, t - 2), cv2.LINE_AA)
             if rng.random() < 0.6:
                 cv2.line(img, (left - 10, bottom), (right + 10, bottom), 255, max(3, t - 2), cv2.LINE_AA)
         # Heavy slant to the right: shear about the centre.
@@ -94,7 +94,8 @@ class HardStyleDigits:
                 y = int(rng.integers(size // 4, 3 * size // 4))
                 gap = int(rng.integers(4, 8))
                 angle = rng.uniform(-0.4, 0.4)
-                pts = np.array([[0, y], [size, int(y + angle * size)], [size, int(y + angle * size) + gap], [0, y + gap]])
+                y2 = int(y + angle * size)
+                pts = np.array([[0, y], [size, y2], [size, y2 + gap], [0, y + gap]])
                 cv2.fillPoly(img, [pts.astype(np.int32)], 0)
         return img
 
@@ -129,6 +130,7 @@ class RetrainConfig:
     data_dir: str | None = None
     promote: bool = False
     force: bool = False
+    report: bool = True  # full evaluation report (plots, tables) like a normal run; False: calibrate+export only
 
 
 def _load_weights(path: Path) -> tuple[nn.Module, str]:
@@ -147,9 +149,10 @@ def _load_weights(path: Path) -> tuple[nn.Module, str]:
     return model, arch
 
 
-def save_weights(model: nn.Module, arch: str, path: Path, version: str) -> Path:
-    """The small weights file kept beside a registered model, so it can be fine-tuned later."""
-    torch.save({"arch": arch, "version": version, "model": model.state_dict()}, path)
+def save_weights(model: nn.Module, arch: str, path: Path, version: str, onnx_sha256: str | None = None) -> Path:
+    """The small weights file kept beside a registered model, so it can be fine-tuned later.
+    `onnx_sha256` ties it to its exported model (a stale weights file is refused)."""
+    torch.save({"arch": arch, "version": version, "onnx_sha256": onnx_sha256, "model": model.state_dict()}, path)
     return path
 
 
@@ -163,13 +166,16 @@ def base_weights(settings: Settings, init_from: str | None) -> tuple[Path, str |
         parent = mv.version if mv is not None else None
         if init_from:
             return Path(init_from), parent
-        w = weights_for(mv)
-        if w is None and mv is not None and mv.path:
-            beside = Path(mv.path).with_suffix(".pt")  # e.g. digitreader/models/default.pt when shipped
-            w = beside if beside.is_file() else None
+        w = weights_for(mv)  # <model>.pt beside its ONNX file (e.g. digitreader/models/default.pt)
+        sha = mv.sha256 if mv is not None else None
+    if w is not None:
+        tied = torch.load(w, map_location="cpu", weights_only=False).get("onnx_sha256")
+        if tied is not None and tied != sha:
+            log.warning("%s belongs to another model (ONNX %s, active %s): not using it", w, tied[:12], str(sha)[:12])
+            w = None
     if w is None:
         raise UsageError("no weights to fine-tune from: the active model has no .pt beside it",
-                         hint="pass --init-from RUN_FOLDER_OR_WEIGHTS.pt (e.g. the run the shipped model came from)")  # fmt: skip
+                         hint="pass --init-from RUN_FOLDER or WEIGHTS.pt")  # fmt: skip
     return w, parent
 
 
@@ -201,6 +207,37 @@ def mix_epoch(cfg: RetrainConfig, mnist_x: np.ndarray, mnist_y: np.ndarray, corr
     if not parts_x:
         raise UsageError("nothing to train on: no MNIST sample and no corrected digits")
     return np.concatenate(parts_x).astype(np.uint8), np.concatenate(parts_y).astype(np.int64)
+
+
+def export_light(
+    out: Path, model: nn.Module, tcfg: TrainConfig, val_x: np.ndarray, val_y: np.ndarray
+) -> dict[str, Any]:
+    """Calibrate (temperature, threshold) on the MNIST validation split + held-out non-digits and export
+    ONNX with the same metadata as `training.run.finalize`, with its parity check, but no report."""
+    from training import calibrate, export
+    from training.fit import predict_logits
+    from training.run import NONDIGIT_VAL_SEED
+
+    model = model.cpu().eval()
+    nd = generate_nondigits(VAL_SIZE // 5, NONDIGIT_VAL_SEED)
+    x = np.concatenate([val_x, nd])
+    y = np.concatenate([val_y, np.full(len(nd), 10, np.int64)])
+    logits = predict_logits(model, x, device=torch.device("cpu"))
+    if logits.shape[1] == 10:
+        keep = y < 10
+        x, y, logits = x[keep], y[keep], logits[keep]
+    temperature = calibrate.fit_temperature(logits, y)
+    threshold = calibrate.choose_threshold(calibrate.softmax(logits, temperature), y, 0.001)
+    labels = [str(i) for i in range(10)] + (["non-digit"] if logits.shape[1] == 11 else [])
+    meta = {"version": tcfg.version, "arch": tcfg.arch, "labels": labels, "temperature": f"{temperature:.6f}",
+            "threshold": f"{threshold:.6f}", "epochs": str(tcfg.epochs), "seed": str(tcfg.seed),
+            "training_data": {"mnist": "train (sampled)", "corrections": "digitreader database",
+                              "validation": f"{VAL_SIZE} of train, split seed {SPLIT_SEED}"}}  # fmt: skip
+    path = export.export_onnx(model, out / "model.onnx", meta)
+    diff = export.parity(model, path, val_x[:256])
+    if diff > export.PARITY_TOLERANCE:
+        raise RuntimeError(f"ONNX parity check failed: max |torch - onnxruntime| = {diff:.2e}")
+    return {"temperature": temperature, "threshold": threshold, "parity_max_abs_diff": diff}
 
 
 def retrain(cfg: RetrainConfig, settings: Settings, *, progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -270,8 +307,13 @@ def retrain(cfg: RetrainConfig, settings: Settings, *, progress: ProgressFn | No
                                                 "corrected_trained": int(len(train_y)), "frozen": frozen_n}},
                out / "checkpoint.pt")  # fmt: skip
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    report = finalize(out, model=model, progress=progress)
-    weights_path = save_weights(model, arch, out / "weights.pt", version)
+    if cfg.report:
+        report = finalize(out, model=model, progress=progress)
+    else:
+        report = export_light(out, model, tcfg, val_x, val_y)
+    from digitreader.registry import file_sha256
+
+    weights_path = save_weights(model, arch, out / "weights.pt", version, file_sha256(out / "model.onnx"))
     metrics = evaluate_model(out / "model.onnx", settings, corrected)
     with session_scope(settings) as s:
         mv = register_model(s, settings, out / "model.onnx", parent=parent, metrics=metrics, weights=weights_path)
