@@ -514,6 +514,7 @@ def _scan(canvas: Canvas, paper: float) -> tuple[np.ndarray, float, np.ndarray]:
     ns = float(rng.uniform(*s.noise))
     if ns > 0:
         noise = np.empty((H, W), np.int16)
+        cv2.setRNGSeed(int(rng.integers(2**31 - 1)))  # OpenCV's own generator: seed it from ours
         cv2.randn(noise, 0, ns)
         out = np.clip(out.astype(np.int16) + noise, 0, 255).astype(np.uint8)
     return out, skew, m

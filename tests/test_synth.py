@@ -1,0 +1,116 @@
+"""`digitreader synth`: sample scans with ground truth, from MNIST test digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from digitreader.cli.main import app
+from digitreader.pipeline.load import load_pages
+from digitreader.settings import Settings
+from digitreader.synth import MnistTestDigits, generate, load_truth
+
+
+def _check_truth(doc: dict, path: Path) -> None:
+    assert doc["schema"] == "digitreader.truth/v1" and doc["file"] == path.name
+    for page in doc["pages"]:
+        W, H = page["width"], page["height"]
+        assert page["fields"], "every page has fields"
+        for f in page["fields"]:
+            assert f["kind"] in ("boxes", "string")
+            labels = [d["label"] for d in sorted(f["digits"], key=lambda d: d["position"])]
+            assert f["value"] == "".join(str(v) for v in labels if v is not None)
+            for d in f["digits"]:
+                x, y, w, h = d["bbox"]
+                assert x >= 0 and y >= 0 and x + w <= W and y + h <= H and w > 0 and h > 0
+                assert d["label"] is None or 0 <= d["label"] <= 9
+            if f["kind"] == "string":
+                assert all(d["label"] is not None for d in f["digits"])
+
+
+def test_generate_pages_with_truth(tmp_path: Path, data_dir: Path, settings: Settings) -> None:
+    files = generate(tmp_path, pages=2, seed=3, kind="mixed", fmt="png", dpi=200, data_dir=data_dir)
+    assert len(files) == 2
+    for f in files:
+        doc = load_truth(f)
+        _check_truth(doc, f)
+        (page,) = list(load_pages(f, settings))
+        assert (page.width, page.height) == (doc["pages"][0]["width"], doc["pages"][0]["height"])
+        assert page.dpi is not None and abs(page.dpi - 200) < 1
+    blanks = [
+        d
+        for f in files
+        for p in load_truth(f)["pages"]
+        for fl in p["fields"]
+        for d in fl["digits"]
+        if d["label"] is None
+    ]
+    assert blanks, "generated forms include empty cells"
+
+
+def test_same_seed_same_pages(tmp_path: Path, data_dir: Path) -> None:
+    a = generate(tmp_path / "a", pages=1, seed=11, kind="cheque", dpi=150, data_dir=data_dir)[0]
+    b = generate(tmp_path / "b", pages=1, seed=11, kind="cheque", dpi=150, data_dir=data_dir)[0]
+    c = generate(tmp_path / "c", pages=1, seed=12, kind="cheque", dpi=150, data_dir=data_dir)[0]
+    assert a.read_bytes() == b.read_bytes()
+    assert load_truth(a)["pages"] == load_truth(b)["pages"]
+    assert load_truth(a)["pages"] != load_truth(c)["pages"]
+
+
+def test_multipage_tiff_and_pdf(tmp_path: Path, data_dir: Path, settings: Settings) -> None:
+    for fmt in ("tiff", "pdf"):
+        (f,) = generate(tmp_path / fmt, pages=2, per_file=2, seed=5, kind="cheque", fmt=fmt, dpi=150, data_dir=data_dir)
+        doc = load_truth(f)
+        assert len(doc["pages"]) == 2
+        s = Settings(pdf_dpi=150, _env_file=None)  # type: ignore[call-arg]
+        pages = list(load_pages(f, s))
+        assert [p.number for p in pages] == [1, 2]
+        for p, t in zip(pages, doc["pages"], strict=True):
+            assert abs(p.width - t["width"]) <= 1 and abs(p.height - t["height"]) <= 1
+
+
+def test_digit_source_hook(tmp_path: Path) -> None:
+    """Another digit source can be plugged in (no MNIST needed): every digit comes from it."""
+    calls: list[int] = []
+
+    def seven_segment(label: int, rng: np.random.Generator) -> np.ndarray:
+        calls.append(label)
+        img = np.zeros((28, 28), np.uint8)
+        cv2.putText(img, str(label), (6, 23), cv2.FONT_HERSHEY_SIMPLEX, 0.9, 255, 2)
+        return img
+
+    (f,) = generate(tmp_path, pages=1, seed=1, kind="form", dpi=150, digit_source=seven_segment)
+    doc = load_truth(f)
+    n_digits = sum(1 for fl in doc["pages"][0]["fields"] for d in fl["digits"] if d["label"] is not None)
+    assert len(calls) == n_digits and n_digits > 10
+
+
+def test_mnist_source_reads_the_test_split_only(data_dir: Path) -> None:
+    src = MnistTestDigits(data_dir)
+    assert src.images.shape == (10000, 28, 28) and len(src.labels) == 10000
+    rng = np.random.default_rng(0)
+    img = src(7, rng)
+    assert img.shape == (28, 28) and any((img == src.images[i]).all() for i in src.by_label[7])
+
+
+def test_cli_synth(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIGITREADER_DATA_DIR", str(data_dir))
+    from digitreader.settings import get_settings
+
+    get_settings.cache_clear()
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["synth", str(tmp_path), "--pages", "1", "--kind", "cheque", "--dpi", "150", "--format", "jpeg"]
+    )
+    assert res.exit_code == 0, res.output
+    out = [line for line in res.stdout.splitlines() if line.strip()]
+    assert len(out) == 1 and out[0].endswith(".jpg") and Path(out[0]).exists()
+    assert json.loads(Path(out[0]).with_suffix(".truth.json").read_text())["pages"][0]["layout"] == "cheque"
+    bad = runner.invoke(app, ["synth", str(tmp_path), "--kind", "letter"])
+    assert bad.exit_code != 0
+    get_settings.cache_clear()
