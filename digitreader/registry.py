@@ -348,10 +348,15 @@ def rollback(settings: Settings) -> dict[str, Any]:
         cur = active_model(s)
         if cur is None:
             raise NotFoundError("no active model in the registry")
-        stmt = select(ModelVersion).where(ModelVersion.status == "retired", ModelVersion.id != cur.id)
-        if cur.promoted_at is not None:
-            stmt = stmt.where((ModelVersion.promoted_at.is_(None)) | (ModelVersion.promoted_at < cur.promoted_at))
-        # Models never promoted (the first, shipped one) count as the oldest.
+        if cur.promoted_at is None:  # the first model (registered active, never promoted): nothing before it
+            raise NotFoundError(f"nothing to roll back to: {cur.version} was the first model live")
+        stmt = select(ModelVersion).where(
+            ModelVersion.status == "retired",
+            ModelVersion.id != cur.id,
+            (ModelVersion.promoted_at.is_(None)) | (ModelVersion.promoted_at < cur.promoted_at),
+        )
+        # Retired models were live once; the one promoted last before the current one wins (the
+        # first model, never promoted, counts as the oldest).
         prev = None
         for mv in s.scalars(stmt):
             key = (mv.promoted_at is not None, mv.promoted_at or mv.created_at)
