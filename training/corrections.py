@@ -328,3 +328,51 @@ def retrain(cfg: RetrainConfig, settings: Settings, *, progress: ProgressFn | No
         result["promotion"] = promote(settings, registered, force=cfg.force)
     (out / "retrain.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     return result
+
+
+def retrain_cli(*, epochs: int | None, lr: float | None, batch_size: int | None, seed: int, data_dir: Path | None,
+                out: Path, limit: int | None, threads: int, version: str | None, weight: int,
+                init_from: Path | None, promote: bool) -> None:  # fmt: skip
+    """`digitreader train --with-corrections`: progress on stderr, the result as JSON on stdout.
+    Exit code 3 when --promote was asked and the gate refused the candidate."""
+    import typer
+
+    from digitreader.cli.output import err, print_json, progress
+    from digitreader.settings import get_settings
+
+    settings = get_settings()
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    default = RetrainConfig()
+    cfg = RetrainConfig(out=str(out if str(out) != "runs/default" else Path("runs/retrain")),
+                        init_from=str(init_from) if init_from else None, epochs=epochs or default.epochs,
+                        lr=lr or default.lr, batch_size=batch_size or default.batch_size, weight=weight,
+                        mnist_per_epoch=limit or default.mnist_per_epoch, seed=seed, threads=threads,
+                        version=version, data_dir=str(data_dir) if data_dir else None, promote=promote)  # fmt: skip
+    with progress() as bar:
+        task = bar.add_task("loading corrections", total=None)
+
+        def on_progress(phase: str, done: int, total: int, stats: dict[str, Any]) -> None:
+            if phase == "train":
+                bar.update(task, description=f"epoch {stats['epoch']} loss {stats['loss']:.4f}", completed=done,
+                           total=total)  # fmt: skip
+            elif phase == "epoch":
+                err.print(f"epoch {done}/{total}: train acc {stats['train_acc']:.4f} | MNIST val acc "
+                          f"{stats['val_acc']:.4f} | {stats['seconds']:.0f} s")  # fmt: skip
+            elif phase == "finalize" and done == 0:
+                bar.update(task, description="calibrating, exporting, reporting", completed=0, total=None)
+
+        result = retrain(cfg, settings, progress=on_progress)
+    print_json(result)
+    m = result["metrics"]
+    corr = "-" if m["corrected_accuracy"] is None else f"{100 * m['corrected_accuracy']:.2f} %"
+    err.print(f"candidate {result['version']}: MNIST test {100 * m['mnist_test_accuracy']:.2f} %, frozen corrected "
+              f"digits {corr} (n={m['corrected_n']}); trained on {result['corrected_trained']} corrected digits")
+    if result["promotion"] is not None:
+        for r in result["promotion"]["reasons"]:
+            err.print(f"  {r}")
+        err.print("promoted" if result["promotion"]["promoted"] else "NOT promoted: the gate refused it")
+        if not result["promotion"]["promoted"]:
+            raise typer.Exit(3)
+    else:
+        err.print(f"promote it with: digitreader models promote {result['version']}")

@@ -48,6 +48,15 @@ def train(
     download: bool = typer.Option(False, "--download", help="Download MNIST when missing (needs internet)."),
     finalize_only: bool = typer.Option(False, "--finalize-only",
                                        help="Only calibrate/export/report OUT/checkpoint.pt again."),
+    with_corrections: bool = typer.Option(False, "--with-corrections",
+                                          help="Fine-tune the active model on reviewers' corrections + MNIST "
+                                               "(training/corrections.py); registers a candidate."),
+    corrections_weight: int = typer.Option(20, "--corrections-weight", min=0,
+                                           help="--with-corrections: times each corrected digit is seen per epoch."),
+    init_from: Path | None = typer.Option(None, "--init-from",
+                                          help="--with-corrections: weights .pt or run folder to start from "
+                                               "(default: the active model's weights)."),
+    promote: bool = typer.Option(False, "--promote", help="--with-corrections: run the promotion gate after."),
 ) -> None:
     """Train a digit model on MNIST, calibrate it, export it to ONNX and write its report.
 
@@ -65,6 +74,13 @@ def train(
     if augment not in (None, "scan", "shift15", "none"):
         raise UsageError("--augment must be scan, shift15 or none")
     _require_torch()
+    if with_corrections:
+        from training.corrections import retrain_cli
+
+        retrain_cli(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, data_dir=data_dir, out=out,
+                    limit=limit, threads=threads, version=None if version == "dev" else version,
+                    weight=corrections_weight, init_from=init_from, promote=promote)  # fmt: skip
+        return
     from training.run import TrainConfig, finalize
     from training.run import train as run_train
 
