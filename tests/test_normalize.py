@@ -70,3 +70,29 @@ def test_blank_test(draw, blank: bool) -> None:  # type: ignore[no-untyped-def]
     m = np.zeros((60, 50), np.uint8)
     draw(m)
     assert is_blank(m.astype(bool)) is blank
+
+
+def test_scanned_mnist_digit_normalizes_back_to_mnist(data_dir) -> None:  # type: ignore[no-untyped-def]
+    """A test digit printed large (dark on paper, blurred like a scan) comes back close to its MNIST form."""
+    from digitreader.synth.mnist import MnistTestDigits
+
+    src = MnistTestDigits(data_dir)
+    for i in (0, 1, 2, 3, 4):
+        mnist = src.images[i]
+        big = cv2.resize(mnist, (112, 112), interpolation=cv2.INTER_CUBIC)
+        scan = 245 - (big.astype(np.float32) * 0.85)
+        scan = cv2.GaussianBlur(np.pad(scan, 30, constant_values=245), (0, 0), 1.2).astype(np.uint8)
+        out = normalize_digit(scan).astype(np.float32)
+        ref = mnist.astype(np.float32)
+        corr = float(np.corrcoef(out.ravel(), ref.ravel())[0, 1])
+        assert corr > 0.85, (i, corr)
+
+
+def test_faint_short_one_and_dust_in_a_tall_cell() -> None:
+    m = np.zeros((80, 60), np.uint8)
+    cv2.line(m, (30, 25), (31, 50), 1, 1)  # a short, faint "1": a third of the cell tall
+    assert not is_blank(m.astype(bool))
+    d = np.zeros((80, 60), np.uint8)
+    for x, y in ((10, 10), (40, 60), (25, 70)):
+        cv2.circle(d, (x, y), 1, 1, -1)  # scattered dust
+    assert is_blank(d.astype(bool))

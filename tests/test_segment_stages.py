@@ -1,0 +1,175 @@
+"""Segmentation stages one by one (prepare, fields, cut) on small drawn pages with known answers."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from digitreader.pipeline.cut import cut_field, split_string
+from digitreader.pipeline.fields import find_fields
+from digitreader.pipeline.prepare import estimate_skew, flatten, map_box, prepare_page
+from digitreader.types import FieldRegion, PageImage
+
+DPI = 150
+PPM = DPI / 25.4
+
+
+def mm(v: float) -> int:
+    return int(round(v * PPM))
+
+
+def _blank(w_mm: float = 120, h_mm: float = 90, paper: int = 245) -> np.ndarray:
+    return np.full((mm(h_mm), mm(w_mm)), paper, np.uint8)
+
+
+def _comb(img: np.ndarray, x: float, y: float, n: int, cw: float = 8, ch: float = 10, tone: int = 30) -> None:
+    x0, y0 = mm(x), mm(y)
+    cv2.rectangle(img, (x0, y0), (x0 + mm(n * cw), y0 + mm(ch)), tone, 2)
+    for i in range(1, n):
+        cv2.line(img, (x0 + mm(i * cw), y0), (x0 + mm(i * cw), y0 + mm(ch)), tone, 2)
+
+
+def _squares(img: np.ndarray, x: float, y: float, n: int, side: float = 7, gap: float = 2) -> None:
+    for i in range(n):
+        a = mm(x + i * (side + gap))
+        cv2.rectangle(img, (a, mm(y)), (a + mm(side), mm(y) + mm(side * 1.3)), 30, 2)
+
+
+def _ticks(img: np.ndarray, x: float, y: float, n: int, cw: float = 8) -> None:
+    base = mm(y)
+    cv2.line(img, (mm(x), base), (mm(x + n * cw), base), 30, 2)
+    for i in range(n + 1):
+        cv2.line(img, (mm(x + i * cw), base), (mm(x + i * cw), base - mm(3)), 30, 2)
+
+
+def _rotate(img: np.ndarray, degrees: float) -> np.ndarray:
+    h, w = img.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    return cv2.warpAffine(img, m, (w, h), borderValue=245)
+
+
+def _form() -> np.ndarray:
+    """A small form: a joined comb, separate squares, a tick row, a string box, plus distractors."""
+    img = _blank()
+    cv2.putText(img, "ACCOUNT FORM", (mm(5), mm(8)), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 30, 2)
+    cv2.rectangle(img, (mm(95), mm(2)), (mm(115), mm(10)), 30, -1)  # a filled logo
+    _comb(img, 10, 15, 6)
+    _squares(img, 10, 32, 4)
+    _ticks(img, 10, 58, 5)
+    cv2.rectangle(img, (mm(60), mm(45)), (mm(110), mm(57)), 30, 2)  # a string box
+    cv2.line(img, (mm(10), mm(80)), (mm(100), mm(80)), 30, 2)  # a signature line: not a field
+    cv2.putText(img, "Sign here", (mm(10), mm(86)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 30, 1)
+    return img
+
+
+@pytest.mark.parametrize("angle", [-10.0, -4.0, 0.0, 2.5, 8.0])
+def test_skew_is_measured_from_the_page_lines(angle: float) -> None:
+    img = _rotate(_form(), angle)
+    assert abs(estimate_skew(flatten(img, PPM), PPM) - angle) < 0.3
+
+
+def test_flatten_removes_uneven_light() -> None:
+    img = _form().astype(np.float32)
+    ramp = np.linspace(0.55, 1.0, img.shape[1], dtype=np.float32)[None, :]  # a dark shadow on the left
+    shaded = (img * ramp).astype(np.uint8)
+    flat = flatten(shaded, PPM)
+    paper = flat[mm(65) : mm(75), :]  # an empty band across the page
+    assert paper.mean() > 240 and paper.std() < 6
+
+
+def test_binarization_keeps_faint_pencil_and_drops_noise() -> None:
+    img = _blank()
+    cv2.line(img, (mm(20), mm(20)), (mm(25), mm(50)), 190, 2)  # faint pencil stroke (grey 190 on 245)
+    noisy = np.clip(img.astype(np.int16) + np.random.default_rng(0).normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    prepared = prepare_page(PageImage(1, noisy, dpi=DPI))
+    stroke = prepared.ink[mm(25) : mm(45), mm(19) : mm(26)]
+    assert (stroke > 0).any(axis=1).mean() > 0.9  # the stroke is there on (almost) every row
+    elsewhere = prepared.ink[mm(60) :, :]
+    assert (elsewhere > 0).mean() < 0.001
+
+
+def test_to_original_maps_back_to_the_submitted_page() -> None:
+    img = _rotate(_form(), 6.0)
+    prepared = prepare_page(PageImage(1, img, dpi=DPI))
+    assert abs(prepared.skew_degrees - 6.0) < 0.3
+    # The comb's top-left corner in the submitted page, found through the prepared page.
+    fields = find_fields(prepared)
+    comb = next(f for f in fields if f.kind == "boxes" and len(f.cells) == 6)
+    x, y, w, h = map_box(prepared.to_original, comb.bbox, prepared.width, prepared.height)
+    m = cv2.getRotationMatrix2D((img.shape[1] / 2, img.shape[0] / 2), 6.0, 1.0)
+    cx, cy = m @ np.array([mm(10 + 24), mm(15 + 5), 1.0])  # the comb's centre on the rotated page
+    assert x <= cx <= x + w and y <= cy <= y + h
+
+
+def test_fields_found_with_kinds_cells_and_order() -> None:
+    prepared = prepare_page(PageImage(1, _form(), dpi=DPI))
+    fields = find_fields(prepared)
+    summary = [(f.kind, len(f.cells)) for f in fields]
+    # Order: comb (y=15), squares (y=32), then one row: ticks (writing area above y=58, x=10) and
+    # the string box (y=45-57, x=60), left to right. The logo, text and signature line are not fields.
+    assert summary == [("boxes", 6), ("boxes", 4), ("boxes", 5), ("string", 1)]
+    widths = [c[2] for c in fields[0].cells]
+    assert max(widths) - min(widths) <= 3
+
+
+def test_digit_stroke_does_not_make_a_wall() -> None:
+    img = _blank()
+    _comb(img, 10, 15, 5)
+    # A '1' written tall in cell 2, touching the top and bottom lines.
+    cv2.line(img, (mm(10 + 12), mm(15)), (mm(10 + 12), mm(25)), 30, 3)
+    fields = find_fields(prepare_page(PageImage(1, img, dpi=DPI)))
+    assert [(f.kind, len(f.cells)) for f in fields] == [("boxes", 5)]
+
+
+def _digit_page() -> tuple[np.ndarray, FieldRegion]:
+    img = _blank(60, 30)
+    _comb(img, 5, 8, 3)
+    # Cell 0: a '7' whose stroke runs down through the bottom line; cell 1: dust only; cell 2: a '0'.
+    cv2.line(img, (mm(6.5), mm(10)), (mm(11), mm(10)), 20, 3)
+    cv2.line(img, (mm(11), mm(10)), (mm(8), mm(21)), 20, 3)
+    cv2.circle(img, (mm(17), mm(13)), 1, 60, -1)
+    cv2.ellipse(img, (mm(25), mm(13)), (mm(2), mm(3.3)), 0, 0, 360, 20, 3)
+    prepared = prepare_page(PageImage(1, img, dpi=DPI))
+    (field,) = find_fields(prepared)
+    return img, field
+
+
+def test_cells_cut_blank_and_crossing_strokes() -> None:
+    img, region = _digit_page()
+    prepared = prepare_page(PageImage(1, img, dpi=DPI))
+    cut = cut_field(prepared, region, name="f")
+    assert [s.blank for s in cut.slots] == [False, True, False]
+    seven = cut.slots[0].crop
+    assert seven.shape == (28, 28) and seven.max() > 200
+    # The part of the 7 below the bottom line was kept: its ink spans the 20-px box vertically,
+    # and the box line (which would be a full-width bar) is not in the crop.
+    rows = np.nonzero(seven.max(axis=1) > 60)[0]
+    assert rows.max() - rows.min() >= 18
+    assert (seven > 60).sum(axis=1).max() < 20
+    assert not cut.slots[1].crop.any()
+
+
+def test_string_split_drops_separators_and_splits_touching_digits() -> None:
+    h = 60
+    mask = np.zeros((h + 20, 400), np.uint8)
+    top, bot = 15, 15 + h
+
+    def one(x: int) -> None:
+        cv2.line(mask, (x, top), (x, bot), 1, 5)
+
+    def zero(x: int) -> None:
+        cv2.ellipse(mask, (x + 18, (top + bot) // 2), (18, h // 2), 0, 0, 360, 1, 5)
+
+    one(20)
+    zero(40)  # "10"
+    cv2.line(mask, (95, bot - 6), (135, top + 6), 1, 5)  # "/" (about 50 degrees)
+    zero(150)
+    zero(186)  # "00" touching (the ellipses share their edge)
+    cv2.circle(mask, (235, bot - 2), 3, 1, -1)  # "."
+    one(255)
+    cv2.line(mask, (280, top + h // 2), (320, top + h // 2), 1, 4)  # trailing "-"
+    pieces = split_string(mask.astype(bool), (0, 5, 400, h + 15))
+    xs = [p.x0 for p in pieces]
+    assert len(pieces) == 5, xs
+    assert xs == sorted(xs)
