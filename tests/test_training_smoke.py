@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def smoke_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    train(TrainConfig(arch="drnet", epochs=1, limit=3000, data_dir=str(data_dir), out=str(out), threads=1,
-                      seed=3, version="smoke"))  # fmt: skip
+    train(TrainConfig(arch="drnet", epochs=1, limit=4000, batch_size=64, data_dir=str(data_dir), out=str(out),
+                      threads=1, seed=3, version="smoke"))  # fmt: skip
     return out
 
 
@@ -42,7 +42,7 @@ def test_one_epoch_lowers_the_loss(smoke_run: Path, data_dir: Path) -> None:
         loss0 = float(torch.nn.functional.cross_entropy(untrained(x), y))
         model, _, _ = load_checkpoint_model(smoke_run)
         loss1 = float(torch.nn.functional.cross_entropy(model(x), y))
-    assert loss1 < 0.5 * loss0, (loss0, loss1)
+    assert loss1 < 0.75 * loss0, (loss0, loss1)
     assert history[0]["val_loss"] < loss0
 
 
@@ -95,9 +95,9 @@ def test_temperature_and_threshold_on_known_data() -> None:
     labels = rng.integers(0, 10, 4000)
     logits = rng.normal(0, 1, (4000, 10))
     logits[np.arange(4000), labels] += 4.0
-    sharp = logits * 3.0  # overconfident by a factor 3
-    t = calibrate.fit_temperature(sharp, labels)
-    assert 2.5 < t < 3.5
+    sharp = logits * 3.0  # the same predictions, 3x more confident
+    t_raw, t = calibrate.fit_temperature(logits, labels), calibrate.fit_temperature(sharp, labels)
+    assert abs(t / t_raw - 3.0) < 0.05  # temperature scaling undoes the factor exactly
     assert calibrate.ece(calibrate.softmax(sharp, t), labels) < calibrate.ece(calibrate.softmax(sharp, 1.0), labels)
     probs = calibrate.softmax(logits)
     thr = calibrate.choose_threshold(probs, labels, 0.001)
