@@ -2,7 +2,7 @@
 
 MNIST form: ink high (0 = paper, 255 = full ink), the ink's bounding box scaled to fit 20x20
 keeping its aspect ratio (anti-aliased), then placed in a 28x28 field so that its centre of mass
-sits at the centre (14, 14).
+sits at (14, 14) in pixel-index coordinates, where MNIST's own digits have it.
 """
 
 from __future__ import annotations
@@ -101,10 +101,11 @@ def normalize_ink(ink: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray
         return np.zeros((SIZE, SIZE), np.uint8)
     cy = float((small.sum(axis=1) * np.arange(nh)).sum() / total)
     cx = float((small.sum(axis=0) * np.arange(nw)).sum() / total)
-    # Translate so the centre of mass lands on (13.5, 13.5), the pixel-centre of the 28x28 field,
+    # Translate so the centre of mass lands on (14, 14) in pixel-index coordinates: that is where it
+    # sits in MNIST itself (mean over the test set: 13.99, 14.01; LeCun's "centre of the 28x28 field"),
     # clamped so the 20x20 box stays inside the field.
-    tx = min(max((SIZE - 1) / 2 - cx, 0.0), SIZE - nw)
-    ty = min(max((SIZE - 1) / 2 - cy, 0.0), SIZE - nh)
+    tx = min(max(SIZE / 2 - cx, 0.0), SIZE - nw)
+    ty = min(max(SIZE / 2 - cy, 0.0), SIZE - nh)
     m_aff = np.float32([[1, 0, tx], [0, 1, ty]])
     out = cv2.warpAffine(small, m_aff, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderValue=0.0)
     peak = float(out.max())
