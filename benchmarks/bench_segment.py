@@ -1,0 +1,97 @@
+"""Segmentation benchmark on generated scans: quality against ground truth and time per stage.
+
+    .venv/bin/python benchmarks/bench_segment.py --pages 200 --dpi 300 --format jpeg
+    .venv/bin/python benchmarks/bench_segment.py --pages 200 --dpi 300 --format png --style rough
+
+Generates the pages first (not timed; MNIST test digits from DIGITREADER_DATA_DIR), then for each
+page times decoding (load_pages) and each segmentation stage on ONE thread (cv2.setNumThreads(1)),
+and scores the result (digitreader.synth.score): fields found, merged fields, digit positions found
+and in order (a found box matches a true box when its centre lies inside it), blanks called blank.
+Prints a JSON summary on stdout and a Markdown table row on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import cv2
+
+from digitreader.pipeline.load import load_pages
+from digitreader.pipeline.segment import segment_page
+from digitreader.settings import Settings
+from digitreader.synth import generate, load_truth
+from digitreader.synth.score import score_page, summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pages", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--dpi", type=int, default=300)
+    ap.add_argument("--format", default="jpeg", choices=["png", "jpeg", "tiff", "pdf", "bmp", "mixed"])
+    ap.add_argument("--kind", default="mixed", choices=["form", "cheque", "mixed"])
+    ap.add_argument("--style", default="scan", choices=["clean", "scan", "rough"])
+    ap.add_argument("--dir", type=Path, default=None, help="reuse/keep the generated pages here")
+    args = ap.parse_args()
+    settings = Settings(pdf_dpi=args.dpi)
+    cv2.setNumThreads(1)
+    work = args.dir or Path(tempfile.mkdtemp(prefix="bench-segment-"))
+    files = sorted(p for p in work.glob("scan-*") if not p.name.endswith(".json")) if args.dir else []
+    if not files:
+        t = time.perf_counter()
+        files = generate(
+            work,
+            pages=args.pages,
+            seed=args.seed,
+            kind=args.kind,
+            fmt=args.format,
+            dpi=args.dpi,
+            style=args.style,
+            data_dir=settings.data_dir,
+        )
+        print(f"generated {args.pages} pages in {time.perf_counter() - t:.1f} s into {work}", file=sys.stderr)
+    total: Counter[str] = Counter()
+    per_page: list[dict[str, float]] = []
+    for f in files:
+        truth = load_truth(f)
+        t0 = time.perf_counter()
+        for page, tp in zip(load_pages(f, settings), truth["pages"], strict=True):
+            decode = time.perf_counter() - t0
+            cut = segment_page(page, settings)
+            total += score_page(tp, cut)
+            per_page.append({"decode": decode, **cut.timings})
+            t0 = time.perf_counter()
+    stages = ["decode", "prepare", "fields", "cut"]
+    ms = {k: round(1000 * statistics.mean(p[k] for p in per_page), 1) for k in stages}
+    totals = [1000 * sum(p[k] for k in stages) for p in per_page]
+    result = {
+        "pages": len(per_page),
+        "dpi": args.dpi,
+        "format": args.format,
+        "style": args.style,
+        **summary(total),
+        "ms_per_page": ms,
+        "ms_total_mean": round(statistics.mean(totals), 1),
+        "ms_total_p95": round(sorted(totals)[int(0.95 * (len(totals) - 1))], 1),
+        "machine": f"{platform.machine()}, {platform.python_version()}, opencv {cv2.__version__}, 1 thread",
+    }
+    print(json.dumps(result, indent=1))
+    r = result
+    print(
+        f"| {r['pages']} | {args.dpi} | {args.format} | {args.style} | {r['fields_found_pct']} | {r['merged_fields']} "
+        f"| {r['positions_found_pct']} | {r['positions_in_order_pct']} | {r['blanks_called_blank_pct']} "
+        f"| {ms['decode']} | {ms['prepare']} | {ms['fields']} | {ms['cut']} | {r['ms_total_mean']} |",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()
