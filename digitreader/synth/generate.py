@@ -334,7 +334,9 @@ def _fill_string(canvas: Canvas, it: Item) -> dict[str, Any]:
         top = y + (h - dh) // 2 + int(rng.uniform(-0.06, 0.06) * h) + (dh - g.shape[0]) // 2
         if ch.isdigit():
             c.darken(cursor, top, g, tone_ink)
-            digits.append({"position": len(digits), "bbox": _ink_bbox(g, cursor, top), "label": int(ch)})
+            ys, xs = np.nonzero(g > 0.25)
+            pts = np.stack([xs + cursor, ys + top], 1)[:: max(1, len(xs) // 400)]
+            digits.append({"position": len(digits), "bbox": _ink_bbox(g, cursor, top), "label": int(ch), "_ink": pts})
         elif ch != " ":
             c.darken(cursor, top, g, tone_ink)
         cursor += g.shape[1] + gap
@@ -462,7 +464,11 @@ def render_page(
     for f in fields:
         f["bbox"] = _map_box(matrix, f["bbox"], W, H)
         for d in f["digits"]:
-            d["bbox"] = _map_box(matrix, d["bbox"], W, H)
+            pts = d.pop("_ink", None)
+            # A written digit's box is the tight box of its ink as scanned; a cell's is its rotated box.
+            d["bbox"] = (
+                _map_points(matrix, pts, W, H) if pts is not None and len(pts) else _map_box(matrix, d["bbox"], W, H)
+            )
     truth = {
         "width": W,
         "height": H,
@@ -472,6 +478,13 @@ def render_page(
         "fields": fields,
     }
     return img, truth
+
+
+def _map_points(m: np.ndarray, pts: np.ndarray, W: int, H: int) -> list[int]:
+    p = np.hstack([pts.astype(np.float64), np.ones((len(pts), 1))]) @ m.T
+    x0, y0 = max(0, int(math.floor(p[:, 0].min()))), max(0, int(math.floor(p[:, 1].min())))
+    x1, y1 = min(W, int(math.ceil(p[:, 0].max())) + 1), min(H, int(math.ceil(p[:, 1].max())) + 1)
+    return [x0, y0, max(0, x1 - x0), max(0, y1 - y0)]
 
 
 def _map_box(m: np.ndarray, box: list[int], W: int, H: int) -> list[int]:
