@@ -135,3 +135,26 @@ def test_runtime_never_imports_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+@pytest.mark.slow
+def test_seeded_runs_are_identical_and_resume_continues_exactly(data_dir: Path, tmp_path: Path) -> None:
+    def cfg(out: Path) -> TrainConfig:
+        return TrainConfig(arch="drnet", epochs=2, limit=600, batch_size=64, data_dir=str(data_dir), out=str(out),
+                           threads=1, seed=11)  # fmt: skip
+
+    train(cfg(tmp_path / "a"), finalize_run=False)
+
+    def stop_after_first_epoch(phase: str, done: int, total: int, stats: dict[str, float]) -> None:
+        if phase == "epoch" and done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path / "b"), progress=stop_after_first_epoch, finalize_run=False)
+    assert len(json.loads((tmp_path / "b" / "history.json").read_text())) == 1
+    train(cfg(tmp_path / "b"), resume=True, finalize_run=False)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 1
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k

@@ -147,7 +147,8 @@ def val_set(splits: Splits) -> tuple[np.ndarray, np.ndarray]:
 ProgressFn = Callable[[str, int, int, dict[str, float]], None]  # (phase, done, total, stats)
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: ProgressFn | None = None) -> Path:
+def train(config: TrainConfig, *, resume: bool = False, progress: ProgressFn | None = None,
+          finalize_run: bool = True) -> Path:  # fmt: skip
     """Run (or resume) training; then calibrate, export and report. Returns the output folder."""
     cfg = config.resolved()
     out = Path(cfg.out)
@@ -220,8 +221,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: ProgressFn | N
                "seconds": time.perf_counter() - t0}  # fmt: skip
         history.append(row)
         log.info("epoch %d/%d %s", epoch + 1, cfg.epochs, {k: round(v, 5) for k, v in row.items()})
-        if progress:
-            progress("epoch", epoch + 1, cfg.epochs, row)
         torch.save({"config": dataclasses.asdict(cfg), "epoch": epoch, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "step_sched": step_sched.state_dict() if step_sched else None,
@@ -230,7 +229,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: ProgressFn | N
                    out / "checkpoint.tmp")  # fmt: skip
         (out / "checkpoint.tmp").replace(ckpt_path)
         (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    finalize(out, model=model, splits=splits, progress=progress)
+        if progress:  # after the checkpoint: an interrupt here loses nothing
+            progress("epoch", epoch + 1, cfg.epochs, row)
+    if finalize_run:
+        finalize(out, model=model, splits=splits, progress=progress)
     return out
 
 
