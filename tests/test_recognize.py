@@ -84,3 +84,25 @@ def test_shipped_manifest_matches_the_file() -> None:
     m = recognize.read_manifest()
     assert recognize._sha256(recognize.MODELS_DIR / m["model"]) == m["sha256"]
     assert (recognize.MODELS_DIR / "report.md").exists() and (recognize.MODELS_DIR / "report.json").exists()
+
+
+def test_evaluate_command_prints_json(data_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "digitreader", "evaluate", "--data-dir", str(data_dir),
+                           "--nondigits", "200"], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["n"] == 10000 and abs(out["accuracy"] - recognize.read_manifest()["mnist_test_accuracy"]) < 1e-9
+    assert 0 < out["coverage_at_threshold"] <= 1 and out["digits_per_s"] > 0 and 0 <= out["nondigits_rejected"] <= 1
+    assert "accuracy" in proc.stderr  # the human summary goes to stderr
+
+
+def test_evaluate_missing_data_is_dataset_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "digitreader", "evaluate", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == ExitCode.DATASET and "missing MNIST file" in proc.stderr and proc.stdout == ""
