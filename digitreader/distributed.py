@@ -195,7 +195,7 @@ class Deliveries:
     def _key(self, stage: str, document_id: int) -> str:
         return f"digitreader:{self.namespace}:deliveries:{stage}:{document_id}"
 
-    def start(self, stage: str, document_id: int) -> int:
+    def start(self, stage: str, document_id: int, deadline: float = 120.0) -> int:
         key = self._key(stage, document_id)
 
         def incr() -> int:
@@ -204,7 +204,7 @@ class Deliveries:
             pipe.expire(key, self.TTL)
             return int(pipe.execute()[0])
 
-        return retry_transient(incr, what="counting a delivery")
+        return retry_transient(incr, what="counting a delivery", deadline=deadline)
 
     def done(self, stage: str, document_id: int) -> None:
         key = self._key(stage, document_id)
@@ -356,7 +356,11 @@ def run_page_job(
     raised for the task to retry later. A bad document is stored as failed (the batch goes on).
     """
     engine = get_engine(settings)
-    job = retry_transient(lambda: load_job(engine, document_id), what=f"document {document_id}")
+    lim = limits(settings)
+    # Short in-task retries (the time limit is running); a longer outage is raised for the task to
+    # be retried later with backoff, off the clock.
+    wait = min(30.0, max(2.0, lim.soft / 3))
+    job = retry_transient(lambda: load_job(engine, document_id), what=f"document {document_id}", deadline=wait)
     if job is None:
         log.warning("document %s does not exist (batch deleted?): message dropped", document_id)
         return PageOutcome("missing")
@@ -364,21 +368,21 @@ def run_page_job(
     if job.status in FINISHED:
         dlog.info("already %s: nothing to do (duplicate delivery)", job.status)
         return PageOutcome("skipped", job)
-    lim = limits(settings)
-    n = deliveries.start("page", document_id)
+    n = deliveries.start("page", document_id, deadline=wait)
     try:
         if n > settings.max_redeliveries:
             msg = (f"{job.path}: the worker processing this document died {n - 1} times (crashed, killed, "
                    f"or past the hard time limit of {lim.hard:.0f} s); given up after "
                    f"{settings.max_redeliveries} deliveries")  # fmt: skip
             dlog.error("%s", msg)
-            retry_transient(lambda: store_failure(engine, document_id, "worker_lost", msg), what="storing")
-            retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch")
+            retry_transient(lambda: store_failure(engine, document_id, "worker_lost", msg), what="storing",
+                            deadline=wait)  # fmt: skip
+            retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch", deadline=wait)
             return PageOutcome("failed", job)
         if settings.test_crash_on and fnmatch.fnmatch(os.path.basename(job.path), settings.test_crash_on):
             dlog.error("DIGITREADER_TEST_CRASH_ON matches: exiting hard (tests only)")
             crash()
-        retry_transient(lambda: mark_processing(engine, document_id), what="marking processing")
+        retry_transient(lambda: mark_processing(engine, document_id), what="marking processing", deadline=wait)
         t0 = time.monotonic()
         template = None
         if job.template:
@@ -398,8 +402,9 @@ def run_page_job(
                 lambda: store_failure(engine, document_id, cut.error_code or "internal", message,
                                       page_count=cut.page_count, seconds=cut.seconds),  # fmt: skip
                 what="storing a failure",
+                deadline=wait,
             )
-            retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch")
+            retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch", deadline=wait)
             return PageOutcome("failed", job)
         cut = DocumentCut(job.path, cut.pages, None, None, cut.page_count, cut.seconds, cut.timings)
         blob = encode(cut)

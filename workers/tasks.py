@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from celery import Task, signals
-from celery.exceptions import Reject
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery_batches import Batches
 
 from digitreader import distributed as dist
@@ -102,6 +102,10 @@ def segment(self: Task, document_id: int) -> str:
 
     try:
         out = dist.run_page_job(doc_id, _settings, publish=publish, deliveries=get_deliveries(), encode=encode_cut)
+    except SoftTimeLimitExceeded as exc:
+        # Segmentation turns its own overrun into a `timeout` failure; out here the clock ran out
+        # while waiting for the database or the broker: try again later, off the clock.
+        raise dist.TransientError("time limit reached while waiting for the database or broker") from exc
     except Exception as exc:
         if dist.is_transient(exc):
             raise dist.TransientError(f"{type(exc).__name__}: {exc}") from exc
