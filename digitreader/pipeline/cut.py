@@ -110,9 +110,16 @@ def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float) ->
     n, labels, stats, _ = cv2.connectedComponentsWithStats(digit.astype(np.uint8), connectivity=8)
     keep = np.zeros(n, bool)
     min_area = max(2, int(0.0015 * w * h))
+    band_x, band_y = 0.14 * w, 0.14 * h
     for i in range(1, n):
-        area = int(stats[i, cv2.CC_STAT_AREA])
+        cx, cy, cw, ch, area = (int(v) for v in stats[i])
         if area < min_area:
+            continue
+        # Remnants of a box line (a faint or broken wall the line removal did not take): pieces lying
+        # entirely in the band along one edge of the cell and thin on average along it.
+        near_lr = cx >= ix1 - band_x or cx + cw <= ix0 + band_x
+        near_tb = cy >= iy1 - band_y or cy + ch <= iy0 + band_y
+        if (near_lr and area <= 0.1 * w * ch) or (near_tb and area <= 0.1 * h * cw):
             continue
         inside = int((labels[iy0:iy1, ix0:ix1] == i).sum())
         if inside >= 0.5 * area:

@@ -126,6 +126,15 @@ def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     cols = cv2.dilate(band, np.ones((1, 3), np.uint8)).astype(bool).mean(axis=0)
     walls = _runs(cols >= WALL_COVER)
     walls = [wl for wl in walls if wl[1] - wl[0] <= g.mm(1.5) + 2]
+    # Two squares that nearly touch give two walls with a sliver of paper between: one separator,
+    # whose outer edges bound the cells on either side.
+    merged: list[tuple[int, int]] = []
+    for wl in walls:
+        if merged and wl[0] - merged[-1][1] < g.mm(2.0):
+            merged[-1] = (merged[-1][0], wl[1])
+        else:
+            merged.append(wl)
+    walls = merged
     if len(walls) < 2:
         return None
     walls = _fit_grid(walls, max(g.mm(3.0), 0.45 * inner_h))

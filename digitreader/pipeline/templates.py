@@ -159,7 +159,7 @@ def _match(template: Template, found: list[FieldRegion], s: float, tx: float, ty
 def register(template: Template, found: list[FieldRegion], ppm: float) -> tuple[float, float, float, dict[int, int]]:
     """Scale and shift (mm -> prepared px) that best lay the template on the found fields."""
     best: tuple[int, float, float, float, dict[int, int]] = (0, ppm, 0.0, 0.0, {})
-    for i, tf in enumerate(template.fields):
+    for tf in template.fields:
         cx, cy = _centre(tf.region)
         for r in found:
             if not _compatible(tf, r):
