@@ -589,12 +589,14 @@ def generate(
     digit_source: DigitSource | None = None,
     data_dir: Path | str | None = None,
     layout: str | None = None,
+    tiff_variant: str = "8bit",
     on_page: Callable[[int], None] | None = None,
 ) -> list[Path]:
     """Generate `pages` pages into `out_dir` (files + NAME.truth.json); returns the files written.
 
     `digit_source(label, rng)` supplies digit images (ink high); default: MNIST test digits from
-    `data_dir`. `per_file` > 1 puts several pages in one file for TIFF and PDF.
+    `data_dir`. `per_file` > 1 puts several pages in one file for TIFF and PDF; `tiff_variant` is
+    8bit, 1bit (Group 4, like a fax), 16bit or alpha (with `fmt="mixed"` it is drawn at random).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
@@ -619,7 +621,7 @@ def generate(
         n = min(per_file if f in ("tiff", "pdf") else 1, pages - done)
         variant = "8bit"
         if f == "tiff":
-            variant = ("8bit", "1bit", "16bit", "alpha")[int(rng.integers(4))] if fmt == "mixed" else "8bit"
+            variant = ("8bit", "1bit", "16bit", "alpha")[int(rng.integers(4))] if fmt == "mixed" else tiff_variant
         imgs, truths = [], []
         for p in range(n):
             k = kind if kind != "mixed" else ("form" if rng.random() < 0.7 else "cheque")

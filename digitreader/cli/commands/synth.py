@@ -26,6 +26,7 @@ def synth(
     layout: str | None = typer.Option(
         None, "--layout", help="Form layout: account, survey or order (default: random)."
     ),
+    tiff_variant: str = typer.Option("8bit", "--tiff-variant", help="TIFF pixels: 8bit, 1bit, 16bit or alpha."),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Folder holding mnist/ (default: DIGITREADER_DATA_DIR)."
     ),
@@ -47,6 +48,8 @@ def synth(
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if style not in STYLES:
         raise UsageError(f"--style must be one of {', '.join(STYLES)}, not {style!r}")
+    if tiff_variant not in ("8bit", "1bit", "16bit", "alpha"):
+        raise UsageError(f"--tiff-variant must be 8bit, 1bit, 16bit or alpha, not {tiff_variant!r}")
     if layout is not None and layout not in FORM_LAYOUTS:
         raise UsageError(f"--layout must be one of {', '.join(FORM_LAYOUTS)}, not {layout!r}")
     source_dir = data_dir or get_settings().data_dir
@@ -63,6 +66,7 @@ def synth(
             per_file=per_file,
             data_dir=source_dir,
             layout=layout,
+            tiff_variant=tiff_variant,
             on_page=lambda n: bar.advance(task, n),
         )
     for f in files:
