@@ -73,16 +73,16 @@ def remove_lines(win: _Window, max_t: int, level: float = 0.6) -> np.ndarray:
             continue
         above = np.convolve(out[a], k, "same") > 0
         below = np.convolve(out[b], k, "same") > 0
-        cross = above & below
-        out[band[0] : band[-1] + 1, cross] |= ink[band[0] : band[-1] + 1, cross]
+        cross = (above & below)[None, :]
+        out[band[0] : band[-1] + 1] |= ink[band[0] : band[-1] + 1] & cross
     for band in _bands(cols):
         a, b = band[0] - 1, band[-1] + 1
         if a < 0 or b >= w:
             continue
         left = np.convolve(out[:, a], k, "same") > 0
         right = np.convolve(out[:, b], k, "same") > 0
-        cross = left & right
-        out[np.ix_(cross, np.arange(band[0], band[-1] + 1))] |= ink[np.ix_(cross, np.arange(band[0], band[-1] + 1))]
+        cross = (left & right)[:, None]
+        out[:, band[0] : band[-1] + 1] |= ink[:, band[0] : band[-1] + 1] & cross
     return out
 
 

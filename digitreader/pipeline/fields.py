@@ -279,14 +279,15 @@ def find_fields(prepared: PreparedPage, settings: Settings | None = None) -> lis
         x, y, w, h, area = (int(v) for v in stats[i])
         if w < g.mm(2.5) or area < g.mm(6):
             continue
-        tall_enough = h >= g.mm(3.5)
-        if not tall_enough and w < g.mm(10):
-            continue
-        if h > g.mm(40):
+        # Cheap tests on the piece's box first: a frame is at least a cell tall and its outline
+        # alone has about (w + h) * 2 pixels; a tick row is long and mostly line.
+        frame_like = h >= g.mm(4.5) and w >= g.mm(3.5) and area >= 1.5 * (w + h)
+        ticks_like = w >= g.mm(10) and area >= 0.8 * w
+        if h > g.mm(40) or not (frame_like or ticks_like):
             continue
         sub = (labels[y : y + h, x : x + w] == i).astype(np.uint8)
-        fd = _frame(sub, x, y, g) if tall_enough else None
-        if fd is None and w >= g.mm(10):
+        fd = _frame(sub, x, y, g) if frame_like else None
+        if fd is None and ticks_like:
             fd = _ticks(sub, x, y, g)
         if fd is None:
             continue

@@ -169,9 +169,11 @@ def map_box(
 ) -> tuple[int, int, int, int]:
     """A prepared-page box -> the axis-aligned box of its corners on the page as submitted (clipped)."""
     x, y, w, h = box
-    pts = np.array([[x, y, 1.0], [x + w, y, 1.0], [x, y + h, 1.0], [x + w, y + h, 1.0]]) @ to_original.T
-    x0 = max(0, int(math.floor(pts[:, 0].min())))
-    y0 = max(0, int(math.floor(pts[:, 1].min())))
-    x1 = min(width, int(math.ceil(pts[:, 0].max())))
-    y1 = min(height, int(math.ceil(pts[:, 1].max())))
+    (a, b, c), (d, e, f) = to_original.tolist()
+    xs = [a * px + b * py + c for px, py in ((x, y), (x + w, y), (x, y + h), (x + w, y + h))]
+    ys = [d * px + e * py + f for px, py in ((x, y), (x + w, y), (x, y + h), (x + w, y + h))]
+    x0 = max(0, int(math.floor(min(xs))))
+    y0 = max(0, int(math.floor(min(ys))))
+    x1 = min(width, int(math.ceil(max(xs))))
+    y1 = min(height, int(math.ceil(max(ys))))
     return (x0, y0, max(0, x1 - x0), max(0, y1 - y0))
