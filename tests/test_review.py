@@ -20,6 +20,7 @@ from digitreader.export import export_json
 from digitreader.review import service
 from digitreader.review.app import check_bind, create_app
 from digitreader.settings import Settings
+from tests.test_db import pg_url  # noqa: F401, F811  (fixture)
 
 
 def build_review_db(base: Path, data_dir: Path, pages: int = 2, seed: int = 5) -> tuple[Path, int]:
@@ -279,3 +280,32 @@ def test_web_token_required_off_loopback(rsettings: Settings) -> None:
     r = c2.get("/?token=a-long-enough-token", follow_redirects=False)
     assert r.status_code == 303 and "token" not in r.headers["location"]
     assert c2.get("/").status_code == 200
+
+
+@pytest.mark.integration
+def test_review_on_postgresql(pg_url: str, tmp_path: Path, data_dir: Path) -> None:  # noqa: F811
+    """The same corrections on PostgreSQL (row locks, JSON columns), read back by retraining."""
+    from digitreader import registry
+    from digitreader.db.migrate import upgrade
+    from digitreader.db.session import get_engine
+    from digitreader.pipeline.process import process_batch
+    from digitreader.synth import generate
+    from training.corrections import HardStyleDigits
+
+    settings = Settings(home=tmp_path / "home", database_url=pg_url, data_dir=data_dir, workers=1,
+                        _env_file=None)  # type: ignore[call-arg]  # fmt: skip
+    upgrade(get_engine(settings, check_schema=False))
+    scans = generate(tmp_path / "scans", pages=1, seed=9, kind="form", style="clean",
+                     digit_source=HardStyleDigits(), data_dir=data_dir)  # fmt: skip
+    batch = process_batch(scans, settings).batch_id
+    with session_scope(settings) as s:
+        items = service.list_queue(s, batch_id=batch)
+        assert items
+        for it in items[:5]:
+            service.apply_correction(s, it.digit_id, 3, reviewer="pg", source="cli")
+    with session_scope(settings) as s:
+        corrected = registry.corrected_digits(s)
+        assert len(corrected) == len({bytes(s.get(Digit, it.digit_id).crop) for it in items[:5]})
+        assert set(corrected.labels.tolist()) == {3}
+        service.undo(s, reviewer="pg")
+        assert service.queue_counts(s, batch_id=batch)["left"] == len(items) - 4
