@@ -208,7 +208,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
     med_h = float(np.median(tall)) if tall.size else float(heights.max())
     digits = [p for p in merged if p.h >= 0.5 * med_h and not _is_slash(p, med_h)]
     single = [p.w for p in digits if 0.3 * p.h <= p.w <= 1.1 * p.h]
-    est_w = max(float(np.median(single)) if len(single) >= 2 else 0.0, 0.6 * med_h)
+    est_w = max(float(np.median(single)) if len(single) >= 2 else 0.0, 0.7 * med_h)
     out: list[_Piece] = []
     for p in digits:
         k = _touching_count(p, est_w)
@@ -216,7 +216,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
         # A split is right only when every part is digit-sized (not a 5's bar or a 2's tail).
         if k >= 2 and not (
             all(q.h >= 0.6 * med_h and q.w >= 0.25 * med_h for q in parts)
-            and (p.w >= 1.75 * est_w or _thin_necks(p, parts))
+            and (p.w >= 2.0 * est_w or _thin_necks(p, parts))
         ):
             parts = [p]
         out.extend(parts)
