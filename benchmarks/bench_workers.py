@@ -1,0 +1,206 @@
+"""Distributed vs embedded throughput on the same pages, the Celery/broker overhead per page, and
+how crops should travel between the pools (message bytes vs the database).
+
+    .venv/bin/python benchmarks/bench_workers.py --pages 16
+    (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379; a fresh database per run)
+
+Runs, each on a fresh PostgreSQL database with the same generated pages (300-dpi A4 forms):
+- embedded `process_batch` with 1 and 2 segmentation processes;
+- distributed: `digitreader worker --pool page -c 1` (then -c 2) + one inference worker, started
+  and idle before the clock starts; time from `submit_batch` to the batch finished.
+Overhead per page (1 page process): 1 - (sum of the documents' decode+segment seconds) / wall
+time, i.e. the share of the page process's time not spent segmenting: fetching the message,
+reading/marking the document, encoding and publishing the crops, delivery counting, idle gaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, select, text  # noqa: E402
+
+from digitreader import distributed as dist  # noqa: E402
+from digitreader.db import Document, session_scope  # noqa: E402
+from digitreader.db.migrate import upgrade  # noqa: E402
+from digitreader.db.session import dispose_engines, make_engine  # noqa: E402
+from digitreader.settings import Settings  # noqa: E402
+
+PG_ADMIN = os.environ.get("DIGITREADER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def fresh_db() -> str:
+    name = f"digitreader_bench_{secrets.token_hex(4)}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    admin.dispose()
+    eng = make_engine(url)
+    upgrade(eng)
+    eng.dispose()
+    return url
+
+
+def drop_db(url: str) -> None:
+    dispose_engines()
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def seg_seconds(settings: Settings, batch_id: int) -> float:
+    with session_scope(settings) as s:
+        rows = s.scalars(select(Document.timings).where(Document.batch_id == batch_id)).all()
+    return sum(float((t or {}).get("decode", 0)) + float((t or {}).get("segment", 0)) for t in rows)
+
+
+def run_embedded(files: list[str], procs: int, home: Path) -> dict[str, Any]:
+    from digitreader.pipeline.process import load_predictor, process_batch
+
+    url = fresh_db()
+    try:
+        settings = Settings(_env_file=None, home=home, database_url=url, workers=procs)  # type: ignore[call-arg]
+        pred = load_predictor(settings)
+        rep = process_batch(files, settings, predictor=pred)
+        return {"mode": "embedded", "procs": procs, "seconds": rep.seconds, "pages_per_s": len(files) / rep.seconds,
+                "segment_seconds": seg_seconds(settings, rep.batch_id), "status": rep.status}  # fmt: skip
+    finally:
+        drop_db(url)
+
+
+def run_distributed(files: list[str], procs: int, home: Path, broker: str, logs: Path) -> dict[str, Any]:
+    url = fresh_db()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITREADER_")}
+    env.update(DIGITREADER_HOME=str(home), DIGITREADER_DATABASE_URL=url, DIGITREADER_BROKER_URL=broker,
+               PYTHONPATH=str(ROOT))  # fmt: skip
+    settings = Settings(_env_file=None, home=home, database_url=url, broker_url=broker)  # type: ignore[call-arg]
+    workers = []
+    try:
+        for pool, c in (("page", procs), ("infer", 1)):
+            log = open(logs / f"{pool}-{procs}.log", "wb")  # noqa: SIM115
+            workers.append(subprocess.Popen([sys.executable, "-m", "digitreader", "worker", "--pool", pool, "-c",
+                                             str(c), "--loglevel", "WARNING"], cwd=ROOT, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+        end = time.monotonic() + 120
+        while time.monotonic() < end:  # both pools up and idle
+            st = dist.broker_status(settings)
+            if {q for w in st["workers"] for q in w["queues"]} >= {"pages", "infer"}:
+                break
+            time.sleep(0.5)
+        time.sleep(2)
+        t0 = time.perf_counter()
+        sub = dist.submit_batch(files, settings)
+        prog = dist.wait_for_batch(sub.batch_id, settings, poll=0.1, timeout=900)
+        wall = time.perf_counter() - t0
+        seg = seg_seconds(settings, sub.batch_id)
+        return {"mode": "distributed", "procs": procs, "seconds": wall, "pages_per_s": len(files) / wall,
+                "segment_seconds": seg, "overhead_share": 1 - seg / (wall * procs), "status": prog.status}  # fmt: skip
+    finally:
+        for w in workers:
+            os.killpg(w.pid, signal.SIGTERM)
+        for w in workers:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(w.pid, signal.SIGKILL)
+        drop_db(url)
+
+
+def transport(files: list[str], broker: str) -> dict[str, Any]:
+    """Per page: crops as bytes in the message (encode, base64, Redis round trip, decode) vs
+    through PostgreSQL (insert header + raw crops, commit, select, delete, rebuild)."""
+    import redis
+
+    from digitreader.pipeline.process import segment_document
+    from workers.codec import decode_cut, encode_cut, from_text, to_text
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    cuts = [segment_document(f, settings) for f in files]
+    r = redis.Redis.from_url(broker)
+    key = f"bench:transport:{secrets.token_hex(4)}"
+    t = time.perf_counter()
+    sizes = []
+    for c in cuts:
+        msg = to_text(encode_cut(c))
+        sizes.append(len(msg))
+        r.lpush(key, msg)
+        decode_cut(from_text(r.rpop(key).decode()))
+    msg_s = (time.perf_counter() - t) / len(cuts)
+    url = fresh_db()
+    eng = make_engine(url)
+    try:
+        with eng.begin() as c:
+            c.execute(text("CREATE TABLE staging (id serial PRIMARY KEY, header jsonb, crops bytea)"))
+        t = time.perf_counter()
+        for cut in cuts:
+            crops = b"".join(p.crops().tobytes() for p in cut.pages)
+            header = json.dumps({"path": cut.path, "pages": len(cut.pages)})
+            with eng.begin() as c:
+                i = c.execute(text("INSERT INTO staging (header, crops) VALUES (:h, :c) RETURNING id"),
+                              {"h": header, "c": crops}).scalar()  # fmt: skip
+            with eng.begin() as c:
+                row = c.execute(text("SELECT header, crops FROM staging WHERE id = :i"), {"i": i}).one()
+                c.execute(text("DELETE FROM staging WHERE id = :i"), {"i": i})
+            assert len(row.crops) == len(crops)
+        db_s = (time.perf_counter() - t) / len(cuts)
+    finally:
+        eng.dispose()
+        drop_db(url)
+    raw = sum(c.crops for c in cuts) * 784 / len(cuts)
+    return {"message_ms_per_page": 1000 * msg_s, "database_ms_per_page": 1000 * db_s,
+            "message_bytes_per_page": sum(sizes) / len(sizes), "raw_crop_bytes_per_page": raw}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pages", type=int, default=16)
+    ap.add_argument("--broker", default="redis://127.0.0.1:6379/14", help="an otherwise unused Redis database")
+    default_data = os.environ.get("DIGITREADER_DATA_DIR", str(ROOT.parent / "shared" / "datasets"))
+    ap.add_argument("--data-dir", default=default_data)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    from digitreader.synth import generate
+
+    with tempfile.TemporaryDirectory(prefix="bench_workers_") as tmp:
+        base = Path(tmp)
+        files = [str(f) for f in generate(base / "scans", pages=args.pages, seed=77, fmt="png", kind="form",
+                                          data_dir=Path(args.data_dir))]  # fmt: skip
+        files = [f for f in files if f.endswith(".png")]
+        logs = base / "logs"
+        logs.mkdir()
+        rows = []
+        for procs in (1, 2):
+            rows.append(run_embedded(files, procs, base / f"home-e{procs}"))
+            print(rows[-1], file=sys.stderr)
+            rows.append(run_distributed(files, procs, base / f"home-d{procs}", args.broker, logs))
+            print(rows[-1], file=sys.stderr)
+        tr = transport(files, args.broker)
+        print(tr, file=sys.stderr)
+    result = {"pages": len(files), "cores": os.cpu_count(), "runs": rows, "transport": tr}
+    print(json.dumps(result, indent=1))
+    print("\n| mode | page processes | seconds | pages/s | segmentation share of page-process time |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        share = r["segment_seconds"] / (r["seconds"] * r["procs"])
+        print(f"| {r['mode']} | {r['procs']} | {r['seconds']:.1f} | {r['pages_per_s']:.2f} | {100 * share:.0f} % |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
