@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from digitreader.cli.output import err, progress
-from digitreader.errors import BrokerError, ExitCode, InputError, UsageError
+from digitreader.errors import BrokerError, InputError, UsageError
 from digitreader.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,10 @@ def submit_distributed(
         raise InputError(f"every document of batch {sub.batch_id} failed", code="batch_failed",
                          hint=f"digitreader status {sub.batch_id} lists the reasons")  # fmt: skip
     if prog.status == "partial":
-        typer.echo(f"digitreader: some documents of batch {sub.batch_id} failed; "
-                   f"digitreader status {sub.batch_id} lists them", err=True)  # fmt: skip
-        raise typer.Exit(int(ExitCode.PARTIAL))
+        from digitreader.cli.commands.submit import PartialBatchError
+
+        raise PartialBatchError(f"{prog.counts.get('failed', 0)} document(s) of batch {sub.batch_id} failed; "
+                                "the others were stored", hint=f"digitreader status {sub.batch_id} lists the reasons")
 
 
 def _warn_without_workers(settings: Settings) -> None:
