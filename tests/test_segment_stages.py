@@ -165,7 +165,8 @@ def test_string_split_drops_separators_and_splits_touching_digits() -> None:
     zero(40)  # "10"
     cv2.line(mask, (95, bot - 6), (135, top + 6), 1, 5)  # "/" (about 50 degrees)
     zero(150)
-    zero(186)  # "00" touching (the ellipses share their edge)
+    zero(196)  # "00" joined by the pen dragged from one zero to the next (a thin neck)
+    cv2.line(mask, (186, (top + bot) // 2), (196, (top + bot) // 2), 1, 4)
     cv2.circle(mask, (235, bot - 2), 3, 1, -1)  # "."
     one(255)
     cv2.line(mask, (280, top + h // 2), (320, top + h // 2), 1, 4)  # trailing "-"

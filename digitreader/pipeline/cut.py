@@ -206,7 +206,13 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
     heights = np.array([p.h for p in merged], float)
     tall = heights[heights >= 0.4 * field_h]
     med_h = float(np.median(tall)) if tall.size else float(heights.max())
-    digits = [p for p in merged if p.h >= 0.5 * med_h and not _is_slash(p, med_h)]
+    tall_pieces = [p for p in merged if p.h >= 0.5 * med_h]
+    # A '/' stands between digits (dates) and is shorter than them; a slanted '1' may stand anywhere.
+    digits = [
+        p
+        for i, p in enumerate(tall_pieces)
+        if not (0 < i < len(tall_pieces) - 1 and p.h <= 0.92 * med_h and _is_slash(p, med_h))
+    ]
     single = [p.w for p in digits if 0.3 * p.h <= p.w <= 1.1 * p.h]
     est_w = max(float(np.median(single)) if len(single) >= 2 else 0.0, 0.7 * med_h)
     out: list[_Piece] = []
