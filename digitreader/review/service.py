@@ -142,10 +142,13 @@ def list_queue(
         stmt = stmt.order_by(Digit.confidence.is_not(None), Digit.confidence, Digit.id)
         if limit is not None:
             stmt = stmt.limit(limit).offset(offset)
-        rows = session.execute(stmt).all()
+        rows = list(session.execute(stmt).all())
     else:
-        rows = session.execute(stmt).all()
-        rows.sort(key=lambda r: (_margin(r[0].top3) if r[0].top3 else -1.0, r[0].id))
+        def key(r: Any) -> tuple[float, int]:
+            m = _margin(r[0].top3)
+            return (-1.0 if m is None else m, r[0].id)
+
+        rows = sorted(session.execute(stmt).all(), key=key)
         rows = rows[offset : offset + limit if limit is not None else None]
     return [
         QueueItem(
@@ -255,7 +258,7 @@ def refresh_field(field: Field) -> None:
     """Re-derive a field's value, confidence and flags from its digits (after a correction or undo)."""
     read = [d for d in field.digits if not d.blank and d.label is not None]
     field.value = "".join(str(d.label) for d in read)
-    confs = [1.0 if d.corrections else float(d.confidence) for d in read if d.corrections or d.confidence is not None]
+    confs = [1.0 if d.corrections or d.confidence is None else float(d.confidence) for d in read]
     field.confidence = float(np.prod(confs)) if confs else None
     flags: list[str] = []
     if any(d.needs_review and not d.non_digit for d in field.digits if not d.blank):
