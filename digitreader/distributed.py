@@ -670,6 +670,60 @@ def publish_documents(settings: Settings) -> Callable[[Sequence[int]], None]:
     return publish
 
 
+# ------------------------------------------------------------------------------------ orphans
+
+
+def requeue_orphans(settings: Settings, *, min_age: float | None = None) -> list[int]:
+    """Publish again the documents of running distributed batches that are still pending although
+    no message for them exists any more (none waiting, none delivered and unacknowledged), for
+    longer than `min_age` seconds (default: the visibility timeout).
+
+    The safety net for the one window the broker cannot cover: Redis dying between handing a
+    message to a worker and recording it as unacknowledged (kombu's Redis transport does the two
+    in separate commands), which leaves the message only in that worker's memory. A republished
+    document that was not lost after all is harmless: tasks are idempotent."""
+    import datetime as dt
+
+    import redis
+
+    age = float(min_age if min_age is not None else limits(settings).visibility)
+    client = redis.Redis.from_url(settings.broker_url or "", socket_timeout=5, socket_connect_timeout=3)
+    if any(int(client.llen(q)) for q in QUEUES) or int(client.hlen("unacked")):
+        return []  # work in flight: nothing can be called an orphan now
+    engine = get_engine(settings)
+    cutoff = store.now() - dt.timedelta(seconds=age)
+    with session_scope(engine=engine) as s:
+        ids = list(
+            s.scalars(
+                select(Document.id)
+                .join(Batch, Batch.id == Document.batch_id)
+                .where(
+                    Batch.status.in_(store.UNFINISHED_BATCH),
+                    Batch.mode == "distributed",
+                    Document.status.in_(PENDING),
+                    func.coalesce(Document.started_at, Batch.created_at) < cutoff,
+                )
+                .order_by(Document.id)
+            ).all()
+        )
+    if ids:
+        log.warning("re-queueing %d document(s) with no message left for them: %s", len(ids), ids[:20])
+        publish_documents(settings)(ids)
+    return ids
+
+
+def sweep_orphans_forever(settings: Settings, interval: float | None = None) -> None:
+    """`requeue_orphans` every `interval` seconds (default: half the visibility timeout); the
+    inference worker runs this in a daemon thread. Errors are logged, never raised."""
+    pause = float(interval if interval is not None else max(5, limits(settings).visibility // 2))
+    while True:
+        time.sleep(pause)
+        try:
+            requeue_orphans(settings)
+        except Exception as exc:
+            log.warning("orphan sweep skipped: %s", _short(exc))
+
+
 # ------------------------------------------------------------------------------------- watching
 
 

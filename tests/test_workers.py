@@ -468,3 +468,23 @@ def test_codec_round_trip_is_exact(small_pages: list[Path]) -> None:
         decode_cut(b"DRC1garbage")
     with pytest.raises(CodecError):
         decode_cut(b"not a cut")
+
+
+def test_lost_messages_are_requeued(tmp_path: Path, pg_db: str, redis_url: str, small_pages: list[Path]) -> None:
+    """Documents pending with no message anywhere (the broker lost it) are published again by the
+    orphan sweep; documents whose messages are in flight are left alone."""
+    import redis
+
+    files = variants(small_pages, 3, tmp_path / "scans")
+    settings = make_settings(base_env(tmp_path, pg_db, redis_url, None))
+    sub = dist.submit_batch([str(f) for f in files], settings, publish=lambda ids: None)  # "lost" on the way
+    assert sub.queued == 3
+    client = redis.Redis.from_url(redis_url)
+    client.delete("pages", "infer", "unacked")
+    client.rpush("infer", "in flight")  # a message anywhere: nothing is an orphan yet
+    assert dist.requeue_orphans(settings, min_age=0) == []
+    client.delete("infer")
+    assert dist.requeue_orphans(settings, min_age=3600) == []  # too recent
+    ids = dist.requeue_orphans(settings, min_age=0)
+    assert len(ids) == 3 and client.llen("pages") == 3
+    client.delete("pages")

@@ -81,6 +81,12 @@ def worker(
         from workers.tasks import get_predictor
 
         get_predictor()  # load once, now: a missing or corrupt model stops the worker with exit 5
+        import threading
+
+        from digitreader.distributed import sweep_orphans_forever
+
+        # Safety net for documents whose message the broker lost (see requeue_orphans).
+        threading.Thread(target=sweep_orphans_forever, args=(settings,), name="orphan-sweep", daemon=True).start()
     log.info("starting the %s pool: celery %s", pool, " ".join(argv))
     celery_app.worker_main(argv)
 
