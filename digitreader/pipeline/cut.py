@@ -122,7 +122,9 @@ def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float) ->
         if (near_lr and area <= 0.1 * w * ch) or (near_tb and area <= 0.1 * h * cw):
             continue
         inside = int((labels[iy0:iy1, ix0:ix1] == i).sum())
-        if inside >= 0.5 * area:
+        # Mostly inside; or a digit pushed through the top/bottom line: within the cell's columns.
+        columns = min(cx + cw, ix1) - max(cx, ix0)
+        if inside >= 0.5 * area or (inside >= 0.2 * area and columns >= 0.7 * cw):
             keep[i] = True
     mask = keep[labels]
     box = map_box(prepared.to_original, cell, prepared.width, prepared.height)

@@ -116,21 +116,26 @@ def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     if len(hl) < 2:
         return None
     top, bottom = hl[0], hl[-1]
+    # A digit stroke lying along a line thickens it: the line is as thick as the thinner of the two.
+    t_line = min(top[1] - top[0], bottom[1] - bottom[0])
+    if t_line > g.mm(1.5) + 2:
+        return None  # a solid block (logo), not a frame
+    top = (top[0], min(top[1], top[0] + t_line + 1))
+    bottom = (max(bottom[0], bottom[1] - t_line - 1), bottom[1])
     inner_h = bottom[0] - top[1]
     if inner_h < g.mm(4.5) or inner_h > g.mm(30):
         return None
-    # Thick solid blocks (logos) are not frames.
-    if (top[1] - top[0]) > g.mm(1.5) + 2 or (bottom[1] - bottom[0]) > g.mm(1.5) + 2:
-        return None
+    if float((rows[top[1] : bottom[0]] >= 0.95).mean()) > 0.85:
+        return None  # solid inside: a filled block
     band = sub[top[1] : bottom[0]]
     cols = cv2.dilate(band, np.ones((1, 3), np.uint8)).astype(bool).mean(axis=0)
     walls = _runs(cols >= WALL_COVER)
-    walls = [wl for wl in walls if wl[1] - wl[0] <= g.mm(1.5) + 2]
+    walls = [wl for wl in walls if wl[1] - wl[0] <= g.mm(3.0) + 2]  # two walls of touching squares: wide
     # Two squares that nearly touch give two walls with a sliver of paper between: one separator,
     # whose outer edges bound the cells on either side.
     merged: list[tuple[int, int]] = []
     for wl in walls:
-        if merged and wl[0] - merged[-1][1] < g.mm(2.0):
+        if merged and wl[0] - merged[-1][1] < g.mm(0.8):
             merged[-1] = (merged[-1][0], wl[1])
         else:
             merged.append(wl)

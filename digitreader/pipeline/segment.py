@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.prepare import prepare_page
 from digitreader.settings import Settings
 from digitreader.types import PageCut, PageImage, PreparedPage
+
+if TYPE_CHECKING:
+    from digitreader.pipeline.templates import Template
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ def check_page(page: PageImage, prepared: PreparedPage) -> None:
         )
 
 
-def segment_page(page: PageImage, settings: Settings | None = None, template: object | None = None) -> PageCut:
+def segment_page(page: PageImage, settings: Settings | None = None, template: Template | None = None) -> PageCut:
     """Find and cut every digit of a page. Boxes are in the coordinates of the page as submitted.
 
     With a `template` (see `templates.load_template`), the page is registered to it and its fields
@@ -54,7 +58,7 @@ def segment_page(page: PageImage, settings: Settings | None = None, template: ob
     if template is not None:
         from digitreader.pipeline.templates import apply_template
 
-        regions = apply_template(prepared, template)  # type: ignore[arg-type]
+        regions = apply_template(prepared, template)
     else:
         regions = find_fields(prepared, settings)
     t2 = time.perf_counter()
