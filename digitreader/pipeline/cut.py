@@ -243,14 +243,33 @@ def _stroke_width(p: _Piece) -> float:
     return min(widths) if widths else 1.0
 
 
+def _hole_spans(p: _Piece) -> list[tuple[int, int]]:
+    """Column ranges (piece coordinates) of the loops of a piece (the holes of a 0, 6, 8, 9)."""
+    sub = p.mask[p.y0 : p.y1, p.x0 : p.x1].astype(np.uint8)
+    contours, hierarchy = cv2.findContours(sub, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    spans = []
+    if hierarchy is not None:
+        for cnt, h in zip(contours, hierarchy[0], strict=True):
+            if h[3] >= 0 and cv2.contourArea(cnt) >= 4:  # a hole: a contour with a parent
+                x, _, w, _ = cv2.boundingRect(cnt)
+                spans.append((x, x + w))
+    return spans
+
+
 def _thin_necks(p: _Piece, parts: list[_Piece]) -> bool:
-    """Touching digits meet at a neck about one pen stroke thick; a cut through a digit is thicker."""
+    """Touching digits meet at a neck about one pen stroke thick; a cut through a digit is thicker.
+
+    A cut through a loop (the hole of a wide 0) is never a neck between two digits.
+    """
     prof = p.mask[:, p.x0 : p.x1].sum(axis=0)
     pen = _stroke_width(p)
+    holes = _hole_spans(p)
     for q in parts[1:]:
         c = q.x0 - p.x0
         lo, hi = max(0, c - 1), min(prof.size, c + 2)
         if hi <= lo or float(prof[lo:hi].min()) > 1.8 * pen:
+            return False
+        if any(a + 1 < c < b - 1 for a, b in holes):
             return False
     return True
 
