@@ -37,7 +37,7 @@ from digitreader.settings import Settings
 from training import archs
 from training.augment import augment_batch
 from training.data import load_mnist, train_val_split
-from training.fit import evaluate, train_one_epoch
+from training.fit import evaluate
 from training.nondigits import generate_nondigits
 from training.run import SPLIT_SEED, VAL_SIZE, TrainConfig, finalize, seed_everything
 
@@ -123,6 +123,7 @@ class RetrainConfig:
     batch_size: int = 128
     weight: int = 20  # times each trainable corrected digit is seen per epoch
     mnist_per_epoch: int = 20_000  # MNIST training digits sampled per epoch (0 = none, None = all)
+    distill: float = 1.0  # weight of the base model's soft labels on MNIST/non-digit samples (keeps MNIST)
     nondigit_fraction: float = 0.1
     seed: int = 0
     threads: int = 2
@@ -180,8 +181,9 @@ def base_weights(settings: Settings, init_from: str | None) -> tuple[Path, str |
 
 
 def mix_epoch(cfg: RetrainConfig, mnist_x: np.ndarray, mnist_y: np.ndarray, corr_x: np.ndarray,
-              corr_y: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """One epoch's training set: MNIST sample + corrected digits x weight + non-digits, augmented."""
+              corr_y: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """One epoch's training set: MNIST sample + corrected digits x weight + non-digits, augmented.
+    Also returns the mask of samples that are not corrections (distilled from the base model)."""
     rng = np.random.default_rng([cfg.seed, 7, epoch])
     parts_x: list[np.ndarray] = []
     parts_y: list[np.ndarray] = []
@@ -206,7 +208,10 @@ def mix_epoch(cfg: RetrainConfig, mnist_x: np.ndarray, mnist_y: np.ndarray, corr
         parts_y.append(np.full(n_nd, 10, np.int64))
     if not parts_x:
         raise UsageError("nothing to train on: no MNIST sample and no corrected digits")
-    return np.concatenate(parts_x).astype(np.uint8), np.concatenate(parts_y).astype(np.int64)
+    n_corr = len(corr_x) * cfg.weight if len(corr_x) and cfg.weight > 0 else 0
+    mask = np.ones(sum(len(p) for p in parts_y), bool)
+    mask[n_m : n_m + n_corr] = False
+    return np.concatenate(parts_x).astype(np.uint8), np.concatenate(parts_y).astype(np.int64), mask
 
 
 def export_light(
@@ -238,6 +243,57 @@ def export_light(
     if diff > export.PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX parity check failed: max |torch - onnxruntime| = {diff:.2e}")
     return {"temperature": temperature, "threshold": threshold, "parity_max_abs_diff": diff}
+
+
+def train_epoch_distilled(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    x: np.ndarray,
+    y: np.ndarray,
+    keep: np.ndarray,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    loss_fn: nn.Module,
+    alpha: float,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    on_batch: Callable[[int, float, float], None] | None = None,
+    temperature: float = 2.0,
+) -> tuple[float, float]:
+    """One epoch: cross-entropy on every sample + `alpha` x KL to the base model's soft labels on the
+    samples marked `keep` (MNIST and non-digits), so the fine-tune learns the corrections without
+    forgetting what the base model knew ("learning without forgetting")."""
+    from training.fit import to_tensor
+
+    model.train()
+    order = torch.randperm(len(x), generator=generator).numpy()
+    xs, ys, ks = to_tensor(x), torch.from_numpy(y), torch.from_numpy(keep)
+    total, correct, seen = 0.0, 0, 0
+    for start in range(0, len(x), batch_size):
+        idx = order[start : start + batch_size]
+        if len(idx) < 2:
+            continue
+        xb = xs[idx].contiguous(memory_format=torch.channels_last)
+        yb, kb = ys[idx], ks[idx]
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(xb)
+        loss = loss_fn(logits, yb)
+        if teacher is not None and alpha > 0 and bool(kb.any()):
+            with torch.no_grad():
+                soft = torch.softmax(teacher(xb[kb]) / temperature, 1)
+            kd = nn.functional.kl_div(torch.log_softmax(logits[kb] / temperature, 1), soft, reduction="batchmean")
+            loss = loss + alpha * temperature**2 * kd
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += float(loss.item()) * len(idx)
+        correct += int((logits.argmax(1) == yb).sum())
+        seen += len(idx)
+        if on_batch is not None:
+            on_batch(len(idx), total / seen, correct / seen)
+    return total / max(seen, 1), correct / max(seen, 1)
 
 
 def retrain(cfg: RetrainConfig, settings: Settings, *, progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -274,10 +330,17 @@ def retrain(cfg: RetrainConfig, settings: Settings, *, progress: ProgressFn | No
     history: list[dict[str, float]] = []
     device = torch.device("cpu")
     model = model.to(memory_format=torch.channels_last)
+    teacher = None
+    if cfg.distill > 0:
+        import copy
+
+        teacher = copy.deepcopy(model).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     version = cfg.version or f"{parent or arch}-ft{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
     for epoch in range(cfg.epochs):
         te = time.perf_counter()
-        x, y = mix_epoch(cfg, mnist_x, mnist_y, train_x, train_y, epoch)
+        x, y, keep = mix_epoch(cfg, mnist_x, mnist_y, train_x, train_y, epoch)
         steps = -(-len(x) // cfg.batch_size)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
         done = 0
@@ -288,10 +351,11 @@ def retrain(cfg: RetrainConfig, settings: Settings, *, progress: ProgressFn | No
             if progress:
                 progress("train", done, total, {"epoch": epoch + 1, "loss": loss, "acc": acc})
 
-        stats = train_one_epoch(model, x, y, optimizer, batch_size=cfg.batch_size, generator=gen, device=device,
-                                loss_fn=loss_fn, step_scheduler=sched, on_batch=on_batch)  # fmt: skip
+        loss, acc = train_epoch_distilled(model, teacher, x, y, keep, optimizer, batch_size=cfg.batch_size,
+                                          generator=gen, loss_fn=loss_fn, alpha=cfg.distill, scheduler=sched,
+                                          on_batch=on_batch)  # fmt: skip
         val = evaluate(model, val_x, val_y, device=device)
-        row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.accuracy, "val_loss": val.loss,
+        row = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc, "val_loss": val.loss,
                "val_acc": val.accuracy, "lr": cfg.lr, "seconds": time.perf_counter() - te}  # fmt: skip
         history.append(row)
         if progress:

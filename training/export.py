@@ -97,3 +97,24 @@ def throughput(path: Path, batch: int, seconds: float = 2.0, threads: int = 1) -
             n += batch
         best = max(best, n / (time.perf_counter() - t0))
     return best
+
+
+def throughput_cpu(path: Path, batch: int, seconds: float = 2.0) -> float:
+    """Digits per CPU-second of this process with one onnxruntime thread: the one-core speed, which
+    other jobs on a shared machine do not change (they change the wall time, not the CPU time)."""
+    import time
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
+    for _ in range(5):
+        sess.run(None, {INPUT_NAME: x})
+    n, c0, t0 = 0, time.process_time(), time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        sess.run(None, {INPUT_NAME: x})
+        n += batch
+    return n / max(time.process_time() - c0, 1e-9)
