@@ -201,7 +201,16 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
             overlap = min(q.x1, p.x1) - max(q.x0, p.x0)
             small = min(p.h, q.h) < 0.6 * med_h
             narrow = p if p.w < q.w else q
-            if (small and overlap >= 0.3 * narrow.w) or overlap >= 0.85 * narrow.w:
+            # One piece standing above the other (a 5's detached top stroke over its bowl), sharing
+            # columns, and together no wider than a digit.
+            upper, lower = (p, q) if p.y0 + p.h / 2 < q.y0 + q.h / 2 else (q, p)
+            stacked = (
+                overlap > 0
+                and min(p.h, q.h) < 0.8 * med_h
+                and upper.y1 <= lower.y0 + 0.5 * lower.h
+                and max(q.x1, p.x1) - min(q.x0, p.x0) <= 0.95 * max(med_h, q.h, p.h)
+            )
+            if (small and overlap >= 0.3 * narrow.w) or overlap >= 0.85 * narrow.w or stacked:
                 merged[-1] = _merge(q, p)
                 continue
         merged.append(p)
