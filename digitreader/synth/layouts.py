@@ -169,7 +169,7 @@ def template_for(layout: str) -> dict[str, object]:
                 "cells": it.cells,
             }
             if it.content in ("date8", "date6"):
-                f["pattern"] = r"^\d{%d}$" % (8 if it.content == "date8" else 6)
+                f["pattern"] = "^\\d{" + ("8" if it.content == "date8" else "6") + "}$"
             fields.append(f)
         elif it.kind == "string":
             f = {"name": it.name, "kind": "string", "region": [it.x, it.y, it.w, it.h]}
