@@ -77,14 +77,51 @@ def _flag_stats(settings: Any, batch: int) -> dict[str, int]:
     return n
 
 
+def _crops_with_truth(settings: Any, batch: int) -> tuple[Any, Any]:
+    """The stored crops of a batch's non-blank digits that match a truth digit, and their truth labels."""
+    import numpy as np
+    from sqlalchemy import select
+
+    from digitreader.db import Digit, Document, Field, Page, session_scope
+    from tests.test_retrain import truth_label
+
+    crops, labels = [], []
+    with session_scope(settings) as s:
+        rows = s.execute(
+            select(Digit, Page.number, Document.path)
+            .join(Field, Digit.field_id == Field.id).join(Page, Field.page_id == Page.id)
+            .join(Document, Page.document_id == Document.id)
+            .where(Document.batch_id == batch, Digit.crop.is_not(None))
+        ).all()
+        for d, page, path in rows:
+            t = truth_label({"document": path, "bbox": list(d.bbox), "page": page})
+            if t is None:
+                continue
+            crops.append(np.frombuffer(d.crop, np.uint8).reshape(28, 28))
+            labels.append(t)
+    return np.stack(crops), np.array(labels)
+
+
+def _model_on(path: Path, settings: Any, crops: Any, labels: Any) -> dict[str, float]:
+    from digitreader.pipeline.recognize import Predictor
+
+    r = Predictor.load(path, settings=settings).predict(crops)
+    wrong = r.labels != labels
+    flagged = r.needs_review
+    return {"digits": int(len(labels)), "error": round(float(wrong.mean()), 4),
+            "flagged": round(float(flagged.mean()), 4),
+            "error_unflagged": round(float((wrong & ~flagged).sum() / max(1, (~flagged).sum())), 4)}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--init-from", required=True, help="run folder / weights of the shipped model")
     ap.add_argument("--seen", type=int, default=20, help="hard-style pages whose flagged digits get labelled")
     ap.add_argument("--fresh", type=int, default=10, help="fresh hard-style pages for the before/after score")
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--weight", type=int, default=20)
+    ap.add_argument("--weight", type=int, default=10)
     ap.add_argument("--mnist-per-epoch", type=int, default=15000)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--report", action="store_true", help="full training report (slower)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
@@ -154,7 +191,7 @@ def main() -> None:
 
     t = time.perf_counter()
     cfg = RetrainConfig(out=str(tmp / "ft"), epochs=args.epochs, weight=args.weight,
-                        mnist_per_epoch=args.mnist_per_epoch, version="bench-ft", report=args.report,
+                        mnist_per_epoch=args.mnist_per_epoch, lr=args.lr, version="bench-ft", report=args.report,
                         promote=True)  # fmt: skip
     result = retrain(cfg, settings)
     timings["retrain_and_gate"] = time.perf_counter() - t
@@ -164,17 +201,22 @@ def main() -> None:
     timings["read_after"] = time.perf_counter() - t
     after = _flag_stats(settings, after_batch)
     promo = result["promotion"]
+    # The same stored crops of the fresh pages (segmentation held fixed) through both models.
+    crops, truth = _crops_with_truth(settings, before_batch)
+    crop_before = _model_on(shipped, settings, crops, truth)
+    crop_after = _model_on(Path(result["model"]), settings, crops, truth)
     out_json = {
         "machine": "2-core x86-64, no GPU (shared with other jobs)",
         "base": base, "candidate": result["version"], "promoted": promo["promoted"], "gate": promo["reasons"],
         "seen_pages": args.seen, "fresh_pages": args.fresh, "seen": seen_stats, "labelled": len(items),
         "corrected_trained": result["corrected_trained"], "frozen_corrected": result["frozen_corrected"],
         "fresh_before": before, "fresh_after": after, "model_after": live.info.version,
+        "fresh_crops_base_model": crop_before, "fresh_crops_candidate": crop_after,
         "mnist_test_before": promo["active"]["mnist_test_accuracy"],
         "mnist_test_after": promo["candidate"]["mnist_test_accuracy"],
         "frozen_corrected_before": promo["active"]["corrected_accuracy"],
         "frozen_corrected_after": promo["candidate"]["corrected_accuracy"],
-        "epochs": args.epochs, "weight": args.weight, "mnist_per_epoch": args.mnist_per_epoch,
+        "epochs": args.epochs, "weight": args.weight, "mnist_per_epoch": args.mnist_per_epoch, "lr": args.lr,
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }  # fmt: skip
     print(json.dumps(out_json, indent=1))

@@ -121,8 +121,8 @@ class RetrainConfig:
     epochs: int = 2
     lr: float = 1e-3
     batch_size: int = 128
-    weight: int = 20  # times each trainable corrected digit is seen per epoch
-    mnist_per_epoch: int = 20_000  # MNIST training digits sampled per epoch (0 = none, None = all)
+    weight: int = 10  # times each trainable corrected digit is seen per epoch
+    mnist_per_epoch: int = 15_000  # MNIST training digits sampled per epoch (0 = none, None = all)
     distill: float = 1.0  # weight of the base model's soft labels on MNIST/non-digit samples (keeps MNIST)
     nondigit_fraction: float = 0.1
     seed: int = 0

@@ -51,7 +51,7 @@ def train(
     with_corrections: bool = typer.Option(False, "--with-corrections",
                                           help="Fine-tune the active model on reviewers' corrections + MNIST "
                                                "(training/corrections.py); registers a candidate."),
-    corrections_weight: int = typer.Option(20, "--corrections-weight", min=0,
+    corrections_weight: int = typer.Option(10, "--corrections-weight", min=0,
                                            help="--with-corrections: times each corrected digit is seen per epoch."),
     init_from: Path | None = typer.Option(None, "--init-from",
                                           help="--with-corrections: weights .pt or run folder to start from "
