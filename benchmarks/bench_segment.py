@@ -81,13 +81,23 @@ def main() -> None:
             c4 = time.process_time()
             cut = PageCut(page.number, page.width, page.height, fields, prepared.skew_degrees)
             total += score_page(tp, cut)
-            per_page.append({"decode": c1 - c0, "prepare": c2 - c1, "fields": c3 - c2, "cut": c4 - c3})
+            per_page.append(
+                {
+                    "decode": c1 - c0,
+                    "prepare": c2 - c1,
+                    "fields": c3 - c2,
+                    "cut": c4 - c3,
+                    "a4": tp["layout"] != "cheque",
+                }
+            )
             wall.append(time.perf_counter() - w0)
             c0, w0 = time.process_time(), time.perf_counter()
     assert segment_page  # the same stages segment_page runs, timed one by one
     stages = ["decode", "prepare", "fields", "cut"]
     ms = {k: round(1000 * statistics.mean(p[k] for p in per_page), 1) for k in stages}
     totals = [1000 * sum(p[k] for k in stages) for p in per_page]
+    a4 = [t for t, p in zip(totals, per_page, strict=True) if p["a4"]]
+    a4_ms = {k: round(1000 * statistics.mean(p[k] for p in per_page if p["a4"]), 1) for k in stages} if a4 else {}
     result = {
         "pages": len(per_page),
         "dpi": args.dpi,
@@ -98,6 +108,9 @@ def main() -> None:
         "ms_total_mean": round(statistics.mean(totals), 1),
         "ms_total_p95": round(sorted(totals)[int(0.95 * (len(totals) - 1))], 1),
         "ms_wall_mean": round(1000 * statistics.mean(wall), 1),
+        "a4_pages": len(a4),
+        "ms_per_a4_page": a4_ms,
+        "ms_total_a4_mean": round(statistics.mean(a4), 1) if a4 else None,
         "machine": f"{platform.machine()}, {platform.python_version()}, opencv {cv2.__version__}, 1 thread",
     }
     print(json.dumps(result, indent=1))
@@ -105,7 +118,8 @@ def main() -> None:
     print(
         f"| {r['pages']} | {args.dpi} | {args.format} | {args.style} | {r['fields_found_pct']} | {r['merged_fields']} "
         f"| {r['positions_found_pct']} | {r['positions_in_order_pct']} | {r['blanks_called_blank_pct']} "
-        f"| {ms['decode']} | {ms['prepare']} | {ms['fields']} | {ms['cut']} | {r['ms_total_mean']} |",
+        f"| {ms['decode']} | {ms['prepare']} | {ms['fields']} | {ms['cut']} | {r['ms_total_mean']} "
+        f"| {r['ms_total_a4_mean']} |",
         file=sys.stderr,
     )
 
