@@ -112,7 +112,8 @@ def test_loop_lowers_error_on_the_hard_style(tmp_path: Path, data_dir: Path, mon
     from digitreader.pipeline.process import load_predictor, process_batch
     from digitreader.settings import get_settings
     from digitreader.synth import generate
-    from training.corrections import HardStyleDigits, RetrainConfig, retrain
+    from tests.test_review import _cli
+    from training.corrections import HardStyleDigits
 
     home = tmp_path / "home"
     monkeypatch.setenv("DIGITREADER_HOME", str(home))
@@ -141,9 +142,13 @@ def test_loop_lowers_error_on_the_hard_style(tmp_path: Path, data_dir: Path, mon
         labelled = label_flagged_from_truth(seen_batch, capsys)
         assert labelled >= 30
 
-        cfg = RetrainConfig(out=str(tmp_path / "ft"), epochs=2, weight=15, mnist_per_epoch=3000, lr=1e-3,
-                            version="ft-test", report=False, promote=True)  # fmt: skip
-        result = retrain(cfg, settings)
+        # What a person runs: digitreader train --with-corrections --promote (small settings).
+        code, out, err = _cli(["train", "--with-corrections", "--promote", "--epochs", "2", "--limit", "3000",
+                               "--corrections-weight", "15", "--out", str(tmp_path / "ft"),
+                               "--model-version", "ft-test"], capsys)  # fmt: skip
+        assert code == 0, err
+        result = json.loads(out)
+        assert (tmp_path / "ft" / "report.md").exists() and (tmp_path / "ft" / "weights.pt").exists()
         assert result["parent"] == "base-test" and result["corrected_trained"] > 0
         assert result["frozen_corrected"] > 0  # held out, never trained on
         promo = result["promotion"]
