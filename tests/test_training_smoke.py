@@ -158,3 +158,16 @@ def test_seeded_runs_are_identical_and_resume_continues_exactly(data_dir: Path, 
     assert a["epoch"] == b["epoch"] == 1
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+
+
+def test_train_cli_missing_data_and_bad_options(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "digitreader", "train", *args], capture_output=True, text=True,
+                              cwd=ROOT)  # fmt: skip
+
+    proc = run("--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert proc.returncode == ExitCode.DATASET and "missing MNIST file" in proc.stderr
+    proc = run("--arch", "resnet999")
+    assert proc.returncode == ExitCode.USAGE and "seed003" in proc.stderr
+    proc = run("--finalize-only", "--out", str(tmp_path / "nothing"))
+    assert proc.returncode == ExitCode.USAGE and "no checkpoint" in proc.stderr
