@@ -27,6 +27,13 @@ def ship(run: Path, models: Path = MODELS, name: str = "default.onnx") -> dict[s
     for f in SHIPPED_FILES:
         if (run / f).exists():
             shutil.copyfile(run / f, models / f)
+    if (run / "checkpoint.pt").exists():  # weights for `train --with-corrections`, tied to this ONNX file
+        from training.corrections import save_weights
+        from training.run import load_checkpoint_model
+
+        model, cfg, _ = load_checkpoint_model(run)
+        onnx_sha = hashlib.sha256((models / name).read_bytes()).hexdigest()
+        save_weights(model, cfg.arch, models / name.replace(".onnx", ".pt"), cfg.version, onnx_sha)
     report = json.loads((run / "report.json").read_text())
     manifest = {
         "model": name,
