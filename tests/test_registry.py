@@ -105,3 +105,23 @@ def test_promote_rollback_and_live_pickup(tmp_path: Path, data_dir: Path, monkey
         assert _cli(["models", "promote", "no-such"], capsys)[0] == ExitCode.NOT_FOUND
     finally:
         get_settings.cache_clear()
+
+
+def test_stale_weights_are_refused(tmp_path: Path) -> None:
+    """Weights tied to another ONNX file are never fine-tuned from (the shipped model was replaced)."""
+    pytest.importorskip("torch")
+    from training import archs
+    from training.corrections import base_weights, save_weights
+
+    settings = Settings(home=tmp_path / "home", _env_file=None)  # type: ignore[call-arg]
+    shipped = MODELS_DIR / read_manifest()["model"]
+    with session_scope(settings) as s:
+        mv = registry.register_model(s, settings, shipped, status="active")
+    model = archs.build("drnet", 11)
+    beside = Path(mv.path).with_suffix(".pt")
+    save_weights(model, "drnet", beside, "old", "0" * 64)
+    with pytest.raises(UsageError):
+        base_weights(settings, None)
+    save_weights(model, "drnet", beside, "new", mv.sha256)
+    assert base_weights(settings, None) == (beside, mv.version)
+    dispose_engines()
