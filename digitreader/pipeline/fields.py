@@ -269,28 +269,30 @@ def find_fields(prepared: PreparedPage, settings: Settings | None = None) -> lis
     _, weak = ink_levels(prepared.gray)
     _, faint = cv2.threshold(prepared.gray, weak, 255, cv2.THRESH_BINARY_INV)
     mask = cv2.bitwise_or(prepared.ink, faint)
-    # Structure is analysed at half the working resolution (any ink in a 2x2 block counts): a box
-    # line stays at least one pixel wide, and the page has a quarter of the pixels to label.
-    f = 1  # (half resolution merged nearly-touching squares: kept at working resolution)
-    if f > 1:
-        mask = cv2.resize(mask, (mask.shape[1] // f, mask.shape[0] // f), interpolation=cv2.INTER_AREA)
-        _, mask = cv2.threshold(mask, 0, 255, cv2.THRESH_BINARY)
-    g = _Geom(ppm=ppm / f)
+    g = _Geom(ppm=ppm)
     lines = line_image(mask, g)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(lines, connectivity=8)
+    # Pieces of the line image by their outer contours (several times cheaper than labelling the
+    # page): each piece is its contour filled, so strokes inside a frame come with it while a
+    # digit written above a tick row, touching nothing, stays out.
+    contours, _ = cv2.findContours(lines, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     found: list[_Found] = []
     squares: list[_Found] = []
-    for i in range(1, n):
-        x, y, w, h, area = (int(v) for v in stats[i])
-        if w < g.mm(2.5) or area < g.mm(6):
+    for cnt in contours:
+        x, y, w, h = cv2.boundingRect(cnt)
+        if w < g.mm(2.5) or h > g.mm(40) or (h < g.mm(4.5) and w < g.mm(10)):
             continue
-        # Cheap tests on the piece's box first: a frame is at least a cell tall and its outline
-        # alone has about (w + h) * 2 pixels; a tick row is long and mostly line.
+        inside = np.zeros((h, w), np.uint8)
+        cv2.drawContours(inside, [cnt], -1, 1, thickness=-1, offset=(-x, -y))
+        sub = cv2.bitwise_and(inside, (lines[y : y + h, x : x + w] > 0).astype(np.uint8))
+        area = int(cv2.countNonZero(sub))
+        if area < g.mm(6):
+            continue
+        # Cheap tests first: a frame is at least a cell tall and its outline alone has about
+        # (w + h) * 2 pixels; a tick row is long and mostly line.
         frame_like = h >= g.mm(4.5) and w >= g.mm(3.5) and area >= 1.5 * (w + h)
         ticks_like = w >= g.mm(10) and area >= 0.8 * w
-        if h > g.mm(40) or not (frame_like or ticks_like):
+        if not (frame_like or ticks_like):
             continue
-        sub = (labels[y : y + h, x : x + w] == i).astype(np.uint8)
         fd = _frame(sub, x, y, g) if frame_like else None
         if fd is None and ticks_like:
             fd = _ticks(sub, x, y, g)
@@ -302,18 +304,11 @@ def find_fields(prepared: PreparedPage, settings: Settings | None = None) -> lis
             found.append(fd)
     found += _group_cells(squares)
 
-    def up(b: BBox) -> BBox:
-        # Back to working resolution; inner boxes shrink by a pixel so no line is inside them.
-        if f == 1:
-            return tuple(int(v) for v in b)  # type: ignore[return-value]
-        return (int(b[0]) * f + 1, int(b[1]) * f + 1, int(b[2]) * f - 2, int(b[3]) * f - 2)
-
     regions = []
     for fd in found:
         kind = "string" if fd.kind == "string" else "boxes"
-        bx = fd.bbox
-        outer = (int(bx[0]) * f, int(bx[1]) * f, int(bx[2]) * f, int(bx[3]) * f)
-        regions.append(FieldRegion(kind=kind, bbox=outer, cells=tuple(up(c) for c in fd.cells)))
+        cells = tuple(tuple(int(v) for v in c) for c in fd.cells)
+        regions.append(FieldRegion(kind=kind, bbox=tuple(int(v) for v in fd.bbox), cells=cells))  # type: ignore[arg-type]
     ordered = order_fields(regions)
     log.debug("page %d: %d fields", prepared.number, len(ordered))
     return ordered
