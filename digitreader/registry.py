@@ -383,6 +383,15 @@ def list_models(session: Session) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------- live pick-up
 
 
+def _sqlite_missing(settings: Settings) -> bool:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return False
+    return not Path(url.database).expanduser().exists()
+
+
 class LivePredictor:
     """A `Predictor` that follows the registry's active model (pick-up without restart).
 
@@ -403,6 +412,8 @@ class LivePredictor:
         self.refresh(force=True)
 
     def _wanted(self) -> tuple[Path | None, str | None]:
+        if _sqlite_missing(self.settings):  # no database yet: the shipped model (and create nothing)
+            return None, None
         try:
             with session_scope(self.settings) as s:
                 mv = active_model(s)
