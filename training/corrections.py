@@ -66,7 +66,7 @@ class HardStyleDigits:
 
     def __call__(self, label: int, rng: np.random.Generator) -> np.ndarray:
         size = 96
-        img = np.zeros((size, size), np.uint8)
+        img: np.ndarray = np.zeros((size, size), np.uint8)
         font = _FONTS[int(rng.integers(len(_FONTS)))]
         t = int(rng.integers(self.thickness[0], self.thickness[1] + 1))
         scale = 2.2
@@ -87,8 +87,8 @@ class HardStyleDigits:
                 cv2.line(img, (left - 10, bottom), (right + 10, bottom), 255, max(3, t - 2), cv2.LINE_AA)
         # Heavy slant to the right: shear about the centre.
         s = float(rng.uniform(*self.slant))
-        m = np.float32([[1, s, -s * size / 2], [0, 1, 0]])
-        img = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+        m = np.array([[1.0, s, -s * size / 2], [0.0, 1.0, 0.0]], np.float32)
+        img = np.asarray(cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0), np.uint8)
         if rng.random() < self.broken:  # broken strokes: one or two gaps cut across the digit
             for _ in range(int(rng.integers(1, 3))):
                 y = int(rng.integers(size // 4, 3 * size // 4))
@@ -204,7 +204,7 @@ def mix_epoch(cfg: RetrainConfig, mnist_x: np.ndarray, mnist_y: np.ndarray, corr
     n = sum(len(p) for p in parts_y)
     n_nd = int(n * cfg.nondigit_fraction)
     if n_nd:
-        parts_x.append(generate_nondigits(n_nd, int(rng.integers(1 << 31))))
+        parts_x.append(np.asarray(generate_nondigits(n_nd, int(rng.integers(1 << 31)))))
         parts_y.append(np.full(n_nd, 10, np.int64))
     if not parts_x:
         raise UsageError("nothing to train on: no MNIST sample and no corrected digits")
@@ -329,7 +329,7 @@ def retrain(cfg: RetrainConfig, settings: Settings, *, progress: ProgressFn | No
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
     device = torch.device("cpu")
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     teacher = None
     if cfg.distill > 0:
         import copy
