@@ -7,6 +7,7 @@ The migrations live in `migrations/` at the top of the project (beside the `digi
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from alembic import command
@@ -24,12 +25,13 @@ log = logging.getLogger(__name__)
 def migrations_dir() -> Path:
     """The folder holding env.py and versions/ (the project's top-level `migrations/`)."""
     here = Path(__file__).resolve()
-    for cand in (here.parents[2] / "migrations", here.parent / "migrations"):
+    installed = Path(sys.prefix) / "share" / "digitreader" / "migrations"  # non-editable install
+    for cand in (here.parents[2] / "migrations", here.parent / "migrations", installed):
         if (cand / "env.py").is_file():
             return cand
     raise DatabaseError(
         "the Alembic migrations folder was not found next to the digitreader package",
-        hint="install digitreader from its source tree (pip install -e .)",
+        hint="reinstall digitreader (pip install .) or run it from its source tree",
     )
 
 
