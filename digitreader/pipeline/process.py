@@ -20,11 +20,14 @@ document intact, and re-running the same command resumes the batch without dupli
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import glob
 import hashlib
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -142,8 +145,41 @@ class DocumentCut:
         return sum(count_crops(p) for p in self.pages)
 
 
-def segment_document(path: str | Path, settings: Settings, template: Any = None) -> DocumentCut:
-    """Load and segment every page of one document. Errors are returned, never raised."""
+class _DocumentTimeout(Exception):
+    """Raised by the SIGALRM handler of `_deadline` inside `segment_document`."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+    """Interrupt the block after `seconds` (SIGALRM; main thread of a Unix process only, else no-op).
+
+    The embedded pipeline segments in its own pool processes (or inline in the CLI's main thread),
+    so a page that takes pathologically long fails its document instead of stalling the batch.
+    Celery workers enforce their own soft/hard time limits and do not pass one here.
+    """
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _DocumentTimeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def segment_document(
+    path: str | Path, settings: Settings, template: Any = None, time_limit: float | None = None
+) -> DocumentCut:
+    """Load and segment every page of one document. Errors are returned, never raised.
+
+    `time_limit` (seconds): the document fails with code "timeout" when segmenting it takes longer.
+    """
     from digitreader.pipeline.load import load_pages
     from digitreader.pipeline.segment import segment_page
 
@@ -151,18 +187,25 @@ def segment_document(path: str | Path, settings: Settings, template: Any = None)
     timings: dict[str, float] = {"decode": 0.0, "segment": 0.0}
     pages: list[PageCut] = []
     try:
-        it = iter(load_pages(path, settings))
-        while True:
-            t = time.perf_counter()
-            page = next(it, None)
-            timings["decode"] += time.perf_counter() - t
-            if page is None:
-                break
-            t = time.perf_counter()
-            pages.append(segment_page(page, settings, template=template))
-            timings["segment"] += time.perf_counter() - t
+        with _deadline(time_limit):
+            it = iter(load_pages(path, settings))
+            while True:
+                t = time.perf_counter()
+                page = next(it, None)
+                timings["decode"] += time.perf_counter() - t
+                if page is None:
+                    break
+                t = time.perf_counter()
+                pages.append(segment_page(page, settings, template=template))
+                timings["segment"] += time.perf_counter() - t
         if not pages:
             raise InputError("the document has no pages", path=path, code="empty_file")
+    except _DocumentTimeout:
+        msg = (
+            f"{path}: took longer than {time_limit:g} s (DIGITREADER_DOCUMENT_TIME_LIMIT); "
+            f"stopped after {len(pages)} page(s)"
+        )
+        return DocumentCut(str(path), (), "timeout", msg, None, time.perf_counter() - t0, timings)
     except InputError as exc:
         return DocumentCut(str(path), (), exc.code, exc.message, len(pages) or None, time.perf_counter() - t0, timings)
     except MemoryError:
@@ -422,6 +465,7 @@ def _run(
         return
     workers = worker_count(settings, len(todo))
     max_in_flight = workers * 2
+    limit = settings.document_time_limit
     queue: Iterator[tuple[int, str]] = iter(todo)
     buffer: list[tuple[int, DocumentCut]] = []
     buffered = 0
@@ -449,7 +493,7 @@ def _run(
                 nxt = next(queue, None)
                 if nxt is None:
                     return
-                in_flight[executor.submit(segment_document, nxt[1], settings, template)] = nxt
+                in_flight[executor.submit(segment_document, nxt[1], settings, template, limit)] = nxt
 
         fill()
         while in_flight:
@@ -472,7 +516,7 @@ def _run(
                 executor = make_executor(workers)
                 for fut, (doc_id, path) in list(in_flight.items()):
                     in_flight.pop(fut)
-                    in_flight[executor.submit(segment_document, path, settings, template)] = (doc_id, path)
+                    in_flight[executor.submit(segment_document, path, settings, template, limit)] = (doc_id, path)
             if buffered >= settings.batch_size or (not in_flight and buffer):
                 flush()
             fill()
