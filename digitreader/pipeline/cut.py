@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -140,6 +141,7 @@ class _Piece:
     x1: int
     y1: int
     mask: np.ndarray  # bool, window-sized
+    crop: np.ndarray | None = None  # its MNIST-form crop, once made
 
     @property
     def w(self) -> int:
@@ -313,32 +315,182 @@ def _split_touching(p: _Piece, k: int) -> list[_Piece]:
     return out
 
 
-def _string_slots(prepared: PreparedPage, region: FieldRegion, ppm: float) -> list[DigitSlot]:
+#: Scores crops: (N, 28, 28) uint8 MNIST-form crops -> (N,) log-probability that each is one digit.
+DigitScorer = Callable[[np.ndarray], np.ndarray]
+
+_scorer_cache: dict[str, DigitScorer | None] = {}
+
+
+def default_scorer() -> DigitScorer | None:
+    """The shipped model as a `DigitScorer` (loaded once per process), or None when unavailable."""
+    if "default" not in _scorer_cache:
+        try:
+            from digitreader.pipeline.recognize import Predictor
+
+            predictor = Predictor.load()
+            temperature = float(predictor.info.temperature)
+
+            def score(crops: np.ndarray) -> np.ndarray:
+                z = predictor.logits(crops).astype(np.float64) / temperature
+                z -= z.max(axis=1, keepdims=True)
+                logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+                return np.asarray(logp[:, :10].max(axis=1))
+
+            _scorer_cache["default"] = score
+        except Exception as exc:  # no model, no onnxruntime: segmentation still works on geometry
+            log.warning("string splitting without the model (%s)", exc)
+            _scorer_cache["default"] = None
+    return _scorer_cache["default"]
+
+
+def _mid_cuts(p: _Piece, med_h: float) -> list[int]:
+    """Candidate columns (piece coordinates) to split a piece holding two touching digits.
+
+    The lowest-ink columns of its middle part (20-80 % of its width), not through a loop.
+    """
+    prof = p.mask[:, p.x0 : p.x1].sum(axis=0).astype(float)
+    prof = np.convolve(prof, np.ones(3) / 3, "same")
+    lo, hi = max(2, int(0.2 * p.w)), min(p.w - 2, int(math.ceil(0.8 * p.w)))
+    if hi <= lo:
+        return []
+    holes = _hole_spans(p)
+    order = lo + np.argsort(prof[lo:hi], kind="stable")
+    cuts: list[int] = []
+    for c in order.tolist():
+        if any(a + 1 < c < b - 1 for a, b in holes) or any(abs(c - d) < 0.15 * med_h for d in cuts):
+            continue
+        cuts.append(c)
+        if len(cuts) == 2:
+            break
+    return cuts
+
+
+def _cut_at(p: _Piece, c: int) -> list[_Piece]:
+    out = []
+    for a, b in ((p.x0, p.x0 + c), (p.x0 + c, p.x1)):
+        m = np.zeros_like(p.mask)
+        m[:, a:b] = p.mask[:, a:b]
+        ys, xs = np.nonzero(m[:, a:b])
+        if ys.size == 0:
+            return []
+        out.append(_Piece(a + int(xs.min()), int(ys.min()), a + int(xs.max()) + 1, int(ys.max()) + 1, m))
+    return out
+
+
+#: A hypothesis other than the geometric one must beat it by this much (sum of log-probabilities).
+MARGIN = 0.1
+
+
+def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) -> list[_Piece]:
+    """Second opinion of the digit model on a string's split, where the geometry is unsure.
+
+    Two neighbours that could be one digit (a 5 whose top stroke came loose, a 4 or a wide 0 in
+    two pieces) are merged when the model reads the merged crop as a digit more surely than both
+    parts; a wide piece that could hold two touching digits (a 1 pressed against a 9) is split at
+    its thinnest middle column when the model reads both halves more surely than the whole.
+    """
+    if not pieces:
+        return pieces
+    hs = np.array([p.h for p in pieces], float)
+    med_h = float(np.median(hs[hs >= 0.75 * hs.max()]))
+    # Splits: pieces wide enough to hold a narrow digit and another one.
+    split_cands: list[tuple[int, list[_Piece]]] = []
+    for i, p in enumerate(pieces):
+        if p.w >= 0.75 * med_h and p.h >= 0.6 * med_h:
+            for c in _mid_cuts(p, med_h):
+                parts = _cut_at(p, c)
+                if len(parts) == 2 and all(q.h >= 0.55 * med_h and q.w >= 0.12 * med_h for q in parts):
+                    split_cands.append((i, parts))
+    # Merges: neighbours close together and no wider than a wide digit.
+    merge_cands: list[int] = []
+    for i in range(len(pieces) - 1):
+        a, b = pieces[i], pieces[i + 1]
+        gap = 0.25 if min(a.w, b.w) < 0.2 * med_h else 0.12
+        if b.x0 - a.x1 <= gap * med_h and max(a.x1, b.x1) - min(a.x0, b.x0) <= 1.25 * med_h:
+            merge_cands.append(i)
+    if not split_cands and not merge_cands:
+        return pieces
+    merged = [_merge(pieces[i], pieces[i + 1]) for i in merge_cands]
+    every = pieces + [q for _, parts in split_cands for q in parts] + merged
+    for p in every:
+        if p.crop is None:
+            p.crop = normalize_ink(ink, p.mask)
+    lp = scorer(np.stack([p.crop for p in every]))
+    n = len(pieces)
+    base = lp[:n]
+    k = n
+    best_split: dict[int, tuple[float, list[_Piece]]] = {}
+    for i, parts in split_cands:
+        gain = float(lp[k] + lp[k + 1] - base[i])
+        k += 2
+        if gain > MARGIN and gain > best_split.get(i, (-1e9, []))[0]:
+            best_split[i] = (gain, parts)
+    gains = []
+    for j, i in enumerate(merge_cands):
+        gains.append((float(lp[k + j] - base[i] - base[i + 1]), i, merged[j]))
+    take: dict[int, _Piece] = {}
+    used: set[int] = set()
+    for gain, i, m in sorted(gains, key=lambda g: -g[0]):
+        if gain <= MARGIN or i in used or i + 1 in used or i in best_split or i + 1 in best_split:
+            continue
+        take[i] = m
+        used.update((i, i + 1))
+    out: list[_Piece] = []
+    for i, p in enumerate(pieces):
+        if i in take:
+            out.append(take[i])
+        elif i in used:
+            continue
+        elif i in best_split:
+            out.extend(best_split[i][1])
+        else:
+            out.append(p)
+    return out
+
+
+def _string_slots(
+    prepared: PreparedPage, region: FieldRegion, ppm: float, scorer: DigitScorer | None = None
+) -> list[DigitSlot]:
     inner = region.cells[0] if region.cells else region.bbox
     x, y, w, h = inner
     win = _window(prepared, inner, 0.05 * h, 0.3 * h)
     digit = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))))
+    pieces = split_string(digit, win.inner)
+    ink = 255 - prepared.gray[win.y0 : win.y0 + digit.shape[0], win.x0 : win.x0 + digit.shape[1]]
+    if scorer is not None:
+        pieces = refine_string(pieces, ink, scorer)
     slots = []
-    for i, p in enumerate(split_string(digit, win.inner)):
+    for i, p in enumerate(pieces):
         box = (win.x0 + p.x0, win.y0 + p.y0, p.w, p.h)
         slots.append(
             DigitSlot(
                 position=i,
                 bbox=map_box(prepared.to_original, box, prepared.width, prepared.height),
-                crop=_crop(prepared, win, p.mask),
+                crop=p.crop if p.crop is not None else normalize_ink(ink, p.mask),
                 blank=False,
             )
         )
     return slots
 
 
-def cut_field(prepared: PreparedPage, region: FieldRegion, name: str | None = None) -> FieldCut:
-    """Digit slots of one field, boxes in page-as-submitted coordinates, crops in the MNIST form."""
+def cut_field(
+    prepared: PreparedPage,
+    region: FieldRegion,
+    name: str | None = None,
+    scorer: DigitScorer | None | str = "default",
+) -> FieldCut:
+    """Digit slots of one field, boxes in page-as-submitted coordinates, crops in the MNIST form.
+
+    `scorer` gives the digit model's second opinion on string splits ("default": the shipped model
+    when it loads; None: geometry alone).
+    """
+    if isinstance(scorer, str):
+        scorer = default_scorer()
     ppm = (prepared.dpi or 150.0) / 25.4
     if region.kind == "boxes":
         slots = [_cell_slot(prepared, c, i, ppm) for i, c in enumerate(region.cells)]
     else:
-        slots = _string_slots(prepared, region, ppm)
+        slots = _string_slots(prepared, region, ppm, scorer)
     return FieldCut(
         name=name or region.name or "",
         kind=region.kind,
