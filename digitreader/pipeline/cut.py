@@ -98,9 +98,14 @@ def _bands(idx: list[int]) -> list[list[int]]:
 
 
 def _crop(prepared: PreparedPage, win: _Window, mask: np.ndarray) -> np.ndarray:
-    h, w = mask.shape
-    gray = prepared.gray[win.y0 : win.y0 + h, win.x0 : win.x0 + w]
-    return normalize_ink(255 - gray, mask)
+    x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+    gray = prepared.gray[win.y0 + y : win.y0 + y + h, win.x0 + x : win.x0 + x + w]
+    return normalize_ink(255 - gray, mask[y : y + h, x : x + w])
+
+
+def _piece_crop(ink: np.ndarray, p: _Piece) -> np.ndarray:
+    """A piece's MNIST-form crop; normalize_ink only looks inside the mask's box, so cut to it first."""
+    return normalize_ink(ink[p.y0 : p.y1, p.x0 : p.x1], p.mask[p.y0 : p.y1, p.x0 : p.x1])
 
 
 def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float) -> DigitSlot:
@@ -414,7 +419,7 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
     every = pieces + [q for _, parts in split_cands for q in parts] + merged
     for p in every:
         if p.crop is None:
-            p.crop = normalize_ink(ink, p.mask)
+            p.crop = _piece_crop(ink, p)
     lp = scorer(np.stack([p.crop for p in every]))
     n = len(pieces)
     base = lp[:n]
@@ -466,7 +471,7 @@ def _string_slots(
             DigitSlot(
                 position=i,
                 bbox=map_box(prepared.to_original, box, prepared.width, prepared.height),
-                crop=p.crop if p.crop is not None else normalize_ink(ink, p.mask),
+                crop=p.crop if p.crop is not None else _piece_crop(ink, p),
                 blank=False,
             )
         )
