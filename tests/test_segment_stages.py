@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 
-from digitreader.pipeline.cut import cut_field, split_string
+from digitreader.pipeline.cut import _Window, cut_field, default_scorer, refine_string, remove_lines, split_string
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.prepare import estimate_skew, flatten, map_box, prepare_page
 from digitreader.types import FieldRegion, PageImage
@@ -174,3 +177,25 @@ def test_string_split_drops_separators_and_splits_touching_digits() -> None:
     xs = [p.x0 for p in pieces]
     assert len(pieces) == 5, xs
     assert xs == sorted(xs)
+
+
+STRINGS = Path(__file__).parent / "data" / "strings"
+
+
+@pytest.mark.parametrize("name", sorted(p.name[: -len(".json")] for p in STRINGS.glob("*.json")))
+def test_string_split_real_failures(name: str) -> None:
+    """Real generated string fields that once were cut wrongly (tests/data/strings/README.md): a 5 whose
+    top bar came loose, a 4 in two pieces, a wide 2, a 1 pressed against a 9 or a 3. Each truth digit's
+    centre must fall in exactly one piece, and the pieces must be as many as the digits, in order."""
+    meta = json.loads((STRINGS / f"{name}.json").read_text())
+    gray = cv2.imread(str(STRINGS / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+    ink = cv2.imread(str(STRINGS / f"{name}.ink.png"), cv2.IMREAD_GRAYSCALE) > 0
+    inner = tuple(int(v) for v in meta["inner"])
+    digit = remove_lines(_Window(0, 0, ink, inner), max_t=7)
+    scorer = default_scorer()
+    assert scorer is not None, "the shipped model must load"
+    pieces = refine_string(split_string(digit, inner), 255 - gray, scorer)
+    spans = [(p.x0, p.x1) for p in pieces]
+    assert len(pieces) == len(meta["value"]), spans
+    for (a, b), cx in zip(spans, meta["centres_x"], strict=True):
+        assert a <= cx <= b, (spans, meta["centres_x"])
