@@ -121,7 +121,7 @@ class Recipe:
 
 
 ARCHS: dict[str, Recipe] = {
-    "drnet": Recipe(lambda n: DRNet(n), "adamw", 4e-3, 128, 14, "onecycle", "scan",
+    "drnet": Recipe(lambda n: DRNet(n), "adamw", 4e-3, 128, 20, "onecycle", "scan",
                     "project default: BN CNN, early pooling, GAP head (3.3 M MACs/digit)", "-",
                     {"weight_decay": 5e-4, "label_smoothing": 0.05}),
     "seed000": Recipe(seed000, "adam", 1e-3, 128, 10, "none", "none",

@@ -63,7 +63,7 @@ def train(
     Everything lands in --out: checkpoint.pt (every epoch; --resume continues), model.onnx,
     report.md/report.json and plots. Progress goes to stderr; a JSON summary to stdout.
 
-    Example (the shipped model):  digitreader train --arch drnet --epochs 14 --out runs/drnet
+    Example (the shipped model):  digitreader train --arch drnet --epochs 20 --out runs/drnet20
 
     Smoke test in a minute:  digitreader train --epochs 1 --limit 3000 --out /tmp/run
     """
