@@ -406,7 +406,8 @@ def run_page_job(
             )
             retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch", deadline=wait)
             return PageOutcome("failed", job)
-        cut = DocumentCut(job.path, cut.pages, None, None, cut.page_count, cut.seconds, cut.timings)
+        cut = DocumentCut(job.path, cut.pages, None, None, cut.page_count, cut.seconds, cut.timings,
+                          strips=cut.strips)  # fmt: skip
         blob = encode(cut)
         publish(job, blob, cut.crops)
         dlog.info("segmented: %d page(s), %d crops, %.2f s, %d bytes to infer",

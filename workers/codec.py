@@ -3,7 +3,9 @@ inference pool.
 
 Layout: b"DRC1" + zlib( u32 header length | JSON header | crops ), where the header holds every
 page, field and slot (boxes, positions, blank flags, names, template rules, timings) and `crops`
-is the (N, 28, 28) uint8 array of the non-blank slots in `PageCut.crops()` order. Blank slots
+is the (N, 28, 28) uint8 array of the non-blank slots in `PageCut.crops()` order, followed by the
+fields' strips of the page (JPEG bytes; their lengths and page boxes are in the header, per page
+per field, null where a field has none; a header without "strips" decodes to no strips). Blank slots
 carry no pixels (their crop is all zeros by contract). JSON + raw bytes, never pickle: a message
 from the broker must not be able to run code in a worker.
 
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from digitreader.pipeline.process import DocumentCut
+from digitreader.pipeline.process import DocumentCut, FieldStrip
 from digitreader.types import DigitSlot, FieldCut, PageCut
 
 log = logging.getLogger(__name__)
@@ -52,13 +54,25 @@ def encode_cut(cut: DocumentCut, level: int = 1) -> bytes:
                            "length": f.length, "pattern": f.pattern})  # fmt: skip
         pages.append({"number": p.number, "width": p.width, "height": p.height, "skew": float(p.skew_degrees),
                       "timings": {k: float(v) for k, v in p.timings.items()}, "fields": fields})  # fmt: skip
+    strips: list[list[Any]] = []
+    strip_bytes: list[bytes] = []
+    for page_strips in cut.strips:
+        row: list[Any] = []
+        for st in page_strips:
+            if st is None:
+                row.append(None)
+            else:
+                row.append([len(st.jpeg), *map(int, st.box)])
+                strip_bytes.append(st.jpeg)
+        strips.append(row)
     header = json.dumps(
         {"path": cut.path, "pages": pages, "page_count": cut.page_count, "seconds": cut.seconds,
-         "timings": {k: float(v) for k, v in cut.timings.items()}, "crops": len(crops)},  # fmt: skip
+         "timings": {k: float(v) for k, v in cut.timings.items()}, "crops": len(crops),
+         "strips": strips},  # fmt: skip
         separators=(",", ":"),
     ).encode()
     pixels = np.stack(crops).tobytes() if crops else b""
-    return MAGIC + zlib.compress(struct.pack("<I", len(header)) + header + pixels, level)
+    return MAGIC + zlib.compress(struct.pack("<I", len(header)) + header + pixels + b"".join(strip_bytes), level)
 
 
 def decode_cut(blob: bytes) -> DocumentCut:
@@ -92,7 +106,30 @@ def decode_cut(blob: bytes) -> DocumentCut:
     if row != count:
         raise CodecError(f"corrupt document cut: {count} crops, {row} used")
     return DocumentCut(path=head["path"], pages=tuple(pages), page_count=head["page_count"],
-                       seconds=float(head["seconds"]), timings=dict(head["timings"]))  # fmt: skip
+                       seconds=float(head["seconds"]), timings=dict(head["timings"]),
+                       strips=_decode_strips(head.get("strips") or [], raw, 4 + n + count * 784))  # fmt: skip
+
+
+def _decode_strips(spec: list[Any], raw: bytes, at: int) -> tuple[tuple[FieldStrip | None, ...], ...]:
+    out: list[tuple[FieldStrip | None, ...]] = []
+    try:
+        for page in spec:
+            row: list[FieldStrip | None] = []
+            for item in page:
+                if item is None:
+                    row.append(None)
+                    continue
+                size, x, y, w, h = (int(v) for v in item)
+                if size < 0 or at + size > len(raw):
+                    raise CodecError("corrupt document cut: a field strip runs past the end")
+                row.append(FieldStrip(raw[at : at + size], (x, y, w, h)))
+                at += size
+            out.append(tuple(row))
+    except (ValueError, TypeError) as exc:
+        raise CodecError(f"corrupt document cut: {exc}") from exc
+    if at != len(raw):
+        raise CodecError(f"corrupt document cut: {len(raw) - at} bytes left over")
+    return tuple(out)
 
 
 def to_text(blob: bytes) -> str:

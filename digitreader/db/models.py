@@ -143,6 +143,10 @@ class Field(Base):
     flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
     length: Mapped[int | None] = mapped_column(Integer)  # template rule
     pattern: Mapped[str | None] = mapped_column(String(256))  # template rule
+    # Migration 0003: the field's strip of the page (greyscale JPEG, ~72 px high) and the page region
+    # it shows, [x, y, w, h] in page-as-submitted pixels. NULL for rows stored before 0003.
+    strip: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    strip_box: Mapped[list[Any] | None] = mapped_column(JSON)
 
     page: Mapped[Page] = relationship(back_populates="fields")
     digits: Mapped[list[Digit]] = relationship(

@@ -153,6 +153,10 @@ def _page_rows(pages: Sequence[PageResult]) -> list[dict[str, Any]]:
     ]
 
 
+def _box_list(box: Sequence[int] | None) -> list[int] | None:
+    return None if box is None else [int(v) for v in box]
+
+
 def store_document_results(
     session: Session,
     document_id: int,
@@ -195,6 +199,8 @@ def store_document_results(
                     "flags": list(f.flags),
                     "length": f.length,
                     "pattern": f.pattern,
+                    "strip": getattr(f, "strip", None),
+                    "strip_box": _box_list(getattr(f, "strip_box", None)),
                 }
             )
     field_ids = (

@@ -69,6 +69,8 @@ class FieldResult:
     digits: tuple[DigitResult, ...]
     length: int | None = None
     pattern: str | None = None
+    strip: bytes | None = None  # the field's strip of the page (JPEG), set by process.assemble_document
+    strip_box: BBox | None = None  # the page region the strip shows (page-as-submitted pixels)
 
 
 @dataclass(frozen=True)

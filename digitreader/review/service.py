@@ -9,6 +9,11 @@ or `None` for "not a digit / blank" (the `x` key). Applying one, in one transact
   needs_review: template rules re-checked on the new value) and its document (`done` when none of
   its fields needs review any more, else `needs_review`).
 
+A field flagged only by a template rule (length/pattern) has no flagged digit; the queue then holds
+its lowest-confidence digit not yet reviewed, one at a time. The rule is re-checked after every
+correction: the field is clear as soon as its value satisfies the rule, or once every digit of it has
+been reviewed (the rule flag then stays in `flags`, the field no longer needs review).
+
 `undo` deletes the reviewer's latest correction and restores exactly what was there before it.
 Corrections feed retraining (`training/corrections.py`): the latest correction of a digit is its
 ground truth.
@@ -20,16 +25,18 @@ import getpass
 import io
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from digitreader.db.models import Batch, Correction, Digit, Document, Field, Page, utcnow
 from digitreader.errors import NotFoundError, UsageError
 from digitreader.settings import Settings
+from digitreader.types import BBox
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +111,42 @@ def _margin(top3: list[Any] | None) -> float | None:
     return float(top3[0][1]) - float(top3[1][1])
 
 
+def _rule_digit() -> Any:
+    """Correlated scalar subquery: for a field flagged only by a template rule (length/pattern; none of
+    its digits flagged), its lowest-confidence non-blank digit not yet reviewed; else NULL."""
+    other = aliased(Digit)
+    flagged = aliased(Digit)
+    reviewed = select(Correction.id).where(Correction.digit_id == other.id).exists()
+    any_flagged = select(flagged.id).where(flagged.field_id == Field.id, flagged.needs_review.is_(True)).exists()
+    return (
+        select(other.id)
+        .where(
+            other.field_id == Field.id,
+            other.blank.is_(False),
+            other.crop.is_not(None),
+            ~reviewed,
+            Field.needs_review.is_(True),
+            ~any_flagged,
+        )
+        .order_by(other.confidence.is_not(None), other.confidence, other.id)
+        .limit(1)
+        .correlate(Field)
+        .scalar_subquery()
+    )
+
+
 def _queue_stmt(batch_id: int | None, field: str | None) -> Any:
+    """Digits to review: the flagged ones, and one digit of each field flagged only by a template rule
+    (`_rule_digit`), so that field can be reviewed too."""
     stmt = (
         select(Digit, Field.name, Field.kind, Page.number, Document.id, Document.path, Document.batch_id)
         .join(Field, Digit.field_id == Field.id)
         .join(Page, Field.page_id == Page.id)
         .join(Document, Page.document_id == Document.id)
-        .where(Digit.needs_review.is_(True), Digit.blank.is_(False))
+        .where(
+            Digit.blank.is_(False),
+            or_(Digit.needs_review.is_(True), Digit.id == _rule_digit()),
+        )
     )
     if batch_id is not None:
         stmt = stmt.where(Document.batch_id == batch_id)
@@ -270,7 +306,11 @@ def refresh_field(field: Field) -> None:
     if field.pattern is not None and not _rule_ok(field.pattern, field.value):
         flags.append("pattern")
     field.flags = flags
-    field.needs_review = bool(flags)
+    # A template-rule flag alone stops needing review once a reviewer has seen every digit of the
+    # field (each non-blank digit corrected or accepted): the flag stays in `flags` as a record.
+    digit_flags = any(fl in DIGIT_FLAGS for fl in flags)
+    all_reviewed = all(d.corrections for d in read)
+    field.needs_review = digit_flags or (bool(flags) and not all_reviewed)
 
 
 def refresh_document(session: Session, document_id: int) -> str:
@@ -440,16 +480,58 @@ def crop_png(session: Session, digit_id: int, scale: int = 8) -> bytes:
     return _png(_paper(crop_array(session, digit_id), scale))
 
 
-def strip_png(session: Session, digit_id: int, scale: int = 3) -> bytes:
-    """The field's strip: its digit crops side by side (blank cells as empty boxes), this digit framed.
+#: The highlight drawn around the digit in a field strip (BGR: orange) and its line width.
+HIGHLIGHT_BGR = (0, 90, 255)
+HIGHLIGHT_WIDTH = 2
 
-    The pipeline keeps crops, not page images, so the strip is rebuilt from the field's crops.
+
+def strip_box_in_image(strip_box: Sequence[int], image_size: tuple[int, int], bbox: Sequence[int]) -> BBox:
+    """A page box `bbox` (x, y, w, h) mapped into a strip image of `image_size` (width, height) that
+    shows the page region `strip_box`, clipped to the image."""
+    sx0, sy0, sw, sh = (int(v) for v in strip_box)
+    iw, ih = image_size
+    fx, fy = iw / max(1, sw), ih / max(1, sh)
+    x, y, w, h = (int(v) for v in bbox)
+    x0 = min(max(0, int(round((x - sx0) * fx))), iw - 1)
+    y0 = min(max(0, int(round((y - sy0) * fy))), ih - 1)
+    x1 = min(max(x0, int(round((x + w - sx0) * fx)) - 1), iw - 1)
+    y1 = min(max(y0, int(round((y + h - sy0) * fy)) - 1), ih - 1)
+    return (x0, y0, x1 - x0 + 1, y1 - y0 + 1)
+
+
+def _stored_strip(d: Digit) -> np.ndarray | None:
+    """The field's stored strip of the page (BGR) with this digit's box highlighted; None when the
+    field has no strip (stored before migration 0003, or none could be cut) or it cannot be decoded."""
+    import cv2
+
+    f = d.field
+    if f.strip is None or not f.strip_box or len(f.strip_box) != 4:
+        return None
+    gray = cv2.imdecode(np.frombuffer(f.strip, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if gray is None or gray.size == 0:
+        log.warning("field %s: stored strip cannot be decoded; showing the crops instead", f.id)
+        return None
+    img = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    x, y, w, h = strip_box_in_image(f.strip_box, (img.shape[1], img.shape[0]), d.bbox)
+    cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), HIGHLIGHT_BGR, HIGHLIGHT_WIDTH)
+    return img
+
+
+def strip_png(session: Session, digit_id: int, scale: int = 3) -> bytes:
+    """The field's strip of the page around the digit, the digit's box highlighted in orange.
+
+    The strip stored with the field at segmentation time is shown at its stored size (`scale` does
+    not apply). A field without one (results stored before migration 0003) gets a strip rebuilt from
+    its digit crops side by side (blank cells as empty boxes, `scale` times enlarged), this digit framed.
     """
     import cv2
 
     d = session.get(Digit, digit_id)
     if d is None:
         raise NotFoundError(f"digit {digit_id} does not exist")
+    stored = _stored_strip(d)
+    if stored is not None:
+        return _png(stored)
     scale = max(1, min(int(scale), 8))
     cell, gap = 28 * scale, 4
     digits = list(d.field.digits)
@@ -463,7 +545,7 @@ def strip_png(session: Session, digit_id: int, scale: int = 3) -> bytes:
         else:
             cv2.rectangle(img, (x, gap), (x + cell - 1, gap + cell - 1), (220, 220, 220), 1)
         if other.id == d.id:
-            cv2.rectangle(img, (x - 2, gap - 2), (x + cell + 1, gap + cell + 1), (0, 90, 255), 3)  # BGR: orange
+            cv2.rectangle(img, (x - 2, gap - 2), (x + cell + 1, gap + cell + 1), HIGHLIGHT_BGR, 3)
     return _png(img)
 
 
