@@ -147,6 +147,7 @@ class _Piece:
     y1: int
     mask: np.ndarray  # bool, window-sized
     crop: np.ndarray | None = None  # its MNIST-form crop, once made
+    joined_right: bool = False  # cut from the piece to its right (they were one connected piece)
 
     @property
     def w(self) -> int:
@@ -158,7 +159,11 @@ class _Piece:
 
 
 def _merge(a: _Piece, b: _Piece) -> _Piece:
-    return _Piece(min(a.x0, b.x0), min(a.y0, b.y0), max(a.x1, b.x1), max(a.y1, b.y1), a.mask | b.mask)
+    right = a if a.x1 > b.x1 else b
+    return _Piece(
+        min(a.x0, b.x0), min(a.y0, b.y0), max(a.x1, b.x1), max(a.y1, b.y1), a.mask | b.mask,
+        joined_right=right.joined_right,
+    )  # fmt: skip
 
 
 def _is_slash(p: _Piece, med_h: float) -> bool:
@@ -316,7 +321,9 @@ def _split_touching(p: _Piece, k: int) -> list[_Piece]:
         ys, xs = np.nonzero(m)
         if ys.size == 0:
             continue
-        out.append(_Piece(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, m))
+        out.append(_Piece(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, m, joined_right=True))
+    if out:
+        out[-1].joined_right = p.joined_right
     return out
 
 
@@ -379,11 +386,15 @@ def _cut_at(p: _Piece, c: int) -> list[_Piece]:
         if ys.size == 0:
             return []
         out.append(_Piece(a + int(xs.min()), int(ys.min()), a + int(xs.max()) + 1, int(ys.max()) + 1, m))
+    out[0].joined_right = True
+    out[1].joined_right = p.joined_right
     return out
 
 
 #: A hypothesis other than the geometric one must beat it by this much (sum of log-probabilities).
 MARGIN = 0.1
+JOIN_BONUS = 0.0
+GAP_COST = 6.0
 
 
 def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) -> list[_Piece]:
@@ -411,7 +422,8 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
     for i in range(len(pieces) - 1):
         a, b = pieces[i], pieces[i + 1]
         gap = 0.25 if min(a.w, b.w) < 0.2 * med_h else 0.12
-        if b.x0 - a.x1 <= gap * med_h and max(a.x1, b.x1) - min(a.x0, b.x0) <= 1.25 * med_h:
+        wide = 1.6 if a.joined_right else 1.25
+        if b.x0 - a.x1 <= gap * med_h and max(a.x1, b.x1) - min(a.x0, b.x0) <= wide * med_h:
             merge_cands.append(i)
     if not split_cands and not merge_cands:
         return pieces
@@ -432,7 +444,11 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
             best_split[i] = (gain, parts)
     gains = []
     for j, i in enumerate(merge_cands):
-        gains.append((float(lp[k + j] - base[i] - base[i + 1]), i, merged[j]))
+        a, b = pieces[i], pieces[i + 1]
+        # Geometry's prior: re-joining two halves of one connected piece is likely right; joining two
+        # pieces with paper between them less so, the wider the gap.
+        prior = JOIN_BONUS if a.joined_right else -GAP_COST * max(0, b.x0 - a.x1) / med_h
+        gains.append((float(lp[k + j] - base[i] - base[i + 1]) + prior, i, merged[j]))
     take: dict[int, _Piece] = {}
     used: set[int] = set()
     for gain, i, m in sorted(gains, key=lambda g: -g[0]):
