@@ -185,7 +185,7 @@ STRINGS = Path(__file__).parent / "data" / "strings"
 @pytest.mark.parametrize("name", sorted(p.name[: -len(".json")] for p in STRINGS.glob("*.json")))
 def test_string_split_real_failures(name: str) -> None:
     """Real generated string fields that once were cut wrongly (tests/data/strings/README.md): a 5 whose
-    top bar came loose, a 4 in two pieces, a wide 2, a 1 pressed against a 9 or a 3. Each truth digit's
+    top bar came loose, a 4 in two pieces, a wide 2, a 1 pressed against a 3. Each truth digit's
     centre must fall in exactly one piece, and the pieces must be as many as the digits, in order."""
     meta = json.loads((STRINGS / f"{name}.json").read_text())
     gray = cv2.imread(str(STRINGS / f"{name}.png"), cv2.IMREAD_GRAYSCALE)

@@ -393,7 +393,7 @@ def _cut_at(p: _Piece, c: int) -> list[_Piece]:
 
 #: A hypothesis other than the geometric one must beat it by this much (sum of log-probabilities).
 MARGIN = 0.1
-JOIN_BONUS = 0.0
+#: Merging two pieces with paper between them costs this much per digit height of gap.
 GAP_COST = 6.0
 
 
@@ -445,9 +445,9 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
     gains = []
     for j, i in enumerate(merge_cands):
         a, b = pieces[i], pieces[i + 1]
-        # Geometry's prior: re-joining two halves of one connected piece is likely right; joining two
-        # pieces with paper between them less so, the wider the gap.
-        prior = JOIN_BONUS if a.joined_right else -GAP_COST * max(0, b.x0 - a.x1) / med_h
+        # Geometry's prior: joining two pieces with paper between them is less likely right, the
+        # wider the gap (the model reads many fragments, and a fragment plus a 1, as a digit).
+        prior = -GAP_COST * max(0, b.x0 - a.x1) / med_h
         gains.append((float(lp[k + j] - base[i] - base[i + 1]) + prior, i, merged[j]))
     take: dict[int, _Piece] = {}
     used: set[int] = set()
