@@ -46,6 +46,13 @@ def main() -> None:
     ap.add_argument("--kind", default="mixed", choices=["form", "cheque", "mixed"])
     ap.add_argument("--style", default="scan", choices=["clean", "scan", "rough"])
     ap.add_argument("--dir", type=Path, default=None, help="reuse/keep the generated pages here")
+    ap.add_argument(
+        "--max-reduction",
+        type=int,
+        default=1,
+        choices=[1, 2, 4, 8],
+        help="let the loader decode JPEGs reduced (load_pages(max_reduction=...)); 1 = full decode",
+    )
     args = ap.parse_args()
     settings = Settings(pdf_dpi=args.dpi)
     cv2.setNumThreads(1)
@@ -70,7 +77,7 @@ def main() -> None:
     for f in files:
         truth = load_truth(f)
         c0, w0 = time.process_time(), time.perf_counter()
-        for page, tp in zip(load_pages(f, settings), truth["pages"], strict=True):
+        for page, tp in zip(load_pages(f, settings, max_reduction=args.max_reduction), truth["pages"], strict=True):
             c1 = time.process_time()
             prepared = prepare_page(page, settings)
             c2 = time.process_time()
@@ -103,6 +110,7 @@ def main() -> None:
         "dpi": args.dpi,
         "format": args.format,
         "style": args.style,
+        "max_reduction": args.max_reduction,
         **summary(total),
         "ms_per_page": ms,
         "ms_total_mean": round(statistics.mean(totals), 1),

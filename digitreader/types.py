@@ -25,17 +25,20 @@ class PageImage:
     """One decoded page: greyscale uint8, dark ink on light paper, as submitted."""
 
     number: int  # from 1
-    gray: np.ndarray  # (H, W) uint8
-    dpi: float | None = None
+    gray: np.ndarray  # (H, W) uint8; reduced `reduction` times when the loader was allowed to
+    dpi: float | None = None  # of the page as submitted
     source: str = ""  # file path, for error messages
+    reduction: int = 1  # `gray` is the page as submitted reduced by this integer factor
+    full_size: tuple[int, int] | None = None  # (width, height) as submitted, when reduced
 
     @property
     def width(self) -> int:
-        return int(self.gray.shape[1])
+        """Width of the page as submitted (not of a reduced `gray`)."""
+        return int(self.full_size[0]) if self.full_size else int(self.gray.shape[1])
 
     @property
     def height(self) -> int:
-        return int(self.gray.shape[0])
+        return int(self.full_size[1]) if self.full_size else int(self.gray.shape[0])
 
 
 @dataclass(frozen=True)

@@ -148,3 +148,26 @@ def test_pdf_pages_are_rasterized_at_the_configured_dpi(tmp_path: Path) -> None:
     assert abs(pages[0].width - 315) <= 1 and abs(pages[0].height - 450) <= 1
     assert pages[1].dpi == 150
     assert pages[0].gray[int(15 * 1.5), int(20 * 1.5)] < 60
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_jpeg_decoded_reduced_keeps_the_page_size(orientation: int, tmp_path: Path, settings: Settings) -> None:
+    """max_reduction=2 decodes a 300-dpi JPEG at half size (never under 150 dpi); width/height, and so
+    every box, stay those of the page as submitted, EXIF quarter turns included."""
+    upright = _page(701, 499)  # odd sizes: the reduced page is rounded up
+    stored = upright if orientation == 1 else np.rot90(upright, 1)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    p = tmp_path / "page.jpg"
+    Image.fromarray(np.ascontiguousarray(stored)).save(p, exif=exif.tobytes(), quality=95, dpi=(300, 300))
+    (full,) = list(load_pages(p, settings))
+    (half,) = list(load_pages(p, settings, max_reduction=2))
+    assert full.reduction == 1 and half.reduction == 2
+    assert (half.width, half.height) == (full.width, full.height) == (499, 701)
+    assert half.gray.shape == (351, 250)
+    assert half.gray[7, 10] < 60 and half.gray[100, 100] > 220  # the bar at (5..40, 10..20) full-size
+    # At 150 dpi a JPEG is never reduced further (the working resolution).
+    p150 = tmp_path / "page150.jpg"
+    Image.fromarray(upright).save(p150, quality=95, dpi=(150, 150))
+    (kept,) = list(load_pages(p150, settings, max_reduction=4))
+    assert kept.reduction == 1 and kept.gray.shape == (701, 499)

@@ -90,3 +90,22 @@ def test_bad_templates_are_usage_errors(tmp_path: Path) -> None:
     p.write_text("fields: [unclosed")
     with pytest.raises(UsageError):
         load_template(p)
+
+
+@pytest.mark.slow
+def test_reduced_jpeg_decode_gives_the_same_cut(tmp_path: Path, data_dir: Path, settings: Settings) -> None:
+    """A 300-dpi JPEG decoded at half size (load_pages(max_reduction=2)) is cut like the full decode:
+    the same fields and digit positions, boxes in the page as submitted within a few pixels."""
+    files = generate(tmp_path, pages=2, seed=31, kind="mixed", fmt="jpeg", dpi=300, style="scan", data_dir=data_dir)
+    for f in files:
+        truth = load_truth(f)
+        (full,) = list(load_pages(f, settings))
+        (half,) = list(load_pages(f, settings, max_reduction=2))
+        assert half.reduction == 2 and (half.width, half.height) == (full.width, full.height)
+        a, b = segment_page(full, settings), segment_page(half, settings)
+        assert (b.width, b.height) == (truth["pages"][0]["width"], truth["pages"][0]["height"])
+        assert summary(score_page(truth["pages"][0], b))["positions_in_order_pct"] >= 97.0
+        assert [len(x.slots) for x in a.fields] == [len(x.slots) for x in b.fields]
+        for fa, fb in zip(a.fields, b.fields, strict=True):
+            for sa, sb in zip(fa.slots, fb.slots, strict=True):
+                assert max(abs(p - q) for p, q in zip(sa.bbox, sb.bbox, strict=True)) <= 6, (sa.bbox, sb.bbox)

@@ -429,10 +429,12 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
         return pieces
     merged = [_merge(pieces[i], pieces[i + 1]) for i in merge_cands]
     every = pieces + [q for _, parts in split_cands for q in parts] + merged
+    crops: list[np.ndarray] = []
     for p in every:
         if p.crop is None:
             p.crop = _piece_crop(ink, p)
-    lp = scorer(np.stack([p.crop for p in every]))
+        crops.append(p.crop)
+    lp = scorer(np.stack(crops))
     n = len(pieces)
     base = lp[:n]
     k = n

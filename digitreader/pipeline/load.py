@@ -82,14 +82,21 @@ def count_pages(path: str | Path, settings: Settings) -> int:
         return int(getattr(im, "n_frames", 1))
 
 
-def load_pages(path: str | Path, settings: Settings) -> Iterator[PageImage]:
-    """Yield the pages of a document as `PageImage`s (greyscale uint8, dark ink on light paper)."""
+def load_pages(path: str | Path, settings: Settings, *, max_reduction: int = 1) -> Iterator[PageImage]:
+    """Yield the pages of a document as `PageImage`s (greyscale uint8, dark ink on light paper).
+
+    `max_reduction` (1, 2, 4 or 8): the caller accepts a page reduced by up to this factor, never
+    below segmentation's working resolution (`prepare.WORK_DPI`). Only JPEG uses it, decoding at the
+    reduced size directly (libjpeg's DCT scaling: several times faster than a full decode, and the
+    same pixels as a full decode followed by an area reduction). `PageImage.reduction` says what
+    was done; `width`/`height` stay those of the page as submitted.
+    """
     p = Path(path)
     head = _sniff(p, settings)
     if head.startswith(PDF_MAGIC):
         yield from _pdf_pages(p, settings)
     else:
-        yield from _image_pages(p, head, settings)
+        yield from _image_pages(p, head, settings, max_reduction)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,7 +163,25 @@ _ORIENT = {
 }
 
 
-def _fast_decode(path: Path, im: Image.Image) -> np.ndarray | None:
+_REDUCED = {2: "IMREAD_REDUCED_GRAYSCALE_2", 4: "IMREAD_REDUCED_GRAYSCALE_4", 8: "IMREAD_REDUCED_GRAYSCALE_8"}
+
+
+def _jpeg_reduction(im: Image.Image, max_reduction: int) -> int:
+    """The largest power of two <= max_reduction that keeps the page at the working resolution."""
+    from digitreader.pipeline.prepare import px_per_mm, work_factor
+
+    if max_reduction <= 1 or im.format != "JPEG" or im.mode not in ("L", "RGB"):
+        return 1
+    dpi = im.info.get("dpi")
+    dpi_v = float(dpi[0]) if dpi and float(dpi[0]) > 1 else None
+    limit = min(max_reduction, work_factor(px_per_mm(im.width, im.height, dpi_v)))
+    r = 1
+    while r * 2 <= limit and r * 2 in _REDUCED:
+        r *= 2
+    return r
+
+
+def _fast_decode(path: Path, im: Image.Image, reduction: int = 1) -> np.ndarray | None:
     """Decode a complete single-frame PNG/JPEG/BMP with OpenCV (several times faster than Pillow).
 
     Returns None when the file does not end properly (Pillow then reports the exact problem).
@@ -176,8 +201,11 @@ def _fast_decode(path: Path, im: Image.Image) -> np.ndarray | None:
     flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
     if im.mode in ("L", "RGB", "1") and fmt != "BMP":
         flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
+    if reduction > 1:
+        flags = getattr(cv2, _REDUCED[reduction]) | cv2.IMREAD_IGNORE_ORIENTATION
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if arr is None or arr.shape[0] != im.height or arr.shape[1] != im.width:
+    want = (-(-im.height // reduction), -(-im.width // reduction))
+    if arr is None or arr.shape[:2] != want:
         return None
     orient = 1
     try:
@@ -199,18 +227,27 @@ def _fast_decode(path: Path, im: Image.Image) -> np.ndarray | None:
     return arr
 
 
-def _image_pages(path: Path, head: bytes, settings: Settings) -> Iterator[PageImage]:
+def _image_pages(path: Path, head: bytes, settings: Settings, max_reduction: int = 1) -> Iterator[PageImage]:
     im = _open_image(path, head)
     with im:
         n = int(getattr(im, "n_frames", 1))
         if n == 1:
             _check_size(im.width, im.height, settings, path, 1)
-            fast = _fast_decode(path, im)
+            r = _jpeg_reduction(im, max_reduction)
+            fast = _fast_decode(path, im, r)
+            if fast is None and r > 1:
+                r, fast = 1, _fast_decode(path, im)
             if fast is not None:
                 gray = to_gray(fast)
                 dpi = im.info.get("dpi")
                 dpi_v = float(dpi[0]) if dpi and float(dpi[0]) > 1 else None
-                yield PageImage(number=1, gray=np.ascontiguousarray(gray), dpi=dpi_v, source=str(path))
+                size = None
+                if r > 1:  # the page as submitted, after the EXIF orientation (a quarter turn swaps)
+                    unturned = gray.shape == (-(-im.height // r), -(-im.width // r))
+                    size = (im.width, im.height) if unturned else (im.height, im.width)
+                yield PageImage(
+                    number=1, gray=np.ascontiguousarray(gray), dpi=dpi_v, source=str(path), reduction=r, full_size=size
+                )
                 return
         for index in range(n):
             number = index + 1

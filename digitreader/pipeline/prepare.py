@@ -126,10 +126,12 @@ def prepare_page(page: PageImage, settings: Settings | None = None) -> PreparedP
     coordinates back to the page as submitted, including that reduction.
     """
     ppm0 = px_per_mm(page.width, page.height, page.dpi)
-    f = work_factor(ppm0)
+    r = max(1, page.reduction)  # the loader may have decoded the page already reduced
+    f2 = max(1, work_factor(ppm0 / r))
     gray = page.gray
-    if f > 1:
-        gray = cv2.resize(gray, (gray.shape[1] // f, gray.shape[0] // f), interpolation=cv2.INTER_AREA)
+    if f2 > 1:
+        gray = cv2.resize(gray, (gray.shape[1] // f2, gray.shape[0] // f2), interpolation=cv2.INTER_AREA)
+    f = r * f2
     ppm = ppm0 / f
     flat = flatten(gray, ppm)
     skew = estimate_skew(flat, ppm)
