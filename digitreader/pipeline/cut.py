@@ -395,6 +395,9 @@ def _cut_at(p: _Piece, c: int) -> list[_Piece]:
 MARGIN = 0.1
 #: Merging two pieces with paper between them costs this much per digit height of gap.
 GAP_COST = 6.0
+#: A piece this many digit heights wide holds two digits unless the model is sure otherwise.
+WIDE = 1.6
+WIDE_BONUS = 3.0
 
 
 def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) -> list[_Piece]:
@@ -422,7 +425,7 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
     for i in range(len(pieces) - 1):
         a, b = pieces[i], pieces[i + 1]
         gap = 0.25 if min(a.w, b.w) < 0.2 * med_h else 0.12
-        wide = 1.6 if a.joined_right else 1.25
+        wide = WIDE if a.joined_right else 1.25
         if b.x0 - a.x1 <= gap * med_h and max(a.x1, b.x1) - min(a.x0, b.x0) <= wide * med_h:
             merge_cands.append(i)
     if not split_cands and not merge_cands:
@@ -440,7 +443,10 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
     k = n
     best_split: dict[int, tuple[float, list[_Piece]]] = {}
     for i, parts in split_cands:
-        gain = float(lp[k] + lp[k + 1] - base[i])
+        # Geometry's prior: a piece far wider than a digit is tall holds two (the model reads many
+        # squeezed pairs as one digit).
+        prior = WIDE_BONUS if pieces[i].w >= WIDE * med_h else 0.0
+        gain = float(lp[k] + lp[k + 1] - base[i]) + prior
         k += 2
         if gain > MARGIN and gain > best_split.get(i, (-1e9, []))[0]:
             best_split[i] = (gain, parts)
