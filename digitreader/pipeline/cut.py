@@ -8,7 +8,10 @@ cell keeps the pieces that lie mostly inside it (so a neighbour's digit that pok
 String fields are split into digits: connected pieces, specks dropped, pieces of one broken digit
 merged (overlapping columns), separators (. , - / =) and trailing strokes dropped (small against
 the string's digit height, or a thin slanted line), and touching digits split at the thinnest
-column near where an even split would cut.
+column near where an even split would cut. Where that geometry is unsure, the digit model gives a
+second opinion (`refine_string`): merge two neighbours or split a wide piece when the model reads
+the result as digits more surely (the shipped model, loaded once per process; without it, geometry
+alone).
 """
 
 from __future__ import annotations
@@ -405,8 +408,12 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
 
     Two neighbours that could be one digit (a 5 whose top stroke came loose, a 4 or a wide 0 in
     two pieces) are merged when the model reads the merged crop as a digit more surely than both
-    parts; a wide piece that could hold two touching digits (a 1 pressed against a 9) is split at
+    parts; a wide piece that could hold two touching digits (a 1 pressed against a 3) is split at
     its thinnest middle column when the model reads both halves more surely than the whole.
+    "More surely" is the sum of log-probabilities of "a digit", by at least `MARGIN`, with the
+    geometry's priors added: a gap between two pieces counts against merging them (`GAP_COST`), a
+    piece `WIDE` digit heights wide counts for splitting it (`WIDE_BONUS`), because the model reads
+    digit fragments and squeezed pairs as digits with high confidence.
     """
     if not pieces:
         return pieces
