@@ -401,6 +401,9 @@ GAP_COST = 6.0
 #: A piece this many digit heights wide holds two digits unless the model is sure otherwise.
 WIDE = 1.6
 WIDE_BONUS = 3.0
+#: A piece shorter than this many digit heights is likely a fragment: merging it counts for more.
+SHORT = 0.8
+SHORT_BONUS = 2.0
 
 
 def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) -> list[_Piece]:
@@ -412,8 +415,9 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
     its thinnest middle column when the model reads both halves more surely than the whole.
     "More surely" is the sum of log-probabilities of "a digit", by at least `MARGIN`, with the
     geometry's priors added: a gap between two pieces counts against merging them (`GAP_COST`), a
-    piece `WIDE` digit heights wide counts for splitting it (`WIDE_BONUS`), because the model reads
-    digit fragments and squeezed pairs as digits with high confidence.
+    piece `WIDE` digit heights wide counts for splitting it (`WIDE_BONUS`), a short piece counts for
+    merging it (`SHORT_BONUS`), because the model reads digit fragments and squeezed pairs as digits
+    with high confidence.
     """
     if not pieces:
         return pieces
@@ -463,6 +467,7 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
         # Geometry's prior: joining two pieces with paper between them is less likely right, the
         # wider the gap (the model reads many fragments, and a fragment plus a 1, as a digit).
         prior = -GAP_COST * max(0, b.x0 - a.x1) / med_h
+        prior += SHORT_BONUS if min(a.h, b.h) < SHORT * med_h else 0.0
         gains.append((float(lp[k + j] - base[i] - base[i + 1]) + prior, i, merged[j]))
     take: dict[int, _Piece] = {}
     used: set[int] = set()
