@@ -14,7 +14,9 @@ ground truth:
 - share flagged: flagged digits among digits read
 - throughput: pages/s end to end (model load excluded), and per-page time / decode-only time.
 
-Fields and digits are matched to the truth by box overlap (page-as-submitted pixels).
+Fields and digits are matched to the truth by the issue's rule: a found box matches a true box when
+its centre lies inside it, or the true box's centre inside the found one (page-as-submitted
+pixels); the nearest such centre wins.
 """
 
 from __future__ import annotations
@@ -39,24 +41,28 @@ from digitreader.settings import Settings  # noqa: E402
 Box = tuple[int, int, int, int] | list[int]
 
 
-def iou(a: Box, b: Box) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
+def _centre_in(box: Box, outer: Box) -> bool:
+    cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+    return outer[0] <= cx <= outer[0] + outer[2] and outer[1] <= cy <= outer[1] + outer[3]
 
 
-def _best(box: Box, candidates: list[Any], key: Any, used: set[int], min_iou: float) -> Any:
-    best, best_iou = None, min_iou
+def _best(box: Box, candidates: list[Any], key: Any, used: set[int]) -> Any:
+    """The unused candidate matching the truth `box`: its centre lies inside the truth box (the
+    issue's rule: "a found box matches a true box when its centre lies inside it"), or the truth
+    box's centre lies inside it (as `digitreader.synth.score` does: a tick-mark comb field's truth box
+    is the line of ticks, the found field also holds the digits written above it); among several,
+    the one whose centre is nearest the truth box's centre. None when nothing matches."""
+    tcx, tcy = box[0] + box[2] / 2, box[1] + box[3] / 2
+    best, best_d = None, float("inf")
     for i, c in enumerate(candidates):
         if i in used:
             continue
-        v = iou(box, key(c))
-        if v > best_iou:
-            best, best_iou = i, v
+        b = key(c)
+        if not (_centre_in(b, box) or _centre_in(box, b)):
+            continue
+        d = (b[0] + b[2] / 2 - tcx) ** 2 + (b[1] + b[3] / 2 - tcy) ** 2
+        if d < best_d:
+            best, best_d = i, d
     return best
 
 
@@ -82,7 +88,7 @@ def score_page(truth_page: dict[str, Any], fields: list[dict[str, Any]]) -> dict
     used: set[int] = set()
     for tf in truth_page["fields"]:
         s["truth_fields"] += 1
-        i = _best(tf["bbox"], fields, lambda f: f["bbox"], used, 0.3)
+        i = _best(tf["bbox"], fields, lambda f: f["bbox"], used)
         tdigits = tf["digits"]
         s["truth_digits"] += sum(1 for d in tdigits if d["label"] is not None)
         s["cells"] += len(tdigits) if tf["kind"] == "boxes" else 0
@@ -94,7 +100,7 @@ def score_page(truth_page: dict[str, Any], fields: list[dict[str, Any]]) -> dict
         s["fields_exact"] += int(f["value"] == tf["value"])
         dused: set[int] = set()
         for td in tdigits:
-            j = _best(td["bbox"], f["digits"], lambda d: d["bbox"], dused, 0.2)
+            j = _best(td["bbox"], f["digits"], lambda d: d["bbox"], dused)
             if j is None:
                 if td["label"] is None and tf["kind"] == "boxes":
                     s["blank_right"] += 0
