@@ -18,10 +18,9 @@ ARCH_NAMES = ("drnet", "seed000", "seed001", "seed002", "seed003", "seed004")
 
 
 def _require_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError("torch", "train", "digitreader train") from exc
+    # find_spec, not an import: the runtime never loads torch just to check for it.
+    if importlib.util.find_spec("torch") is None:
+        raise MissingDependencyError("torch", "train", "digitreader train")
     if importlib.util.find_spec("onnx") is None:
         raise MissingDependencyError("onnx", "train", "digitreader train")
 
