@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from digitreader.db import session_scope
 from digitreader.db.models import Correction, Digit, ModelVersion, utcnow
 from digitreader.errors import DatasetError, ModelError, NotFoundError, UsageError
+from digitreader.hashing import sha256_file
 from digitreader.settings import Settings
 from digitreader.types import NON_DIGIT
 
@@ -201,12 +202,7 @@ def models_home(settings: Settings) -> Path:
     return settings.home / "models"
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+file_sha256 = sha256_file
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:

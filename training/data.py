@@ -12,7 +12,6 @@ anything (architecture, epochs, temperature, threshold).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ import cv2
 import numpy as np
 
 from digitreader.errors import DatasetError
+from digitreader.hashing import sha256_file
 from digitreader.pipeline.normalize import normalize_digit
 
 log = logging.getLogger(__name__)
@@ -70,12 +70,6 @@ class Dataset:
         return Dataset(self.images[index], labels, self.source, self.checksums)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_data_dir(data_dir: Path | str | None) -> Path:

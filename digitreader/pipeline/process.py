@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import glob
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -41,6 +40,7 @@ import numpy as np
 from digitreader.db import session_scope, store
 from digitreader.db.session import get_engine
 from digitreader.errors import DigitreaderError, InputError, UsageError
+from digitreader.hashing import sha256_file_and_size
 from digitreader.pipeline.assemble import PageResult, Probs, assemble_page, count_crops
 from digitreader.settings import Settings
 from digitreader.types import BBox, PageCut
@@ -96,15 +96,7 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
-    """(hex SHA-256, size in bytes) of a file."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
+file_sha256 = sha256_file_and_size
 
 
 def hash_inputs(paths: Sequence[Path]) -> tuple[list[store.InputFile], list[tuple[str, str]]]:

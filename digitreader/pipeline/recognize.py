@@ -7,7 +7,6 @@ is found through `digitreader/models/manifest.json`, whose SHA-256 is checked on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from digitreader.errors import MissingDependencyError, ModelError
+from digitreader.hashing import sha256_file
 from digitreader.settings import Settings, get_settings
 from digitreader.types import LABELS, NON_DIGIT
 
@@ -77,12 +77,7 @@ class ModelInfo:
                 "mnist_test_accuracy": self.accuracy, "provider": self.provider}  # fmt: skip
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_sha256 = sha256_file  # kept for callers of the old private name
 
 
 def read_manifest(manifest: Path = MANIFEST) -> dict[str, Any]:
