@@ -53,27 +53,15 @@ def _cli(args: list[str]) -> tuple[int, str]:
 
 
 def _flag_stats(settings: Any, batch: int) -> dict[str, int]:
-    from digitreader.db import session_scope
-    from digitreader.export import export_json
-    from tests.test_retrain import truth_label
+    from tests.test_retrain import scored_digits
 
     n = dict.fromkeys(("digits", "wrong", "flagged", "wrong_unflagged"), 0)
-    with session_scope(settings) as s:
-        out = export_json(s, batch)
-    for doc in out["documents"]:
-        for page in doc["pages"]:
-            for f in page["fields"]:
-                for d in f["digits"]:
-                    if d["blank"]:
-                        continue
-                    t = truth_label({"document": doc["path"], "bbox": d["bbox"], "page": page["number"]})
-                    if t is None:
-                        continue
-                    n["digits"] += 1
-                    bad = d["label"] != t
-                    n["wrong"] += bad
-                    n["flagged"] += d["needs_review"]
-                    n["wrong_unflagged"] += bad and not d["needs_review"]
+    for d, t in scored_digits(settings, batch):
+        n["digits"] += 1
+        bad = d["label"] != t
+        n["wrong"] += bad
+        n["flagged"] += d["needs_review"]
+        n["wrong_unflagged"] += bad and not d["needs_review"]
     return n
 
 

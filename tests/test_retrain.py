@@ -10,6 +10,7 @@ the shipped model at full size.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,12 @@ def truth_label(item: dict[str, Any]) -> int | None:
     return None
 
 
-def page_errors(settings: Settings, batch: int) -> tuple[int, int]:
-    """(wrong, total) over the truth's non-blank digits that the pipeline found."""
+def scored_digits(settings: Settings, batch: int) -> Iterator[tuple[dict[str, Any], int]]:
+    """(exported digit, truth label) for every non-blank digit of a batch that matches a truth digit.
+    Shared with benchmarks/bench_retrain.py."""
     from digitreader.db import session_scope
     from digitreader.export import export_json
 
-    wrong = total = 0
     with session_scope(settings) as s:
         out = export_json(s, batch)
     for doc in out["documents"]:
@@ -84,10 +85,16 @@ def page_errors(settings: Settings, batch: int) -> tuple[int, int]:
                     if d["blank"]:
                         continue
                     t = truth_label({"document": doc["path"], "bbox": d["bbox"], "page": page["number"]})
-                    if t is None:
-                        continue
-                    total += 1
-                    wrong += int(d["label"] != t)
+                    if t is not None:
+                        yield d, t
+
+
+def page_errors(settings: Settings, batch: int) -> tuple[int, int]:
+    """(wrong, total) over the truth's non-blank digits that the pipeline found."""
+    wrong = total = 0
+    for d, t in scored_digits(settings, batch):
+        total += 1
+        wrong += int(d["label"] != t)
     return wrong, total
 
 
