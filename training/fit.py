@@ -36,8 +36,11 @@ def train_one_epoch(
     loss_fn: nn.Module,
     step_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     on_batch: Callable[[int, float, float], None] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> EpochStats:
-    """One pass over (images, labels) in a shuffled order drawn from `generator`."""
+    """One pass over (images, labels) in a shuffled order drawn from `generator`.
+
+    `after_step` runs after every optimizer step (the weight average of `--ema` updates there)."""
     model.train()
     n = len(images)
     order = torch.randperm(n, generator=generator).numpy()
@@ -57,6 +60,8 @@ def train_one_epoch(
         optimizer.step()
         if step_scheduler is not None:
             step_scheduler.step()
+        if after_step is not None:
+            after_step()
         total_loss += loss.item() * len(idx)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(idx)

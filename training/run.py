@@ -55,6 +55,7 @@ class TrainConfig:
     threads: int = 2
     version: str = "dev"
     download: bool = False
+    ema: float | None = None  # decay of the exponential moving average of the weights (0: off; None: the recipe's)
 
     def resolved(self) -> TrainConfig:
         r = archs.ARCHS[self.arch]
@@ -65,6 +66,7 @@ class TrainConfig:
             optimizer=self.optimizer or r.optimizer,
             lr=self.lr or r.lr,
             augment=self.augment or r.augment,
+            ema=r.extra.get("ema", 0.0) if self.ema is None else self.ema,
         )
 
 
@@ -172,6 +174,13 @@ def train(config: TrainConfig, *, resume: bool = False, progress: ProgressFn | N
         )
     elif recipe.schedule == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3, min_lr=1e-5)
+    # Exponential moving average of the weights (and batch-norm statistics): the averaged copy is
+    # what is validated, checkpointed as "ema" and exported; it smooths the last epochs' noise.
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+    if cfg.ema:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True
+        )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.extra.get("label_smoothing", 0.0))
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
@@ -184,6 +193,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: ProgressFn | N
 
             raise UsageError(f"{ckpt_path} was trained with --arch {ckpt['config']['arch']}, not {cfg.arch}")
         model.load_state_dict(ckpt["model"])
+        if ema is not None and ckpt.get("ema_state"):
+            ema.load_state_dict(ckpt["ema_state"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if step_sched is not None and ckpt.get("step_sched"):
             step_sched.load_state_dict(ckpt["step_sched"])
@@ -212,8 +223,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: ProgressFn | N
                 progress("train", done, total, {"epoch": epoch + 1, "loss": loss, "acc": acc})
 
         stats = train_one_epoch(model, x, y, optimizer, batch_size=cfg.batch_size, generator=gen, device=device,
-                                loss_fn=loss_fn, step_scheduler=step_sched, on_batch=on_batch)  # fmt: skip
-        val = evaluate(model, val_x, val_y, device=device)
+                                loss_fn=loss_fn, step_scheduler=step_sched, on_batch=on_batch,
+                                after_step=None if ema is None else lambda: ema.update_parameters(model))  # fmt: skip
+        final = model if ema is None else ema.module
+        val = evaluate(final, val_x, val_y, device=device)
         if plateau is not None:
             plateau.step(val.loss)
         row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.accuracy, "val_loss": val.loss,
@@ -222,6 +235,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: ProgressFn | N
         history.append(row)
         log.info("epoch %d/%d %s", epoch + 1, cfg.epochs, {k: round(v, 5) for k, v in row.items()})
         torch.save({"config": dataclasses.asdict(cfg), "epoch": epoch, "model": model.state_dict(),
+                    "ema": ema.module.state_dict() if ema else None, "ema_state": ema.state_dict() if ema else None,
                     "optimizer": optimizer.state_dict(),
                     "step_sched": step_sched.state_dict() if step_sched else None,
                     "plateau": plateau.state_dict() if plateau else None,
@@ -232,7 +246,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: ProgressFn | N
         if progress:  # after the checkpoint: an interrupt here loses nothing
             progress("epoch", epoch + 1, cfg.epochs, row)
     if finalize_run:
-        finalize(out, model=model, splits=splits, progress=progress)
+        finalize(out, model=model if ema is None else ema.module, splits=splits, progress=progress)
     return out
 
 
@@ -241,7 +255,7 @@ def load_checkpoint_model(out: Path) -> tuple[nn.Module, TrainConfig, list[dict[
     cfg = TrainConfig(**ckpt["config"])
     n_out = ckpt["model"][[k for k in ckpt["model"] if k.endswith("weight")][-1]].shape[0]
     model = archs.build(cfg.arch, int(n_out))
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt.get("ema") or ckpt["model"])  # the weight average when the run kept one
     return model.eval(), cfg, ckpt["history"]
 
 

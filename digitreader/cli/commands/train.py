@@ -14,7 +14,7 @@ from digitreader.errors import MissingDependencyError, UsageError
 
 log = logging.getLogger(__name__)
 
-ARCH_NAMES = ("drnet", "seed000", "seed001", "seed002", "seed003", "seed004")
+ARCH_NAMES = ("drnet", "drnet-wide", "seed000", "seed001", "seed002", "seed003", "seed004")
 
 
 def _require_torch() -> None:
@@ -43,6 +43,9 @@ def train(
     nondigits: float = typer.Option(0.1, "--nondigits", min=0.0, max=1.0,
                                     help="Generated non-digit crops per training digit; 0 = 10 classes only."),
     threads: int = typer.Option(2, "--threads", min=1, help="PyTorch CPU threads."),
+    ema: float | None = typer.Option(None, "--ema", min=0.0, max=0.99999,
+                                     help="Decay of the moving average of the weights that is exported "
+                                          "(e.g. 0.999; 0 = off; default: the recipe's)."),
     version: str = typer.Option("dev", "--model-version", help="Version string written into the model."),
     download: bool = typer.Option(False, "--download", help="Download MNIST when missing (needs internet)."),
     finalize_only: bool = typer.Option(False, "--finalize-only",
@@ -86,7 +89,7 @@ def train(
     cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, seed=seed,
                       data_dir=str(data_dir) if data_dir else None, out=str(out), device=device, limit=limit,
                       nondigit_fraction=nondigits, augment=augment, threads=threads, version=version,
-                      download=download)  # fmt: skip
+                      download=download, ema=ema)  # fmt: skip
     with progress() as bar:
         task = bar.add_task("loading", total=None)
 
