@@ -61,41 +61,59 @@ def flatten(gray: np.ndarray, ppm: float) -> np.ndarray:
     return cv2.divide(gray, np.maximum(bg, 1), scale=255)
 
 
+def _profile_scores(xc: np.ndarray, yc: np.ndarray, angles: np.ndarray, n_bins: int) -> np.ndarray:
+    """Sharpness (sum of squared bin counts) of the ink's projection profile at each angle, in one pass."""
+    rad = [math.radians(a) for a in angles.tolist()]
+    cos = np.array([math.cos(a) for a in rad], np.float32)[:, None]
+    sin = np.array([math.sin(a) for a in rad], np.float32)[:, None]
+    # Rotating the page by -angle straightens lines that are at +angle.
+    r = (yc * cos + xc * sin + n_bins / 2).astype(np.int32)
+    np.clip(r, 0, n_bins - 1, out=r)
+    r += (np.arange(len(rad), dtype=np.int32) * n_bins)[:, None]
+    h = np.bincount(r.ravel(), minlength=len(rad) * n_bins).reshape(len(rad), n_bins).astype(np.float64)
+    return (h * h).sum(axis=1)
+
+
 def estimate_skew(flat: np.ndarray, ppm: float, max_angle: float = MAX_SKEW) -> float:
     """Skew in degrees (counter-clockwise as seen on screen) from a projection profile of the ink."""
     f = max(1, int(round(ppm * 25.4 / 100.0)))
     small = cv2.resize(flat, (flat.shape[1] // f, flat.shape[0] // f), interpolation=cv2.INTER_AREA) if f > 1 else flat
-    ys, xs = np.nonzero(small < 170)
-    if ys.size < 50:
+    _, dark = cv2.threshold(small, 169, 1, cv2.THRESH_BINARY_INV)  # small < 170
+    points = cv2.findNonZero(dark)  # (x, y) in row-major order, as np.nonzero gives them
+    if points is None or len(points) < 50:
         return 0.0
-    if ys.size > 8000:
-        pick = np.random.default_rng(0).choice(ys.size, 8000, replace=False)
-        ys, xs = ys[pick], xs[pick]
-    xc = xs.astype(np.float32) - small.shape[1] / 2
-    yc = ys.astype(np.float32) - small.shape[0] / 2
+    points = points.reshape(-1, 2)
+    if len(points) > 8000:
+        points = points[np.random.default_rng(0).choice(len(points), 8000, replace=False)]
+    xc = points[:, 0].astype(np.float32) - small.shape[1] / 2
+    yc = points[:, 1].astype(np.float32) - small.shape[0] / 2
     n_bins = int(math.hypot(*small.shape)) + 4
-
-    def score(angle: float) -> float:
-        a = math.radians(angle)
-        # Rotating the page by -angle straightens lines that are at +angle.
-        r = (yc * math.cos(a) + xc * math.sin(a) + n_bins / 2).astype(np.int32)
-        h = np.bincount(np.clip(r, 0, n_bins - 1), minlength=n_bins).astype(np.float64)
-        return float((h * h).sum())
-
     best = 0.0
     for span, step in ((max_angle, 0.5), (0.5, 0.1), (0.1, 0.025)):
         cands = np.arange(best - span, best + span + 1e-9, step)
-        best = float(cands[int(np.argmax([score(a) for a in cands]))])
+        best = float(cands[int(np.argmax(_profile_scores(xc, yc, cands, n_bins)))])
     return round(best, 3)
+
+
+def _weighted_median(values: np.ndarray, counts: np.ndarray) -> float:
+    """np.median of the sample holding each of the sorted `values` `counts` times (the same number)."""
+    n = int(counts.sum())
+    cum = np.cumsum(counts)
+    lo = float(values[int(np.searchsorted(cum, (n - 1) // 2, side="right"))])
+    hi = float(values[int(np.searchsorted(cum, n // 2, side="right"))])
+    return (lo + hi) / 2
 
 
 def ink_levels(flat: np.ndarray) -> tuple[float, float]:
     """(strong, weak) grey levels of a background-normalized page, from its paper noise."""
-    sample = flat[::7, ::7]
-    paper = sample[sample > 200]
-    if paper.size > 100:
-        med = float(np.median(paper))
-        noise = 1.4826 * float(np.median(np.abs(paper.astype(np.float32) - med)))
+    # The median paper level and its median absolute deviation, from the histogram of a sample.
+    counts = np.bincount(flat[::7, ::7].ravel(), minlength=256)[201:256]
+    if int(counts.sum()) > 100:
+        levels = np.arange(201, 256, dtype=np.float64)
+        med = _weighted_median(levels, counts)
+        dev = np.abs(levels - med)
+        order = np.argsort(dev, kind="stable")
+        noise = 1.4826 * _weighted_median(dev[order], counts[order])
     else:
         med, noise = 255.0, 3.0
     strong = min(195.0, med - max(60.0, 8.0 * noise))
