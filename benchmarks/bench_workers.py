@@ -6,11 +6,20 @@ how crops should travel between the pools (message bytes vs the database).
 
 Runs, each on a fresh PostgreSQL database with the same generated pages (300-dpi A4 forms):
 - embedded `process_batch` with 1 and 2 segmentation processes;
-- distributed: `digitreader worker --pool page -c 1` (then -c 2) + one inference worker, started
-  and idle before the clock starts; time from `submit_batch` to the batch finished.
-Overhead per page (1 page process): 1 - (sum of the documents' decode+segment seconds) / wall
-time, i.e. the share of the page process's time not spent segmenting: fetching the message,
-reading/marking the document, encoding and publishing the crops, delivery counting, idle gaps.
+- distributed: `digitreader worker --pool page -c 1` (then -c 2) + one inference worker, both at
+  the worker's default log level (INFO), started and idle before the clock starts; time from
+  `submit_batch` to the batch finished.
+
+Overhead, from the page task traces the page workers log (`distributed.page_trace`: wall start/end
+of each task body, its setup/decode/segment/strips/encode/publish/done seconds):
+- per page: (task wall - decode - segment) + the gap since the previous task of the same process
+  (Celery's own work between tasks: ack, fetch, dispatch), as a share of decode + segment;
+- fixed per batch: submit -> first task start, last task end -> batch finished (inference flush
+  interval, storing the last documents); it does not grow with the number of pages;
+- the old definition, 1 - (sum of decode + segment seconds) / (wall time x page processes), which
+  lumps all of the above together, kept so that numbers stay comparable.
+page processes x (batch finished - submit) = decode + segment + in-task rest + gaps + each
+process's idle time before its first and after its last task (the report shows the residual).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, select, text  # noqa: E402
 
 from digitreader import distributed as dist  # noqa: E402
-from digitreader.db import Document, session_scope  # noqa: E402
+from digitreader.db import Batch, Document, session_scope  # noqa: E402
 from digitreader.db.migrate import upgrade  # noqa: E402
 from digitreader.db.session import dispose_engines, make_engine  # noqa: E402
 from digitreader.settings import Settings  # noqa: E402
@@ -82,6 +91,55 @@ def run_embedded(files: list[str], procs: int, home: Path) -> dict[str, Any]:
         drop_db(url)
 
 
+TRACE_MARK = "page task "
+
+
+def read_traces(log: Path) -> list[dict[str, float]]:
+    """The page task traces (`distributed.page_trace`, JSON at the end of "segmented:" lines)."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        i = line.find(TRACE_MARK + "{")
+        if i >= 0:
+            out.append(json.loads(line[i + len(TRACE_MARK) :]))
+    return out
+
+
+def decompose(traces: list[dict[str, float]], submitted: float, finished: float, procs: int) -> dict[str, Any]:
+    """Split the page processes' time (procs x (finished - submitted)) into segmentation, the rest
+    of each task, the gaps between tasks of one process, and the fixed start/drain of the batch."""
+    by_pid: dict[float, list[dict[str, float]]] = {}
+    for t in traces:
+        by_pid.setdefault(t["pid"], []).append(t)
+    seg = sum(t["decode"] + t["segment"] for t in traces)
+    task_wall = sum(t["end"] - t["start"] for t in traces)
+    parts = {k: sum(t[k] for t in traces) for k in ("setup", "strips", "encode", "publish", "done")}
+    parts["rest of the task"] = task_wall - seg - sum(parts.values())
+    gaps = edges = 0.0
+    for tasks in by_pid.values():
+        tasks.sort(key=lambda t: t["start"])
+        gaps += sum(b["start"] - a["end"] for a, b in zip(tasks, tasks[1:], strict=False))
+        edges += (tasks[0]["start"] - submitted) + (finished - tasks[-1]["end"])
+    parts["gaps between tasks"] = gaps
+    span = finished - submitted
+    first = min(t["start"] for t in traces)
+    last = max(t["end"] for t in traces)
+    n = len(traces)
+    return {
+        "tasks": n,
+        "processes_seen": len(by_pid),
+        "segment_seconds": seg,
+        "per_page_overhead_share": (task_wall - seg + gaps) / seg,
+        "per_page_ms": {k: 1000 * v / n for k, v in parts.items()},
+        "segment_ms_per_page": 1000 * seg / n,
+        "fixed_start_s": first - submitted,  # submit -> first task starts
+        "fixed_drain_s": finished - last,  # last task ends -> batch finished
+        "idle_at_edges_s": edges,  # summed over the page processes
+        "unaccounted_s": procs * span - (task_wall + gaps + edges),
+        "span_s": span,
+        "bytes_per_page": sum(t["bytes"] for t in traces) / n,
+    }
+
+
 def run_distributed(files: list[str], procs: int, home: Path, broker: str, logs: Path) -> dict[str, Any]:
     url = fresh_db()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITREADER_")}
@@ -89,11 +147,12 @@ def run_distributed(files: list[str], procs: int, home: Path, broker: str, logs:
                PYTHONPATH=str(ROOT))  # fmt: skip
     settings = Settings(_env_file=None, home=home, database_url=url, broker_url=broker)  # type: ignore[call-arg]
     workers = []
+    page_log = logs / f"page-{procs}.log"
     try:
         for pool, c in (("page", procs), ("infer", 1)):
             log = open(logs / f"{pool}-{procs}.log", "wb")  # noqa: SIM115
             workers.append(subprocess.Popen([sys.executable, "-m", "digitreader", "worker", "--pool", pool, "-c",
-                                             str(c), "--loglevel", "WARNING"], cwd=ROOT, env=env, stdout=log,
+                                             str(c), "--loglevel", "INFO"], cwd=ROOT, env=env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
         end = time.monotonic() + 120
         while time.monotonic() < end:  # both pools up and idle
@@ -102,13 +161,18 @@ def run_distributed(files: list[str], procs: int, home: Path, broker: str, logs:
                 break
             time.sleep(0.5)
         time.sleep(2)
+        submitted = time.time()
         t0 = time.perf_counter()
         sub = dist.submit_batch(files, settings)
         prog = dist.wait_for_batch(sub.batch_id, settings, poll=0.1, timeout=900)
         wall = time.perf_counter() - t0
         seg = seg_seconds(settings, sub.batch_id)
-        return {"mode": "distributed", "procs": procs, "seconds": wall, "pages_per_s": len(files) / wall,
-                "segment_seconds": seg, "overhead_share": 1 - seg / (wall * procs), "status": prog.status}  # fmt: skip
+        with session_scope(settings) as s:
+            finished_at = s.scalar(select(Batch.finished_at).where(Batch.id == sub.batch_id))
+        assert finished_at is not None
+        row: dict[str, Any] = {"mode": "distributed", "procs": procs, "seconds": wall, "pages_per_s": len(files) / wall,
+                               "segment_seconds": seg, "overhead_share": 1 - seg / (wall * procs),
+                               "status": prog.status}  # fmt: skip
     finally:
         for w in workers:
             os.killpg(w.pid, signal.SIGTERM)
@@ -118,6 +182,11 @@ def run_distributed(files: list[str], procs: int, home: Path, broker: str, logs:
             except subprocess.TimeoutExpired:
                 os.killpg(w.pid, signal.SIGKILL)
         drop_db(url)
+    traces = read_traces(page_log)
+    if len(traces) != len(files):
+        raise RuntimeError(f"{len(traces)} page task traces in {page_log} for {len(files)} pages")
+    row["decomposition"] = decompose(traces, submitted, finished_at.timestamp(), procs)
+    return row
 
 
 def transport(files: list[str], broker: str) -> dict[str, Any]:
@@ -165,38 +234,79 @@ def transport(files: list[str], broker: str) -> dict[str, Any]:
             "message_bytes_per_page": sum(sizes) / len(sizes), "raw_crop_bytes_per_page": raw}  # fmt: skip
 
 
+def report(rows: list[dict[str, Any]]) -> str:
+    """Markdown tables: the classic comparison, then the decomposition of the distributed runs."""
+    lines = ["| mode | page processes | seconds | pages/s | old overhead: 1 - seg/(wall x procs) |",
+             "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    emb = {r["procs"]: r["seconds"] for r in rows if r["mode"] == "embedded"}
+    for r in rows:
+        old = 1 - r["segment_seconds"] / (r["seconds"] * r["procs"])
+        vs = ""
+        if r["mode"] == "distributed" and r["procs"] in emb:
+            vs = f" ({r['seconds'] / emb[r['procs']]:.3f}x embedded)"
+        lines.append(f"| {r['mode']} | {r['procs']} | {r['seconds']:.1f}{vs} | {r['pages_per_s']:.2f} | "
+                     f"{100 * old:.1f} % |")  # fmt: skip
+    dis = [r for r in rows if r["mode"] == "distributed"]
+    if dis:
+        keys = list(dis[0]["decomposition"]["per_page_ms"])
+        lines += ["", "| distributed, page processes | " + " | ".join(str(r["procs"]) for r in dis) + " |",
+                  "| --- |" + " ---: |" * len(dis)]  # fmt: skip
+
+        def _share(d: dict[str, Any]) -> str:
+            return f"**{100 * d['per_page_overhead_share']:.1f} %**"
+
+        def add(name: str, fmt: Any) -> None:
+            lines.append(f"| {name} | " + " | ".join(fmt(r["decomposition"]) for r in dis) + " |")
+
+        add("decode + segment, ms/page", lambda d: f"{d['segment_ms_per_page']:.1f}")
+        for k in keys:
+            add(f"{k}, ms/page", lambda d, k=k: f"{d['per_page_ms'][k]:.2f}")
+        add("**per-page overhead**: (task rest + gap) / segment", _share)
+        add("fixed: submit -> first task, s", lambda d: f"{d['fixed_start_s']:.2f}")
+        add("fixed: last task end -> batch finished, s", lambda d: f"{d['fixed_drain_s']:.2f}")
+        add("page processes idle before first / after last task, s (sum)", lambda d: f"{d['idle_at_edges_s']:.2f}")
+        add("unaccounted (should be ~0), s", lambda d: f"{d['unaccounted_s']:.3f}")
+        add("message bytes per page", lambda d: f"{d['bytes_per_page']:.0f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=16)
+    ap.add_argument("--procs", default="1,2", help="page process counts to run, comma-separated")
+    ap.add_argument("--no-embedded", action="store_true", help="distributed runs only")
+    ap.add_argument("--no-transport", action="store_true", help="skip the message-vs-database comparison")
     ap.add_argument("--broker", default="redis://127.0.0.1:6379/14", help="an otherwise unused Redis database")
     default_data = os.environ.get("DIGITREADER_DATA_DIR", str(ROOT.parent / "shared" / "datasets"))
     ap.add_argument("--data-dir", default=default_data)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--logs", default=None, help="keep the workers' logs (with the page task traces) in this folder")
     args = ap.parse_args(argv)
     from digitreader.synth import generate
 
+    load_before = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
     with tempfile.TemporaryDirectory(prefix="bench_workers_") as tmp:
         base = Path(tmp)
         files = [str(f) for f in generate(base / "scans", pages=args.pages, seed=77, fmt="png", kind="form",
                                           data_dir=Path(args.data_dir))]  # fmt: skip
         files = [f for f in files if f.endswith(".png")]
-        logs = base / "logs"
-        logs.mkdir()
+        logs = Path(args.logs) if args.logs else base / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
         rows = []
-        for procs in (1, 2):
-            rows.append(run_embedded(files, procs, base / f"home-e{procs}"))
-            print(rows[-1], file=sys.stderr)
+        for procs in (int(p) for p in args.procs.split(",")):
+            if not args.no_embedded:
+                rows.append(run_embedded(files, procs, base / f"home-e{procs}"))
+                print(rows[-1], file=sys.stderr)
             rows.append(run_distributed(files, procs, base / f"home-d{procs}", args.broker, logs))
             print(rows[-1], file=sys.stderr)
-        tr = transport(files, args.broker)
+        tr = None if args.no_transport else transport(files, args.broker)
         print(tr, file=sys.stderr)
-    result = {"pages": len(files), "cores": os.cpu_count(), "runs": rows, "transport": tr}
+    load_after = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
+    result = {"pages": len(files), "cores": os.cpu_count(), "loadavg_before": load_before,
+              "loadavg_after": load_after, "runs": rows, "transport": tr}  # fmt: skip
     print(json.dumps(result, indent=1))
-    print("\n| mode | page processes | seconds | pages/s | segmentation share of page-process time |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        share = r["segment_seconds"] / (r["seconds"] * r["procs"])
-        print(f"| {r['mode']} | {r['procs']} | {r['seconds']:.1f} | {r['pages_per_s']:.2f} | {100 * share:.0f} % |")
+    print()
+    print(report(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

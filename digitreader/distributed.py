@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import logging
 import os
 import random
@@ -335,6 +336,21 @@ class PageOutcome:
     status: str  # segmented | failed | skipped | missing
     job: DocumentJob | None = None
     crops: int = 0
+    #: Where a segmented document's page task spent its time (see `page_trace`); empty otherwise.
+    trace: dict[str, float] = field(default_factory=dict)
+
+
+def page_trace(start: float, end: float, setup: float, cut: DocumentCut, encode: float, publish: float, done: float,
+               size: int) -> dict[str, float]:  # fmt: skip
+    """One page task, for the log and the benchmark: `start`/`end` are wall-clock times (epoch
+    seconds) of the task body; the others are seconds spent on: `setup` (reading and marking the
+    document, counting the delivery), decode/segment/strips (`segment_document`), `encode` (the
+    crops to bytes), `publish` (the infer message to the broker), `done` (the delivery count back
+    down); `bytes` is the encoded cut's size and `pid` the worker process."""
+    trace = {"start": start, "end": end, "setup": setup}
+    trace.update({k: float(cut.timings.get(k, 0.0)) for k in ("decode", "segment", "strips")})
+    trace.update(encode=encode, publish=publish, done=done, bytes=float(size), pid=float(os.getpid()))
+    return trace
 
 
 Publish = Callable[[DocumentJob, bytes, int], None]
@@ -355,6 +371,7 @@ def run_page_job(
     Transient database errors are retried here (`retry_transient`); what is still failing is
     raised for the task to retry later. A bad document is stored as failed (the batch goes on).
     """
+    start, t_start = time.time(), time.perf_counter()
     engine = get_engine(settings)
     lim = limits(settings)
     # Short in-task retries (the time limit is running); a longer outage is raised for the task to
@@ -383,6 +400,7 @@ def run_page_job(
             dlog.error("DIGITREADER_TEST_CRASH_ON matches: exiting hard (tests only)")
             crash()
         retry_transient(lambda: mark_processing(engine, document_id), what="marking processing", deadline=wait)
+        setup = time.perf_counter() - t_start
         t0 = time.monotonic()
         template = None
         if job.template:
@@ -406,15 +424,22 @@ def run_page_job(
             )
             retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch", deadline=wait)
             return PageOutcome("failed", job)
-        cut = DocumentCut(job.path, cut.pages, None, None, cut.page_count, cut.seconds, cut.timings,
+        # `setup` travels with the crops and is stored with the document's other timings.
+        cut = DocumentCut(job.path, cut.pages, None, None, cut.page_count, cut.seconds, {**cut.timings, "setup": setup},
                           strips=cut.strips)  # fmt: skip
+        t = time.perf_counter()
         blob = encode(cut)
+        t_encode = time.perf_counter() - t
         publish(job, blob, cut.crops)
-        dlog.info("segmented: %d page(s), %d crops, %.2f s, %d bytes to infer",
-                  len(cut.pages), cut.crops, cut.seconds, len(blob))  # fmt: skip
-        return PageOutcome("segmented", job, cut.crops)
+        t_publish = time.perf_counter() - t - t_encode
     finally:
+        t = time.perf_counter()
         deliveries.done("page", document_id)
+        t_done = time.perf_counter() - t
+    trace = page_trace(start, time.time(), setup, cut, t_encode, t_publish, t_done, len(blob))
+    dlog.info("segmented: %d page(s), %d crops, %.2f s, %d bytes to infer; page task %s", len(cut.pages), cut.crops,
+              cut.seconds, len(blob), json.dumps(trace, separators=(",", ":")))  # fmt: skip
+    return PageOutcome("segmented", job, cut.crops, trace)
 
 
 # ------------------------------------------------------------------------- the inference stage
