@@ -18,17 +18,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from training import archs
-from training.augment import augment_batch, shift_zoom_rotate
+from training.augment import AugmentConfig, augment_batch, shift_zoom_rotate
 from training.data import Dataset, load_mnist, train_val_split
 from training.fit import evaluate, predict_logits, train_one_epoch
 from training.nondigits import generate_nondigits
+
+if TYPE_CHECKING:
+    from training.pagecrops import PageCrops
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,10 @@ VAL_SIZE = 5000
 SPLIT_SEED = 20240601  # fixed: the validation split never changes between runs
 NONDIGIT_VAL_SEED = 7_000_001  # held-out non-digits for calibration / threshold
 NONDIGIT_TEST_SEED = 9_000_001  # held-out non-digits for the report only
+#: Page digit crops are real scans already: only a few of them get the scan augmentation each epoch.
+PAGE_AUGMENT = AugmentConfig(p_any=0.15)
+
+ProgressFn = Callable[[str, int, int, dict[str, float]], None]  # (phase, done, total, stats)
 
 
 @dataclass
@@ -56,6 +63,9 @@ class TrainConfig:
     version: str = "dev"
     download: bool = False
     ema: float | None = None  # decay of the exponential moving average of the weights (0: off; None: the recipe's)
+    page_crops: int = 0  # generated pages whose segmented crops join every epoch (training/pagecrops.py); 0: off
+    page_crops_seed: int = 1
+    page_crops_cache: str | None = None  # None: $DIGITREADER_HOME/cache/pagecrops
 
     def resolved(self) -> TrainConfig:
         r = archs.ARCHS[self.arch]
@@ -109,16 +119,34 @@ class Splits:
     val: Dataset
     val_nondigits: np.ndarray
     checksums: dict[str, str]
+    page: PageCrops | None = None  # crops segmentation cut from generated pages (cfg.page_crops > 0)
 
 
-def load_splits(cfg: TrainConfig) -> Splits:
+def load_splits(cfg: TrainConfig, progress: ProgressFn | None = None) -> Splits:
     full = load_mnist("train", cfg.data_dir, download=cfg.download)
     tr_idx, val_idx = train_val_split(len(full), VAL_SIZE, SPLIT_SEED)
     if cfg.limit:
         tr_idx = tr_idx[: cfg.limit]
     n_val_nd = 0 if cfg.nondigit_fraction <= 0 else VAL_SIZE // 5
     nd = generate_nondigits(n_val_nd, NONDIGIT_VAL_SEED) if n_val_nd else np.zeros((0, 28, 28), np.uint8)
-    return Splits(full.subset(tr_idx), full.subset(val_idx), nd, full.checksums)  # type: ignore[arg-type]
+    page = None
+    if cfg.page_crops > 0:
+        from training.pagecrops import page_crops
+
+        def on_page(done: int, total: int) -> None:
+            if progress:
+                progress("pages", done, total, {})
+
+        page = page_crops(cfg.page_crops, cfg.page_crops_seed, cfg.data_dir, cache_dir=cfg.page_crops_cache,
+                          on_page=on_page)  # fmt: skip
+    return Splits(full.subset(tr_idx), full.subset(val_idx), nd, full.checksums, page)  # type: ignore[arg-type]
+
+
+def epoch_size(cfg: TrainConfig, splits: Splits) -> int:
+    """Samples in one epoch of `epoch_data`: digits, generated non-digits, page crops and their negatives."""
+    n = len(splits.train)
+    page = 0 if splits.page is None else len(splits.page) + len(splits.page.negatives)
+    return n + int(n * cfg.nondigit_fraction) + page
 
 
 def epoch_data(cfg: TrainConfig, splits: Splits, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,6 +164,21 @@ def epoch_data(cfg: TrainConfig, splits: Splits, epoch: int) -> tuple[np.ndarray
         nd = generate_nondigits(n_nd, int(rng.integers(1 << 31)))
         images = np.concatenate([images, nd])  # type: ignore[list-item]
         labels = np.concatenate([labels, np.full(n_nd, 10, np.int64)])
+    if splits.page is not None:
+        images, labels = _with_page_crops(cfg, splits.page, images, labels, rng)
+    return images, labels
+
+
+def _with_page_crops(cfg: TrainConfig, page: PageCrops, images: np.ndarray, labels: np.ndarray,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Append the page crops (their labels) and the synthetic negatives (10); a few page digits augmented."""
+    crops = page.crops
+    if cfg.augment == "scan":
+        digits = page.labels < 10
+        crops = crops.copy()
+        crops[digits] = augment_batch(crops[digits], rng, PAGE_AUGMENT)
+    images = np.concatenate([images, crops, page.negatives])
+    labels = np.concatenate([labels, page.labels, np.full(len(page.negatives), 10, np.int64)])
     return images, labels
 
 
@@ -144,9 +187,6 @@ def val_set(splits: Splits) -> tuple[np.ndarray, np.ndarray]:
     assert labels is not None
     return (np.concatenate([splits.val.images, splits.val_nondigits]),
             np.concatenate([labels, np.full(len(splits.val_nondigits), 10, np.int64)]))  # fmt: skip
-
-
-ProgressFn = Callable[[str, int, int, dict[str, float]], None]  # (phase, done, total, stats)
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: ProgressFn | None = None,
@@ -164,8 +204,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: ProgressFn | N
     optimizer = make_optimizer(cfg, model)
     recipe = archs.ARCHS[cfg.arch]
     assert cfg.epochs is not None and cfg.batch_size is not None
-    splits = load_splits(cfg)
-    steps = -(-(len(splits.train) + int(len(splits.train) * cfg.nondigit_fraction)) // cfg.batch_size)
+    splits = load_splits(cfg, progress)
+    steps = -(-epoch_size(cfg, splits) // cfg.batch_size)
     step_sched: torch.optim.lr_scheduler.LRScheduler | None = None
     plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
     if recipe.schedule == "onecycle":
@@ -289,6 +329,11 @@ def finalize(out: Path, *, model: nn.Module | None = None, splits: Splits | None
         "seed": str(cfg.seed),
         "training_data": {**splits.checksums, "validation": f"{VAL_SIZE} of train, split seed {SPLIT_SEED}"},
     }
+    if splits.page is not None:
+        meta["training_data"]["page_crops"] = (
+            f"{cfg.page_crops} generated pages, seed {cfg.page_crops_seed}, pagecrops v{splits.page.params['version']}"
+            f": {len(splits.page)} segmented crops + {len(splits.page.negatives)} synthetic negatives"
+        )
     export.export_onnx(model, onnx_path, {**meta, "mnist_test_accuracy": "pending"})
     max_diff = export.parity(model, onnx_path, test.images[:512])
     if max_diff > export.PARITY_TOLERANCE:

@@ -46,6 +46,14 @@ def train(
     ema: float | None = typer.Option(None, "--ema", min=0.0, max=0.99999,
                                      help="Decay of the moving average of the weights that is exported "
                                           "(e.g. 0.999; 0 = off; default: the recipe's)."),
+    page_crops: int = typer.Option(0, "--page-crops", min=0,
+                                   help="Also train on the crops our segmentation cuts from N generated pages "
+                                        "(MNIST training digits only, never validation or test), labelled against "
+                                        "the pages' truth: digits as themselves; touching pairs cut as one, pieces "
+                                        "of a digit and strays as non-digits; plus unions of neighbouring digits "
+                                        "and halves of digits as non-digits. Made once (~0.5 s CPU a page) and "
+                                        "cached in $DIGITREADER_HOME/cache/pagecrops. 0 = off. E.g. 400."),
+    page_crops_seed: int = typer.Option(1, "--page-crops-seed", help="--page-crops: seed of the generated pages."),
     version: str = typer.Option("dev", "--model-version", help="Version string written into the model."),
     download: bool = typer.Option(False, "--download", help="Download MNIST when missing (needs internet)."),
     finalize_only: bool = typer.Option(False, "--finalize-only",
@@ -89,7 +97,8 @@ def train(
     cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, seed=seed,
                       data_dir=str(data_dir) if data_dir else None, out=str(out), device=device, limit=limit,
                       nondigit_fraction=nondigits, augment=augment, threads=threads, version=version,
-                      download=download, ema=ema)  # fmt: skip
+                      download=download, ema=ema, page_crops=page_crops,
+                      page_crops_seed=page_crops_seed)  # fmt: skip
     with progress() as bar:
         task = bar.add_task("loading", total=None)
 
@@ -97,6 +106,9 @@ def train(
             if phase == "train":
                 bar.update(task, description=f"epoch {stats['epoch']} loss {stats['loss']:.4f} acc {stats['acc']:.4f}",
                            completed=done, total=total)  # fmt: skip
+            elif phase == "pages":
+                bar.update(task, description="cutting training crops from generated pages", completed=done,
+                           total=total)  # fmt: skip
             elif phase == "augment":
                 bar.update(task, description=f"epoch {stats['epoch']}: augmenting", completed=0, total=None)
             elif phase == "epoch":
