@@ -488,3 +488,34 @@ def test_lost_messages_are_requeued(tmp_path: Path, pg_db: str, redis_url: str, 
     ids = dist.requeue_orphans(settings, min_age=0)
     assert len(ids) == 3 and client.llen("pages") == 3
     client.delete("pages")
+
+
+def test_claim_job_marks_a_pending_document_once(tmp_path: Path, pg_db: str, redis_url: str,
+                                                 small_pages: list[Path]) -> None:  # fmt: skip
+    """The page task's one transaction before segmenting: a pending document becomes processing
+    (start time set); a redelivery keeps the first start time; a finished document is untouched."""
+    settings = make_settings(base_env(tmp_path, pg_db, redis_url, None))
+    sub = dist.submit_batch([str(small_pages[0])], settings, publish=lambda ids: None)
+    engine = get_engine(settings)
+    with session_scope(engine=engine) as s:
+        doc_id = s.scalar(select(Document.id).where(Document.batch_id == sub.batch_id))
+    assert dist.claim_job(engine, 10**9) is None
+
+    def row() -> tuple[str, Any]:
+        with session_scope(engine=engine) as s:
+            d = s.get(Document, doc_id)
+            return d.status, d.started_at
+
+    assert row() == ("pending", None)
+    job = dist.claim_job(engine, doc_id)
+    assert job is not None and job.status == "pending" and job.batch_id == sub.batch_id
+    assert job.path == str(small_pages[0]) and job.cwd == os.getcwd()
+    status, started = row()
+    assert status == "processing" and started is not None
+    again = dist.claim_job(engine, doc_id)
+    assert again is not None and again.status == "processing"
+    assert row() == ("processing", started)
+    assert dist.store_failure(engine, doc_id, "internal", "test")
+    finished = dist.claim_job(engine, doc_id)
+    assert finished is not None and finished.status == "failed"
+    assert row() == ("failed", started)
