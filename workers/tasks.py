@@ -18,6 +18,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery_batches import Batches
 
 from digitreader import distributed as dist
+from digitreader.db.session import get_engine
 from digitreader.settings import get_settings
 from workers.app import app
 from workers.codec import CodecError, decode_cut, encode_cut, from_text, to_text
@@ -53,6 +54,18 @@ def get_deliveries() -> dist.Deliveries:
         return _state["deliveries"]
 
 
+def warm_up() -> None:
+    """Connect to the database (engine, schema check, one pooled connection) and to Redis now, and
+    compile the page task's query (a read of document id 0, which does not exist), so that a fresh
+    worker process's first document does not pay for it (~0.4 s). Best effort: on any error the
+    first task connects (and retries) as it would have anyway."""
+    try:
+        dist.load_job(get_engine(_settings), 0)
+        get_deliveries().client.ping()
+    except Exception as exc:
+        log.warning("warm-up skipped, the first document will connect: %s", exc)
+
+
 @signals.worker_process_init.connect
 def _one_thread_per_process(**_: Any) -> None:
     # Each page-pool process is one core's worth of work: no OpenCV thread pool on top.
@@ -60,6 +73,9 @@ def _one_thread_per_process(**_: Any) -> None:
 
     cv2.setNumThreads(1)
     _state.pop("deliveries", None)  # a Redis connection must not be shared across fork
+    # In a thread: this handler must return within Celery's process start timeout (4 s), and an
+    # unreachable database can take longer than that to say so.
+    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
 
 
 class DocumentTask(Task):

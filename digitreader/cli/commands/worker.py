@@ -83,6 +83,10 @@ def worker(
         get_predictor()  # load once, now: a missing or corrupt model stops the worker with exit 5
         import threading
 
+        from workers.tasks import warm_up
+
+        threading.Thread(target=warm_up, name="warm-up", daemon=True).start()  # database and Redis, best effort
+
         from digitreader.distributed import sweep_orphans_forever
 
         # Safety net for documents whose message the broker lost (see requeue_orphans).
