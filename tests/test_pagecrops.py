@@ -124,6 +124,7 @@ def test_labelling_rule() -> None:
             {"position": 1, "bbox": [140, 100, 30, 40], "label": 5},   # with 6: cut as one slot
             {"position": 2, "bbox": [175, 100, 30, 40], "label": 6},
             {"position": 3, "bbox": [220, 100, 30, 40], "label": 8},   # cut in two pieces
+            {"position": 4, "bbox": [300, 100, 30, 40], "label": 2},   # whole, and a fragment on it
         ]},
         {"kind": "boxes", "digits": [
             {"position": 0, "bbox": [100, 300, 40, 50], "label": None},  # blank, called blank
@@ -134,13 +135,16 @@ def test_labelling_rule() -> None:
     cut = PageCut(number=1, width=1000, height=1000, fields=(
         FieldCut("a", "string", (90, 90, 200, 60), (
             _slot(0, (101, 101, 28, 38)), _slot(1, (140, 100, 65, 40)), _slot(2, (220, 100, 14, 40)),
-            _slot(3, (236, 100, 14, 40)), _slot(4, (262, 120, 6, 6)))),
+            _slot(3, (236, 100, 14, 40)), _slot(4, (262, 120, 6, 6)), _slot(8, (299, 100, 31, 40)),
+            _slot(9, (322, 130, 5, 5)))),
         FieldCut("b", "boxes", (95, 295, 130, 60), (
             _slot(5, (100, 300, 40, 50), blank=True), _slot(6, (140, 300, 40, 50)), _slot(7, (180, 300, 40, 50)))),
     ))  # fmt: skip
-    got = [(int(c[0, 0]) - 1, label, kind) for c, label, kind in label_slots(cut, truth)]
-    assert got == [(0, 3, DIGIT), (1, 10, PAIR), (2, 10, PIECE), (3, 10, PIECE), (4, 10, EXTRA), (6, 10, BLANK),
-                   (7, 9, DIGIT)]  # fmt: skip
+    labelled, skipped = label_slots(cut, truth)
+    got = [(int(c[0, 0]) - 1, label, kind) for c, label, kind in labelled]
+    assert got == [(0, 3, DIGIT), (1, 10, PAIR), (2, 10, PIECE), (3, 10, PIECE), (4, 10, EXTRA), (9, 10, PIECE),
+                   (6, 10, BLANK), (7, 9, DIGIT)]  # fmt: skip
+    assert skipped == 1  # slot 8: the whole 2, which the fragment 9 also falls on
 
 
 @pytest.mark.slow

@@ -22,7 +22,9 @@ module makes training data of real pipeline crops:
    column (the part of a split candidate that should lose), both -> 10.
 
 The result is cached as a compressed `.npz` keyed by the pages, the seed and `VERSION`
-(default folder `$DIGITREADER_HOME/cache/pagecrops`).
+(default folder `$DIGITREADER_HOME/cache/pagecrops`). It also records a digest of the segmentation
+code and model it was cut with; a cache made with other ones is still used, with a warning (delete
+the file to cut the crops again).
 
     python -m training.pagecrops --pages 400 --seed 1      # fill the cache, print counts and time
 """
@@ -45,11 +47,13 @@ from typing import Any
 
 import numpy as np
 
+from digitreader import pipeline
 from digitreader.errors import InputError
 from digitreader.pipeline.cut import _cut_at, _merge, _Piece, _piece_crop, _window, remove_lines, split_string
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.load import load_pages
 from digitreader.pipeline.prepare import map_box, prepare_page
+from digitreader.pipeline.recognize import read_manifest
 from digitreader.pipeline.segment import segment_page
 from digitreader.settings import Settings, get_settings
 from digitreader.synth.generate import STYLES, render_page, write_pages
@@ -81,6 +85,9 @@ JPEG_SHARE = 0.5
 ROUGH_SHARE = 0.2
 #: Share of the pages that are cheques (the rest A4 forms), as `generate(kind="mixed")`.
 CHEQUE_SHARE = 0.3
+
+#: Modules of `digitreader.pipeline` whose code decides the crops (their digest is kept with the cache).
+SEGMENTATION_MODULES = ("load", "prepare", "fields", "cut", "normalize", "segment")
 
 Box = Sequence[int]
 ProgressFn = Callable[[int, int], None]  # (pages done, pages in all)
@@ -153,6 +160,16 @@ def _params(n_pages: int, seed: int, dpi: float) -> dict[str, Any]:
             "rough": ROUGH_SHARE, "cheques": CHEQUE_SHARE}  # fmt: skip
 
 
+def segmentation_digest() -> str:
+    """SHA-256 (16 hex digits) of the segmentation modules' source and the shipped model's checksum."""
+    folder = Path(pipeline.__file__).parent
+    h = hashlib.sha256()
+    for name in SEGMENTATION_MODULES:
+        h.update((folder / f"{name}.py").read_bytes())
+    h.update(str(read_manifest().get("sha256", "")).encode())
+    return h.hexdigest()[:16]
+
+
 def cache_path(cache_dir: Path, params: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir / f"pagecrops-v{params['version']}-p{params['pages']}-s{params['seed']}-{digest}.npz"
@@ -160,7 +177,7 @@ def cache_path(cache_dir: Path, params: dict[str, Any]) -> Path:
 
 def _save(path: Path, pc: PageCrops) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"counts": pc.counts, "params": pc.params, "seconds": pc.seconds}
+    meta = {"counts": pc.counts, "params": pc.params, "seconds": pc.seconds, "segmentation": segmentation_digest()}
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         np.savez_compressed(fh, crops=pc.crops, labels=pc.labels, kinds=pc.kinds, negatives=pc.negatives,
@@ -175,6 +192,9 @@ def _load(path: Path, params: dict[str, Any]) -> PageCrops | None:
             meta = json.loads(str(z["meta"]))
             if meta["params"] != params:
                 return None
+            if meta.get("segmentation") != segmentation_digest():
+                log.warning("%s was cut by other segmentation code or model than the current one; delete it to "
+                            "cut the crops again", path)  # fmt: skip
             return PageCrops(z["crops"], z["labels"], z["kinds"], z["negatives"], z["negative_kinds"],
                              z["mnist_indices"], meta["counts"], meta["params"], meta["seconds"], True)  # fmt: skip
     except (OSError, ValueError, KeyError) as exc:  # a damaged cache file is regenerated
@@ -252,7 +272,8 @@ def generate_page_crops(
                 log.warning("page %d skipped: %s", i, exc)
                 counts["pages_skipped"] += 1
                 continue
-            page_labels = label_slots(cut, truth)
+            page_labels, skipped = label_slots(cut, truth)
+            counts["skipped_slots"] += skipped
             for c, lab, k in page_labels:
                 crops.append(c)
                 labels.append(lab)
@@ -265,7 +286,6 @@ def generate_page_crops(
             counts["pages"] += 1
             if on_page:
                 on_page(i + 1, n_pages)
-    counts["skipped_slots"] = counts.pop("skipped", 0)
     return PageCrops(
         crops=_stack(crops),
         labels=np.asarray(labels, np.int64),
@@ -293,11 +313,10 @@ def _covers(outer: Box, inner: Box, share: float) -> bool:
     return _centre_in(list(inner), list(outer)) and outer[2] >= share * inner[2] and outer[3] >= share * inner[3]
 
 
-def label_slots(cut: PageCut, truth: dict[str, Any]) -> list[tuple[np.ndarray, int, int]]:
-    """(crop, label, kind) for every non-blank slot of a segmented page whose label is certain.
-
-    Slots whose truth is ambiguous (on two true digits without holding both centres; the whole of a
-    digit that some fragment also falls on) are left out.
+def label_slots(cut: PageCut, truth: dict[str, Any]) -> tuple[list[tuple[np.ndarray, int, int]], int]:
+    """(crop, label, kind) for every non-blank slot of a segmented page whose label is certain, and
+    the number of slots left out because their truth is ambiguous (on two true digits without holding
+    both centres; the whole of a digit that some fragment also falls on).
     """
     true_digits = [d for f in truth["fields"] for d in f["digits"] if d["label"] is not None]
     true_blanks = [d["bbox"] for f in truth["fields"] for d in f["digits"] if d["label"] is None]
@@ -308,6 +327,7 @@ def label_slots(cut: PageCut, truth: dict[str, Any]) -> list[tuple[np.ndarray, i
         for j in js:
             slots_on[j].append(i)
     out: list[tuple[np.ndarray, int, int]] = []
+    skipped = 0
     for i, (s, js) in enumerate(zip(slots, on_slot, strict=True)):
         if not js:
             blank = any(_matches(s.bbox, b) for b in true_blanks)
@@ -316,11 +336,15 @@ def label_slots(cut: PageCut, truth: dict[str, Any]) -> list[tuple[np.ndarray, i
             held = sum(_centre_in(true_digits[j]["bbox"], list(s.bbox)) for j in js)
             if held >= 2:
                 out.append((s.crop, 10, PAIR))
+            else:
+                skipped += 1
         elif slots_on[js[0]] == [i]:
             out.append((s.crop, int(true_digits[js[0]]["label"]), DIGIT))
         elif not _covers(s.bbox, true_digits[js[0]]["bbox"], WHOLE):
             out.append((s.crop, 10, PIECE))
-    return out
+        else:
+            skipped += 1
+    return out, skipped
 
 
 def _neighbours(tfield: dict[str, Any]) -> list[tuple[int, int]]:
