@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from digitreader.pipeline.normalize import is_blank, normalize_ink
+from digitreader.pipeline.normalize import BLANK_EXTENT, is_blank, label_pieces, normalize_ink
 from digitreader.pipeline.prepare import map_box
 from digitreader.types import BBox, DigitSlot, FieldCut, FieldRegion, PreparedPage
 
@@ -111,18 +111,18 @@ def _piece_crop(ink: np.ndarray, p: _Piece) -> np.ndarray:
     return normalize_ink(ink[p.y0 : p.y1, p.x0 : p.x1], p.mask[p.y0 : p.y1, p.x0 : p.x1])
 
 
-def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float) -> DigitSlot:
-    x, y, w, h = cell
-    win = _window(prepared, cell, 0.22 * w, 0.3 * h)
-    digit = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))))
-    ix0, iy0, ix1, iy1 = win.inner
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(digit.astype(np.uint8), connectivity=8)
-    keep = np.zeros(n, bool)
+def _digit_components(
+    labels: np.ndarray, stats: np.ndarray, inner: tuple[int, int, int, int], cell: BBox
+) -> np.ndarray:
+    """Which connected pieces of a cell's window (bool per label, 0 = paper) belong to its digit."""
+    _, _, w, h = cell
+    ix0, iy0, ix1, iy1 = inner
+    keep = np.zeros(len(stats), bool)
     min_area = max(2, int(0.0015 * w * h))
     band_x, band_y = 0.14 * w, 0.14 * h
-    for i in range(1, n):
-        cx, cy, cw, ch, area = (int(v) for v in stats[i])
-        if area < min_area:
+    inside_counts: list[int] = []
+    for i, (cx, cy, cw, ch, area) in enumerate(stats.tolist()):
+        if i == 0 or area < min_area:
             continue
         # Remnants of a box line (a faint or broken wall the line removal did not take): pieces lying
         # entirely in the band along one edge of the cell and thin on average along it.
@@ -130,14 +130,41 @@ def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float) ->
         near_tb = cy >= iy1 - band_y or cy + ch <= iy0 + band_y
         if (near_lr and area <= 0.1 * w * ch) or (near_tb and area <= 0.1 * h * cw):
             continue
-        inside = int((labels[iy0:iy1, ix0:ix1] == i).sum())
+        if not inside_counts:  # pixels of each piece inside the cell, counted once for all pieces
+            inside_counts = np.bincount(labels[iy0:iy1, ix0:ix1].ravel(), minlength=len(stats)).tolist()
+        inside = inside_counts[i]
         # Mostly inside; or a digit pushed through the top/bottom line: within the cell's columns.
         columns = min(cx + cw, ix1) - max(cx, ix0)
         if inside >= 0.5 * area or (inside >= 0.2 * area and columns >= 0.7 * cw):
             keep[i] = True
+    return keep
+
+
+def _has_tall_piece(stats: np.ndarray, keep: np.ndarray, inner: tuple[int, int, int, int], extent: float) -> bool:
+    """Whether a kept piece lies wholly inside the cell and spans `extent` of its height or width.
+
+    Such a piece is a connected piece of the cell's own mask too, so `is_blank` would say "not blank"
+    for it; the cell is a digit without labelling its mask again.
+    """
+    ix0, iy0, ix1, iy1 = inner
+    h, w = max(iy1 - iy0, 1), max(ix1 - ix0, 1)
+    for i in np.flatnonzero(keep).tolist():
+        x, y, cw, ch, _ = stats[i].tolist()
+        if x >= ix0 and y >= iy0 and x + cw <= ix1 and y + ch <= iy1 and max(ch / h, cw / w) >= extent:
+            return True
+    return False
+
+
+def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float) -> DigitSlot:
+    x, y, w, h = cell
+    win = _window(prepared, cell, 0.22 * w, 0.3 * h)
+    digit = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))))
+    ix0, iy0, ix1, iy1 = win.inner
+    _, labels, stats = label_pieces(digit.view(np.uint8))
+    keep = _digit_components(labels, stats, win.inner, cell)
     mask = keep[labels]
     box = map_box(prepared.to_original, cell, prepared.width, prepared.height)
-    if is_blank(mask[iy0:iy1, ix0:ix1]):
+    if not _has_tall_piece(stats, keep, win.inner, BLANK_EXTENT) and is_blank(mask[iy0:iy1, ix0:ix1]):
         return DigitSlot(position=position, bbox=box, crop=EMPTY.copy(), blank=True)
     return DigitSlot(position=position, bbox=box, crop=_crop(prepared, win, mask), blank=False)
 
@@ -188,7 +215,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
     """Digits of a string field's ink (lines already removed), left to right."""
     x0, y0, x1, y1 = inner
     field_h = max(1, y1 - y0)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    n, labels, stats = label_pieces(mask.astype(np.uint8))
     pieces: list[_Piece] = []
     speck = max(3, int((0.07 * field_h) ** 2))
     for i in range(1, n):
