@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 LINE_COVER = 0.8  # a row is a box line when this fraction of the structure's width is inked
 WALL_COVER = 0.92  # a column is a cell wall when this fraction of the cell height is inked
+_ROW3 = np.ones((3, 1), np.uint8)
+_COL3 = np.ones((1, 3), np.uint8)
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,10 @@ def line_image(ink: np.ndarray, g: _Geom) -> np.ndarray:
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     """Runs of True as (start, end_exclusive)."""
-    if not flags.any():
-        return []
-    d = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
-    starts = np.flatnonzero(d == 1)
-    ends = np.flatnonzero(d == -1)
-    return list(zip(starts.tolist(), ends.tolist(), strict=True))
+    padded = np.zeros(flags.size + 2, bool)
+    padded[1:-1] = flags
+    edges = np.flatnonzero(padded[1:] != padded[:-1]).tolist()  # start, end, start, end, ...
+    return list(zip(edges[0::2], edges[1::2], strict=True))
 
 
 def _fit_grid(walls: list[tuple[int, int]], min_cell: float) -> list[tuple[int, int]]:
@@ -73,16 +73,17 @@ def _fit_grid(walls: list[tuple[int, int]], min_cell: float) -> list[tuple[int, 
     interior = centre[1:-1]
     span = last - first
     thick = max(1, int(round(((walls[0][1] - walls[0][0]) + (walls[-1][1] - walls[-1][0])) / 2)))
+    candidates = np.array(interior)
     best_n, best_score, best_match = 1, -0.3 * len(interior), [None] * 0
     for n in range(2, int(span / max(min_cell, 1.0)) + 1):
         pitch = span / n
         tol = 0.2 * pitch
-        match: list[int | None] = []
-        for i in range(1, n):
-            e = first + i * pitch
-            j = int(np.argmin([abs(c - e) for c in interior]))
-            match.append(j if abs(interior[j] - e) <= tol else None)
-        matched = sum(m is not None for m in match)
+        # The candidate nearest each grid position, and whether it is near enough.
+        dist = np.abs(candidates[None, :] - (first + np.arange(1, n) * pitch)[:, None])
+        nearest = dist.argmin(axis=1)
+        near = dist[np.arange(n - 1), nearest] <= tol
+        match: list[int | None] = [j if ok else None for j, ok in zip(nearest.tolist(), near.tolist(), strict=True)]
+        matched = int(near.sum())
         missing = (n - 1) - matched
         score = matched - 1.0 * missing - 0.3 * (len(interior) - matched)
         if score > best_score:
@@ -111,7 +112,7 @@ class _Found:
 def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     """A frame (closed box structure) in one connected piece of the line image, or None."""
     h, w = sub.shape
-    rows = cv2.dilate(sub, np.ones((3, 1), np.uint8)).astype(bool).mean(axis=1)
+    rows = cv2.dilate(sub, _ROW3).mean(axis=1)  # sub is 0/1
     hl = [r for r in _runs(rows >= LINE_COVER)]
     if len(hl) < 2:
         return None
@@ -128,7 +129,7 @@ def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     if float((rows[top[1] : bottom[0]] >= 0.95).mean()) > 0.85:
         return None  # solid inside: a filled block
     band = sub[top[1] : bottom[0]]
-    cols = cv2.dilate(band, np.ones((1, 3), np.uint8)).astype(bool).mean(axis=0)
+    cols = cv2.dilate(band, _COL3).mean(axis=0)
     walls = _runs(cols >= WALL_COVER)
     walls = [wl for wl in walls if wl[1] - wl[0] <= g.mm(3.0) + 2]  # two walls of touching squares: wide
     # Two squares that nearly touch give two walls with a sliver of paper between: one separator,
@@ -166,7 +167,7 @@ def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
 def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     """A tick row (base line with short ticks rising from it) in one piece of the line image, or None."""
     h, w = sub.shape
-    rows = cv2.dilate(sub, np.ones((3, 1), np.uint8)).astype(bool).mean(axis=1)
+    rows = cv2.dilate(sub, _ROW3).mean(axis=1)  # sub is 0/1
     hl = _runs(rows >= LINE_COVER)
     if not hl:
         return None
@@ -177,16 +178,18 @@ def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     if base[0] < probe:
         return None
     band = sub[base[0] - probe : base[0]]
-    cols = band.astype(bool).mean(axis=0)
+    cols = band.mean(axis=0)
     ticks = [t for t in _runs(cols >= 0.9) if t[1] - t[0] <= g.mm(1.2)]
     if len(ticks) < 3:
         return None
     ticks = _fit_grid(ticks, g.mm(4.0))
     centres = np.array([(a + b) / 2 for a, b in ticks])
     gaps = np.diff(centres)
-    if len(gaps) < 2 or gaps.max() > 1.4 * np.median(gaps) or gaps.min() < 0.7 * np.median(gaps):
+    if len(gaps) < 2:
         return None
     pitch = float(np.median(gaps))
+    if gaps.max() > 1.4 * pitch or gaps.min() < 0.7 * pitch:
+        return None
     if pitch < g.mm(4.0):
         return None  # letters of printed text standing on their baseline
     between = np.ones(w, bool)
@@ -283,7 +286,7 @@ def find_fields(prepared: PreparedPage, settings: Settings | None = None) -> lis
             continue
         inside = np.zeros((h, w), np.uint8)
         cv2.drawContours(inside, [cnt], -1, 1, thickness=-1, offset=(-x, -y))
-        sub = cv2.bitwise_and(inside, (lines[y : y + h, x : x + w] > 0).astype(np.uint8))
+        sub = cv2.bitwise_and(inside, lines[y : y + h, x : x + w])  # 0/1: 1 & 255 = 1
         area = int(cv2.countNonZero(sub))
         if area < g.mm(6):
             continue
