@@ -469,16 +469,18 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
     if not split_cands and not merge_cands:
         return pieces
     merged = [_merge(pieces[i], pieces[i + 1]) for i in merge_cands]
-    every = pieces + [q for _, parts in split_cands for q in parts] + merged
+    # Only the pieces a candidate would replace need the model's score.
+    involved = sorted({i for i, _ in split_cands} | {j for i in merge_cands for j in (i, i + 1)})
+    every = [pieces[i] for i in involved] + [q for _, parts in split_cands for q in parts] + merged
     crops: list[np.ndarray] = []
     for p in every:
         if p.crop is None:
             p.crop = _piece_crop(ink, p)
         crops.append(p.crop)
     lp = scorer(np.stack(crops))
-    n = len(pieces)
-    base = lp[:n]
-    k = n
+    base = np.zeros(len(pieces), lp.dtype)
+    base[involved] = lp[: len(involved)]
+    k = len(involved)
     best_split: dict[int, tuple[float, list[_Piece]]] = {}
     for i, parts in split_cands:
         # Geometry's prior: a piece far wider than a digit is tall holds two (the model reads many
