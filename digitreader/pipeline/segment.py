@@ -28,7 +28,7 @@ BLACK_INK = 0.85
 def check_page(page: PageImage, prepared: PreparedPage) -> None:
     """Refuse pages with no ink at all, or that are almost entirely ink."""
     g = page.gray[::4, ::4]
-    if g.size and float(np.mean(g < 64)) > BLACK_INK:
+    if g.size and np.count_nonzero(g < 64) / g.size > BLACK_INK:
         raise InputError(
             "the page is all black (a failed scan or a negative?)",
             path=page.source or None,
