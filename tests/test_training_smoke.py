@@ -171,3 +171,39 @@ def test_train_cli_missing_data_and_bad_options(tmp_path: Path) -> None:
     assert proc.returncode == ExitCode.USAGE and "seed003" in proc.stderr
     proc = run("--finalize-only", "--out", str(tmp_path / "nothing"))
     assert proc.returncode == ExitCode.USAGE and "no checkpoint" in proc.stderr
+
+
+@pytest.mark.slow
+def test_ensemble_of_two_runs(smoke_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    # A second member: an untrained drnet saved in a run's checkpoint format.
+    from training.corrections import _load_weights
+    from training.ensemble import build_ensemble
+
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.manual_seed(11)
+    untrained = archs.build("drnet", 11).eval()
+    cfg = TrainConfig(arch="drnet", epochs=1, data_dir=str(data_dir), out=str(other), version="other")
+    torch.save({"config": cfg.__dict__, "epoch": 0, "model": untrained.state_dict(), "history": []},
+               other / "checkpoint.pt")  # fmt: skip
+    out = tmp_path / "ens"
+    report = build_ensemble([smoke_run, other], out, "ens-test")
+    assert report["arch"] == "drnet+drnet"
+    # The exported graph returns the mean of the members' logits (each member as exported alone).
+    test = load_mnist("test", data_dir)
+    images = test.images[:256]
+    members = [export.onnx_logits(smoke_run / "model.onnx", images)]
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    with torch.no_grad():
+        members.append(untrained(x).numpy())
+    joined = export.onnx_logits(out / "model.onnx", images)
+    assert np.abs(joined - (members[0] + members[1]) / 2).max() < 1e-4
+    assert np.abs(joined - members[0]).max() > 1e-2  # the untrained member really takes part
+    assert report["parity_max_abs_diff"] <= export.PARITY_TOLERANCE
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert meta["arch"] == "drnet+drnet" and json.loads(meta["members"]) == [smoke_run.name, "other"]
+    # The joined checkpoint reloads as an ensemble, also for fine-tuning on corrections.
+    model, arch = _load_weights(out)
+    assert arch == "drnet+drnet" and isinstance(model, archs.Ensemble) and len(model.members) == 2

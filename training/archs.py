@@ -142,9 +142,31 @@ ARCHS: dict[str, Recipe] = {
 }  # fmt: skip
 
 
+class Ensemble(nn.Module):
+    """Several independently trained members read as one model: the mean of their logits.
+
+    Its architecture name joins the members' with "+" (e.g. "drnet+drnet-wide"); `training.ensemble`
+    builds one from finished runs. Exported to ONNX it is still one graph, one file.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def is_known(arch: str) -> bool:
+    """A single architecture of ARCHS, or an ensemble of them ("a+b")."""
+    return all(part in ARCHS for part in arch.split("+"))
+
+
 def build(arch: str, num_classes: int = 11) -> nn.Module:
-    if arch not in ARCHS:
-        raise KeyError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    if not is_known(arch):
+        raise KeyError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)} (or an ensemble a+b)")
+    if "+" in arch:
+        return Ensemble([ARCHS[part].build(num_classes) for part in arch.split("+")])
     return ARCHS[arch].build(num_classes)
 
 

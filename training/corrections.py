@@ -142,7 +142,7 @@ def _load_weights(path: Path) -> tuple[nn.Module, str]:
     ckpt = torch.load(p, map_location="cpu", weights_only=False)
     state = ckpt["model"]
     arch = ckpt.get("arch") or (ckpt.get("config") or {}).get("arch")
-    if arch not in archs.ARCHS:
+    if not archs.is_known(arch):
         raise UsageError(f"{p}: unknown architecture {arch!r}")
     n_out = state[[k for k in state if k.endswith("weight")][-1]].shape[0]
     model = archs.build(arch, int(n_out))

@@ -300,12 +300,20 @@ def load_checkpoint_model(out: Path) -> tuple[nn.Module, TrainConfig, list[dict[
 
 
 def finalize(out: Path, *, model: nn.Module | None = None, splits: Splits | None = None,
-             progress: ProgressFn | None = None) -> dict[str, Any]:  # fmt: skip
-    """Calibrate on validation, export ONNX with metadata, verify parity, write the report."""
+             progress: ProgressFn | None = None, run: tuple[TrainConfig, list[dict[str, float]]] | None = None,
+             extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Calibrate on validation, export ONNX with metadata, verify parity, write the report.
+
+    `run` = (config, history) when the model does not come from OUT/checkpoint.pt (an ensemble)."""
     from training import calibrate, export, report
 
-    loaded, cfg, history = load_checkpoint_model(out)
-    model = (model or loaded).cpu().to(memory_format=torch.contiguous_format).eval()
+    if run is None:
+        loaded, cfg, history = load_checkpoint_model(out)
+        model = model or loaded
+    else:
+        assert model is not None, "finalize(run=...) needs the model"
+        cfg, history = run
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     splits = splits or load_splits(cfg)
     if progress:
         progress("finalize", 0, 1, {})
@@ -328,6 +336,7 @@ def finalize(out: Path, *, model: nn.Module | None = None, splits: Splits | None
         "epochs": str(len(history)),
         "seed": str(cfg.seed),
         "training_data": {**splits.checksums, "validation": f"{VAL_SIZE} of train, split seed {SPLIT_SEED}"},
+        **(extra_meta or {}),
     }
     if splits.page is not None:
         meta["training_data"]["page_crops"] = (
