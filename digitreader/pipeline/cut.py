@@ -50,8 +50,22 @@ def _window(prepared: PreparedPage, box: BBox, mx: float, my: float) -> _Window:
     return _Window(X0, Y0, ink, (x - X0, y - Y0, x + w - X0, y + h - Y0))
 
 
-def _line_runs(cover: np.ndarray, lo: int, hi: int, level: float) -> list[int]:
-    return [i for i in range(max(lo, 0), min(hi, cover.size)) if cover[i] >= level]
+def _line_runs(hit: list[bool], lo: int, hi: int) -> list[int]:
+    return [i for i in range(max(lo, 0), min(hi, len(hit))) if hit[i]]
+
+
+def _cover(ink: np.ndarray, axis: int) -> np.ndarray:
+    """Fraction of inked pixels in each row (axis=1) or column (axis=0): ink.mean(axis), cheaper."""
+    counts = cv2.reduce(ink.view(np.uint8), axis, cv2.REDUCE_SUM, dtype=cv2.CV_32S)
+    return counts.ravel() / ink.shape[axis]
+
+
+def _grow1(flags: np.ndarray) -> np.ndarray:
+    """A 1-D bool array dilated by one element on each side."""
+    out = flags.copy()
+    out[1:] |= flags[:-1]
+    out[:-1] |= flags[1:]
+    return out
 
 
 def remove_lines(win: _Window, max_t: int, level: float = 0.6) -> np.ndarray:
@@ -59,33 +73,29 @@ def remove_lines(win: _Window, max_t: int, level: float = 0.6) -> np.ndarray:
     ink = win.ink
     x0, y0, x1, y1 = win.inner
     h, w = ink.shape
-    if x1 <= x0 or y1 <= y0:
+    cx0, cx1, cy0, cy1 = max(x0, 0), min(x1, w), max(y0, 0), min(y1, h)
+    if cx1 <= cx0 or cy1 <= cy0:
         return ink.copy()
-    row_cover = ink[:, max(x0, 0) : min(x1, w)].mean(axis=1)
-    col_cover = ink[max(y0, 0) : min(y1, h), :].mean(axis=0)
-    rows = _line_runs(row_cover, y0 - max_t, y0 + 2, level) + _line_runs(row_cover, y1 - 2, y1 + max_t, level)
-    cols = _line_runs(col_cover, x0 - max_t, x0 + 2, level) + _line_runs(col_cover, x1 - 2, x1 + max_t, level)
-    line = np.zeros_like(ink)
-    line[rows, :] = True
-    line[:, cols] = True
-    line &= ink
-    out = ink & ~line
-    k = np.ones(3, bool)
+    row_hit = (_cover(ink[:, cx0:cx1], 1) >= level).tolist()
+    col_hit = (_cover(ink[cy0:cy1, :], 0) >= level).tolist()
+    rows = _line_runs(row_hit, y0 - max_t, y0 + 2) + _line_runs(row_hit, y1 - 2, y1 + max_t)
+    cols = _line_runs(col_hit, x0 - max_t, x0 + 2) + _line_runs(col_hit, x1 - 2, x1 + max_t)
+    out = ink.copy()
+    out[rows, :] = False
+    out[:, cols] = False
+    # Put back the line pixels where ink continues on both sides (within a pixel) of the line: a
+    # stroke crossing it. Rows first, then columns (whose sides may be strokes the rows put back).
     for band in _bands(rows):
         a, b = band[0] - 1, band[-1] + 1
         if a < 0 or b >= h:
             continue
-        above = np.convolve(out[a], k, "same") > 0
-        below = np.convolve(out[b], k, "same") > 0
-        cross = (above & below)[None, :]
+        cross = _grow1(out[a]) & _grow1(out[b])
         out[band[0] : band[-1] + 1] |= ink[band[0] : band[-1] + 1] & cross
     for band in _bands(cols):
         a, b = band[0] - 1, band[-1] + 1
         if a < 0 or b >= w:
             continue
-        left = np.convolve(out[:, a], k, "same") > 0
-        right = np.convolve(out[:, b], k, "same") > 0
-        cross = (left & right)[:, None]
+        cross = (_grow1(out[:, a]) & _grow1(out[:, b]))[:, None]
         out[:, band[0] : band[-1] + 1] |= ink[:, band[0] : band[-1] + 1] & cross
     return out
 
