@@ -51,7 +51,7 @@ def train(
                                         "(MNIST training digits only, never validation or test), labelled against "
                                         "the pages' truth: digits as themselves; touching pairs cut as one, pieces "
                                         "of a digit and strays as non-digits; plus unions of neighbouring digits "
-                                        "and halves of digits as non-digits. Made once (~0.5 s CPU a page) and "
+                                        "and halves of digits as non-digits. Made once (~0.3 s CPU a page) and "
                                         "cached in $DIGITREADER_HOME/cache/pagecrops. 0 = off. E.g. 400."),
     page_crops_seed: int = typer.Option(1, "--page-crops-seed", help="--page-crops: seed of the generated pages."),
     version: str = typer.Option("dev", "--model-version", help="Version string written into the model."),
