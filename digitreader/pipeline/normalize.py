@@ -66,7 +66,7 @@ def label_pieces(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     """8-connected pieces of a uint8 mask: (count with the background, labels, stats as OpenCV gives them).
 
     Labels are 16-bit where they fit (a mask of H x W pixels has at most ceil(H/2) * ceil(W/2) pieces):
-    OpenCV computes the statistics of a 16-bit labelling several times faster than of a 32-bit one.
+    OpenCV computes the statistics of a 16-bit labelling 2-3x faster than of a 32-bit one (OpenCV 5.0).
     """
     h, w = mask.shape
     ltype = cv2.CV_16U if ((h + 1) // 2) * ((w + 1) // 2) < 65535 else cv2.CV_32S
