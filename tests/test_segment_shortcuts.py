@@ -8,7 +8,7 @@ import pytest
 
 from digitreader.pipeline.cut import _digit_components, _has_tall_piece
 from digitreader.pipeline.normalize import BLANK_EXTENT, is_blank, label_pieces
-from digitreader.pipeline.prepare import ink_levels
+from digitreader.pipeline.prepare import ink_levels, median
 
 
 def _levels_by_definition(flat: np.ndarray) -> tuple[float, float]:
@@ -67,3 +67,14 @@ def test_tall_piece_shortcut_never_contradicts_the_blank_test(seed: int) -> None
     mask = keep[labels][12:48, 10:42]
     if _has_tall_piece(stats, keep, inner, BLANK_EXTENT):
         assert not is_blank(mask)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_median_equals_numpy(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    ints = rng.integers(0, 500, n)
+    floats = rng.normal(30, 10, n)
+    assert median(ints) == float(np.median(ints))
+    assert median(ints.tolist()) == float(np.median(ints))
+    assert median(floats) == float(np.median(floats))

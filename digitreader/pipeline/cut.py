@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from digitreader.pipeline.normalize import BLANK_EXTENT, is_blank, label_pieces, normalize_ink
-from digitreader.pipeline.prepare import map_box
+from digitreader.pipeline.prepare import map_box, median
 from digitreader.types import BBox, DigitSlot, FieldCut, FieldRegion, PreparedPage
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
     pieces.sort(key=lambda p: p.x0)
     heights = np.array([p.h for p in pieces], float)
     tall = heights[heights >= 0.4 * field_h]
-    med_h = float(np.median(tall)) if tall.size else float(heights.max())
+    med_h = median(tall) if tall.size else float(heights.max())
     # Merge a small piece into the digit whose columns it shares (a broken digit, a 5's detached
     # bar, the two bars of '='); two full-height pieces are two digits, however close.
     merged: list[_Piece] = []
@@ -268,7 +268,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
         merged.append(p)
     heights = np.array([p.h for p in merged], float)
     tall = heights[heights >= 0.4 * field_h]
-    med_h = float(np.median(tall)) if tall.size else float(heights.max())
+    med_h = median(tall) if tall.size else float(heights.max())
     tall_pieces = [p for p in merged if p.h >= 0.5 * med_h]
     # A '/' stands between digits (dates) and is shorter than them; a slanted '1' may stand anywhere.
     digits = [
@@ -277,7 +277,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
         if not (0 < i < len(tall_pieces) - 1 and p.h <= 0.92 * med_h and _is_slash(p, med_h))
     ]
     single = [p.w for p in digits if 0.3 * p.h <= p.w <= 1.1 * p.h]
-    est_w = max(float(np.median(single)) if len(single) >= 2 else 0.0, 0.7 * med_h)
+    est_w = max(median(single) if len(single) >= 2 else 0.0, 0.7 * med_h)
     out: list[_Piece] = []
     for p in digits:
         k = _touching_count(p, est_w)
@@ -300,7 +300,7 @@ def _stroke_width(p: _Piece) -> float:
         d = np.diff(np.pad(a, ((0, 0), (1, 1))), axis=1)
         runs = np.nonzero(d == -1)[1] - np.nonzero(d == 1)[1]
         if runs.size:
-            widths.append(float(np.median(runs)))
+            widths.append(median(runs))
     return min(widths) if widths else 1.0
 
 
@@ -459,7 +459,7 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
     if not pieces:
         return pieces
     hs = np.array([p.h for p in pieces], float)
-    med_h = float(np.median(hs[hs >= 0.75 * hs.max()]))
+    med_h = median(hs[hs >= 0.75 * hs.max()])
     # Splits: pieces wide enough to hold a narrow digit and another one.
     split_cands: list[tuple[int, list[_Piece]]] = []
     for i, p in enumerate(pieces):

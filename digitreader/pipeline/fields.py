@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from digitreader.pipeline.prepare import ink_levels
+from digitreader.pipeline.prepare import ink_levels, median
 from digitreader.settings import Settings
 from digitreader.types import BBox, FieldRegion, PreparedPage
 
@@ -159,7 +159,7 @@ def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
         kind = "string" if c[2] > 1.8 * c[3] else "square"
         return _Found(kind, bbox, cells)
     widths = np.array([c[2] for c in cells], float)
-    if widths.max() > 1.6 * np.median(widths):
+    if widths.max() > 1.6 * median(widths):
         return None  # irregular: a table, not a comb
     return _Found("boxes", bbox, cells)
 
@@ -187,7 +187,7 @@ def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     gaps = np.diff(centres)
     if len(gaps) < 2:
         return None
-    pitch = float(np.median(gaps))
+    pitch = median(gaps)
     if gaps.max() > 1.4 * pitch or gaps.min() < 0.7 * pitch:
         return None
     if pitch < g.mm(4.0):
@@ -225,7 +225,7 @@ def _group_cells(parts: list[_Found]) -> list[_Found]:
             extended = False
             last = row[-1]
             lx, ly, lw, lh = last.bbox
-            cell_w = float(np.median([c[2] for c in last.cells]))
+            cell_w = median([c[2] for c in last.cells])
             for j, t in enumerate(parts):
                 if used[j]:
                     continue

@@ -96,6 +96,13 @@ def estimate_skew(flat: np.ndarray, ppm: float, max_angle: float = MAX_SKEW) -> 
     return round(best, 3)
 
 
+def median(values: np.ndarray | list[float] | list[int]) -> float:
+    """np.median of a short list or array (the same value) without numpy's per-call overhead (~30 us)."""
+    v = sorted(values.tolist() if isinstance(values, np.ndarray) else values)
+    mid = len(v) // 2
+    return float(v[mid]) if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
 def _weighted_median(values: np.ndarray, counts: np.ndarray) -> float:
     """np.median of the sample holding each of the sorted `values` `counts` times (the same number)."""
     n = int(counts.sum())
