@@ -228,9 +228,8 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
     n, labels, stats = label_pieces(mask.astype(np.uint8))
     pieces: list[_Piece] = []
     speck = max(3, int((0.07 * field_h) ** 2))
-    for i in range(1, n):
-        x, y, w, h, area = (int(v) for v in stats[i])
-        if area < speck or max(w, h) < 0.12 * field_h:
+    for i, (x, y, w, h, area) in enumerate(stats.tolist()):
+        if i == 0 or area < speck or max(w, h) < 0.12 * field_h:
             continue
         cx, cy = x + w / 2, y + h / 2
         if not (x0 <= cx <= x1 and y0 <= cy <= y1):
@@ -422,10 +421,10 @@ def _cut_at(p: _Piece, c: int) -> list[_Piece]:
     for a, b in ((p.x0, p.x0 + c), (p.x0 + c, p.x1)):
         m = np.zeros_like(p.mask)
         m[:, a:b] = p.mask[:, a:b]
-        ys, xs = np.nonzero(m[:, a:b])
-        if ys.size == 0:
+        x, y, w, h = cv2.boundingRect(m[:, a:b].view(np.uint8))
+        if w == 0:
             return []
-        out.append(_Piece(a + int(xs.min()), int(ys.min()), a + int(xs.max()) + 1, int(ys.max()) + 1, m))
+        out.append(_Piece(a + x, y, a + x + w, y + h, m))
     out[0].joined_right = True
     out[1].joined_right = p.joined_right
     return out
