@@ -238,16 +238,17 @@ def transport(files: list[str], broker: str) -> dict[str, Any]:
 
 def report(rows: list[dict[str, Any]]) -> str:
     """Markdown tables: the classic comparison, then the decomposition of the distributed runs."""
-    lines = ["| mode | page processes | seconds | pages/s | old overhead: 1 - seg/(wall x procs) |",
-             "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = ["| mode | page processes | seconds | pages/s | old overhead: 1 - seg/(wall x procs) | load before/after |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     emb = {r["procs"]: r["seconds"] for r in rows if r["mode"] == "embedded"}
     for r in rows:
         old = 1 - r["segment_seconds"] / (r["seconds"] * r["procs"])
         vs = ""
         if r["mode"] == "distributed" and r["procs"] in emb:
             vs = f" ({r['seconds'] / emb[r['procs']]:.3f}x embedded)"
+        load = "/".join(f"{x[0]:.1f}" for x in (r.get("loadavg_before"), r.get("loadavg_after")) if x)
         lines.append(f"| {r['mode']} | {r['procs']} | {r['seconds']:.1f}{vs} | {r['pages_per_s']:.2f} | "
-                     f"{100 * old:.1f} % |")  # fmt: skip
+                     f"{100 * old:.1f} % | {load} |")  # fmt: skip
     dis = [r for r in rows if r["mode"] == "distributed"]
     if dis:
         keys = list(dis[0]["decomposition"]["per_page_ms"])
@@ -274,6 +275,12 @@ def report(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def loadavg() -> list[float] | None:
+    """1, 5 and 15-minute load averages (Linux), to tell a quiet machine from a shared one."""
+    p = Path("/proc/loadavg")
+    return [float(x) for x in p.read_text().split()[:3]] if p.exists() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=16)
@@ -288,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from digitreader.synth import generate
 
-    load_before = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
+    load_before = loadavg()
     with tempfile.TemporaryDirectory(prefix="bench_workers_") as tmp:
         base = Path(tmp)
         files = [str(f) for f in generate(base / "scans", pages=args.pages, seed=77, fmt="png", kind="form",
@@ -298,14 +305,19 @@ def main(argv: list[str] | None = None) -> int:
         logs.mkdir(parents=True, exist_ok=True)
         rows = []
         for procs in (int(p) for p in args.procs.split(",")):
-            if not args.no_embedded:
-                rows.append(run_embedded(files, procs, base / f"home-e{procs}"))
+            for mode in ("embedded", "distributed"):
+                if mode == "embedded" and args.no_embedded:
+                    continue
+                before = loadavg()
+                if mode == "embedded":
+                    row = run_embedded(files, procs, base / f"home-e{procs}")
+                else:
+                    row = run_distributed(files, procs, base / f"home-d{procs}", args.broker, logs)
+                rows.append({**row, "loadavg_before": before, "loadavg_after": loadavg()})
                 print(rows[-1], file=sys.stderr)
-            rows.append(run_distributed(files, procs, base / f"home-d{procs}", args.broker, logs))
-            print(rows[-1], file=sys.stderr)
         tr = None if args.no_transport else transport(files, args.broker)
         print(tr, file=sys.stderr)
-    load_after = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
+    load_after = loadavg()
     result = {"pages": len(files), "cores": os.cpu_count(), "loadavg_before": load_before,
               "loadavg_after": load_after, "runs": rows, "transport": tr}  # fmt: skip
     print(json.dumps(result, indent=1))
