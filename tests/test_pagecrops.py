@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -98,6 +99,12 @@ def test_union_negatives_are_made_and_trained_as_non_digits(three_pages: PageCro
     m = len(pc.negatives)
     assert np.array_equal(x[-m:], pc.negatives) and np.all(y[-m:] == 10)
     assert np.array_equal(y[-m - len(pc) : -m], pc.labels)
+    # --page-negatives unions / none: the halves (or all synthetic negatives) are left out, epoch size agrees.
+    for which, expected in (("unions", pc.negatives[pc.negative_kinds == UNION]), ("none", pc.negatives[:0])):
+        sub = dataclasses.replace(cfg, page_negatives=which)
+        x, y = epoch_data(sub, splits, 0)
+        assert len(x) == len(y) == epoch_size(sub, splits) == 300 + 30 + len(pc) + len(expected)
+        assert np.array_equal(x[len(x) - len(expected) :], expected)
 
 
 def test_second_call_reuses_the_cache(three_pages: PageCrops, data_dir: Path, cache_dir: Path) -> None:

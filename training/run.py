@@ -65,6 +65,7 @@ class TrainConfig:
     ema: float | None = None  # decay of the exponential moving average of the weights (0: off; None: the recipe's)
     page_crops: int = 0  # generated pages whose segmented crops join every epoch (training/pagecrops.py); 0: off
     page_crops_seed: int = 1
+    page_negatives: str = "all"  # synthetic negatives of the page crops used: all | unions | none
     page_crops_cache: str | None = None  # None: $DIGITREADER_HOME/cache/pagecrops
 
     def resolved(self) -> TrainConfig:
@@ -142,10 +143,20 @@ def load_splits(cfg: TrainConfig, progress: ProgressFn | None = None) -> Splits:
     return Splits(full.subset(tr_idx), full.subset(val_idx), nd, full.checksums, page)  # type: ignore[arg-type]
 
 
+def page_negatives(cfg: TrainConfig, page: PageCrops) -> np.ndarray:
+    """The page crops' synthetic negatives this run trains on (`page_negatives`: all, unions or none)."""
+    if cfg.page_negatives == "all":
+        return page.negatives
+    from training.pagecrops import NEGATIVE_KINDS
+
+    keep = [NEGATIVE_KINDS.index("union")] if cfg.page_negatives == "unions" else []
+    return page.negatives[np.isin(page.negative_kinds, keep)]
+
+
 def epoch_size(cfg: TrainConfig, splits: Splits) -> int:
     """Samples in one epoch of `epoch_data`: digits, generated non-digits, page crops and their negatives."""
     n = len(splits.train)
-    page = 0 if splits.page is None else len(splits.page) + len(splits.page.negatives)
+    page = 0 if splits.page is None else len(splits.page) + len(page_negatives(cfg, splits.page))
     return n + int(n * cfg.nondigit_fraction) + page
 
 
@@ -177,8 +188,9 @@ def _with_page_crops(cfg: TrainConfig, page: PageCrops, images: np.ndarray, labe
         digits = page.labels < 10
         crops = crops.copy()
         crops[digits] = augment_batch(crops[digits], rng, PAGE_AUGMENT)
-    images = np.concatenate([images, crops, page.negatives])
-    labels = np.concatenate([labels, page.labels, np.full(len(page.negatives), 10, np.int64)])
+    negatives = page_negatives(cfg, page)
+    images = np.concatenate([images, crops, negatives])
+    labels = np.concatenate([labels, page.labels, np.full(len(negatives), 10, np.int64)])
     return images, labels
 
 

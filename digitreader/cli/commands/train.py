@@ -54,6 +54,9 @@ def train(
                                         "and halves of digits as non-digits. Made once (~0.3 s CPU a page) and "
                                         "cached in $DIGITREADER_HOME/cache/pagecrops. 0 = off. E.g. 400."),
     page_crops_seed: int = typer.Option(1, "--page-crops-seed", help="--page-crops: seed of the generated pages."),
+    page_negatives: str = typer.Option("all", "--page-negatives",
+                                       help="--page-crops: synthetic negatives to add: all (unions of two "
+                                            "neighbouring digits and halves of wide digits), unions, or none."),
     version: str = typer.Option("dev", "--model-version", help="Version string written into the model."),
     download: bool = typer.Option(False, "--download", help="Download MNIST when missing (needs internet)."),
     finalize_only: bool = typer.Option(False, "--finalize-only",
@@ -81,6 +84,8 @@ def train(
         raise UsageError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCH_NAMES)}")
     if device not in ("cpu", "cuda", "auto"):
         raise UsageError("--device must be cpu, cuda or auto")
+    if page_negatives not in ("all", "unions", "none"):
+        raise UsageError("--page-negatives must be all, unions or none")
     if augment not in (None, "scan", "shift15", "none"):
         raise UsageError("--augment must be scan, shift15 or none")
     _require_torch()
@@ -98,7 +103,7 @@ def train(
                       data_dir=str(data_dir) if data_dir else None, out=str(out), device=device, limit=limit,
                       nondigit_fraction=nondigits, augment=augment, threads=threads, version=version,
                       download=download, ema=ema, page_crops=page_crops,
-                      page_crops_seed=page_crops_seed)  # fmt: skip
+                      page_crops_seed=page_crops_seed, page_negatives=page_negatives)  # fmt: skip
     with progress() as bar:
         task = bar.add_task("loading", total=None)
 
