@@ -153,6 +153,28 @@ def score_batch(export: dict[str, Any], truth_dir: Path) -> dict[str, Any]:
     }
 
 
+SWEEP = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
+
+
+def threshold_sweep(export: dict[str, Any], truth_dir: Path, thresholds: tuple[float, ...] = SWEEP) -> list[dict]:
+    """Flagged share and error among unflagged digits if digits were flagged under each threshold
+    (the stored confidences re-read; a digit is flagged exactly when its confidence is under the threshold)."""
+    import copy
+
+    rows = []
+    for t in thresholds:
+        ex = copy.deepcopy(export)
+        for doc in ex["documents"]:
+            for page in doc["pages"]:
+                for f in page["fields"]:
+                    for d in f["digits"]:
+                        if d["label"] is not None:
+                            d["needs_review"] = d["confidence"] < t
+        r = score_batch(ex, truth_dir)
+        rows.append({"threshold": t, "flagged_pct": r["flagged_pct"], "unflagged_error_pct": r["unflagged_error_pct"]})
+    return rows
+
+
 def load_export(settings: Settings, batch_id: int) -> dict[str, Any]:
     from digitreader.export import export_json
 
@@ -229,6 +251,7 @@ def main() -> int:
         "decode_only_ms_per_page": round(1000 * dec_s / max(dec_pages, 1), 2),
         "ratio_per_page_core_to_decode": round((wall * cores / max(report.pages, 1)) / (dec_s / max(dec_pages, 1)), 2),
         **score_batch(export, scans),
+        "threshold_sweep": threshold_sweep(export, scans),
     }
     print(json.dumps(result, indent=1))
     if args.json:

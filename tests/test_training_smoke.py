@@ -207,3 +207,24 @@ def test_ensemble_of_two_runs(smoke_run: Path, data_dir: Path, tmp_path: Path) -
     # The joined checkpoint reloads as an ensemble, also for fine-tuning on corrections.
     model, arch = _load_weights(out)
     assert arch == "drnet+drnet" and isinstance(model, archs.Ensemble) and len(model.members) == 2
+
+
+@pytest.mark.slow
+def test_ship_with_a_review_threshold(smoke_run: Path, tmp_path: Path) -> None:
+    from digitreader.pipeline.recognize import Predictor
+    from digitreader.settings import Settings
+    from training.ship import ship
+
+    models = tmp_path / "models"
+    manifest = ship(smoke_run, models=models, review_threshold=0.97, threshold_rule="chosen on pages")
+    run_threshold = json.loads((smoke_run / "report.json").read_text())["threshold"]
+    assert manifest["threshold"] == 0.97 and manifest["threshold_model_validation"] == run_threshold
+    # The runtime reads the new threshold from the shipped file (its SHA-256 checked against the manifest).
+    settings = Settings(_env_file=None, home=tmp_path / "home")  # type: ignore[call-arg]
+    pred = Predictor.load(models / "default.onnx", settings)
+    assert pred.info.threshold == pytest.approx(0.97)
+    assert pred.info.sha256 == manifest["sha256"]
+    # Same graph and weights: the logits do not change.
+    test = load_mnist("test", Path(json.loads((smoke_run / "config.json").read_text())["data_dir"]))
+    assert np.array_equal(export.onnx_logits(models / "default.onnx", test.images[:64]),
+                          export.onnx_logits(smoke_run / "model.onnx", test.images[:64]))  # fmt: skip

@@ -1,6 +1,12 @@
 """Ship a run's model as digitreader's default: copy it into digitreader/models/ and write the manifest.
 
     python -m training.ship runs/drnet            # -> digitreader/models/default.onnx + manifest.json
+    python -m training.ship runs/drnet --review-threshold 0.97 --threshold-rule "chosen on validation pages"
+
+`--review-threshold` replaces the review threshold written into the model (the one its run chose on
+MNIST validation digits: error on accepted <= 0.1 %) by one chosen on data closer to the service's,
+e.g. the end-to-end benchmark on pages made of validation digits (`benchmarks/bench_candidates.py`,
+`benchmarks/bench_e2e.py --seed 777`); the model's metadata keeps both and says which rule chose it.
 """
 
 from __future__ import annotations
@@ -18,12 +24,32 @@ MODELS = Path(__file__).resolve().parents[1] / "digitreader" / "models"
 SHIPPED_FILES = ("report.md", "report.json", "confusion.png", "curves.png", "misclassified.png", "reliability.png")
 
 
-def ship(run: Path, models: Path = MODELS, name: str = "default.onnx") -> dict[str, object]:
+def set_review_threshold(path: Path, threshold: float, rule: str) -> None:
+    """Rewrite the model's review threshold in its ONNX metadata (same graph, same weights)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if "threshold_model_validation" not in meta:
+        meta["threshold_model_validation"] = meta.get("threshold", "")
+    meta["threshold"] = f"{threshold:.6f}"
+    meta["threshold_rule"] = rule
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
+def ship(run: Path, models: Path = MODELS, name: str = "default.onnx", review_threshold: float | None = None,
+         threshold_rule: str = "") -> dict[str, object]:  # fmt: skip
     src = run / "model.onnx"
     if not src.exists():
         raise FileNotFoundError(f"{src}: no exported model in this run")
     models.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, models / name)
+    if review_threshold is not None:
+        set_review_threshold(models / name, review_threshold, threshold_rule or "set when shipped")
     for f in SHIPPED_FILES:
         if (run / f).exists():
             shutil.copyfile(run / f, models / f)
@@ -43,7 +69,9 @@ def ship(run: Path, models: Path = MODELS, name: str = "default.onnx") -> dict[s
         "epochs": report["epochs"],
         "mnist_test_accuracy": report["mnist_test_accuracy"],
         "temperature": report["temperature"],
-        "threshold": report["threshold"],
+        "threshold": review_threshold if review_threshold is not None else report["threshold"],
+        "threshold_model_validation": report["threshold"],
+        "threshold_rule": threshold_rule if review_threshold is not None else report.get("threshold_rule"),
         "nondigits_rejected": report["nondigits"].get("rejected"),
         "throughput_digits_per_s_1_thread": report["throughput_digits_per_s_1_thread"],
     }
@@ -51,5 +79,20 @@ def ship(run: Path, models: Path = MODELS, name: str = "default.onnx") -> dict[s
     return manifest
 
 
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="a finished run folder (model.onnx, report.json)")
+    ap.add_argument("--review-threshold", type=float, default=None, help="review threshold to write into the model")
+    ap.add_argument("--threshold-rule", default="", help="how --review-threshold was chosen (kept in the model)")
+    args = ap.parse_args(argv)
+    if args.review_threshold is not None and not 0.0 < args.review_threshold < 1.0:
+        ap.error("--review-threshold must lie between 0 and 1")
+    print(json.dumps(ship(args.run, review_threshold=args.review_threshold, threshold_rule=args.threshold_rule),
+                     indent=1))  # fmt: skip
+    return 0
+
+
 if __name__ == "__main__":
-    print(json.dumps(ship(Path(sys.argv[1])), indent=1))
+    sys.exit(main())
