@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, func, select, update
 
 from digitreader.db import Batch, Document, session_scope, store
 from digitreader.db.session import get_engine
@@ -264,27 +264,40 @@ def load_job(engine: Engine, document_id: int) -> DocumentJob | None:
     return None if row is None else _job(row)
 
 
+def _mark_processing(document_id: int) -> Any:
+    return (
+        update(Document)
+        .where(Document.id == document_id, Document.status == "pending")
+        .values(status="processing", started_at=store.now())
+    )
+
+
 def claim_job(engine: Engine, document_id: int) -> DocumentJob | None:
     """`load_job`, and in the same transaction mark a pending document processing (started now).
 
     The job keeps the status read before the change: "pending" means this delivery claimed it; a
     redelivery sees "processing" (and keeps the first start time); a finished document is left as
-    it is. One transaction instead of two: the page task's only database work before segmenting.
+    it is. The page task's only database work before segmenting, so it is kept to few round trips.
 
-    On PostgreSQL it commits without waiting for the disk flush (`synchronous_commit = off` for
-    this transaction only, ~2 ms saved a page): a server crash can lose at most the last few marks,
-    which leaves those documents pending, and pending documents are processed all the same. Every
-    later commit (the results) is synchronous and flushes this one with it."""
+    On PostgreSQL it is ONE statement (the update as a data-modifying CTE, which PostgreSQL runs
+    whether or not the query reads it; the select sees the row as it was before), and it commits
+    without waiting for the disk flush (`set_config('synchronous_commit', 'off', true)`: this
+    transaction only; ~2 ms a page). A server crash can lose at most the last few marks, which
+    leaves those documents pending, and pending documents are processed all the same; every later
+    commit (the results) is synchronous and flushes this one with it."""
+    if engine.dialect.name == "postgresql":
+        query = (
+            _job_query(document_id)
+            .add_cte(_mark_processing(document_id).returning(Document.id).cte("claimed"))
+            .add_columns(func.set_config("synchronous_commit", "off", True).label("commit_mode"))
+        )
+        with engine.begin() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _job(row)
     with session_scope(engine=engine) as s:
         row = s.execute(_job_query(document_id)).first()
         if row is not None and row.status == "pending":
-            if engine.dialect.name == "postgresql":
-                s.execute(text("SET LOCAL synchronous_commit = off"))
-            s.execute(
-                update(Document)
-                .where(Document.id == document_id, Document.status == "pending")
-                .values(status="processing", started_at=store.now())
-            )
+            s.execute(_mark_processing(document_id))
     return None if row is None else _job(row)
 
 

@@ -490,13 +490,17 @@ def test_lost_messages_are_requeued(tmp_path: Path, pg_db: str, redis_url: str, 
     client.delete("pages")
 
 
-def test_claim_job_marks_a_pending_document_once(tmp_path: Path, pg_db: str, redis_url: str,
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_claim_job_marks_a_pending_document_once(tmp_path: Path, request: pytest.FixtureRequest, backend: str,
                                                  small_pages: list[Path]) -> None:  # fmt: skip
-    """The page task's one transaction before segmenting: a pending document becomes processing
-    (start time set); a redelivery keeps the first start time; a finished document is untouched."""
-    settings = make_settings(base_env(tmp_path, pg_db, redis_url, None))
+    """The page task's only database work before segmenting (one statement on PostgreSQL, two
+    elsewhere): a pending document becomes processing (start time set); a redelivery keeps the
+    first start time; a finished document is untouched."""
+    db_url = request.getfixturevalue("pg_db") if backend == "postgresql" else f"sqlite:///{tmp_path / 'claim.db'}"
+    settings = make_settings(base_env(tmp_path, db_url, "redis://127.0.0.1:6379/0", None))
     sub = dist.submit_batch([str(small_pages[0])], settings, publish=lambda ids: None)
     engine = get_engine(settings)
+    assert engine.dialect.name == backend
     with session_scope(engine=engine) as s:
         doc_id = s.scalar(select(Document.id).where(Document.batch_id == sub.batch_id))
     assert dist.claim_job(engine, 10**9) is None
@@ -519,3 +523,6 @@ def test_claim_job_marks_a_pending_document_once(tmp_path: Path, pg_db: str, red
     finished = dist.claim_job(engine, doc_id)
     assert finished is not None and finished.status == "failed"
     assert row() == ("failed", started)
+    if backend == "postgresql":  # the claim's commit alone skips the flush; the session's default is untouched
+        with engine.connect() as c:
+            assert c.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"

@@ -56,14 +56,14 @@ def get_deliveries() -> dist.Deliveries:
 
 def warm_up() -> None:
     """Connect to the database (engine, schema check, one pooled connection) and to Redis now,
-    compile the page task's query (a read of document id 0, which does not exist) and import the
+    compile the page task's query (a claim of document id 0, which does not exist) and import the
     pipeline's stage modules, so that a fresh worker process's first document does not pay for it
     (~0.45 s). Best effort: on any error the first task connects (and retries) as it would have."""
     try:
         import digitreader.pipeline.load
         import digitreader.pipeline.segment  # noqa: F401
 
-        dist.load_job(get_engine(_settings), 0)
+        dist.claim_job(get_engine(_settings), 0)
         get_deliveries().client.ping()
     except Exception as exc:
         log.warning("warm-up skipped, the first document will connect: %s", exc)
