@@ -525,6 +525,21 @@ def _batch_thresholds(engine: Engine, batch_ids: Iterable[int], version: str) ->
     return {int(r.id): r.threshold for r in rows}
 
 
+def one_per_document(items: Sequence[InferItem]) -> list[InferItem]:
+    """The first item of each document. Two copies of one document's message can meet in a batch
+    (one restored by the broker's visibility timeout while the other was still buffered): they
+    are one delivery for the redelivery count, and storing the document once is enough."""
+    seen: set[int] = set()
+    out = []
+    for it in items:
+        if it.document_id in seen:
+            doc_log(it.batch_id, it.document_id).info("a second copy in the same batch: dropped")
+            continue
+        seen.add(it.document_id)
+        out.append(it)
+    return out
+
+
 def run_infer_batch(
     items: Sequence[InferItem],
     settings: Settings,
@@ -549,6 +564,7 @@ def run_infer_batch(
         retry_transient(refresh, what="checking the active model", deadline=store_deadline)
     register_model(engine, predictor)
     version = str(predictor.info.version)
+    items = one_per_document(items)
     counts = {it.document_id: deliveries.start("infer", it.document_id) for it in items}
     try:
         normal: list[InferItem] = []

@@ -145,6 +145,25 @@ def variants(sources: list[Path], n: int, out: Path, poison: int = 0) -> list[Pa
     return files
 
 
+def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    """Our own redis-server on `port` (append-only file in `folder`, fsync on every write, so a
+    SIGKILLed server comes back with its queues and unacknowledged messages)."""
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        _require("redis-server (binary)", False)
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [str(redis_server), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+           "--appendfsync", "always", "--dir", str(folder)]  # fmt: skip
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return p
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
 class Pool:
     """`digitreader worker` subprocesses, each in its own process group (so SIGKILL takes the
     main process and its pool children, like a machine going away)."""
@@ -361,32 +380,14 @@ def test_sigkill_mid_batch_every_document_done_once(
 def test_redis_restart_and_database_outage(
     tmp_path: Path, pg_db: str, pg_server: str, model_path: str | None, small_pages: list[Path]
 ) -> None:
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
-        _require("redis-server (binary)", False)
     port = free_port()
-    rdir = tmp_path / "redis"
-    rdir.mkdir()
-    cmd = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-           "--appendfsync", "always", "--dir", str(rdir)]  # fmt: skip
-
-    def start_redis() -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return p
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
     files = variants(small_pages, 40, tmp_path / "scans")
     env = base_env(tmp_path, pg_db, f"redis://127.0.0.1:{port}/0", model_path, document_time_limit=3)
     settings = make_settings(env)
     per_source = expected_digits(files[: len(small_pages)], settings)
     name = pg_db.rsplit("/", 1)[1]
     admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
-    redis_proc = start_redis()
+    redis_proc = start_redis(port, tmp_path / "redis")
     pool = Pool(worker_env(env), tmp_path / "logs")
     try:
         pool.start("page", 2)
@@ -396,7 +397,7 @@ def test_redis_restart_and_database_outage(
         redis_proc.kill()  # Redis dies (SIGKILL) with messages queued and unacknowledged
         redis_proc.wait()
         time.sleep(2)
-        redis_proc = start_redis()  # ... and comes back from its append-only file
+        redis_proc = start_redis(port, tmp_path / "redis")  # ... and comes back from its append-only file
         n = dist.batch_progress(get_engine(settings), sub.batch_id).finished
         wait_finished(settings, sub.batch_id, min(40, n + 5), 120, pool)
         # The database goes away for 4 s: no new connections, every open one cut.
@@ -526,3 +527,50 @@ def test_claim_job_marks_a_pending_document_once(tmp_path: Path, request: pytest
     if backend == "postgresql":  # the claim's commit alone skips the flush; the session's default is untouched
         with engine.connect() as c:
             assert c.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+
+
+@pytest.mark.slow
+def test_inference_flushes_by_time_after_redis_restart(tmp_path: Path, pg_db: str, model_path: str | None,
+                                                       small_pages: list[Path]) -> None:  # fmt: skip
+    """Redis dies while the inference worker holds a buffered request (its flush timer running)
+    and comes back: the worker still flushes by time, so a document of far fewer crops than a
+    batch is stored in seconds, not after copies restored by the visibility timeout fill a batch."""
+    import redis
+
+    port = free_port()
+    files = variants(small_pages, 2, tmp_path / "scans")
+    env = base_env(tmp_path, pg_db, f"redis://127.0.0.1:{port}/0", model_path, document_time_limit=3)
+    settings = make_settings(env)
+    redis_proc = start_redis(port, tmp_path / "redis")
+    pool = Pool(worker_env(env), tmp_path / "logs")
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        pool.start("page", 1)
+        pool.start("infer")
+        first = dist.submit_batch([str(files[0])], settings)
+        end = time.monotonic() + 120
+        while not any(b"digitreader.infer" in v for v in client.hvals("unacked")):  # buffered by the infer worker
+            if time.monotonic() > end:
+                pytest.fail(f"no infer message was delivered\n{pool.tail()}")
+            time.sleep(0.005)
+        redis_proc.kill()
+        redis_proc.wait()
+        time.sleep(1)
+        redis_proc = start_redis(port, tmp_path / "redis")
+        second = dist.submit_batch([str(files[1])], settings)
+        for batch in (second, first):
+            prog = wait(settings, batch.batch_id, pool, 60)
+            assert prog.status == "done", prog
+    finally:
+        pool.stop()
+        redis_proc.kill()
+        redis_proc.wait()
+
+
+def test_one_per_document_keeps_the_first_copy() -> None:
+    """Two copies of a document's infer message in one batch count as one delivery."""
+    from digitreader.pipeline.process import DocumentCut
+
+    items = [dist.InferItem(d, 1, DocumentCut(f"copy-{i}")) for i, d in enumerate([7, 8, 7, 9, 8])]
+    kept = dist.one_per_document(items)
+    assert [(it.document_id, it.cut.path) for it in kept] == [(7, "copy-0"), (8, "copy-1"), (9, "copy-3")]

@@ -143,6 +143,14 @@ class CropBatches(Batches):
     _crops = 0
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 (Celery's name)
+        # Called again when the consumer restarts after a lost broker connection. Celery clears the
+        # event loop's timers then, the repeating flush among them, while celery-batches still holds
+        # its reference and so never starts another: requests would only be flushed by size and the
+        # last ones of a batch would wait until copies restored by the visibility timeout add up.
+        # Forget the old timer: the next request starts a new one.
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
         handler = super().Strategy(task, app, consumer)
 
         def counting(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
