@@ -140,7 +140,7 @@ def _load_weights(path: Path) -> tuple[nn.Module, str]:
     if not p.is_file():
         raise UsageError(f"--init-from {path}: no weights file or run checkpoint there")
     ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    state = ckpt["model"]
+    state = ckpt.get("ema") or ckpt["model"]  # a run's weight average when it kept one (as it exported)
     arch = ckpt.get("arch") or (ckpt.get("config") or {}).get("arch")
     if not archs.is_known(arch):
         raise UsageError(f"{p}: unknown architecture {arch!r}")

@@ -40,16 +40,20 @@ def export_onnx(model: nn.Module, path: Path, metadata: dict[str, Any]) -> Path:
             dynamo=False,  # TorchScript exporter: deterministic, one small file, opset as asked
         )
     proto = onnx.load(str(path))
-    meta = {"input_spec": INPUT_SPEC, "opset": str(OPSET), **metadata}
+    set_metadata(proto, {"input_spec": INPUT_SPEC, "opset": str(OPSET), **metadata})
+    proto.producer_name = "digitreader-training"
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    return path
+
+
+def set_metadata(proto: Any, meta: dict[str, Any]) -> None:
+    """Replace an ONNX model's metadata_props by `meta` (non-string values as JSON)."""
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key = key
         entry.value = value if isinstance(value, str) else json.dumps(value)
-    proto.producer_name = "digitreader-training"
-    onnx.checker.check_model(proto)
-    onnx.save_model(proto, str(path), save_as_external_data=False)
-    return path
 
 
 def onnx_logits(path: Path, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:

@@ -152,7 +152,7 @@ def write_report(out: Path, *, onnx_path: Path, cfg: Any, history: list[dict[str
         nondigit["digits_rejected_on_test"] = float((pred == 10).mean())
     speed = {f"batch_{b}": export.throughput(onnx_path, b, throughput_seconds * 2) for b in (1, 256)}
     speed_cpu = {f"batch_{b}": export.throughput_cpu(onnx_path, b, throughput_seconds) for b in (1, 256)}
-    import hashlib
+    from digitreader.hashing import sha256_file
 
     result: dict[str, Any] = {
         "arch": cfg.arch,
@@ -173,7 +173,7 @@ def write_report(out: Path, *, onnx_path: Path, cfg: Any, history: list[dict[str
         "throughput_digits_per_s_1_thread": speed,
         "throughput_digits_per_cpu_second_1_thread": speed_cpu,
         "parity_max_abs_diff": parity_max_abs_diff,
-        "onnx_sha256_before_metadata_update": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        "onnx_sha256_before_metadata_update": sha256_file(onnx_path),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}; onnxruntime CPU, 1 thread",
         "history": history,
     }

@@ -11,12 +11,13 @@ e.g. the end-to-end benchmark on pages made of validation digits (`benchmarks/be
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 import sys
 from pathlib import Path
+
+from digitreader.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +29,15 @@ def set_review_threshold(path: Path, threshold: float, rule: str) -> None:
     """Rewrite the model's review threshold in its ONNX metadata (same graph, same weights)."""
     import onnx
 
+    from training.export import set_metadata
+
     proto = onnx.load(str(path))
     meta = {p.key: p.value for p in proto.metadata_props}
     if "threshold_model_validation" not in meta:
         meta["threshold_model_validation"] = meta.get("threshold", "")
     meta["threshold"] = f"{threshold:.6f}"
     meta["threshold_rule"] = rule
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_metadata(proto, meta)
     onnx.save_model(proto, str(path), save_as_external_data=False)
 
 
@@ -50,6 +50,7 @@ def ship(run: Path, models: Path = MODELS, name: str = "default.onnx", review_th
     shutil.copyfile(src, models / name)
     if review_threshold is not None:
         set_review_threshold(models / name, review_threshold, threshold_rule or "set when shipped")
+    onnx_sha = sha256_file(models / name)
     for f in SHIPPED_FILES:
         if (run / f).exists():
             shutil.copyfile(run / f, models / f)
@@ -58,12 +59,11 @@ def ship(run: Path, models: Path = MODELS, name: str = "default.onnx", review_th
         from training.run import load_checkpoint_model
 
         model, cfg, _ = load_checkpoint_model(run)
-        onnx_sha = hashlib.sha256((models / name).read_bytes()).hexdigest()
         save_weights(model, cfg.arch, models / name.replace(".onnx", ".pt"), cfg.version, onnx_sha)
     report = json.loads((run / "report.json").read_text())
     manifest = {
         "model": name,
-        "sha256": hashlib.sha256((models / name).read_bytes()).hexdigest(),
+        "sha256": onnx_sha,
         "version": report["version"],
         "arch": report["arch"],
         "epochs": report["epochs"],
