@@ -5,7 +5,8 @@ cell are found by their coverage, taken out of the ink, and put back wherever in
 sides of the line (a stroke crossing it). What is left is split into connected pieces, and a
 cell keeps the pieces that lie mostly inside it (so a neighbour's digit that pokes in is ignored).
 
-String fields are split into digits: connected pieces, specks dropped, pieces of one broken digit
+String fields are split into digits: connected pieces, specks and hairlines of the border at the
+interior's edge dropped, pieces of one broken digit
 merged (overlapping columns), separators (. , - / =) and trailing strokes dropped (small against
 the string's digit height, or a thin slanted line), and touching digits split at the thinnest
 column near where an even split would cut. Where that geometry is unsure, the digit model gives a
@@ -221,6 +222,35 @@ def _is_slash(p: _Piece, med_h: float) -> bool:
     return rising and angle < 57.0 and p.h < 1.05 * med_h
 
 
+def _thickness(p: _Piece) -> float:
+    """Mean stroke thickness of a piece: its ink over its length (the longer side of its box)."""
+    return float(np.count_nonzero(p.mask[p.y0 : p.y1, p.x0 : p.x1])) / max(p.w, p.h, 1)
+
+
+def _drop_edge_remnants(pieces: list[_Piece], inner: tuple[int, int, int, int]) -> list[_Piece]:
+    """Pieces without what line removal left of the field's border: hairlines at its edge.
+
+    A slanted or anti-aliased border spreads over two columns, neither covered enough to be taken
+    as the line, so a one- or two-pixel sliver (or a corner) of it survives along the interior's
+    edge and would be read as a '1'. Such a sliver touches an edge of the interior and is far
+    thinner than the pen strokes of the field's digits (under a third of their median thickness);
+    a digit written against the border keeps its pen's width.
+    """
+    x0, y0, x1, y1 = inner
+    field_h = max(1, y1 - y0)
+    strokes = [_thickness(p) for p in pieces if p.h >= 0.5 * field_h]
+    if not strokes:
+        return pieces
+    pen = median(np.array(strokes, float))
+    margin = max(2, int(0.06 * field_h))
+
+    def remnant(p: _Piece) -> bool:
+        at_edge = p.x0 <= x0 + margin or p.x1 >= x1 - margin or p.y0 < y0 or p.y1 > y1
+        return at_edge and _thickness(p) < 0.33 * pen
+
+    return [p for p in pieces if not remnant(p)]
+
+
 def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Piece]:
     """Digits of a string field's ink (lines already removed), left to right."""
     x0, y0, x1, y1 = inner
@@ -237,6 +267,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
         if w > 3.5 * h and h < 0.25 * field_h:
             continue  # a line remnant
         pieces.append(_Piece(x, y, x + w, y + h, labels == i))
+    pieces = _drop_edge_remnants(pieces, inner)
     if not pieces:
         return []
     pieces.sort(key=lambda p: p.x0)
