@@ -37,33 +37,13 @@ sys.path.insert(0, str(ROOT))
 from digitreader.db import session_scope  # noqa: E402
 from digitreader.db.session import get_engine  # noqa: E402
 from digitreader.settings import Settings  # noqa: E402
-
-Box = tuple[int, int, int, int] | list[int]
-
-
-def _centre_in(box: Box, outer: Box) -> bool:
-    cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
-    return outer[0] <= cx <= outer[0] + outer[2] and outer[1] <= cy <= outer[1] + outer[3]
+from digitreader.synth.score import best_match  # noqa: E402
 
 
-def _best(box: Box, candidates: list[Any], key: Any, used: set[int]) -> Any:
-    """The unused candidate matching the truth `box`: its centre lies inside the truth box (the
-    issue's rule: "a found box matches a true box when its centre lies inside it"), or the truth
-    box's centre lies inside it (as `digitreader.synth.score` does: a tick-mark comb field's truth box
-    is the line of ticks, the found field also holds the digits written above it); among several,
-    the one whose centre is nearest the truth box's centre. None when nothing matches."""
-    tcx, tcy = box[0] + box[2] / 2, box[1] + box[3] / 2
-    best, best_d = None, float("inf")
-    for i, c in enumerate(candidates):
-        if i in used:
-            continue
-        b = key(c)
-        if not (_centre_in(b, box) or _centre_in(box, b)):
-            continue
-        d = (b[0] + b[2] / 2 - tcx) ** 2 + (b[1] + b[3] / 2 - tcy) ** 2
-        if d < best_d:
-            best, best_d = i, d
-    return best
+def _best(box: Any, candidates: list[Any], key: Any, used: set[int]) -> Any:
+    """`digitreader.synth.score.best_match`: the issue's rule (a found box matches a true box when its
+    centre lies inside it, or the true box's centre inside it), nearest centre first."""
+    return best_match(box, candidates, key, used)
 
 
 def score_page(truth_page: dict[str, Any], fields: list[dict[str, Any]]) -> dict[str, int]:

@@ -114,3 +114,20 @@ def test_cli_synth(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPat
     bad = runner.invoke(app, ["synth", str(tmp_path), "--kind", "letter"])
     assert bad.exit_code != 0
     get_settings.cache_clear()
+
+
+def test_matching_rule_both_ways_nearest_first() -> None:
+    """The one matching rule of the benchmarks and the page crops (`digitreader.synth.score`)."""
+    from digitreader.synth.score import best_match, centre_in, matches
+
+    truth = (100, 100, 40, 60)  # centre (120, 130)
+    assert centre_in((102, 102, 10, 10), truth) and not centre_in(truth, (102, 102, 10, 10))
+    assert matches((102, 102, 10, 10), truth) and matches(truth, (102, 102, 10, 10))
+    assert not matches((0, 0, 10, 10), truth)
+    # a comb field's truth is the thin line of ticks; the found field holds it and the digits above
+    assert matches((90, 20, 60, 200), (100, 200, 40, 4))
+    found = [(0, 0, 10, 10), (104, 104, 20, 20), (110, 115, 20, 30), (60, 60, 200, 200)]
+    assert best_match(truth, found, lambda b: b, set()) == 2  # centre (120, 130): the nearest
+    assert best_match(truth, found, lambda b: b, {2}) == 1  # the next nearest; used ones are skipped
+    assert best_match(truth, found, lambda b: b, {1, 2}) == 3  # the truth's centre lies inside this one
+    assert best_match(truth, found, lambda b: b, {1, 2, 3}) is None

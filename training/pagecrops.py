@@ -57,7 +57,7 @@ from digitreader.pipeline.recognize import read_manifest
 from digitreader.pipeline.segment import segment_page
 from digitreader.settings import Settings, get_settings
 from digitreader.synth.generate import STYLES, render_page, write_pages
-from digitreader.synth.score import _centre_in
+from digitreader.synth.score import centre_in, matches
 from digitreader.types import PageCut, PreparedPage
 from training.data import load_mnist, train_val_split
 from training.run import SPLIT_SEED, VAL_SIZE
@@ -303,14 +303,9 @@ def _stack(arrs: list[np.ndarray]) -> np.ndarray:
     return np.stack(arrs).astype(np.uint8) if arrs else np.zeros((0, 28, 28), np.uint8)
 
 
-def _matches(a: Box, b: Box) -> bool:
-    """`digitreader.synth.score`'s rule, both ways: the centre of one box lies inside the other."""
-    return _centre_in(list(a), list(b)) or _centre_in(list(b), list(a))
-
-
 def _covers(outer: Box, inner: Box, share: float) -> bool:
     """`outer` holds `inner`'s centre and is at least `share` of its width and height."""
-    return _centre_in(list(inner), list(outer)) and outer[2] >= share * inner[2] and outer[3] >= share * inner[3]
+    return centre_in(inner, outer) and outer[2] >= share * inner[2] and outer[3] >= share * inner[3]
 
 
 def label_slots(cut: PageCut, truth: dict[str, Any]) -> tuple[list[tuple[np.ndarray, int, int]], int]:
@@ -321,7 +316,7 @@ def label_slots(cut: PageCut, truth: dict[str, Any]) -> tuple[list[tuple[np.ndar
     true_digits = [d for f in truth["fields"] for d in f["digits"] if d["label"] is not None]
     true_blanks = [d["bbox"] for f in truth["fields"] for d in f["digits"] if d["label"] is None]
     slots = [s for f in cut.fields for s in f.slots if not s.blank]
-    on_slot = [[j for j, d in enumerate(true_digits) if _matches(s.bbox, d["bbox"])] for s in slots]
+    on_slot = [[j for j, d in enumerate(true_digits) if matches(s.bbox, d["bbox"])] for s in slots]
     slots_on: list[list[int]] = [[] for _ in true_digits]
     for i, js in enumerate(on_slot):
         for j in js:
@@ -330,10 +325,10 @@ def label_slots(cut: PageCut, truth: dict[str, Any]) -> tuple[list[tuple[np.ndar
     skipped = 0
     for i, (s, js) in enumerate(zip(slots, on_slot, strict=True)):
         if not js:
-            blank = any(_matches(s.bbox, b) for b in true_blanks)
+            blank = any(matches(s.bbox, b) for b in true_blanks)
             out.append((s.crop, 10, BLANK if blank else EXTRA))
         elif len(js) >= 2:
-            held = sum(_centre_in(true_digits[j]["bbox"], list(s.bbox)) for j in js)
+            held = sum(centre_in(true_digits[j]["bbox"], s.bbox) for j in js)
             if held >= 2:
                 out.append((s.crop, 10, PAIR))
             else:
@@ -392,7 +387,7 @@ def string_negatives(
         ink = 255 - prepared.gray[win.y0 : win.y0 + mask.shape[0], win.x0 : win.x0 + mask.shape[1]]
         boxes = [map_box(prepared.to_original, (win.x0 + p.x0, win.y0 + p.y0, p.w, p.h), prepared.width,
                          prepared.height) for p in pieces]  # fmt: skip
-        on_piece = [[j for j, (_, d) in enumerate(true_digits) if _matches(b, d["bbox"])] for b in boxes]
+        on_piece = [[j for j, (_, d) in enumerate(true_digits) if matches(b, d["bbox"])] for b in boxes]
         own: dict[int, _Piece] = {}  # true digit -> its one piece, holding no other true digit
         for j in range(len(true_digits)):
             ps = [i for i, js in enumerate(on_piece) if j in js]

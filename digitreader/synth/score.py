@@ -13,14 +13,41 @@ A found box matches a true box when its centre lies inside the true box. Counts 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from digitreader.types import PageCut
 
+Box = tuple[int, int, int, int] | list[int]
 
-def _centre_in(box: tuple[int, int, int, int] | list[int], outer: list[int]) -> bool:
+
+def centre_in(box: Box, outer: Box) -> bool:
+    """Whether the centre of `box` lies inside `outer` (both x, y, w, h)."""
     cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
     return outer[0] <= cx <= outer[0] + outer[2] and outer[1] <= cy <= outer[1] + outer[3]
+
+
+def matches(a: Box, b: Box) -> bool:
+    """The matching rule, both ways: the centre of one box lies inside the other. (A tick-mark comb
+    field's true box is the line of ticks; the found field also holds the digits written above.)"""
+    return centre_in(a, b) or centre_in(b, a)
+
+
+def best_match(truth: Box, candidates: Sequence[Any], key: Callable[[Any], Box], used: set[int]) -> int | None:
+    """Index of the unused candidate that `matches` the true box `truth`, the one whose centre is
+    nearest the true box's centre among several; None when none matches. `key` gives a candidate's box."""
+    tcx, tcy = truth[0] + truth[2] / 2, truth[1] + truth[3] / 2
+    best, best_d = None, float("inf")
+    for i, c in enumerate(candidates):
+        if i in used:
+            continue
+        b = key(c)
+        if not matches(b, truth):
+            continue
+        d = (b[0] + b[2] / 2 - tcx) ** 2 + (b[1] + b[3] / 2 - tcy) ** 2
+        if d < best_d:
+            best, best_d = i, d
+    return best
 
 
 def score_page(truth: dict[str, Any], cut: PageCut) -> Counter[str]:
@@ -30,8 +57,8 @@ def score_page(truth: dict[str, Any], cut: PageCut) -> Counter[str]:
     c["found_fields"] += len(cut.fields)
     owner: dict[int, int] = {}
     for fi, f in enumerate(cut.fields):
-        hits = [ti for ti, t in enumerate(tfields) if _centre_in(t["bbox"], list(f.bbox))]
-        inside = [ti for ti, t in enumerate(tfields) if _centre_in(f.bbox, t["bbox"])]
+        hits = [ti for ti, t in enumerate(tfields) if centre_in(t["bbox"], list(f.bbox))]
+        inside = [ti for ti, t in enumerate(tfields) if centre_in(f.bbox, t["bbox"])]
         if len(hits) >= 2:
             c["merged_fields"] += 1
         if inside:
@@ -53,7 +80,7 @@ def score_page(truth: dict[str, Any], cut: PageCut) -> Counter[str]:
         matched: list[int | None] = []
         used: set[int] = set()
         for d in digits:
-            m = [si for si, s in enumerate(slots) if _centre_in(s.bbox, d["bbox"])]
+            m = [si for si, s in enumerate(slots) if centre_in(s.bbox, d["bbox"])]
             matched.append(m[0] if len(m) == 1 else None)
             used.update(m)
             if len(m) == 1:
