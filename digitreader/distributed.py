@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import numpy as np
 from sqlalchemy import Engine, func, select, update
 
+from digitreader import registry
 from digitreader.db import Batch, Document, session_scope, store
 from digitreader.db.session import get_engine
 from digitreader.errors import BrokerError, DatabaseError, UsageError
@@ -441,7 +442,7 @@ def run_page_job(
             from digitreader.pipeline.templates import load_template
 
             template = load_template(job.resolve(job.template))
-        cut = segment_document(job.file, settings, template)
+        cut = segment_document(job.file, settings, template, model_path=registry.active_model_file(settings))
         if cut.failed and cut.error_code == "internal" and time.monotonic() - t0 >= lim.soft * 0.99:
             cut = DocumentCut(job.path, (), "timeout", f"{job.path}: took longer than the time limit "
                               f"of {lim.soft:.0f} s (DIGITREADER_DOCUMENT_TIME_LIMIT)", None, cut.seconds)  # fmt: skip

@@ -230,6 +230,33 @@ def active_model(session: Session) -> ModelVersion | None:
     ).first()
 
 
+_active_files: dict[str, tuple[float, str | None]] = {}
+
+
+def active_model_file(settings: Settings, max_age: float = 30.0) -> str | None:
+    """The file of the model the recognizer uses (DIGITREADER_MODEL_PATH, else the registry's active
+    model), for the string splitter of a page worker in another process; looked up at most every
+    `max_age` seconds per process. None (the shipped model) when none is active, its file is not on
+    this host, or the database cannot be read."""
+    if settings.model_path is not None:
+        return str(settings.model_path)
+    key = settings.resolved_database_url
+    now = time.monotonic()
+    hit = _active_files.get(key)
+    if hit is not None and now - hit[0] < max_age:
+        return hit[1]
+    path: str | None = None
+    if not _sqlite_missing(settings):
+        try:
+            with session_scope(settings) as s:
+                mv = active_model(s)
+                path = mv.path if mv is not None and mv.path and Path(mv.path).is_file() else None
+        except Exception as exc:  # the splitter falls back to the shipped model; reading goes on
+            log.warning("model registry unavailable for the string splitter: %s", exc)
+    _active_files[key] = (now, path)
+    return path
+
+
 def register_model(
     session: Session,
     settings: Settings,

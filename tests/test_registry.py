@@ -80,6 +80,11 @@ def test_promote_rollback_and_live_pickup(tmp_path: Path, data_dir: Path, monkey
     assert res["promoted"] and res["forced"]
     assert live.refresh() is True and live.info.version == "cand-1"
     report = process_batch([scans[1]], settings, predictor=live)
+    # The string splitter took its second opinion from the promoted model too, not the shipped one.
+    from digitreader.pipeline import cut
+
+    assert registry.active_model_file(settings, max_age=0) == live.info.path != str(shipped)
+    assert cut._scorer_cache.get(live.info.path) is not None
     with session_scope(settings) as s:
         versions = set(s.scalars(select(Digit.model_version).where(Digit.blank.is_(False))).all())
         assert versions == {shipped_version, "cand-1"}  # each digit records the model that read it

@@ -11,7 +11,8 @@ merged (overlapping columns), separators (. , - / =) and trailing strokes droppe
 the string's digit height, or a thin slanted line), and touching digits split at the thinnest
 column near where an even split would cut. Where that geometry is unsure, the digit model gives a
 second opinion (`refine_string`): merge two neighbours or split a wide piece when the model reads
-the result as digits more surely (the shipped model, loaded once per process; without it, geometry
+the result as digits more surely (the model that reads the digits: the registry's active one or
+DIGITREADER_MODEL_PATH, else the shipped model; loaded once per process; without it, geometry
 alone).
 """
 
@@ -21,6 +22,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -403,13 +405,16 @@ DigitScorer = Callable[[np.ndarray], np.ndarray]
 _scorer_cache: dict[str, DigitScorer | None] = {}
 
 
-def default_scorer() -> DigitScorer | None:
-    """The shipped model as a `DigitScorer` (loaded once per process), or None when unavailable."""
-    if "default" not in _scorer_cache:
+def default_scorer(model_path: str | Path | None = None) -> DigitScorer | None:
+    """The digit model as a `DigitScorer`, loaded once per process and path, or None when it cannot
+    load. `model_path`: the model that recognizes the digits (the registry's active one), so the
+    splitter and the reader agree; None: DIGITREADER_MODEL_PATH, else the shipped model."""
+    key = str(model_path) if model_path is not None else "default"
+    if key not in _scorer_cache:
         try:
             from digitreader.pipeline.recognize import Predictor
 
-            predictor = Predictor.load()
+            predictor = Predictor.load(model_path)
             temperature = float(predictor.info.temperature)
 
             def score(crops: np.ndarray) -> np.ndarray:
@@ -418,11 +423,15 @@ def default_scorer() -> DigitScorer | None:
                 logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
                 return np.asarray(logp[:, :10].max(axis=1))
 
-            _scorer_cache["default"] = score
+            _scorer_cache[key] = score
         except Exception as exc:  # no model, no onnxruntime: segmentation still works on geometry
-            log.warning("string splitting without the model (%s)", exc)
-            _scorer_cache["default"] = None
-    return _scorer_cache["default"]
+            if model_path is not None:
+                log.warning("string splitting with the default model: %s cannot load (%s)", model_path, exc)
+                _scorer_cache[key] = default_scorer()
+            else:
+                log.warning("string splitting without the model (%s)", exc)
+                _scorer_cache[key] = None
+    return _scorer_cache[key]
 
 
 def _mid_cuts(p: _Piece, med_h: float) -> list[int]:

@@ -214,11 +214,17 @@ def _deadline(seconds: float | None) -> Iterator[None]:
 
 
 def segment_document(
-    path: str | Path, settings: Settings, template: Any = None, time_limit: float | None = None
+    path: str | Path,
+    settings: Settings,
+    template: Any = None,
+    time_limit: float | None = None,
+    model_path: str | Path | None = None,
 ) -> DocumentCut:
     """Load and segment every page of one document. Errors are returned, never raised.
 
     `time_limit` (seconds): the document fails with code "timeout" when segmenting it takes longer.
+    `model_path`: the model that will read the digits, whose second opinion splits string fields
+    (None: DIGITREADER_MODEL_PATH, else the shipped model).
     """
     from digitreader.pipeline.load import load_pages
     from digitreader.pipeline.segment import segment_page
@@ -238,7 +244,7 @@ def segment_document(
                 if page is None:
                     break
                 t = time.perf_counter()
-                pages.append(segment_page(page, settings, template=template))
+                pages.append(segment_page(page, settings, template=template, model_path=model_path))
                 t1 = time.perf_counter()
                 timings["segment"] += t1 - t
                 strips.append(field_strips(page.gray, pages[-1]))
@@ -545,6 +551,11 @@ def _run(
         _recognize_and_store(buffer, predictor, settings.batch_size, threshold, model_version, engine, report, hook)
         buffer, buffered = [], 0
 
+    def model_file() -> str | None:
+        """The model reading the digits now (the registry's active one), for the string splitter."""
+        path = getattr(predictor.info, "path", None)
+        return str(path) if path else None
+
     executor = make_executor(workers)
     try:
         in_flight: dict[cf.Future[DocumentCut], tuple[int, str]] = {}
@@ -554,7 +565,7 @@ def _run(
                 nxt = next(queue, None)
                 if nxt is None:
                     return
-                in_flight[executor.submit(segment_document, nxt[1], settings, template, limit)] = nxt
+                in_flight[executor.submit(segment_document, nxt[1], settings, template, limit, model_file())] = nxt
 
         fill()
         while in_flight:
@@ -577,7 +588,8 @@ def _run(
                 executor = make_executor(workers)
                 for fut, (doc_id, path) in list(in_flight.items()):
                     in_flight.pop(fut)
-                    in_flight[executor.submit(segment_document, path, settings, template, limit)] = (doc_id, path)
+                    fut = executor.submit(segment_document, path, settings, template, limit, model_file())
+                    in_flight[fut] = (doc_id, path)
             if buffered >= settings.batch_size or (not in_flight and buffer):
                 flush()
             fill()

@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from digitreader.errors import InputError
-from digitreader.pipeline.cut import cut_field
+from digitreader.pipeline.cut import cut_field, default_scorer
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.prepare import prepare_page
 from digitreader.settings import Settings
 from digitreader.types import PageCut, PageImage, PreparedPage
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from digitreader.pipeline.templates import Template
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,16 @@ def check_page(page: PageImage, prepared: PreparedPage) -> None:
         )
 
 
-def segment_page(page: PageImage, settings: Settings | None = None, template: Template | None = None) -> PageCut:
+def segment_page(
+    page: PageImage,
+    settings: Settings | None = None,
+    template: Template | None = None,
+    model_path: str | Path | None = None,
+) -> PageCut:
     """Find and cut every digit of a page. Boxes are in the coordinates of the page as submitted.
+
+    `model_path`: the model whose second opinion splits string fields (`cut.default_scorer`): the one
+    that will read the digits; None: DIGITREADER_MODEL_PATH, else the shipped model.
 
     With a `template` (see `templates.load_template`), the page is registered to it and its fields
     are named and cut where the template says; otherwise fields are found and named by position
@@ -63,7 +73,10 @@ def segment_page(page: PageImage, settings: Settings | None = None, template: Te
         regions = find_fields(prepared, settings)
     t2 = time.perf_counter()
     timings["fields"] = t2 - t1
-    fields = tuple(cut_field(prepared, r, name=r.name or f"field-{i:02d}") for i, r in enumerate(regions, start=1))
+    scorer = default_scorer(model_path)
+    fields = tuple(
+        cut_field(prepared, r, name=r.name or f"field-{i:02d}", scorer=scorer) for i, r in enumerate(regions, start=1)
+    )
     timings["cut"] = time.perf_counter() - t2
     log.debug(
         "page %d: %d fields, %d digits, %.0f ms",
