@@ -134,3 +134,39 @@ def test_image_folder_loader_normalizes_both_polarities(data_dir: Path, tmp_path
     assert sorted(out.labels.tolist()) == sorted([*ds.labels[:6].tolist(), 10])
     assert out.images[out.labels == 10].max() == 0  # a blank image normalizes to an empty crop
     assert out.images[out.labels != 10].max(axis=(1, 2)).min() > 200  # ink high in every digit
+
+
+def test_download_verifies_and_falls_back_to_the_next_mirror(data_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The download path over real HTTP (a local server standing in for the internet): a mirror
+    serving a corrupt file is skipped, the good one's files are verified and loaded; a file no
+    mirror serves intact is a clear DatasetError and leaves nothing behind."""
+    import functools
+    import http.server
+    import threading
+
+    from training.data import MNIST_FILES, download_mnist
+
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    bad.mkdir()
+    good.mkdir()
+    for name in MNIST_FILES["test"]:
+        shutil.copy(data_dir / "mnist" / name, good / name)
+        (bad / name).write_bytes((data_dir / "mnist" / name).read_bytes()[:-100])  # truncated
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        monkeypatch.setenv("DIGITREADER_MNIST_MIRROR", f"{base}/bad/,{base}/good/")
+        ds = load_mnist("test", tmp_path / "fresh", download=True)
+        assert len(ds) == 10_000 and ds.labels is not None and ds.labels[:3].tolist() == [7, 2, 1]
+        for name in MNIST_FILES["test"]:
+            assert (tmp_path / "fresh" / "mnist" / name).read_bytes() == (good / name).read_bytes()
+        with pytest.raises(DatasetError) as err:
+            download_mnist(tmp_path / "only-bad", MNIST_FILES["test"], mirrors=[f"{base}/bad"])
+        assert err.value.code == "missing" and "SHA-256" in str(err.value)
+        assert not [p for p in (tmp_path / "only-bad").iterdir()]  # no partial file left
+    finally:
+        server.shutdown()

@@ -155,15 +155,23 @@ def _check_file(path: Path, sums: dict[str, str]) -> str:
     return digest
 
 
-def download_mnist(folder: Path, names: Iterable[str] | None = None) -> None:
-    """Download the MNIST files missing from `folder` (verified before they are moved in place)."""
+def download_mnist(folder: Path, names: Iterable[str] | None = None, mirrors: Iterable[str] | None = None) -> None:
+    """Download the MNIST files missing from `folder` (verified before they are moved in place).
+
+    `mirrors`: base URLs tried in order for each file (default: DIGITREADER_MNIST_MIRROR, comma-separated,
+    else `MIRRORS`); a mirror whose file fails its SHA-256 is skipped for the next one.
+    """
+    if mirrors is None:
+        env = os.environ.get("DIGITREADER_MNIST_MIRROR", "")
+        mirrors = [m.strip() for m in env.split(",") if m.strip()] or MIRRORS
+    mirrors = [m if m.endswith("/") else m + "/" for m in mirrors]
     folder.mkdir(parents=True, exist_ok=True)
     for name in names or KNOWN_SHA256:
         target = folder / name
         if target.exists():
             continue
         last: Exception | None = None
-        for mirror in MIRRORS:
+        for mirror in mirrors:
             try:
                 log.info("downloading %s%s", mirror, name)
                 with urllib.request.urlopen(mirror + name, timeout=60) as resp, tempfile.NamedTemporaryFile(
