@@ -42,3 +42,27 @@ def test_a_document_over_the_limit_fails_alone(settings: Settings, tmp_path: Pat
         ("empty.png", "failed", "empty_file"),
         ("slow.tif", "failed", "timeout"),
     ]
+
+
+def test_hash_inputs_in_threads_keeps_order_and_reports_unreadable(tmp_path: Path) -> None:
+    """Files are hashed on several threads; results keep the input order, and a path that cannot be
+    read (here a folder) is reported as unreadable instead of stopping the batch."""
+    import hashlib
+    import os
+
+    from digitreader.pipeline.process import hash_inputs
+
+    paths = []
+    for i in range(12):
+        p = tmp_path / f"f{i:02d}.bin"
+        p.write_bytes(os.urandom(1000 + 70_000 * i))
+        paths.append(p)
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    paths.insert(5, folder)
+    for threads in (1, 4):
+        files, bad = hash_inputs(paths, threads=threads)
+        assert [f.path for f in files] == [str(p) for p in paths if p != folder]
+        assert all(f.sha256 == hashlib.sha256(Path(f.path).read_bytes()).hexdigest() for f in files)
+        assert [f.size_bytes for f in files] == [Path(f.path).stat().st_size for f in files]
+        assert len(bad) == 1 and bad[0][0] == str(folder) and bad[0][1]
