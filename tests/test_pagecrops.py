@@ -22,6 +22,7 @@ from training.pagecrops import (
     EXTRA,
     PAIR,
     PIECE,
+    TOUCH,
     UNION,
     MnistTrainDigits,
     PageCrops,
@@ -91,7 +92,7 @@ def test_union_negatives_are_made_and_trained_as_non_digits(three_pages: PageCro
     assert (pc.negative_kinds == UNION).sum() >= 5
     assert pc.negatives.shape[1:] == (28, 28) and pc.negatives.dtype == np.uint8
     assert all(c.max() > 0 for c in pc.negatives)
-    cfg = TrainConfig(limit=300, data_dir=str(data_dir), augment="scan").resolved()
+    cfg = TrainConfig(limit=300, data_dir=str(data_dir), augment="scan", page_negatives="touching").resolved()
     base = load_splits(cfg)
     splits = Splits(base.train, base.val, base.val_nondigits, base.checksums, pc)
     x, y = epoch_data(cfg, splits, 0)
@@ -99,8 +100,14 @@ def test_union_negatives_are_made_and_trained_as_non_digits(three_pages: PageCro
     m = len(pc.negatives)
     assert np.array_equal(x[-m:], pc.negatives) and np.all(y[-m:] == 10)
     assert np.array_equal(y[-m - len(pc) : -m], pc.labels)
-    # --page-negatives unions / none: the halves (or all synthetic negatives) are left out, epoch size agrees.
-    for which, expected in (("unions", pc.negatives[pc.negative_kinds == UNION]), ("none", pc.negatives[:0])):
+    # --page-negatives all / unions / none: touching pairs (and the halves, or all synthetic negatives)
+    # are left out, the epoch size agrees; touching: every kind.
+    for which, expected in (
+        ("all", pc.negatives[pc.negative_kinds != TOUCH]),
+        ("touching", pc.negatives),
+        ("unions", pc.negatives[pc.negative_kinds == UNION]),
+        ("none", pc.negatives[:0]),
+    ):
         sub = dataclasses.replace(cfg, page_negatives=which)
         x, y = epoch_data(sub, splits, 0)
         assert len(x) == len(y) == epoch_size(sub, splits) == 300 + 30 + len(pc) + len(expected)
@@ -171,3 +178,21 @@ def test_one_epoch_smoke_train_with_page_crops(data_dir: Path, tmp_path: Path) -
 
     meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
     assert "2 generated pages, seed 1" in json.loads(meta["training_data"])["page_crops"]
+
+
+def test_touching_pairs_are_two_digits_pushed_together(three_pages: PageCrops) -> None:
+    """`touch` negatives: two neighbouring digits moved together until their strokes meet, so the
+    crop is mostly one connected piece, where a union of two neighbours has paper between them."""
+    import cv2
+
+    def one_piece(c: np.ndarray) -> bool:
+        _, _, stats, _ = cv2.connectedComponentsWithStats((c > 60).astype(np.uint8))
+        return sum(1 for a in stats[1:, cv2.CC_STAT_AREA] if a >= 8) == 1
+
+    pc = three_pages
+    touch = pc.negatives[pc.negative_kinds == TOUCH]
+    unions = pc.negatives[pc.negative_kinds == UNION]
+    assert len(touch) >= 3 and touch.shape[1:] == (28, 28) and all(c.max() > 0 for c in touch)
+    touch_share = np.mean([one_piece(c) for c in touch])
+    union_share = np.mean([one_piece(c) for c in unions])
+    assert touch_share >= 0.6 and touch_share > union_share + 0.3, (touch_share, union_share)

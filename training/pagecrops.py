@@ -65,13 +65,13 @@ from training.run import SPLIT_SEED, VAL_SIZE
 log = logging.getLogger(__name__)
 
 #: Bump when rendering, labelling or the negatives change: cached crops of another version are not reused.
-VERSION = "1"
+VERSION = "2"
 #: Kinds of the labelled pipeline crops (`PageCrops.kinds`).
 KINDS = ("digit", "pair", "piece", "extra", "blank")
 DIGIT, PAIR, PIECE, EXTRA, BLANK = range(len(KINDS))
 #: Kinds of the synthetic negatives (`PageCrops.negative_kinds`).
-NEGATIVE_KINDS = ("union", "half")
-UNION, HALF = range(len(NEGATIVE_KINDS))
+NEGATIVE_KINDS = ("union", "half", "touch")
+UNION, HALF, TOUCH = range(len(NEGATIVE_KINDS))
 #: A slot covering at least this share of its true digit's box (both ways) is the whole digit even when
 #: some other slot also falls on that digit; it is left out rather than called a piece.
 WHOLE = 0.9
@@ -399,6 +399,9 @@ def string_negatives(
                 ja, jb = index.get((fi, a)), index.get((fi, b))
                 if ja in own and jb in own:
                     out.append((_piece_crop(ink, _merge(own[ja], own[jb])), UNION))
+                    touching = _touching_pair(ink, own[ja], own[jb], overlap=max(1, round(0.06 * h)))
+                    if touching is not None:
+                        out.append((touching, TOUCH))
         hs = np.array([p.h for p in pieces], float)
         med_h = float(np.median(hs[hs >= 0.75 * hs.max()]))
         for j, p in own.items():
@@ -413,6 +416,26 @@ def string_negatives(
             if light.h >= 0.55 * med_h and light.w >= MIN_HALF_ASPECT * light.h:
                 out.append((_piece_crop(ink, light), HALF))
     return out
+
+
+def _touching_pair(ink: np.ndarray, a: _Piece, b: _Piece, overlap: int) -> np.ndarray | None:
+    """The MNIST-form crop of two neighbouring digits pushed together until their strokes touch: `b`
+    (the right one) moved left, with its grey ink, by the gap between them plus `overlap` columns.
+    Written strings often hold such pairs as one connected piece, which the model must not read as
+    one digit. None when the two already touch or overlap."""
+    d = b.x0 - a.x1 + overlap
+    if b.x0 - a.x1 <= 0 or d >= b.x0:
+        return None
+    h, w = ink.shape
+    moved_mask = np.zeros_like(b.mask)
+    moved_mask[:, : w - d] = b.mask[:, d:]
+    moved_ink = np.zeros_like(ink)
+    moved_ink[:, : w - d] = np.where(b.mask, ink, 0)[:, d:]
+    pair_ink = np.maximum(np.where(a.mask, ink, 0), moved_ink).astype(ink.dtype)
+    mask = a.mask | moved_mask
+    ys, xs = np.nonzero(mask)
+    p = _Piece(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, mask)
+    return _piece_crop(pair_ink, p)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ class TrainConfig:
     ema: float | None = None  # decay of the exponential moving average of the weights (0: off; None: the recipe's)
     page_crops: int = 0  # generated pages whose segmented crops join every epoch (training/pagecrops.py); 0: off
     page_crops_seed: int = 1
-    page_negatives: str = "all"  # synthetic negatives of the page crops used: all | unions | none
+    page_negatives: str = "all"  # synthetic negatives of the page crops used: all | touching | unions | none
     page_crops_cache: str | None = None  # None: $DIGITREADER_HOME/cache/pagecrops
 
     def resolved(self) -> TrainConfig:
@@ -143,13 +143,20 @@ def load_splits(cfg: TrainConfig, progress: ProgressFn | None = None) -> Splits:
     return Splits(full.subset(tr_idx), full.subset(val_idx), nd, full.checksums, page)  # type: ignore[arg-type]
 
 
+#: `--page-negatives` -> the kinds of synthetic negatives (`pagecrops.NEGATIVE_KINDS`) it trains on.
+PAGE_NEGATIVES = {
+    "all": ("union", "half"),  # what 1.2.0 and 1.3.0 were trained with
+    "touching": ("union", "half", "touch"),
+    "unions": ("union",),
+    "none": (),
+}
+
+
 def page_negatives(cfg: TrainConfig, page: PageCrops) -> np.ndarray:
-    """The page crops' synthetic negatives this run trains on (`page_negatives`: all, unions or none)."""
-    if cfg.page_negatives == "all":
-        return page.negatives
+    """The page crops' synthetic negatives this run trains on (`page_negatives`, see PAGE_NEGATIVES)."""
     from training.pagecrops import NEGATIVE_KINDS
 
-    keep = [NEGATIVE_KINDS.index("union")] if cfg.page_negatives == "unions" else []
+    keep = [NEGATIVE_KINDS.index(k) for k in PAGE_NEGATIVES[cfg.page_negatives]]
     return page.negatives[np.isin(page.negative_kinds, keep)]
 
 

@@ -56,7 +56,9 @@ def train(
     page_crops_seed: int = typer.Option(1, "--page-crops-seed", help="--page-crops: seed of the generated pages."),
     page_negatives: str = typer.Option("all", "--page-negatives",
                                        help="--page-crops: synthetic negatives to add: all (unions of two "
-                                            "neighbouring digits and halves of wide digits), unions, or none."),
+                                            "neighbouring digits and halves of wide digits), touching (all, "
+                                            "plus neighbouring digits pushed together until they touch), "
+                                            "unions, or none."),
     version: str = typer.Option("dev", "--model-version", help="Version string written into the model."),
     download: bool = typer.Option(False, "--download", help="Download MNIST when missing (needs internet)."),
     finalize_only: bool = typer.Option(False, "--finalize-only",
@@ -84,8 +86,8 @@ def train(
         raise UsageError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCH_NAMES)}")
     if device not in ("cpu", "cuda", "auto"):
         raise UsageError("--device must be cpu, cuda or auto")
-    if page_negatives not in ("all", "unions", "none"):
-        raise UsageError("--page-negatives must be all, unions or none")
+    if page_negatives not in ("all", "touching", "unions", "none"):
+        raise UsageError("--page-negatives must be all, touching, unions or none")
     if augment not in (None, "scan", "shift15", "none"):
         raise UsageError("--augment must be scan, shift15 or none")
     _require_torch()
