@@ -40,12 +40,6 @@ from digitreader.settings import Settings  # noqa: E402
 from digitreader.synth.score import best_match  # noqa: E402
 
 
-def _best(box: Any, candidates: list[Any], key: Any, used: set[int]) -> Any:
-    """`digitreader.synth.score.best_match`: the issue's rule (a found box matches a true box when its
-    centre lies inside it, or the true box's centre inside it), nearest centre first."""
-    return best_match(box, candidates, key, used)
-
-
 def score_page(truth_page: dict[str, Any], fields: list[dict[str, Any]]) -> dict[str, int]:
     """Compare one page's stored fields (export JSON shape) with its truth."""
     s = dict.fromkeys(
@@ -68,7 +62,7 @@ def score_page(truth_page: dict[str, Any], fields: list[dict[str, Any]]) -> dict
     used: set[int] = set()
     for tf in truth_page["fields"]:
         s["truth_fields"] += 1
-        i = _best(tf["bbox"], fields, lambda f: f["bbox"], used)
+        i = best_match(tf["bbox"], fields, lambda f: f["bbox"], used)
         tdigits = tf["digits"]
         s["truth_digits"] += sum(1 for d in tdigits if d["label"] is not None)
         s["cells"] += len(tdigits) if tf["kind"] == "boxes" else 0
@@ -80,7 +74,7 @@ def score_page(truth_page: dict[str, Any], fields: list[dict[str, Any]]) -> dict
         s["fields_exact"] += int(f["value"] == tf["value"])
         dused: set[int] = set()
         for td in tdigits:
-            j = _best(td["bbox"], f["digits"], lambda d: d["bbox"], dused)
+            j = best_match(td["bbox"], f["digits"], lambda d: d["bbox"], dused)
             if j is None:
                 if td["label"] is None and tf["kind"] == "boxes":
                     s["blank_right"] += 0

@@ -246,15 +246,25 @@ def active_model_file(settings: Settings, max_age: float = 30.0) -> str | None:
     if hit is not None and now - hit[0] < max_age:
         return hit[1]
     path: str | None = None
-    if not _sqlite_missing(settings):
-        try:
-            with session_scope(settings) as s:
-                mv = active_model(s)
-                path = mv.path if mv is not None and mv.path and Path(mv.path).is_file() else None
-        except Exception as exc:  # the splitter falls back to the shipped model; reading goes on
-            log.warning("model registry unavailable for the string splitter: %s", exc)
+    try:
+        file, _ = active_entry(settings)
+        path = str(file) if file is not None and file.is_file() else None
+    except Exception as exc:  # the splitter falls back to the shipped model; reading goes on
+        log.warning("model registry unavailable for the string splitter: %s", exc)
     _active_files[key] = (now, path)
     return path
+
+
+def active_entry(settings: Settings) -> tuple[Path | None, str | None]:
+    """(file, SHA-256) of the registry's active model; (None, None) when none is active or there is
+    no database yet (then nothing is created). Database errors are raised."""
+    if _sqlite_missing(settings):
+        return None, None
+    with session_scope(settings) as s:
+        mv = active_model(s)
+        if mv is None or not mv.path:
+            return None, None
+        return Path(mv.path), mv.sha256
 
 
 def register_model(
@@ -435,14 +445,8 @@ class LivePredictor:
         self.refresh(force=True)
 
     def _wanted(self) -> tuple[Path | None, str | None]:
-        if _sqlite_missing(self.settings):  # no database yet: the shipped model (and create nothing)
-            return None, None
         try:
-            with session_scope(self.settings) as s:
-                mv = active_model(s)
-                if mv is None or not mv.path:
-                    return None, None
-                return Path(mv.path), mv.sha256
+            return active_entry(self.settings)  # (None, None): the shipped model
         except Exception as exc:  # the database is down: keep reading with the model we have
             if self._current is None:
                 raise

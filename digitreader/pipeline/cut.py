@@ -240,17 +240,18 @@ def _drop_edge_remnants(pieces: list[_Piece], inner: tuple[int, int, int, int]) 
     """
     x0, y0, x1, y1 = inner
     field_h = max(1, y1 - y0)
-    strokes = [_thickness(p) for p in pieces if p.h >= 0.5 * field_h]
+    thick = [_thickness(p) for p in pieces]
+    strokes = [t for p, t in zip(pieces, thick, strict=True) if p.h >= 0.5 * field_h]
     if not strokes:
         return pieces
-    pen = median(np.array(strokes, float))
+    pen = median(strokes)
     margin = max(2, int(0.06 * field_h))
 
-    def remnant(p: _Piece) -> bool:
+    def remnant(p: _Piece, t: float) -> bool:
         at_edge = p.x0 <= x0 + margin or p.x1 >= x1 - margin or p.y0 < y0 or p.y1 > y1
-        return at_edge and _thickness(p) < 0.33 * pen
+        return at_edge and t < 0.33 * pen
 
-    return [p for p in pieces if not remnant(p)]
+    return [p for p, t in zip(pieces, thick, strict=True) if not remnant(p, t)]
 
 
 def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Piece]:
