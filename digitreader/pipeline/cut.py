@@ -11,7 +11,8 @@ merged (overlapping columns), separators (. , - / =) and trailing strokes droppe
 the string's digit height, or a thin slanted line), and touching digits split at the thinnest
 column near where an even split would cut. Where that geometry is unsure, the digit model gives a
 second opinion (`refine_string`): merge two neighbours or split a wide piece when the model reads
-the result as digits more surely (the model that reads the digits: the registry's active one or
+the result as digits more surely; a wide piece it still reads unsurely is tried at more columns
+(`_resplit`) (the model that reads the digits: the registry's active one or
 DIGITREADER_MODEL_PATH, else the shipped model; loaded once per process; without it, geometry
 alone).
 """
@@ -457,6 +458,33 @@ def _mid_cuts(p: _Piece, med_h: float) -> list[int]:
     return cuts
 
 
+def _more_cuts(p: _Piece, med_h: float, taken: list[int]) -> list[int]:
+    """Further candidate columns for a piece the first cuts did not split well: every local minimum
+    of its ink profile (15-85 % of its width), and a pen width beside each loop (a digit touching a
+    0, 6, 8 or 9 meets it at the loop's outer stroke, which is rarely the lowest-ink column)."""
+    prof = p.mask[:, p.x0 : p.x1].sum(axis=0).astype(float)
+    prof = np.convolve(prof, np.ones(3) / 3, "same")
+    lo, hi = max(2, int(0.15 * p.w)), min(p.w - 2, int(math.ceil(0.85 * p.w)))
+    if hi <= lo:
+        return []
+    holes = _hole_spans(p)
+    pen = _stroke_width(p)
+    found = [c for c in range(lo, hi) if prof[c] <= prof[c - 1] and prof[c] < prof[c + 1]]
+    for a, b in holes:
+        found += [int(a - pen), int(b + pen)]
+    found.sort(key=lambda c: prof[c] if 0 <= c < p.w else 0.0)
+    cuts: list[int] = []
+    for c in found:
+        if not lo <= c < hi or any(a + 1 < c < b - 1 for a, b in holes):
+            continue
+        if any(abs(c - d) < 0.1 * med_h for d in taken + cuts):
+            continue
+        cuts.append(c)
+        if len(cuts) == 4:
+            break
+    return cuts
+
+
 def _cut_at(p: _Piece, c: int) -> list[_Piece]:
     out = []
     for a, b in ((p.x0, p.x0 + c), (p.x0 + c, p.x1)):
@@ -481,6 +509,12 @@ WIDE_BONUS = 3.0
 #: A piece shorter than this many digit heights is likely a fragment: merging it counts for more.
 SHORT = 0.8
 SHORT_BONUS = 2.0
+
+
+def _wide_prior(w: float, med_h: float) -> float:
+    """Geometry's prior for splitting: a piece far wider than a digit is tall holds two (the model
+    reads many squeezed pairs as one digit)."""
+    return WIDE_BONUS if w >= WIDE * med_h else 0.0
 
 
 def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) -> list[_Piece]:
@@ -517,7 +551,7 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
         if b.x0 - a.x1 <= gap * med_h and max(a.x1, b.x1) - min(a.x0, b.x0) <= wide * med_h:
             merge_cands.append(i)
     if not split_cands and not merge_cands:
-        return pieces
+        return _resplit(pieces, ink, scorer, med_h, {})
     merged = [_merge(pieces[i], pieces[i + 1]) for i in merge_cands]
     # Only the pieces a candidate would replace need the model's score.
     involved = sorted({i for i, _ in split_cands} | {j for i in merge_cands for j in (i, i + 1)})
@@ -533,9 +567,7 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
     k = len(involved)
     best_split: dict[int, tuple[float, list[_Piece]]] = {}
     for i, parts in split_cands:
-        # Geometry's prior: a piece far wider than a digit is tall holds two (the model reads many
-        # squeezed pairs as one digit).
-        prior = WIDE_BONUS if pieces[i].w >= WIDE * med_h else 0.0
+        prior = _wide_prior(pieces[i].w, med_h)
         gain = float(lp[k] + lp[k + 1] - base[i]) + prior
         k += 2
         if gain > MARGIN and gain > best_split.get(i, (-1e9, []))[0]:
@@ -565,6 +597,58 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
             out.extend(best_split[i][1])
         else:
             out.append(p)
+    scores = {id(pieces[i]): float(base[i]) for i in involved}
+    scores.update({id(m): float(lp[len(lp) - len(merged) + j]) for j, m in enumerate(merged)})
+    return _resplit(out, ink, scorer, med_h, scores)
+
+
+#: A piece the model reads as a digit less surely than this (log-probability) is tried at more cuts.
+UNSURE = -1.0
+
+
+def _resplit(
+    pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer, med_h: float, scores: dict[int, float]
+) -> list[_Piece]:
+    """Second look at the pieces the model still reads unsurely after `refine_string`'s first pass.
+
+    A wide piece read unsurely is most often two touching digits cut at the wrong column (the first
+    split or the merge of its bad halves): it is tried at every candidate cut (`_mid_cuts` and
+    `_more_cuts`) and split where both halves read more surely, by `MARGIN`, than the whole.
+    """
+    wide = [i for i, p in enumerate(pieces) if p.w >= 0.75 * med_h and p.h >= 0.6 * med_h]
+    unscored = [i for i in wide if id(pieces[i]) not in scores]
+    if unscored:
+        for i in unscored:
+            if pieces[i].crop is None:
+                pieces[i].crop = _piece_crop(ink, pieces[i])
+        lp0 = scorer(np.stack([pieces[i].crop for i in unscored]))
+        scores = {**scores, **{id(pieces[i]): float(v) for i, v in zip(unscored, lp0.tolist(), strict=True)}}
+    todo = [i for i in wide if scores[id(pieces[i])] < UNSURE]
+    if not todo:
+        return pieces
+    cands: list[tuple[int, list[_Piece]]] = []
+    for i in todo:
+        p = pieces[i]
+        first = _mid_cuts(p, med_h)
+        for c in first + _more_cuts(p, med_h, first):
+            parts = _cut_at(p, c)
+            if len(parts) == 2 and all(q.h >= 0.55 * med_h and q.w >= 0.12 * med_h for q in parts):
+                cands.append((i, parts))
+    if not cands:
+        return pieces
+    every = [q for _, parts in cands for q in parts]
+    for q in every:
+        q.crop = _piece_crop(ink, q)
+    lp = scorer(np.stack([q.crop for q in every]))
+    best: dict[int, tuple[float, list[_Piece]]] = {}
+    for k, (i, parts) in enumerate(cands):
+        prior = _wide_prior(pieces[i].w, med_h)
+        gain = float(lp[2 * k] + lp[2 * k + 1]) - scores[id(pieces[i])] + prior
+        if gain > MARGIN and gain > best.get(i, (-1e9, []))[0]:
+            best[i] = (gain, parts)
+    out: list[_Piece] = []
+    for i, p in enumerate(pieces):
+        out.extend(best[i][1] if i in best else [p])
     return out
 
 
