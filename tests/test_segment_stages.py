@@ -12,7 +12,7 @@ import pytest
 from digitreader.pipeline.cut import _Window, cut_field, default_scorer, refine_string, remove_lines, split_string
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.prepare import estimate_skew, flatten, map_box, prepare_page
-from digitreader.types import FieldRegion, PageImage
+from digitreader.types import FieldRegion, PageImage, PreparedPage
 
 DPI = 150
 PPM = DPI / 25.4
@@ -114,6 +114,28 @@ def test_fields_found_with_kinds_cells_and_order() -> None:
     assert summary == [("boxes", 6), ("boxes", 4), ("boxes", 5), ("string", 1)]
     widths = [c[2] for c in fields[0].cells]
     assert max(widths) - min(widths) <= 3
+
+
+FIELDS = Path(__file__).parent / "data" / "fields"
+
+
+def test_tick_row_with_digits_written_down_into_the_ticks() -> None:
+    """A real tick row (tests/data/fields/README.md) whose digits reach down among the ticks, filling
+    much of the ticks' band, once taken for printed text and missed."""
+    img = cv2.imread(str(FIELDS / "ticks-23056.png"), cv2.IMREAD_GRAYSCALE)
+    fields = find_fields(prepare_page(PageImage(1, img, dpi=300)))
+    assert [(f.kind, len(f.cells)) for f in fields] == [("boxes", 6)]
+
+
+@pytest.mark.parametrize("name", ["heading-account", "heading-savings", "micr-line"])
+def test_printed_text_is_not_a_tick_row(name: str) -> None:
+    """Bold printed text of real generated pages (prepared: 150 dpi, light flattened, with its ink):
+    its letters stand on a line at a comb's pitch, but fit a grid of two cells with strokes left over."""
+    gray = cv2.imread(str(FIELDS / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+    ink = cv2.imread(str(FIELDS / f"{name}.ink.png"), cv2.IMREAD_GRAYSCALE)
+    h, w = gray.shape
+    page = PreparedPage(1, gray, ink, np.array([[1.0, 0, 0], [0, 1.0, 0]]), w, h, 0.0, dpi=DPI)
+    assert find_fields(page) == []
 
 
 def test_digit_stroke_does_not_make_a_wall() -> None:

@@ -182,7 +182,12 @@ def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     ticks = [t for t in _runs(cols >= 0.9) if t[1] - t[0] <= g.mm(1.2)]
     if len(ticks) < 3:
         return None
+    raw = set(ticks)
     ticks = _fit_grid(ticks, g.mm(4.0))
+    # Three cells or more, every tick of the grid really there (none filled in) and few strokes
+    # off the grid: a comb, even with digits written down into the ticks' band (printed letters
+    # seldom line up so: their strokes fit a grid of two cells with several left over).
+    whole = len(ticks) >= 4 and all(t in raw for t in ticks) and len(raw) - len(ticks) <= (len(ticks) - 1) / 2
     centres = np.array([(a + b) / 2 for a, b in ticks])
     gaps = np.diff(centres)
     if len(gaps) < 2:
@@ -197,7 +202,7 @@ def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
         between[max(0, a - 2) : b + 2] = False
     between[: ticks[0][0]] = False
     between[ticks[-1][1] :] = False
-    if between.any() and band.astype(bool).any(axis=0)[between].mean() > 0.35:
+    if between.any() and band.astype(bool).any(axis=0)[between].mean() > (0.6 if whole else 0.35):
         return None  # the space between ticks is full: text or a drawing, not a tick row
     cell_h = int(round(1.25 * pitch))
     top = y0 + base[0] - cell_h
