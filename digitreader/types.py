@@ -53,6 +53,7 @@ class PreparedPage:
     height: int
     skew_degrees: float = 0.0
     dpi: float | None = None
+    levels: tuple[float, float] | None = None  # (strong, weak) ink grey levels of `gray` (prepare.ink_levels)
 
 
 @dataclass(frozen=True)

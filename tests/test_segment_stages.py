@@ -175,6 +175,23 @@ def test_cells_cut_blank_and_crossing_strokes() -> None:
     assert not cut.slots[1].crop.any()
 
 
+def test_faint_digit_in_a_cell_is_cut_whole() -> None:
+    """A pale "0" (grey 205 on 245: weak ink only) with one dark blot on it: the page's binarization
+    keeps the pale stroke only near the blot; the cell takes every faint stroke touching its ink."""
+    img = _blank(60, 30)
+    _comb(img, 5, 8, 3)
+    cv2.ellipse(img, (mm(17), mm(13)), (mm(2.2), mm(3.4)), 0, 0, 360, 205, 3)  # in cell 1 (13-21 mm)
+    cv2.circle(img, (mm(17), mm(13 - 3.4)), 2, 110, -1)
+    prepared = prepare_page(PageImage(1, img, dpi=DPI))
+    (region,) = find_fields(prepared)
+    zero = cut_field(prepared, region, name="f").slots[1]
+    assert not zero.blank
+    ring = zero.crop > 40
+    # The whole ring: ink on the left and right sides and at the bottom, paper in the middle.
+    assert ring[10:18, 3:10].any() and ring[10:18, 18:25].any() and ring[20:26, 10:18].any()
+    assert not ring[12:16, 12:16].any()
+
+
 def test_string_split_drops_separators_and_splits_touching_digits() -> None:
     h = 60
     mask = np.zeros((h + 20, 400), np.uint8)

@@ -1,6 +1,8 @@
 """Cut stage: a field -> its digit slots (box cells or digits split from a string), each normalized.
 
-Box lines are removed without eating strokes that cross them: the rows/columns of a line next to a
+A cell first takes back the faint strokes of its digit that the page's binarization dropped (every
+weak-level stroke touching its ink: a pale pen keeps its whole digit, not only the pixels near its
+darker spots). Box lines are removed without eating strokes that cross them: the rows/columns of a line next to a
 cell are found by their coverage, taken out of the ink, and put back wherever ink continues on both
 sides of the line (a stroke crossing it). What is left is split into connected pieces, and a
 cell keeps the pieces that lie mostly inside it (so a neighbour's digit that pokes in is ignored).
@@ -169,9 +171,26 @@ def _has_tall_piece(stats: np.ndarray, keep: np.ndarray, inner: tuple[int, int, 
     return False
 
 
+def _grow_faint(prepared: PreparedPage, win: _Window) -> _Window:
+    """The window's ink with every faint (weak-level) stroke that touches it: hysteresis by
+    connected pieces, where the page's binarization only reaches a few pixels from strong ink."""
+    if prepared.levels is None:
+        return win
+    h, w = win.ink.shape
+    gray = prepared.gray[win.y0 : win.y0 + h, win.x0 : win.x0 + w]
+    weak = gray < prepared.levels[1]
+    n, labels = cv2.connectedComponents(weak.view(np.uint8), connectivity=8)
+    if n <= 2:
+        return win
+    keep = np.zeros(n, bool)
+    keep[np.unique(labels[win.ink])] = True
+    keep[0] = False
+    return _Window(win.x0, win.y0, win.ink | keep[labels], win.inner)
+
+
 def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float) -> DigitSlot:
     x, y, w, h = cell
-    win = _window(prepared, cell, 0.22 * w, 0.3 * h)
+    win = _grow_faint(prepared, _window(prepared, cell, 0.22 * w, 0.3 * h))
     digit = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))))
     ix0, iy0, ix1, iy1 = win.inner
     _, labels, stats = label_pieces(digit.view(np.uint8))

@@ -274,7 +274,7 @@ def find_fields(prepared: PreparedPage, settings: Settings | None = None) -> lis
     ppm = (prepared.dpi or 150.0) / 25.4
     # Lines are found in the weak-threshold mask: a faint box line is long and straight, noise is not,
     # so it survives the opening even where hysteresis dropped it from the ink.
-    _, weak = ink_levels(prepared.gray)
+    _, weak = prepared.levels or ink_levels(prepared.gray)
     _, faint = cv2.threshold(prepared.gray, weak, 255, cv2.THRESH_BINARY_INV)
     mask = cv2.bitwise_or(prepared.ink, faint)
     g = _Geom(ppm=ppm)

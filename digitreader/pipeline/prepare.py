@@ -129,9 +129,11 @@ def ink_levels(flat: np.ndarray) -> tuple[float, float]:
     return strong, weak
 
 
-def binarize(flat: np.ndarray) -> np.ndarray:
-    """Ink mask (uint8 0/255) of a background-normalized page; keeps faint strokes (hysteresis)."""
-    strong, weak = ink_levels(flat)
+def binarize(flat: np.ndarray, levels: tuple[float, float] | None = None) -> np.ndarray:
+    """Ink mask (uint8 0/255) of a background-normalized page; keeps faint strokes (hysteresis).
+
+    `levels`: the page's (strong, weak) `ink_levels`, when already measured."""
+    strong, weak = levels or ink_levels(flat)
     _, weak_mask = cv2.threshold(flat, weak, 255, cv2.THRESH_BINARY_INV)
     _, strong_mask = cv2.threshold(flat, strong, 255, cv2.THRESH_BINARY_INV)
     # Hysteresis (local form): keep weak pixels near a strong one, i.e. the faint edges and thin
@@ -179,7 +181,8 @@ def prepare_page(page: PageImage, settings: Settings | None = None) -> PreparedP
     else:
         skew = 0.0
         to_original = scale_back
-    ink = binarize(flat)
+    levels = ink_levels(flat)
+    ink = binarize(flat, levels)
     return PreparedPage(
         number=page.number,
         gray=flat,
@@ -189,6 +192,7 @@ def prepare_page(page: PageImage, settings: Settings | None = None) -> PreparedP
         height=page.height,
         skew_degrees=skew,
         dpi=ppm * 25.4,
+        levels=levels,
     )
 
 
