@@ -621,8 +621,11 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
     return _resplit(out, ink, scorer, med_h, scores)
 
 
-#: A piece the model reads as a digit less surely than this (log-probability) is tried at more cuts.
-UNSURE = -1.0
+#: A piece the model reads as a digit less surely than this (log-probability; about 90 %) and at
+#: least `NARROW_PAIR` digit heights wide is tried at more cuts.
+UNSURE = -0.1
+#: Two touching digits can be this narrow: a "1" against another "1" or a "9".
+NARROW_PAIR = 0.5
 
 
 def _resplit(
@@ -630,11 +633,13 @@ def _resplit(
 ) -> list[_Piece]:
     """Second look at the pieces the model still reads unsurely after `refine_string`'s first pass.
 
-    A wide piece read unsurely is most often two touching digits cut at the wrong column (the first
-    split or the merge of its bad halves): it is tried at every candidate cut (`_mid_cuts` and
-    `_more_cuts`) and split where both halves read more surely, by `MARGIN`, than the whole.
+    A piece read unsurely is most often two touching digits, cut at the wrong column (the first
+    split or the merge of its bad halves) or not offered for a split at all (a narrow pair such as
+    "11", which the first pass, asking for 0.75 of a digit height, leaves alone): it is tried at
+    every candidate cut (`_mid_cuts` and `_more_cuts`) and split where both halves read more surely,
+    by `MARGIN`, than the whole.
     """
-    wide = [i for i, p in enumerate(pieces) if p.w >= 0.75 * med_h and p.h >= 0.6 * med_h]
+    wide = [i for i, p in enumerate(pieces) if p.w >= NARROW_PAIR * med_h and p.h >= 0.6 * med_h]
     unscored = [i for i in wide if id(pieces[i]) not in scores]
     if unscored:
         for i in unscored:
