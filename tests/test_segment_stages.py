@@ -175,6 +175,25 @@ def test_cells_cut_blank_and_crossing_strokes() -> None:
     assert not cut.slots[1].crop.any()
 
 
+def test_stroke_along_a_cell_wall_is_kept() -> None:
+    """A 7 whose bar runs along just under the cell's top line (as cut from a real page: the cell's
+    interior was found below the bar, so the band of rows covered like a line is the line's 3 rows
+    plus the bar's 4): the line is taken out, the bar is not, so the 7 is not cut down to a '1'."""
+    ink = np.zeros((74, 37), bool)
+    ink[9:12, 2:36] = True  # top line, 3 rows
+    ink[61:64, 2:36] = True  # bottom line
+    ink[9:64, 2:5] = True  # left wall
+    ink[9:64, 32:35] = True  # right wall
+    ink[12:16, 5:29] = True  # the 7's bar, against the top line
+    for r in range(12, 45):  # its stem, down and to the left
+        c = 24 - (r - 12) // 4
+        ink[r, c - 2 : c + 3] = True
+    out = remove_lines(_Window(0, 0, ink, (6, 14, 31, 60)), max_t=7)
+    assert not out[9:12, 5:20].any() and not out[61:64].any()  # the lines are gone
+    assert out[14:16, 5:29].mean() > 0.9  # the bar is kept (all but the two rows next to the line)
+    assert out[20:40].any()  # and the stem
+
+
 def test_faint_digit_in_a_cell_is_cut_whole() -> None:
     """A pale "0" (grey 205 on 245: weak ink only) with one dark blot on it: the page's binarization
     keeps the pale stroke only near the blot; the cell takes every faint stroke touching its ink."""

@@ -2,10 +2,12 @@
 
 A cell first takes back the faint strokes of its digit that the page's binarization dropped (every
 weak-level stroke touching its ink: a pale pen keeps its whole digit, not only the pixels near its
-darker spots). Box lines are removed without eating strokes that cross them: the rows/columns of a line next to a
-cell are found by their coverage, taken out of the ink, and put back wherever ink continues on both
-sides of the line (a stroke crossing it). What is left is split into connected pieces, and a
-cell keeps the pieces that lie mostly inside it (so a neighbour's digit that pokes in is ignored).
+darker spots). Box lines are removed without eating strokes that cross them: the rows/columns of a
+line next to a cell are found by their coverage, taken out of the ink, and put back wherever ink
+continues on both sides of the line (a stroke crossing it); where a stroke runs along the line, the
+band of covered rows is thicker than the line, and only the line's own rows are taken
+(`_line_cores`). What is left is split into connected pieces, and a cell keeps the pieces that lie
+mostly inside it (so a neighbour's digit that pokes in is ignored).
 
 String fields are split into digits: connected pieces, specks and hairlines of the border at the
 interior's edge dropped, pieces of one broken digit
@@ -86,6 +88,8 @@ def remove_lines(win: _Window, max_t: int, level: float = 0.6) -> np.ndarray:
     col_hit = (_cover(ink[cy0:cy1, :], 0) >= level).tolist()
     rows = _line_runs(row_hit, y0 - max_t, y0 + 2) + _line_runs(row_hit, y1 - 2, y1 + max_t)
     cols = _line_runs(col_hit, x0 - max_t, x0 + 2) + _line_runs(col_hit, x1 - 2, x1 + max_t)
+    rows = _line_cores(ink[:, cx0:cx1], _bands(rows))
+    cols = _line_cores(ink[cy0:cy1, :].T, _bands(cols))
     out = ink.copy()
     out[rows, :] = False
     out[:, cols] = False
@@ -104,6 +108,42 @@ def remove_lines(win: _Window, max_t: int, level: float = 0.6) -> np.ndarray:
         cross = (_grow1(out[:, a]) & _grow1(out[:, b]))[:, None]
         out[:, band[0] : band[-1] + 1] |= ink[:, band[0] : band[-1] + 1] & cross
     return out
+
+
+def _line_cores(ink: np.ndarray, bands: list[list[int]]) -> list[int]:
+    """The rows of the line bands along a cell's two opposite sides (`ink`'s rows; columns are
+    passed transposed) that are the lines themselves (`_line_core`).
+
+    A line is as thick as most columns of its band show, plus a row for anti-aliasing, and at most
+    two rows thicker than the thinner of the two sides (the same pen drew both, and a stroke along
+    one side may cover most of its columns).
+    """
+    ts = [_line_thickness(ink, b) for b in bands]
+    ref = min(ts, default=0)
+    return [r for b, t in zip(bands, ts, strict=True) for r in _line_core(ink, b, min(t + 1, ref + 2))]
+
+
+def _line_thickness(ink: np.ndarray, band: list[int]) -> int:
+    """Rows of ink that most columns of a line band hold (its lower quartile)."""
+    counts = np.count_nonzero(ink[band[0] : band[-1] + 1], axis=0)
+    counts = counts[counts > 0]
+    return int(np.percentile(counts, 25)) if counts.size else len(band)
+
+
+def _line_core(ink: np.ndarray, band: list[int], t: int) -> list[int]:
+    """The rows of a band of line rows (`ink`'s rows `band`, consecutive) that are the line itself.
+
+    A stroke running along a box line (a 7's bar under the top line, a 0's side against a wall)
+    makes the band of covered rows thicker than the line, `t` rows: when the band is thicker by
+    more than a row, the line is its best-covered run of `t` rows, and the rest is the stroke, kept.
+    """
+    if len(band) <= max(3, t + 1):
+        return band
+    sub = ink[band[0] : band[-1] + 1]
+    cover = np.count_nonzero(sub, axis=1).astype(float)
+    run = np.convolve(cover, np.ones(t), "valid")
+    k = int(np.argmax(run))
+    return band[k : k + t]
 
 
 def _bands(idx: list[int]) -> list[list[int]]:
