@@ -676,43 +676,71 @@ def _resplit(
     A piece read unsurely is most often two touching digits, cut at the wrong column (the first
     split or the merge of its bad halves) or not offered for a split at all (a narrow pair such as
     "11", which the first pass, asking for 0.75 of a digit height, leaves alone): it is tried at
-    every candidate cut (`_mid_cuts` and `_more_cuts`) and split where both halves read more surely,
-    by `MARGIN`, than the whole.
+    every candidate cut (`_mid_cuts` and `_more_cuts`). Two neighbours cut from one connected
+    piece, either read unsurely, are joined again and tried at every other cut of the whole. A
+    candidate replaces its pieces where its halves read more surely, by `MARGIN`, than they did.
     """
-    wide = [i for i, p in enumerate(pieces) if p.w >= NARROW_PAIR * med_h and p.h >= 0.6 * med_h]
-    unscored = [i for i in wide if id(pieces[i]) not in scores]
+    tall = [i for i, p in enumerate(pieces) if p.h >= 0.6 * med_h]
+    singles = [i for i in tall if pieces[i].w >= NARROW_PAIR * med_h]
+    pairs = [i for i in tall if i + 1 < len(pieces) and pieces[i].joined_right and pieces[i + 1].h >= 0.6 * med_h]
+    unscored = sorted({j for j in singles + pairs + [i + 1 for i in pairs] if id(pieces[j]) not in scores})
     if unscored:
         for i in unscored:
             if pieces[i].crop is None:
                 pieces[i].crop = _piece_crop(ink, pieces[i])
         lp0 = scorer(np.stack([pieces[i].crop for i in unscored]))
         scores = {**scores, **{id(pieces[i]): float(v) for i, v in zip(unscored, lp0.tolist(), strict=True)}}
-    todo = [i for i in wide if scores[id(pieces[i])] < UNSURE]
-    if not todo:
-        return pieces
-    cands: list[tuple[int, list[_Piece]]] = []
-    for i in todo:
-        p = pieces[i]
+    score = [scores.get(id(p), 0.0) for p in pieces]
+    # (first piece, pieces replaced, the two halves, prior)
+    cands: list[tuple[int, int, list[_Piece], float]] = []
+
+    def offer(i: int, n: int, p: _Piece, prior: float, avoid: int | None = None) -> None:
         first = _mid_cuts(p, med_h)
         for c in first + _more_cuts(p, med_h, first):
+            if avoid is not None and abs(c - avoid) <= 1:
+                continue
             parts = _cut_at(p, c)
             if len(parts) == 2 and all(q.h >= 0.55 * med_h and q.w >= 0.12 * med_h for q in parts):
-                cands.append((i, parts))
+                cands.append((i, n, parts, prior))
+
+    for i in singles:
+        if score[i] < UNSURE:
+            offer(i, 1, pieces[i], _wide_prior(pieces[i].w, med_h))
+    for i in pairs:
+        if min(score[i], score[i + 1]) < UNSURE:
+            a, b = pieces[i], pieces[i + 1]
+            union = _merge(a, b)
+            cands.append((i, 2, [union], 0.0))
+            offer(i, 2, union, 0.0, avoid=b.x0 - union.x0)
     if not cands:
         return pieces
-    every = [q for _, parts in cands for q in parts]
+    every = [q for _, _, parts, _ in cands for q in parts]
     for q in every:
         q.crop = _piece_crop(ink, q)
     lp = scorer(np.stack([q.crop for q in every]))
-    best: dict[int, tuple[float, list[_Piece]]] = {}
-    for k, (i, parts) in enumerate(cands):
-        prior = _wide_prior(pieces[i].w, med_h)
-        gain = float(lp[2 * k] + lp[2 * k + 1]) - scores[id(pieces[i])] + prior
-        if gain > MARGIN and gain > best.get(i, (-1e9, []))[0]:
-            best[i] = (gain, parts)
+    gains = []
+    k = 0
+    for i, n, parts, prior in cands:
+        gain = float(lp[k : k + len(parts)].sum()) - sum(score[i : i + n]) + prior
+        k += len(parts)
+        if gain > MARGIN:
+            gains.append((gain, i, n, parts))
+    take: dict[int, tuple[int, list[_Piece]]] = {}
+    used: set[int] = set()
+    for _, i, n, parts in sorted(gains, key=lambda g: -g[0]):
+        if used.isdisjoint(range(i, i + n)):
+            take[i] = (n, parts)
+            used.update(range(i, i + n))
     out: list[_Piece] = []
-    for i, p in enumerate(pieces):
-        out.extend(best[i][1] if i in best else [p])
+    i = 0
+    while i < len(pieces):
+        if i in take:
+            n, parts = take[i]
+            out.extend(parts)
+            i += n
+        else:
+            out.append(pieces[i])
+            i += 1
     return out
 
 
