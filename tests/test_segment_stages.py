@@ -127,15 +127,25 @@ def test_tick_row_with_digits_written_down_into_the_ticks() -> None:
     assert [(f.kind, len(f.cells)) for f in fields] == [("boxes", 6)]
 
 
+def _prepared_fixture(name: str) -> PreparedPage:
+    gray = cv2.imread(str(FIELDS / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+    ink = cv2.imread(str(FIELDS / f"{name}.ink.png"), cv2.IMREAD_GRAYSCALE)
+    h, w = gray.shape
+    return PreparedPage(1, gray, ink, np.array([[1.0, 0, 0], [0, 1.0, 0]]), w, h, 0.0, dpi=DPI)
+
+
+def test_tick_row_with_digit_strokes_in_most_cells() -> None:
+    """A prepared tick row (150 dpi) where four digits reach down among the ticks: four strokes off
+    the grid of six cells."""
+    fields = find_fields(_prepared_fixture("ticks-281062"))
+    assert [(f.kind, len(f.cells)) for f in fields] == [("boxes", 6)]
+
+
 @pytest.mark.parametrize("name", ["heading-account", "heading-savings", "micr-line"])
 def test_printed_text_is_not_a_tick_row(name: str) -> None:
     """Bold printed text of real generated pages (prepared: 150 dpi, light flattened, with its ink):
     its letters stand on a line at a comb's pitch, but fit a grid of two cells with strokes left over."""
-    gray = cv2.imread(str(FIELDS / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
-    ink = cv2.imread(str(FIELDS / f"{name}.ink.png"), cv2.IMREAD_GRAYSCALE)
-    h, w = gray.shape
-    page = PreparedPage(1, gray, ink, np.array([[1.0, 0, 0], [0, 1.0, 0]]), w, h, 0.0, dpi=DPI)
-    assert find_fields(page) == []
+    assert find_fields(_prepared_fixture(name)) == []
 
 
 def test_digit_stroke_does_not_make_a_wall() -> None:

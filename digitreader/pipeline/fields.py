@@ -184,10 +184,10 @@ def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
         return None
     raw = set(ticks)
     ticks = _fit_grid(ticks, g.mm(4.0))
-    # Three cells or more, every tick of the grid really there (none filled in) and few strokes
-    # off the grid: a comb, even with digits written down into the ticks' band (printed letters
-    # seldom line up so: their strokes fit a grid of two cells with several left over).
-    whole = len(ticks) >= 4 and all(t in raw for t in ticks) and len(raw) - len(ticks) <= (len(ticks) - 1) / 2
+    # Three cells or more, every tick of the grid really there (none filled in) and no more strokes
+    # off the grid than cells: a comb, even with digits written down into the ticks' band (printed
+    # letters seldom line up so: their strokes fit a grid of two cells with several left over).
+    whole = len(ticks) >= 4 and all(t in raw for t in ticks) and len(raw) - len(ticks) <= len(ticks) - 1
     centres = np.array([(a + b) / 2 for a, b in ticks])
     gaps = np.diff(centres)
     if len(gaps) < 2:
