@@ -118,16 +118,24 @@ def _line_cores(ink: np.ndarray, bands: list[list[int]]) -> list[int]:
     two rows thicker than the thinner of the two sides (the same pen drew both, and a stroke along
     one side may cover most of its columns).
     """
+    if all(len(b) <= 3 for b in bands):  # no band thicker than a line can be: nothing to measure
+        return [r for b in bands for r in b]
     ts = [_line_thickness(ink, b) for b in bands]
     ref = min(ts, default=0)
     return [r for b, t in zip(bands, ts, strict=True) for r in _line_core(ink, b, min(t + 1, ref + 2))]
 
 
 def _line_thickness(ink: np.ndarray, band: list[int]) -> int:
-    """Rows of ink that most columns of a line band hold (its lower quartile)."""
+    """Rows of ink that most columns of a line band hold: the lower quartile of its columns' counts
+    (`int(np.percentile(counts, 25))`, without its overhead)."""
     counts = np.count_nonzero(ink[band[0] : band[-1] + 1], axis=0)
     counts = counts[counts > 0]
-    return int(np.percentile(counts, 25)) if counts.size else len(band)
+    if counts.size == 0:
+        return len(band)
+    q = 0.25 * (counts.size - 1)
+    k = int(q)
+    lo, hi = np.partition(counts, [k, min(k + 1, counts.size - 1)])[[k, min(k + 1, counts.size - 1)]].tolist()
+    return int(lo + (q - k) * (hi - lo))
 
 
 def _line_core(ink: np.ndarray, band: list[int], t: int) -> list[int]:
@@ -222,8 +230,7 @@ def _grow_faint(prepared: PreparedPage, win: _Window) -> _Window:
     n, labels = cv2.connectedComponents(weak.view(np.uint8), connectivity=8)
     if n <= 2:
         return win
-    keep = np.zeros(n, bool)
-    keep[np.unique(labels[win.ink])] = True
+    keep = np.bincount(labels[win.ink], minlength=n) > 0
     keep[0] = False
     return _Window(win.x0, win.y0, win.ink | keep[labels], win.inner)
 
