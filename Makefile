@@ -35,6 +35,7 @@ test: install-dev
 
 lint: install-dev
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check --exclude docs .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -77,7 +77,8 @@ def _crops_with_truth(settings: Any, batch: int) -> tuple[Any, Any]:
     with session_scope(settings) as s:
         rows = s.execute(
             select(Digit, Page.number, Document.path)
-            .join(Field, Digit.field_id == Field.id).join(Page, Field.page_id == Page.id)
+            .join(Field, Digit.field_id == Field.id)
+            .join(Page, Field.page_id == Page.id)
             .join(Document, Page.document_id == Document.id)
             .where(Document.batch_id == batch, Digit.crop.is_not(None))
         ).all()

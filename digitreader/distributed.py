@@ -247,8 +247,15 @@ class DocumentJob:
 
 def _job_query(document_id: int) -> Any:
     return (
-        select(Document.id, Document.batch_id, Document.path, Document.status,
-               Batch.template, Batch.threshold, Batch.options)  # fmt: skip
+        select(
+            Document.id,
+            Document.batch_id,
+            Document.path,
+            Document.status,
+            Batch.template,
+            Batch.threshold,
+            Batch.options,
+        )  # fmt: skip
         .join(Batch, Batch.id == Document.batch_id)
         .where(Document.id == document_id)
     )
@@ -328,9 +335,7 @@ def finish_if_complete(engine: Engine, batch_id: int) -> str | None:
     Called after every document is stored, in its own transaction after that commit, so the last
     document to commit always sees the others (a second close of the same batch is harmless)."""
     with session_scope(engine=engine) as s:
-        pending = s.scalar(
-            select(func.count()).where(Document.batch_id == batch_id, Document.status.in_(PENDING))
-        )
+        pending = s.scalar(select(func.count()).where(Document.batch_id == batch_id, Document.status.in_(PENDING)))
         if pending:
             return None
         batch = s.get(Batch, batch_id)
@@ -452,8 +457,14 @@ def run_page_job(
             if cut.traceback:
                 dlog.warning("unexpected error:\n%s", cut.traceback)
             retry_transient(
-                lambda: store_failure(engine, document_id, cut.error_code or "internal", message,
-                                      page_count=cut.page_count, seconds=cut.seconds),  # fmt: skip
+                lambda: store_failure(
+                    engine,
+                    document_id,
+                    cut.error_code or "internal",
+                    message,
+                    page_count=cut.page_count,
+                    seconds=cut.seconds,
+                ),  # fmt: skip
                 what="storing a failure",
                 deadline=wait,
             )
@@ -639,8 +650,13 @@ def _infer_group(
         try:
             status = retry_transient(
                 lambda it=it, results=results, timings=timings: store_results(
-                    engine, it.document_id, results, model_version=version,
-                    seconds=it.cut.seconds + timings["recognize"], timings=timings),  # fmt: skip
+                    engine,
+                    it.document_id,
+                    results,
+                    model_version=version,
+                    seconds=it.cut.seconds + timings["recognize"],
+                    timings=timings,
+                ),  # fmt: skip
                 what=f"storing document {it.document_id}",
                 deadline=deadline,
                 logger=dlog,

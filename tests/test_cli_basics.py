@@ -19,9 +19,7 @@ def test_help_lists_commands() -> None:
 
 
 def test_version_is_json_on_stdout() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "digitreader", "version"], capture_output=True, text=True, check=True
-    )
+    proc = subprocess.run([sys.executable, "-m", "digitreader", "version"], capture_output=True, text=True, check=True)
     info = json.loads(proc.stdout)
     assert info["digitreader"] and info["onnxruntime"] is True
 

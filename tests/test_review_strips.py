@@ -47,8 +47,10 @@ def test_every_field_has_a_strip_of_its_page_region(rsettings: Settings) -> None
             assert float(np.mean(np.abs(region.astype(np.int16) - img))) < 6.0, f.name
 
 
-def test_strip_png_highlights_the_digit_at_its_mapped_box(rsettings: Settings,  # noqa: F811
-                                                          processed: tuple[Path, int]) -> None:  # noqa: F811
+def test_strip_png_highlights_the_digit_at_its_mapped_box(
+    rsettings: Settings,  # noqa: F811
+    processed: tuple[Path, int],  # noqa: F811
+) -> None:
     with session_scope(rsettings) as s:
         items = service.list_queue(s, batch_id=processed[1])[:5]
         assert items
@@ -73,8 +75,10 @@ def test_strip_png_highlights_the_digit_at_its_mapped_box(rsettings: Settings,  
             assert centre[0] == centre[1] == centre[2]
 
 
-def test_strip_png_falls_back_to_crops_without_a_stored_strip(rsettings: Settings,  # noqa: F811
-                                                              processed: tuple[Path, int]) -> None:  # noqa: F811
+def test_strip_png_falls_back_to_crops_without_a_stored_strip(
+    rsettings: Settings,  # noqa: F811
+    processed: tuple[Path, int],  # noqa: F811
+) -> None:
     with session_scope(rsettings) as s:
         item = service.list_queue(s, batch_id=processed[1])[0]
         f = s.get(Field, item.field_id)

@@ -61,7 +61,7 @@ def test_missing_file_is_dataset_error(tmp_path: Path) -> None:
 def test_truncated_file_is_dataset_error(data_dir: Path, tmp_path: Path) -> None:
     dst = _copy_mnist(data_dir, tmp_path)
     f = dst / "t10k-images-idx3-ubyte.gz"
-    f.write_bytes(f.read_bytes()[: 400_000])
+    f.write_bytes(f.read_bytes()[:400_000])
     with pytest.raises(DatasetError) as e:
         load_mnist("test", tmp_path)
     assert e.value.code == "truncated"

@@ -113,8 +113,9 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, cfg: AugmentConf
     return out
 
 
-def shift_zoom_rotate(images: np.ndarray, rng: np.random.Generator, rot: float = 15, zoom: float = 0.15,
-                      shift: float = 0.15) -> np.ndarray:
+def shift_zoom_rotate(
+    images: np.ndarray, rng: np.random.Generator, rot: float = 15, zoom: float = 0.15, shift: float = 0.15
+) -> np.ndarray:
     """The Keras-style augmentation of the seed001 report: rotation, zoom, shift; no flips, no re-normalization."""
     out = np.empty_like(images)
     for i, img in enumerate(images):

@@ -430,8 +430,10 @@ def retrain_cli(*, epochs: int | None, lr: float | None, batch_size: int | None,
     print_json(result)
     m = result["metrics"]
     corr = "-" if m["corrected_accuracy"] is None else f"{100 * m['corrected_accuracy']:.2f} %"
-    err.print(f"candidate {result['version']}: MNIST test {100 * m['mnist_test_accuracy']:.2f} %, frozen corrected "
-              f"digits {corr} (n={m['corrected_n']}); trained on {result['corrected_trained']} corrected digits")
+    err.print(
+        f"candidate {result['version']}: MNIST test {100 * m['mnist_test_accuracy']:.2f} %, frozen corrected "
+        f"digits {corr} (n={m['corrected_n']}); trained on {result['corrected_trained']} corrected digits"
+    )
     if result["promotion"] is not None:
         for r in result["promotion"]["reasons"]:
             err.print(f"  {r}")

@@ -70,8 +70,6 @@ class Dataset:
         return Dataset(self.images[index], labels, self.source, self.checksums)
 
 
-
-
 def resolve_data_dir(data_dir: Path | str | None) -> Path:
     """The folder holding mnist/: the argument, else DIGITREADER_DATA_DIR (via Settings)."""
     if data_dir is None:
@@ -174,9 +172,10 @@ def download_mnist(folder: Path, names: Iterable[str] | None = None, mirrors: It
         for mirror in mirrors:
             try:
                 log.info("downloading %s%s", mirror, name)
-                with urllib.request.urlopen(mirror + name, timeout=60) as resp, tempfile.NamedTemporaryFile(
-                    dir=folder, delete=False
-                ) as tmp:
+                with (
+                    urllib.request.urlopen(mirror + name, timeout=60) as resp,
+                    tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp,
+                ):
                     shutil.copyfileobj(resp, tmp)
                 if sha256_file(Path(tmp.name)) != KNOWN_SHA256[name]:
                     os.unlink(tmp.name)

@@ -111,9 +111,7 @@ def _punctuation(rng: np.random.Generator) -> np.ndarray:
             cv2.circle(ink, (cx - d // 2, cy), r, 255.0, -1)
             cv2.circle(ink, (cx + d // 2, cy), r, 255.0, -1)
     else:  # an irregular smudge
-        pts = np.stack(
-            [cx + rng.normal(0, 2 * r, 7), cy + rng.normal(0, 1.2 * r, 7)], 1
-        ).astype(np.int32)
+        pts = np.stack([cx + rng.normal(0, 2 * r, 7), cy + rng.normal(0, 1.2 * r, 7)], 1).astype(np.int32)
         cv2.fillPoly(ink, [cv2.convexHull(pts)], 255.0)
     return ink
 

@@ -207,8 +207,9 @@ def render_md(r: dict[str, Any]) -> str:
     lines += [
         f"- Throughput (onnxruntime CPU, 1 thread): batch 1 {s['batch_1']:,.0f} digits/s, batch 256 "
         f"{s['batch_256']:,.0f} digits/s wall-clock (best window; {r['machine']}); per CPU-second of one core: "
-        + ", ".join(f"{k.replace('_', ' ')} {v:,.0f}"
-                    for k, v in r.get("throughput_digits_per_cpu_second_1_thread", {}).items()),
+        + ", ".join(
+            f"{k.replace('_', ' ')} {v:,.0f}" for k, v in r.get("throughput_digits_per_cpu_second_1_thread", {}).items()
+        ),
         f"- PyTorch vs onnxruntime max abs logit difference: {r['parity_max_abs_diff']:.2e}",
         "",
         "## Accuracy-coverage (MNIST test, calibrated confidence)",

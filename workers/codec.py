@@ -66,9 +66,15 @@ def encode_cut(cut: DocumentCut, level: int = 1) -> bytes:
                 strip_bytes.append(st.jpeg)
         strips.append(row)
     header = json.dumps(
-        {"path": cut.path, "pages": pages, "page_count": cut.page_count, "seconds": cut.seconds,
-         "timings": {k: float(v) for k, v in cut.timings.items()}, "crops": len(crops),
-         "strips": strips},  # fmt: skip
+        {
+            "path": cut.path,
+            "pages": pages,
+            "page_count": cut.page_count,
+            "seconds": cut.seconds,
+            "timings": {k: float(v) for k, v in cut.timings.items()},
+            "crops": len(crops),
+            "strips": strips,
+        },  # fmt: skip
         separators=(",", ":"),
     ).encode()
     pixels = np.stack(crops).tobytes() if crops else b""

@@ -180,6 +180,7 @@ def list_queue(
             stmt = stmt.limit(limit).offset(offset)
         rows = list(session.execute(stmt).all())
     else:
+
         def key(r: Any) -> tuple[float, int]:
             m = _margin(r[0].top3)
             return (-1.0 if m is None else m, r[0].id)

@@ -61,8 +61,10 @@ def submit_distributed(
     if prog.status == "partial":
         from digitreader.cli.commands.submit import PartialBatchError
 
-        raise PartialBatchError(f"{prog.counts.get('failed', 0)} document(s) of batch {sub.batch_id} failed; "
-                                "the others were stored", hint=f"digitreader status {sub.batch_id} lists the reasons")
+        raise PartialBatchError(
+            f"{prog.counts.get('failed', 0)} document(s) of batch {sub.batch_id} failed; the others were stored",
+            hint=f"digitreader status {sub.batch_id} lists the reasons",
+        )
 
 
 def _warn_without_workers(settings: Settings) -> None:

@@ -187,8 +187,16 @@ def promote_cmd(
     print_json(res)
     for r in res["reasons"]:
         err.print(f"  {r}")
-    err.print(f"{version}: " + ("promoted (forced past the gate)" if res["forced"] else
-                                "promoted" if res["promoted"] else "NOT promoted: the gate refused it"))
+    err.print(
+        f"{version}: "
+        + (
+            "promoted (forced past the gate)"
+            if res["forced"]
+            else "promoted"
+            if res["promoted"]
+            else "NOT promoted: the gate refused it"
+        )
+    )
     if not res["promoted"]:
         raise typer.Exit(3)
 

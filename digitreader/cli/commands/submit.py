@@ -96,8 +96,12 @@ def submit(
     ),
     force: bool = typer.Option(False, "--force", help="Read files again even if their content was processed before."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (errors only)."),
-    queue: bool = typer.Option(False, "--queue", help="Distributed: queue on DIGITREADER_BROKER_URL for the "
-                               "worker pools (the default when a broker is set) and return at once."),  # fmt: skip
+    queue: bool = typer.Option(
+        False,
+        "--queue",
+        help="Distributed: queue on DIGITREADER_BROKER_URL for the "
+        "worker pools (the default when a broker is set) and return at once.",
+    ),  # fmt: skip
     wait: bool = typer.Option(False, "--wait", help="Distributed: show progress until the batch is done."),
 ) -> None:
     """Read the handwritten digits of scans (PNG, JPEG, TIFF, BMP, PDF) into a new batch.

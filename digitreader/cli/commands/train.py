@@ -40,37 +40,57 @@ def train(
     limit: int | None = typer.Option(None, "--limit", min=100, help="Train on the first N samples (smoke tests)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
     augment: str | None = typer.Option(None, "--augment", help="scan, shift15 or none (default: recipe's)."),
-    nondigits: float = typer.Option(0.1, "--nondigits", min=0.0, max=1.0,
-                                    help="Generated non-digit crops per training digit; 0 = 10 classes only."),
+    nondigits: float = typer.Option(
+        0.1, "--nondigits", min=0.0, max=1.0, help="Generated non-digit crops per training digit; 0 = 10 classes only."
+    ),
     threads: int = typer.Option(2, "--threads", min=1, help="PyTorch CPU threads."),
-    ema: float | None = typer.Option(None, "--ema", min=0.0, max=0.99999,
-                                     help="Decay of the moving average of the weights that is exported "
-                                          "(e.g. 0.999; 0 = off; default: the recipe's)."),
-    page_crops: int = typer.Option(0, "--page-crops", min=0,
-                                   help="Also train on the crops our segmentation cuts from N generated pages "
-                                        "(MNIST training digits only, never validation or test), labelled against "
-                                        "the pages' truth: digits as themselves; touching pairs cut as one, pieces "
-                                        "of a digit and strays as non-digits; plus unions of neighbouring digits "
-                                        "and halves of digits as non-digits. Made once (~0.3 s CPU a page) and "
-                                        "cached in $DIGITREADER_HOME/cache/pagecrops. 0 = off. E.g. 400."),
+    ema: float | None = typer.Option(
+        None,
+        "--ema",
+        min=0.0,
+        max=0.99999,
+        help="Decay of the moving average of the weights that is exported "
+        "(e.g. 0.999; 0 = off; default: the recipe's).",
+    ),
+    page_crops: int = typer.Option(
+        0,
+        "--page-crops",
+        min=0,
+        help="Also train on the crops our segmentation cuts from N generated pages "
+        "(MNIST training digits only, never validation or test), labelled against "
+        "the pages' truth: digits as themselves; touching pairs cut as one, pieces "
+        "of a digit and strays as non-digits; plus unions of neighbouring digits "
+        "and halves of digits as non-digits. Made once (~0.3 s CPU a page) and "
+        "cached in $DIGITREADER_HOME/cache/pagecrops. 0 = off. E.g. 400.",
+    ),
     page_crops_seed: int = typer.Option(1, "--page-crops-seed", help="--page-crops: seed of the generated pages."),
-    page_negatives: str = typer.Option("all", "--page-negatives",
-                                       help="--page-crops: synthetic negatives to add: all (unions of two "
-                                            "neighbouring digits and halves of wide digits), touching (all, "
-                                            "plus neighbouring digits pushed together until they touch), "
-                                            "unions, or none."),
+    page_negatives: str = typer.Option(
+        "all",
+        "--page-negatives",
+        help="--page-crops: synthetic negatives to add: all (unions of two "
+        "neighbouring digits and halves of wide digits), touching (all, "
+        "plus neighbouring digits pushed together until they touch), "
+        "unions, or none.",
+    ),
     version: str = typer.Option("dev", "--model-version", help="Version string written into the model."),
     download: bool = typer.Option(False, "--download", help="Download MNIST when missing (needs internet)."),
-    finalize_only: bool = typer.Option(False, "--finalize-only",
-                                       help="Only calibrate/export/report OUT/checkpoint.pt again."),
-    with_corrections: bool = typer.Option(False, "--with-corrections",
-                                          help="Fine-tune the active model on reviewers' corrections + MNIST "
-                                               "(training/corrections.py); registers a candidate."),
-    corrections_weight: int = typer.Option(10, "--corrections-weight", min=0,
-                                           help="--with-corrections: times each corrected digit is seen per epoch."),
-    init_from: Path | None = typer.Option(None, "--init-from",
-                                          help="--with-corrections: weights .pt or run folder to start from "
-                                               "(default: the active model's weights)."),
+    finalize_only: bool = typer.Option(
+        False, "--finalize-only", help="Only calibrate/export/report OUT/checkpoint.pt again."
+    ),
+    with_corrections: bool = typer.Option(
+        False,
+        "--with-corrections",
+        help="Fine-tune the active model on reviewers' corrections + MNIST "
+        "(training/corrections.py); registers a candidate.",
+    ),
+    corrections_weight: int = typer.Option(
+        10, "--corrections-weight", min=0, help="--with-corrections: times each corrected digit is seen per epoch."
+    ),
+    init_from: Path | None = typer.Option(
+        None,
+        "--init-from",
+        help="--with-corrections: weights .pt or run folder to start from (default: the active model's weights).",
+    ),
     promote: bool = typer.Option(False, "--promote", help="--with-corrections: run the promotion gate after."),
 ) -> None:
     """Train a digit model on MNIST, calibrate it, export it to ONNX and write its report.
@@ -119,8 +139,10 @@ def train(
             elif phase == "augment":
                 bar.update(task, description=f"epoch {stats['epoch']}: augmenting", completed=0, total=None)
             elif phase == "epoch":
-                err.print(f"epoch {done}/{total}: train loss {stats['train_loss']:.4f} acc {stats['train_acc']:.4f}"
-                          f" | val loss {stats['val_loss']:.4f} acc {stats['val_acc']:.4f} | {stats['seconds']:.0f} s")
+                err.print(
+                    f"epoch {done}/{total}: train loss {stats['train_loss']:.4f} acc {stats['train_acc']:.4f}"
+                    f" | val loss {stats['val_loss']:.4f} acc {stats['val_acc']:.4f} | {stats['seconds']:.0f} s"
+                )
             elif phase == "finalize" and done == 0:
                 bar.update(task, description="calibrating, exporting, reporting", completed=0, total=None)
 

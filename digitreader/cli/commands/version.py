@@ -13,6 +13,7 @@ from digitreader.cli.output import print_json
 
 def version() -> None:
     """Print the version, Python, and which optional parts are installed (JSON on stdout)."""
+
     def has(mod: str) -> bool:
         return importlib.util.find_spec(mod) is not None
 

@@ -47,10 +47,17 @@ def worker_argv(pool: str, settings: Settings, *, concurrency: int | None = None
 
 
 def worker(
-    pool: str = typer.Option(..., "--pool", "-p", help="page (load, prepare, segment, normalize: CPU) or infer "
-                             "(batched recognition: GPU when there is one)."),  # fmt: skip
+    pool: str = typer.Option(
+        ...,
+        "--pool",
+        "-p",
+        help="page (load, prepare, segment, normalize: CPU) or infer (batched recognition: GPU when there is one).",
+    ),  # fmt: skip
     concurrency: int | None = typer.Option(
-        None, "--concurrency", "-c", min=1,
+        None,
+        "--concurrency",
+        "-c",
+        min=1,
         help="page: processes (default DIGITREADER_WORKERS, else one per core); infer: threads (default 1).",
     ),  # fmt: skip
     loglevel: str = typer.Option("INFO", "--loglevel", "-l", help="DEBUG, INFO, WARNING or ERROR."),
