@@ -447,7 +447,9 @@ def run_page_job(
             from digitreader.pipeline.templates import load_template
 
             template = load_template(job.resolve(job.template))
-        cut = segment_document(job.file, settings, template, model_path=registry.active_model_file(settings))
+        # The splitter follows the active reader only when told to (DIGITREADER_SPLITTER=reader).
+        reader = registry.active_model_file(settings) if settings.splitter.strip() == "reader" else None
+        cut = segment_document(job.file, settings, template, model_path=reader)
         if cut.failed and cut.error_code == "internal" and time.monotonic() - t0 >= lim.soft * 0.99:
             cut = DocumentCut(job.path, (), "timeout", f"{job.path}: took longer than the time limit "
                               f"of {lim.soft:.0f} s (DIGITREADER_DOCUMENT_TIME_LIMIT)", None, cut.seconds)  # fmt: skip

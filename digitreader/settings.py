@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     threshold: float | None = Field(
         default=None, ge=0.0, le=1.0, description="Review threshold on calibrated confidence (default: model's)."
     )
+    splitter: str = Field(
+        default="shipped",
+        description="Model whose second opinion splits string fields into digits: shipped (its own, "
+        "digitreader/models/splitter/), reader (the model reading the digits) or an ONNX file's path.",
+    )
     providers: str = Field(default="auto", description="onnxruntime providers: auto, cpu or cuda.")
     intra_op_threads: int = Field(default=1, ge=0, description="onnxruntime threads per session (0 = all cores).")
     batch_size: int = Field(default=1024, ge=1, description="Digits per inference batch.")

@@ -64,6 +64,10 @@ def test_promote_rollback_and_live_pickup(tmp_path: Path, data_dir: Path, monkey
     shipped_version = live.info.version
     scans = generate(tmp_path / "scans", pages=2, seed=3, kind="form", style="clean", data_dir=data_dir)
     process_batch([scans[0]], settings, predictor=live)  # registers the shipped model as active
+    from digitreader.pipeline import cut
+
+    # String fields were split with the splitter's own model (DIGITREADER_SPLITTER=shipped).
+    assert cut._scorer_cache.get(str(cut.SPLITTER_MODEL)) is not None
     with session_scope(settings) as s:
         assert registry.active_model(s).version == shipped_version
         cand = registry.register_model(s, settings, _copy_with_version(shipped, tmp_path / "c.onnx", "cand-1"))
@@ -79,10 +83,9 @@ def test_promote_rollback_and_live_pickup(tmp_path: Path, data_dir: Path, monkey
     res = registry.promote(settings, "cand-1", force=True)
     assert res["promoted"] and res["forced"]
     assert live.refresh() is True and live.info.version == "cand-1"
-    report = process_batch([scans[1]], settings, predictor=live)
-    # The string splitter took its second opinion from the promoted model too, not the shipped one.
-    from digitreader.pipeline import cut
-
+    # With DIGITREADER_SPLITTER=reader, the string splitter takes its second opinion from the model
+    # that reads, the promoted one now, not the shipped one.
+    report = process_batch([scans[1]], settings.model_copy(update={"splitter": "reader"}), predictor=live)
     assert registry.active_model_file(settings, max_age=0) == live.info.path != str(shipped)
     assert cut._scorer_cache.get(live.info.path) is not None
     with session_scope(settings) as s:

@@ -9,7 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
-from digitreader.pipeline.cut import _Window, cut_field, default_scorer, refine_string, remove_lines, split_string
+from digitreader.pipeline.cut import (
+    _Window,
+    cut_field,
+    default_scorer,
+    refine_string,
+    remove_lines,
+    split_string,
+    splitter_model,
+)
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.prepare import estimate_skew, flatten, map_box, prepare_page
 from digitreader.types import FieldRegion, PageImage, PreparedPage
@@ -247,6 +255,20 @@ def test_string_split_drops_separators_and_splits_touching_digits() -> None:
     assert xs == sorted(xs)
 
 
+def test_splitter_model_by_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from digitreader.pipeline import cut
+    from digitreader.settings import Settings
+
+    reader = tmp_path / "reader.onnx"
+    assert cut.SPLITTER_MODEL.exists(), "the splitter's model is shipped"
+    assert cut.splitter_model(Settings(_env_file=None), reader) == cut.SPLITTER_MODEL  # type: ignore[call-arg]
+    assert cut.splitter_model(Settings(splitter="reader", _env_file=None), reader) == reader  # type: ignore[call-arg]
+    other = Settings(splitter=str(tmp_path / "mine.onnx"), _env_file=None)  # type: ignore[call-arg]
+    assert cut.splitter_model(other, reader) == tmp_path / "mine.onnx"
+    monkeypatch.setattr(cut, "SPLITTER_MODEL", tmp_path / "missing.onnx")  # not installed: the reader splits
+    assert cut.splitter_model(Settings(_env_file=None), reader) == reader  # type: ignore[call-arg]
+
+
 STRINGS = Path(__file__).parent / "data" / "strings"
 
 
@@ -260,8 +282,8 @@ def test_string_split_real_failures(name: str) -> None:
     ink = cv2.imread(str(STRINGS / f"{name}.ink.png"), cv2.IMREAD_GRAYSCALE) > 0
     inner = tuple(int(v) for v in meta["inner"])
     digit = remove_lines(_Window(0, 0, ink, inner), max_t=7)
-    scorer = default_scorer()
-    assert scorer is not None, "the shipped model must load"
+    scorer = default_scorer(splitter_model())
+    assert scorer is not None, "the shipped splitter's model must load"
     pieces = refine_string(split_string(digit, inner), 255 - gray, scorer)
     spans = [(p.x0, p.x1) for p in pieces]
     assert len(pieces) == len(meta["value"]), spans

@@ -2,6 +2,7 @@
 
     python -m training.ship runs/drnet            # -> digitreader/models/default.onnx + manifest.json
     python -m training.ship runs/drnet --review-threshold 0.97 --threshold-rule "chosen on validation pages"
+    python -m training.ship runs/wide --splitter   # -> digitreader/models/splitter/ (the string splitter's model)
 
 `--review-threshold` replaces the review threshold written into the model (the one its run chose on
 MNIST validation digits: error on accepted <= 0.1 %) by one chosen on data closer to the service's,
@@ -79,6 +80,48 @@ def ship(run: Path, models: Path = MODELS, name: str = "default.onnx", review_th
     return manifest
 
 
+SPLITTER_FILES = ("report.md", "report.json")
+
+
+def ship_splitter(
+    run: Path, models: Path = MODELS, version: str = "splitter-1.0.0", rule: str = ""
+) -> dict[str, object]:
+    """Ship a run's model as the string splitter's (`digitreader/models/splitter/`): the model whose
+    second opinion decides how string fields split into digits (`digitreader.pipeline.cut`), not the
+    one that reads them. Its metadata `version` is replaced (`version`) and says its role."""
+    import onnx
+
+    from training.export import set_metadata
+
+    src = run / "model.onnx"
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no exported model in this run")
+    out = models / "splitter"
+    out.mkdir(parents=True, exist_ok=True)
+    proto = onnx.load(str(src))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    meta.update(version=version, role="splitter", trained_as=meta.get("version", ""), chosen_by=rule)
+    set_metadata(proto, meta)
+    onnx.save_model(proto, str(out / "model.onnx"), save_as_external_data=False)
+    for f in SPLITTER_FILES:
+        if (run / f).exists():
+            shutil.copyfile(run / f, out / f)
+    report = json.loads((run / "report.json").read_text())
+    manifest = {
+        "model": "model.onnx",
+        "sha256": sha256_file(out / "model.onnx"),
+        "version": version,
+        "role": "splitter",
+        "arch": report["arch"],
+        "epochs": report["epochs"],
+        "temperature": report["temperature"],
+        "nondigits_rejected": report["nondigits"].get("rejected"),
+        "chosen_by": rule,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -86,7 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run", type=Path, help="a finished run folder (model.onnx, report.json)")
     ap.add_argument("--review-threshold", type=float, default=None, help="review threshold to write into the model")
     ap.add_argument("--threshold-rule", default="", help="how --review-threshold was chosen (kept in the model)")
+    ap.add_argument(
+        "--splitter",
+        action="store_true",
+        help="ship it as the string splitter's model (digitreader/models/splitter/), not the reader",
+    )
+    ap.add_argument("--splitter-version", default="splitter-1.0.0", help="--splitter: version written into it")
+    ap.add_argument("--chosen-by", default="", help="--splitter: how it was chosen (kept in the model)")
     args = ap.parse_args(argv)
+    if args.splitter:
+        print(json.dumps(ship_splitter(args.run, version=args.splitter_version, rule=args.chosen_by), indent=1))
+        return 0
     if args.review_threshold is not None and not 0.0 < args.review_threshold < 1.0:
         ap.error("--review-threshold must lie between 0 and 1")
     print(json.dumps(ship(args.run, review_threshold=args.review_threshold, threshold_rule=args.threshold_rule),

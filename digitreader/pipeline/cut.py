@@ -16,9 +16,9 @@ the string's digit height, or a thin slanted line), and touching digits split at
 column near where an even split would cut. Where that geometry is unsure, the digit model gives a
 second opinion (`refine_string`): merge two neighbours or split a wide piece when the model reads
 the result as digits more surely; a wide piece it still reads unsurely is tried at more columns
-(`_resplit`) (the model that reads the digits: the registry's active one or
-DIGITREADER_MODEL_PATH, else the shipped model; loaded once per process; without it, geometry
-alone).
+(`_resplit`) (the splitter's own model, shipped beside the reader and trained to doubt squeezed
+pairs, or by DIGITREADER_SPLITTER the reading model or another file: `splitter_model`; loaded once
+per process; without it, geometry alone).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 
 from digitreader.pipeline.normalize import BLANK_EXTENT, is_blank, label_pieces, normalize_ink
 from digitreader.pipeline.prepare import map_box, median
+from digitreader.settings import Settings, get_settings
 from digitreader.types import BBox, DigitSlot, FieldCut, FieldRegion, PreparedPage
 
 log = logging.getLogger(__name__)
@@ -473,10 +474,29 @@ DigitScorer = Callable[[np.ndarray], np.ndarray]
 _scorer_cache: dict[str, DigitScorer | None] = {}
 
 
+#: The string splitter's own model (`training.ship --splitter`).
+SPLITTER_MODEL = Path(__file__).resolve().parents[1] / "models" / "splitter" / "model.onnx"
+
+
+def splitter_model(settings: Settings | None = None, reader: str | Path | None = None) -> str | Path | None:
+    """The model whose second opinion splits string fields (`refine_string`), by `settings.splitter`
+    (DIGITREADER_SPLITTER): "shipped" (default), the splitter's own model, trained like the reader
+    plus touching pairs as "not a digit" so that it doubts a squeezed pair the reader reads as one
+    digit (the reading model `reader` when that file is missing); "reader", the model reading the
+    digits (`reader`; None: DIGITREADER_MODEL_PATH, else the shipped reader); or an ONNX file's path.
+    """
+    choice = (settings.splitter if settings is not None else get_settings().splitter).strip()
+    if choice == "reader":
+        return reader
+    if choice == "shipped":
+        return SPLITTER_MODEL if SPLITTER_MODEL.exists() else reader
+    return Path(choice).expanduser()
+
+
 def default_scorer(model_path: str | Path | None = None) -> DigitScorer | None:
-    """The digit model as a `DigitScorer`, loaded once per process and path, or None when it cannot
-    load. `model_path`: the model that recognizes the digits (the registry's active one), so the
-    splitter and the reader agree; None: DIGITREADER_MODEL_PATH, else the shipped model."""
+    """A digit model as a `DigitScorer`, loaded once per process and path, or None when it cannot
+    load. `model_path`: the model (`splitter_model` chooses the splitter's); None: DIGITREADER_MODEL_PATH,
+    else the shipped reader."""
     key = str(model_path) if model_path is not None else "default"
     if key not in _scorer_cache:
         try:
@@ -784,11 +804,11 @@ def cut_field(
 ) -> FieldCut:
     """Digit slots of one field, boxes in page-as-submitted coordinates, crops in the MNIST form.
 
-    `scorer` gives the digit model's second opinion on string splits ("default": the shipped model
-    when it loads; None: geometry alone).
+    `scorer` gives the digit model's second opinion on string splits ("default": the splitter's model
+    by the process settings, `splitter_model`, when it loads; None: geometry alone).
     """
     if isinstance(scorer, str):
-        scorer = default_scorer()
+        scorer = default_scorer(splitter_model())
     ppm = (prepared.dpi or 150.0) / 25.4
     if region.kind == "boxes":
         slots = [_cell_slot(prepared, c, i, ppm) for i, c in enumerate(region.cells)]

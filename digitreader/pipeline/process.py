@@ -240,8 +240,8 @@ def segment_document(
     """Load and segment every page of one document. Errors are returned, never raised.
 
     `time_limit` (seconds): the document fails with code "timeout" when segmenting it takes longer.
-    `model_path`: the model that will read the digits, whose second opinion splits string fields
-    (None: DIGITREADER_MODEL_PATH, else the shipped model).
+    `model_path`: the model that will read the digits (None: DIGITREADER_MODEL_PATH, else the shipped
+    model); the string splitter uses it with DIGITREADER_SPLITTER=reader (`cut.splitter_model`).
     """
     from digitreader.pipeline.load import load_pages
     from digitreader.pipeline.segment import segment_page
@@ -569,7 +569,7 @@ def _run(
         buffer, buffered = [], 0
 
     def model_file() -> str | None:
-        """The model reading the digits now (the registry's active one), for the string splitter."""
+        """The model reading the digits now (the registry's active one), for a splitter that follows it."""
         path = getattr(predictor.info, "path", None)
         return str(path) if path else None
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from digitreader.errors import InputError
-from digitreader.pipeline.cut import cut_field, default_scorer
+from digitreader.pipeline.cut import cut_field, default_scorer, splitter_model
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.prepare import prepare_page
 from digitreader.settings import Settings
@@ -52,8 +52,9 @@ def segment_page(
 ) -> PageCut:
     """Find and cut every digit of a page. Boxes are in the coordinates of the page as submitted.
 
-    `model_path`: the model whose second opinion splits string fields (`cut.default_scorer`): the one
-    that will read the digits; None: DIGITREADER_MODEL_PATH, else the shipped model.
+    `model_path`: the model that will read the digits (None: DIGITREADER_MODEL_PATH, else the shipped
+    one); string fields are split with the splitter's model (`cut.splitter_model`: its own by default,
+    this one with DIGITREADER_SPLITTER=reader).
 
     With a `template` (see `templates.load_template`), the page is registered to it and its fields
     are named and cut where the template says; otherwise fields are found and named by position
@@ -73,7 +74,7 @@ def segment_page(
         regions = find_fields(prepared, settings)
     t2 = time.perf_counter()
     timings["fields"] = t2 - t1
-    scorer = default_scorer(model_path)
+    scorer = default_scorer(splitter_model(settings, model_path))
     fields = tuple(
         cut_field(prepared, r, name=r.name or f"field-{i:02d}", scorer=scorer) for i, r in enumerate(regions, start=1)
     )
