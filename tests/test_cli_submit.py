@@ -199,3 +199,9 @@ def test_models_list_and_db_upgrade(isolated_env: Path) -> None:
     assert len(active) == 1 and active[0]["sha256"] and active[0]["error"] is None
     show = json.loads(_cli(["models", "show"], env).stdout)
     assert show["sha256"] == active[0]["sha256"] and show["version"] == active[0]["version"]
+    # The string splitter's own model, checked against its manifest as it loads.
+    manifest = Path(__file__).resolve().parents[1] / "digitreader" / "models" / "splitter" / "manifest.json"
+    splitter = json.loads(manifest.read_text())
+    assert show["splitter"]["setting"] == "shipped" and show["splitter"]["sha256"] == splitter["sha256"]
+    show = json.loads(_cli(["models", "show"], {**env, "DIGITREADER_SPLITTER": "reader"}).stdout)
+    assert show["splitter"]["sha256"] == show["sha256"]

@@ -150,16 +150,22 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
 def show_cmd(
     version: str | None = typer.Argument(None, help="Model version (default: the active model)."),
 ) -> None:
-    """Show one model's details as JSON (default: the active one, loaded and checked).
+    """Show one model's details as JSON (default: the active one, loaded and checked, with the model
+    that splits string fields into digits under "splitter": see DIGITREADER_SPLITTER).
 
     Example:  digitreader models show
     """
     settings = get_settings()
     if version is None:
+        from digitreader.pipeline.cut import splitter_model
         from digitreader.pipeline.recognize import Predictor
 
         p = Predictor.load(None, settings)  # checks the SHA-256 and the model's I/O
-        print_json({**p.info.as_dict(), "metadata": p.info.metadata, "active": True})
+        split_path = splitter_model(settings, p.info.path)
+        splitter = p if split_path in (None, p.info.path) else Predictor.load(split_path, settings)
+        s = splitter.info
+        split = {"path": s.path, "sha256": s.sha256, "version": s.version, "arch": s.arch, "setting": settings.splitter}
+        print_json({**p.info.as_dict(), "metadata": p.info.metadata, "active": True, "splitter": split})
         return
     for m in installed_models(settings):
         if m["version"] == version:
