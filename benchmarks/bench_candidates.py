@@ -10,6 +10,12 @@ For each ONNX model:
 - optionally (`--e2e-pages N`) the end-to-end benchmark (`benchmarks/bench_e2e.py`, PNG, all
   cores) on N pages made of validation digits: digits right, error among unflagged, flagged.
 The MNIST test set and the test-digit benchmark pages are left for reporting after the choice.
+
+End to end, each candidate reads the digits while the string splitter keeps its own model
+(DIGITREADER_SPLITTER, default the shipped splitter); with `--as-splitter` each candidate is tried as
+the splitter's model instead, beside the shipped reader (how splitter-1.0.0 was chosen):
+
+    .venv/bin/python benchmarks/bench_candidates.py runs/a/model.onnx --e2e-pages 150 --as-splitter
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop-pages", type=int, default=150, help="pages of validation digits cut into crops")
     ap.add_argument("--crop-seed", type=int, default=4242)
     ap.add_argument("--e2e-pages", type=int, default=0, help="end-to-end pages of validation digits (0: skip)")
+    ap.add_argument("--as-splitter", action="store_true", help="end to end, try each model as the string splitter's")
     ap.add_argument("--e2e-seed", type=int, default=777)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "digitreader-bench")
     ap.add_argument("--json", type=Path, default=None)
@@ -73,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if pages_dir is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "e2e.json"
-                env = {**os.environ, "DIGITREADER_MODEL_PATH": str(model.resolve())}
+                role = "DIGITREADER_SPLITTER" if args.as_splitter else "DIGITREADER_MODEL_PATH"
+                env = {**os.environ, role: str(model.resolve())}
                 # bench_e2e names its page cache by pages/seed; point it at the validation pages.
                 cache = Path(tmp) / "cache"
                 cache.mkdir()
