@@ -258,6 +258,7 @@ class _Piece:
     y1: int
     mask: np.ndarray  # bool, window-sized
     crop: np.ndarray | None = None  # its MNIST-form crop, once made
+    score: float | None = None  # the splitter model's log-probability that it is one digit, once asked
     joined_right: bool = False  # cut from the piece to its right (they were one connected piece)
 
     @property
@@ -637,7 +638,7 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
         if b.x0 - a.x1 <= gap * med_h and max(a.x1, b.x1) - min(a.x0, b.x0) <= wide * med_h:
             merge_cands.append(i)
     if not split_cands and not merge_cands:
-        return _resplit(pieces, ink, scorer, med_h, {})
+        return _resplit(pieces, ink, scorer, med_h)
     merged = [_merge(pieces[i], pieces[i + 1]) for i in merge_cands]
     # Only the pieces a candidate would replace need the model's score.
     involved = sorted({i for i, _ in split_cands} | {j for i in merge_cands for j in (i, i + 1)})
@@ -648,6 +649,8 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
             p.crop = _piece_crop(ink, p)
         crops.append(p.crop)
     lp = scorer(np.stack(crops))
+    for p, v in zip(every, lp.tolist(), strict=True):
+        p.score = v
     base = np.zeros(len(pieces), lp.dtype)
     base[involved] = lp[: len(involved)]
     k = len(involved)
@@ -683,9 +686,7 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
             out.extend(best_split[i][1])
         else:
             out.append(p)
-    scores = {id(pieces[i]): float(base[i]) for i in involved}
-    scores.update({id(m): float(lp[len(lp) - len(merged) + j]) for j, m in enumerate(merged)})
-    return _resplit(out, ink, scorer, med_h, scores)
+    return _resplit(out, ink, scorer, med_h)
 
 
 #: A piece the model reads as a digit less surely than this (log-probability; about 90 %) and at
@@ -695,9 +696,7 @@ UNSURE = -0.1
 NARROW_PAIR = 0.5
 
 
-def _resplit(
-    pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer, med_h: float, scores: dict[int, float]
-) -> list[_Piece]:
+def _resplit(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer, med_h: float) -> list[_Piece]:
     """Second look at the pieces the model still reads unsurely after `refine_string`'s first pass.
 
     A piece read unsurely is most often two touching digits, cut at the wrong column (the first
@@ -710,15 +709,15 @@ def _resplit(
     tall = [i for i, p in enumerate(pieces) if p.h >= 0.6 * med_h]
     singles = [i for i in tall if pieces[i].w >= NARROW_PAIR * med_h]
     pairs = [i for i in tall if i + 1 < len(pieces) and pieces[i].joined_right and pieces[i + 1].h >= 0.6 * med_h]
-    unscored = sorted({j for j in singles + pairs + [i + 1 for i in pairs] if id(pieces[j]) not in scores})
+    unscored = [pieces[j] for j in sorted(set(singles + pairs + [i + 1 for i in pairs])) if pieces[j].score is None]
     if unscored:
-        for i in unscored:
-            if pieces[i].crop is None:
-                pieces[i].crop = _piece_crop(ink, pieces[i])
-        lp0 = scorer(np.stack([pieces[i].crop for i in unscored]))
-        scores = {**scores, **{id(pieces[i]): float(v) for i, v in zip(unscored, lp0.tolist(), strict=True)}}
-    score = [scores.get(id(p), 0.0) for p in pieces]
-    # (first piece, pieces replaced, the two halves, prior)
+        for p in unscored:
+            if p.crop is None:
+                p.crop = _piece_crop(ink, p)
+        for p, v in zip(unscored, scorer(np.stack([p.crop for p in unscored])).tolist(), strict=True):
+            p.score = v
+    score = [p.score if p.score is not None else 0.0 for p in pieces]
+    # (first piece replaced, how many, the pieces replacing them, prior)
     cands: list[tuple[int, int, list[_Piece], float]] = []
 
     def offer(i: int, n: int, p: _Piece, prior: float, avoid: int | None = None) -> None:
@@ -745,6 +744,8 @@ def _resplit(
     for q in every:
         q.crop = _piece_crop(ink, q)
     lp = scorer(np.stack([q.crop for q in every]))
+    for q, v in zip(every, lp.tolist(), strict=True):
+        q.score = v
     gains = []
     k = 0
     for i, n, parts, prior in cands:
