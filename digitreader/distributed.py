@@ -255,7 +255,7 @@ def _job_query(document_id: int) -> Any:
             Batch.template,
             Batch.threshold,
             Batch.options,
-        )  # fmt: skip
+        )
         .join(Batch, Batch.id == Document.batch_id)
         .where(Document.id == document_id)
     )
@@ -466,7 +466,7 @@ def run_page_job(
                     message,
                     page_count=cut.page_count,
                     seconds=cut.seconds,
-                ),  # fmt: skip
+                ),
                 what="storing a failure",
                 deadline=wait,
             )
@@ -658,7 +658,7 @@ def _infer_group(
                     model_version=version,
                     seconds=it.cut.seconds + timings["recognize"],
                     timings=timings,
-                ),  # fmt: skip
+                ),
                 what=f"storing document {it.document_id}",
                 deadline=deadline,
                 logger=dlog,

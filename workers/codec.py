@@ -74,7 +74,7 @@ def encode_cut(cut: DocumentCut, level: int = 1) -> bytes:
             "timings": {k: float(v) for k, v in cut.timings.items()},
             "crops": len(crops),
             "strips": strips,
-        },  # fmt: skip
+        },
         separators=(",", ":"),
     ).encode()
     pixels = np.stack(crops).tobytes() if crops else b""

@@ -101,7 +101,7 @@ def submit(
         "--queue",
         help="Distributed: queue on DIGITREADER_BROKER_URL for the "
         "worker pools (the default when a broker is set) and return at once.",
-    ),  # fmt: skip
+    ),
     wait: bool = typer.Option(False, "--wait", help="Distributed: show progress until the batch is done."),
 ) -> None:
     """Read the handwritten digits of scans (PNG, JPEG, TIFF, BMP, PDF) into a new batch.

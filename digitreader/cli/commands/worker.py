@@ -52,14 +52,14 @@ def worker(
         "--pool",
         "-p",
         help="page (load, prepare, segment, normalize: CPU) or infer (batched recognition: GPU when there is one).",
-    ),  # fmt: skip
+    ),
     concurrency: int | None = typer.Option(
         None,
         "--concurrency",
         "-c",
         min=1,
         help="page: processes (default DIGITREADER_WORKERS, else one per core); infer: threads (default 1).",
-    ),  # fmt: skip
+    ),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l", help="DEBUG, INFO, WARNING or ERROR."),
     name: str | None = typer.Option(None, "--name", "-n", help="Node name (default POOL-PID@HOST)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the celery command line and exit."),
