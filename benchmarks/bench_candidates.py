@@ -23,13 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_e2e import run_e2e  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,19 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         others = pred[~digit]
         row["crop_pairs_pieces_rejected_pct"] = round(100 * float((others == 10).mean()), 1) if others.size else None
         if pages_dir is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / "e2e.json"
-                role = "DIGITREADER_SPLITTER" if args.as_splitter else "DIGITREADER_MODEL_PATH"
-                env = {**os.environ, role: str(model.resolve())}
-                # bench_e2e names its page cache by pages/seed; point it at the validation pages.
-                cache = Path(tmp) / "cache"
-                cache.mkdir()
-                (cache / f"synth-mixed-png-{args.e2e_pages}-seed{args.e2e_seed}").symlink_to(pages_dir.resolve())
-                subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_e2e.py"), "--pages",
-                                str(args.e2e_pages), "--seed", str(args.e2e_seed), "--cache", str(cache),
-                                "--json", str(out), "--data-dir", args.data_dir], check=True, env=env,
-                               stdout=subprocess.DEVNULL)  # fmt: skip
-                e2e = json.loads(out.read_text())
+            role = "splitter" if args.as_splitter else "model_path"
+            e2e = run_e2e(pages_dir, decode=False, **{role: str(model.resolve())})
             for k in ("digit_accuracy_pct", "unflagged_error_pct", "flagged_pct", "field_exact_pct"):
                 row[f"val_pages_{k}"] = e2e[k]
         rows.append(row)
