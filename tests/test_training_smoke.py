@@ -228,3 +228,25 @@ def test_ship_with_a_review_threshold(smoke_run: Path, tmp_path: Path) -> None:
     test = load_mnist("test", Path(json.loads((smoke_run / "config.json").read_text())["data_dir"]))
     assert np.array_equal(export.onnx_logits(models / "default.onnx", test.images[:64]),
                           export.onnx_logits(smoke_run / "model.onnx", test.images[:64]))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ship_as_the_splitter(smoke_run: Path, tmp_path: Path) -> None:
+    from digitreader.pipeline.cut import default_scorer, splitter_model
+    from digitreader.pipeline.recognize import Predictor
+    from digitreader.settings import Settings
+    from training.ship import ship_splitter
+
+    models = tmp_path / "models"
+    manifest = ship_splitter(smoke_run, models=models, version="splitter-test", rule="smoke")
+    assert manifest["role"] == "splitter" and manifest["version"] == "splitter-test"
+    path = models / "splitter" / "model.onnx"
+    settings = Settings(_env_file=None, home=tmp_path / "home", splitter=str(path))  # type: ignore[call-arg]
+    pred = Predictor.load(splitter_model(settings), settings)  # its SHA-256 checked against the manifest
+    assert pred.info.version == "splitter-test" and pred.info.sha256 == manifest["sha256"]
+    assert pred.info.metadata["role"] == "splitter"
+    test = load_mnist("test", Path(json.loads((smoke_run / "config.json").read_text())["data_dir"]))
+    assert np.array_equal(
+        export.onnx_logits(path, test.images[:64]), export.onnx_logits(smoke_run / "model.onnx", test.images[:64])
+    )
+    assert default_scorer(path) is not None

@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from digitreader.hashing import sha256_file
@@ -26,20 +27,30 @@ MODELS = Path(__file__).resolve().parents[1] / "digitreader" / "models"
 SHIPPED_FILES = ("report.md", "report.json", "confusion.png", "curves.png", "misclassified.png", "reliability.png")
 
 
-def set_review_threshold(path: Path, threshold: float, rule: str) -> None:
-    """Rewrite the model's review threshold in its ONNX metadata (same graph, same weights)."""
+def rewrite_metadata(src: Path, dst: Path, update: Callable[[dict[str, str]], None]) -> None:
+    """Write `src` to `dst` (one file) with its ONNX metadata changed in place by `update` (same
+    graph, same weights)."""
     import onnx
 
     from training.export import set_metadata
 
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(src))
     meta = {p.key: p.value for p in proto.metadata_props}
-    if "threshold_model_validation" not in meta:
-        meta["threshold_model_validation"] = meta.get("threshold", "")
-    meta["threshold"] = f"{threshold:.6f}"
-    meta["threshold_rule"] = rule
+    update(meta)
     set_metadata(proto, meta)
-    onnx.save_model(proto, str(path), save_as_external_data=False)
+    onnx.save_model(proto, str(dst), save_as_external_data=False)
+
+
+def set_review_threshold(path: Path, threshold: float, rule: str) -> None:
+    """Rewrite the model's review threshold in its ONNX metadata."""
+
+    def update(meta: dict[str, str]) -> None:
+        if "threshold_model_validation" not in meta:
+            meta["threshold_model_validation"] = meta.get("threshold", "")
+        meta["threshold"] = f"{threshold:.6f}"
+        meta["threshold_rule"] = rule
+
+    rewrite_metadata(path, path, update)
 
 
 def ship(run: Path, models: Path = MODELS, name: str = "default.onnx", review_threshold: float | None = None,
@@ -89,20 +100,16 @@ def ship_splitter(
     """Ship a run's model as the string splitter's (`digitreader/models/splitter/`): the model whose
     second opinion decides how string fields split into digits (`digitreader.pipeline.cut`), not the
     one that reads them. Its metadata `version` is replaced (`version`) and says its role."""
-    import onnx
-
-    from training.export import set_metadata
-
     src = run / "model.onnx"
     if not src.exists():
         raise FileNotFoundError(f"{src}: no exported model in this run")
     out = models / "splitter"
     out.mkdir(parents=True, exist_ok=True)
-    proto = onnx.load(str(src))
-    meta = {p.key: p.value for p in proto.metadata_props}
-    meta.update(version=version, role="splitter", trained_as=meta.get("version", ""), chosen_by=rule)
-    set_metadata(proto, meta)
-    onnx.save_model(proto, str(out / "model.onnx"), save_as_external_data=False)
+
+    def update(meta: dict[str, str]) -> None:
+        meta.update(version=version, role="splitter", trained_as=meta.get("version", ""), chosen_by=rule)
+
+    rewrite_metadata(src, out / "model.onnx", update)
     for f in SPLITTER_FILES:
         if (run / f).exists():
             shutil.copyfile(run / f, out / f)

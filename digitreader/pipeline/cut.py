@@ -446,9 +446,7 @@ def _touching_count(p: _Piece, est_w: float) -> int:
 
 def _split_touching(p: _Piece, k: int) -> list[_Piece]:
     """Split a piece holding k touching digits at the thinnest columns near the even cuts."""
-    sub = p.mask[:, p.x0 : p.x1]
-    prof = sub.sum(axis=0).astype(float)
-    prof = np.convolve(prof, np.ones(3) / 3, "same")
+    prof = _ink_profile(p)
     cuts = [0]
     for i in range(1, k):
         e = int(round(i * p.w / k))
@@ -523,17 +521,31 @@ def default_scorer(model_path: str | Path | None = None) -> DigitScorer | None:
     return _scorer_cache[key]
 
 
+def _ink_profile(p: _Piece) -> np.ndarray:
+    """Ink per column of a piece (piece coordinates), smoothed over 3 columns."""
+    prof = p.mask[:, p.x0 : p.x1].sum(axis=0).astype(float)
+    return np.convolve(prof, np.ones(3) / 3, "same")
+
+
 def _mid_cuts(p: _Piece, med_h: float) -> list[int]:
     """Candidate columns (piece coordinates) to split a piece holding two touching digits.
 
     The lowest-ink columns of its middle part (20-80 % of its width), not through a loop.
     """
-    prof = p.mask[:, p.x0 : p.x1].sum(axis=0).astype(float)
-    prof = np.convolve(prof, np.ones(3) / 3, "same")
+    return _lowest_cuts(p, med_h, _ink_profile(p), _hole_spans(p))
+
+
+def _all_cuts(p: _Piece, med_h: float) -> list[int]:
+    """`_mid_cuts` and then `_more_cuts`, the piece's profile and loops measured once."""
+    prof, holes = _ink_profile(p), _hole_spans(p)
+    first = _lowest_cuts(p, med_h, prof, holes)
+    return first + _more_cuts(p, med_h, prof, holes, first)
+
+
+def _lowest_cuts(p: _Piece, med_h: float, prof: np.ndarray, holes: list[tuple[int, int]]) -> list[int]:
     lo, hi = max(2, int(0.2 * p.w)), min(p.w - 2, int(math.ceil(0.8 * p.w)))
     if hi <= lo:
         return []
-    holes = _hole_spans(p)
     order = lo + np.argsort(prof[lo:hi], kind="stable")
     cuts: list[int] = []
     for c in order.tolist():
@@ -545,16 +557,13 @@ def _mid_cuts(p: _Piece, med_h: float) -> list[int]:
     return cuts
 
 
-def _more_cuts(p: _Piece, med_h: float, taken: list[int]) -> list[int]:
+def _more_cuts(p: _Piece, med_h: float, prof: np.ndarray, holes: list[tuple[int, int]], taken: list[int]) -> list[int]:
     """Further candidate columns for a piece the first cuts did not split well: every local minimum
     of its ink profile (15-85 % of its width), and a pen width beside each loop (a digit touching a
     0, 6, 8 or 9 meets it at the loop's outer stroke, which is rarely the lowest-ink column)."""
-    prof = p.mask[:, p.x0 : p.x1].sum(axis=0).astype(float)
-    prof = np.convolve(prof, np.ones(3) / 3, "same")
     lo, hi = max(2, int(0.15 * p.w)), min(p.w - 2, int(math.ceil(0.85 * p.w)))
     if hi <= lo:
         return []
-    holes = _hole_spans(p)
     pen = _stroke_width(p)
     found = [c for c in range(lo, hi) if prof[c] <= prof[c - 1] and prof[c] < prof[c + 1]]
     for a, b in holes:
@@ -702,7 +711,7 @@ def _resplit(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer, med_h: 
     A piece read unsurely is most often two touching digits, cut at the wrong column (the first
     split or the merge of its bad halves) or not offered for a split at all (a narrow pair such as
     "11", which the first pass, asking for 0.75 of a digit height, leaves alone): it is tried at
-    every candidate cut (`_mid_cuts` and `_more_cuts`). Two neighbours cut from one connected
+    every candidate cut (`_all_cuts`: `_mid_cuts` and `_more_cuts`). Two neighbours cut from one connected
     piece, either read unsurely, are joined again and tried at every other cut of the whole. A
     candidate replaces its pieces where its halves read more surely, by `MARGIN`, than they did.
     """
@@ -721,8 +730,7 @@ def _resplit(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer, med_h: 
     cands: list[tuple[int, int, list[_Piece], float]] = []
 
     def offer(i: int, n: int, p: _Piece, prior: float, avoid: int | None = None) -> None:
-        first = _mid_cuts(p, med_h)
-        for c in first + _more_cuts(p, med_h, first):
+        for c in _all_cuts(p, med_h):
             if avoid is not None and abs(c - avoid) <= 1:
                 continue
             parts = _cut_at(p, c)
