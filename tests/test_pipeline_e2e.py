@@ -200,6 +200,29 @@ def test_rerun_skips_force_reprocesses(settings: Settings, scans: Path, predicto
     assert row_counts(settings)["digits"] == 2 * before["digits"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("workers", "batch_size"), [(1, 100_000), (2, 100_000), (2, 8)])
+def test_pool_and_batch_size_change_nothing_stored(
+    tmp_path: Path, scans: Path, predictor: Any, workers: int, batch_size: int
+) -> None:
+    """However the documents are scheduled (inline or in a pool; crops read in one batch at the end
+    or in small ones as documents come in), every document is read and stored, with the same values."""
+    st = Settings(home=tmp_path / "home", workers=workers, batch_size=batch_size, _env_file=None)  # type: ignore[call-arg]
+    report = process_batch([scans], st, predictor=predictor)
+    assert report.status == "done" and len(report.processed) == 6 and report.pages == 8
+    with session_scope(st) as s:
+        export = export_json(s, report.batch_id)
+        stored = {d.path: d.status for d in s.scalars(select(Document))}
+    assert len(stored) == 6 and set(stored.values()) <= {"done", "needs_review"}
+    values = {d["path"]: [f["value"] for p in d["pages"] for f in p["fields"]] for d in export["documents"]}
+    ref = Settings(home=tmp_path / "ref", workers=1, batch_size=1024, _env_file=None)  # type: ignore[call-arg]
+    ref_report = process_batch([scans], ref, predictor=predictor)
+    with session_scope(ref) as s:
+        ref_export = export_json(s, ref_report.batch_id)
+    assert values == {d["path"]: [f["value"] for p in d["pages"] for f in p["fields"]] for d in ref_export["documents"]}
+    assert all(v for v in values.values())
+
+
 def test_storing_a_document_twice_replaces_it(settings: Settings, scans: Path, predictor: Any) -> None:
     path = sorted(scans.glob("*.png")) or sorted(scans.glob("*.jp*g"))
     cut = segment_document(path[0], settings)

@@ -548,7 +548,10 @@ def _run(
     if not todo:
         return
     workers = worker_count(settings, len(todo))
-    max_in_flight = workers * 2
+    # A pool gets enough documents queued to stay busy while this process reads and stores a batch;
+    # inline (one worker), each document is stored before the next one is cut.
+    pooled = workers > 1
+    max_in_flight = workers * 8 if pooled else 1
     limit = settings.document_time_limit
     queue: Iterator[tuple[int, str]] = iter(todo)
     buffer: list[tuple[int, DocumentCut]] = []
@@ -576,11 +579,14 @@ def _run(
     executor = make_executor(workers)
     try:
         in_flight: dict[cf.Future[DocumentCut], tuple[int, str]] = {}
+        exhausted = False  # every document submitted: from then on, read each one as soon as it is cut
 
         def fill() -> None:
+            nonlocal exhausted
             while len(in_flight) < max_in_flight:
                 nxt = next(queue, None)
                 if nxt is None:
+                    exhausted = True
                     return
                 in_flight[executor.submit(segment_document, nxt[1], settings, template, limit, model_file())] = nxt
 
@@ -607,11 +613,12 @@ def _run(
                     in_flight.pop(fut)
                     fut = executor.submit(segment_document, path, settings, template, limit, model_file())
                     in_flight[fut] = (doc_id, path)
-            if buffered >= settings.batch_size or (not in_flight and buffer):
+            if pooled:
+                fill()  # before the flush: the workers keep segmenting while this process reads and stores
+            if buffered >= settings.batch_size or (exhausted and buffer):
                 flush()
             fill()
-            if not in_flight:
-                flush()
+        flush()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
 
