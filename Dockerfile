@@ -26,14 +26,25 @@ RUN if ! command -v python3.11 >/dev/null 2>&1; then \
 
 WORKDIR /app
 # Dependencies first (a code change does not reinstall them).
+# (The C source of the PNG unfilter is named in pyproject.toml, so it comes along; with no compiler in
+# this layer the optional extension is skipped, then built with the code below.)
 COPY pyproject.toml README.md ./
+COPY digitreader/pipeline/_png.c ./digitreader/pipeline/_png.c
 RUN mkdir -p digitreader workers training && touch digitreader/__init__.py workers/__init__.py training/__init__.py \
     && pip install ".[${FLAVOUR}]" && pip uninstall -y digitreader
 # The code; editable, so `digitreader db upgrade` finds migrations/ beside the package.
 COPY digitreader ./digitreader
 COPY workers ./workers
 COPY migrations ./migrations
-RUN pip install --no-deps -e ".[${FLAVOUR}]" \
+# A C compiler (and Python's headers where the base image lacks them) only while the PNG unfilter
+# (digitreader/pipeline/_png.c) is built; the build is checked, then the compiler is removed.
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev \
+        $(python -c 'import os, sysconfig; print("" if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else "python3.11-dev")') \
+    && pip install --no-deps -e ".[${FLAVOUR}]" \
+    && python -c "from digitreader.pipeline import png; assert png.available(), 'PNG unfilter not built'" \
+    && { apt-get purge -y --auto-remove gcc libc6-dev python3.11-dev || true; } \
+    && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/digitreader digitreader \
     && mkdir -p /var/lib/digitreader /data && chown digitreader /var/lib/digitreader \
     && digitreader --version
