@@ -114,6 +114,13 @@ def test_reference_architectures_build() -> None:
     assert 1e6 < archs.count_macs(archs.build("drnet")) < 5e6
 
 
+def test_cli_offers_every_architecture() -> None:
+    # The CLI keeps its own list (it must not import torch to parse --arch): the two must agree.
+    from digitreader.cli.commands.train import ARCH_NAMES
+
+    assert set(ARCH_NAMES) == set(archs.ARCHS)
+
+
 def test_train_without_torch_says_which_extra() -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"

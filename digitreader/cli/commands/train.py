@@ -14,7 +14,7 @@ from digitreader.errors import MissingDependencyError, UsageError
 
 log = logging.getLogger(__name__)
 
-ARCH_NAMES = ("drnet", "drnet-wide", "seed000", "seed001", "seed002", "seed003", "seed004")
+ARCH_NAMES = ("drnet", "drnet-wide", "drnet-deep", "seed000", "seed001", "seed002", "seed003", "seed004")
 
 
 def _require_torch() -> None:
