@@ -49,7 +49,7 @@ import numpy as np
 
 from digitreader import pipeline
 from digitreader.errors import InputError
-from digitreader.pipeline.cut import _cut_at, _merge, _Piece, _piece_crop, _window, remove_lines, split_string
+from digitreader.pipeline.cut import Piece, cut_at, merge_pieces, piece_crop, string_pieces
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.load import load_pages
 from digitreader.pipeline.prepare import map_box, prepare_page
@@ -266,8 +266,8 @@ def generate_page_crops(
             write_pages(path, [img], fmt, dpi, rng, style)
             try:
                 page = next(iter(load_pages(path, settings)))
-                cut = segment_page(page, settings)
-                prepared = prepare_page(page, settings)  # again, for the string pieces (deterministic)
+                prepared = prepare_page(page, settings)  # once: the cut and the string negatives use it
+                cut = segment_page(page, settings, prepared=prepared)
             except InputError as exc:  # a page segmentation refuses: nothing to learn from it
                 log.warning("page %d skipped: %s", i, exc)
                 counts["pages_skipped"] += 1
@@ -363,7 +363,7 @@ def string_negatives(
     model's second opinion. For two neighbouring true digits (no separator or space between) that
     each have exactly one piece of their own: the two pieces merged (UNION). For a wide true digit
     (not a 1 or a 7, wider than 0.6 of its height) with one piece: that piece cut at its middle
-    column (`cut._cut_at`, as the splitter cuts), and the half with less ink kept (HALF), when it is
+    column (`cut.cut_at`, as the splitter cuts), and the half with less ink kept (HALF), when it is
     as tall as the splitter's parts must be and not a plain upright stroke. The heavier half is not
     used: it often still reads as the digit itself (the right half of a 3 is a narrow 3).
     """
@@ -371,24 +371,18 @@ def string_negatives(
     true_digits = [(fi, d) for fi, f in enumerate(tfields) for d in f["digits"] if d["label"] is not None]
     if not true_digits:
         return []
-    ppm = (prepared.dpi or 150.0) / 25.4
     out: list[tuple[np.ndarray, int]] = []
     for region in find_fields(prepared, settings):
         if region.kind != "string":
             continue
-        # As `cut._string_slots` does up to the model's second opinion.
-        inner = region.cells[0] if region.cells else region.bbox
-        h = inner[3]
-        win = _window(prepared, inner, 0.05 * h, 0.3 * h)
-        mask = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))))
-        pieces = split_string(mask, win.inner)
+        sp = string_pieces(prepared, region)  # as the cut splits it, before the model's second opinion
+        pieces, ink, h = sp.pieces, sp.ink, sp.height
         if not pieces:
             continue
-        ink = 255 - prepared.gray[win.y0 : win.y0 + mask.shape[0], win.x0 : win.x0 + mask.shape[1]]
-        boxes = [map_box(prepared.to_original, (win.x0 + p.x0, win.y0 + p.y0, p.w, p.h), prepared.width,
+        boxes = [map_box(prepared.to_original, (sp.x0 + p.x0, sp.y0 + p.y0, p.w, p.h), prepared.width,
                          prepared.height) for p in pieces]  # fmt: skip
         on_piece = [[j for j, (_, d) in enumerate(true_digits) if matches(b, d["bbox"])] for b in boxes]
-        own: dict[int, _Piece] = {}  # true digit -> its one piece, holding no other true digit
+        own: dict[int, Piece] = {}  # true digit -> its one piece, holding no other true digit
         for j in range(len(true_digits)):
             ps = [i for i, js in enumerate(on_piece) if j in js]
             if len(ps) == 1 and on_piece[ps[0]] == [j]:
@@ -398,7 +392,7 @@ def string_negatives(
             for a, b in _neighbours(f):
                 ja, jb = index.get((fi, a)), index.get((fi, b))
                 if ja in own and jb in own:
-                    out.append((_piece_crop(ink, _merge(own[ja], own[jb])), UNION))
+                    out.append((piece_crop(ink, merge_pieces(own[ja], own[jb])), UNION))
                     touching = _touching_pair(ink, own[ja], own[jb], overlap=max(1, round(0.06 * h)))
                     if touching is not None:
                         out.append((touching, TOUCH))
@@ -409,16 +403,16 @@ def string_negatives(
             x, y, w, hh = d["bbox"]
             if d["label"] in NO_HALVES or w <= 0.6 * hh:
                 continue
-            parts = _cut_at(p, p.w // 2)
+            parts = cut_at(p, p.w // 2)
             if len(parts) != 2:
                 continue
             light = min(parts, key=lambda q: int(q.mask.sum()))
             if light.h >= 0.55 * med_h and light.w >= MIN_HALF_ASPECT * light.h:
-                out.append((_piece_crop(ink, light), HALF))
+                out.append((piece_crop(ink, light), HALF))
     return out
 
 
-def _touching_pair(ink: np.ndarray, a: _Piece, b: _Piece, overlap: int) -> np.ndarray | None:
+def _touching_pair(ink: np.ndarray, a: Piece, b: Piece, overlap: int) -> np.ndarray | None:
     """The MNIST-form crop of two neighbouring digits pushed together until their strokes touch: `b`
     (the right one) moved left, with its grey ink, by the gap between them plus `overlap` columns.
     Written strings often hold such pairs as one connected piece, which the model must not read as
@@ -434,8 +428,8 @@ def _touching_pair(ink: np.ndarray, a: _Piece, b: _Piece, overlap: int) -> np.nd
     pair_ink = np.maximum(np.where(a.mask, ink, 0), moved_ink).astype(ink.dtype)
     mask = a.mask | moved_mask
     ys, xs = np.nonzero(mask)
-    p = _Piece(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, mask)
-    return _piece_crop(pair_ink, p)
+    p = Piece(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, mask)
+    return piece_crop(pair_ink, p)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ def _crop(prepared: PreparedPage, win: _Window, mask: np.ndarray) -> np.ndarray:
     return normalize_ink(255 - gray, mask[y : y + h, x : x + w])
 
 
-def _piece_crop(ink: np.ndarray, p: _Piece) -> np.ndarray:
+def piece_crop(ink: np.ndarray, p: Piece) -> np.ndarray:
     """A piece's MNIST-form crop; normalize_ink only looks inside the mask's box, so cut to it first."""
     return normalize_ink(ink[p.y0 : p.y1, p.x0 : p.x1], p.mask[p.y0 : p.y1, p.x0 : p.x1])
 
@@ -251,7 +251,7 @@ def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float) ->
 
 
 @dataclass
-class _Piece:
+class Piece:
     x0: int
     y0: int
     x1: int
@@ -270,15 +270,15 @@ class _Piece:
         return self.y1 - self.y0
 
 
-def _merge(a: _Piece, b: _Piece) -> _Piece:
+def merge_pieces(a: Piece, b: Piece) -> Piece:
     right = a if a.x1 > b.x1 else b
-    return _Piece(
+    return Piece(
         min(a.x0, b.x0), min(a.y0, b.y0), max(a.x1, b.x1), max(a.y1, b.y1), a.mask | b.mask,
         joined_right=right.joined_right,
     )  # fmt: skip
 
 
-def _is_slash(p: _Piece, med_h: float) -> bool:
+def _is_slash(p: Piece, med_h: float) -> bool:
     """A thin straight slanted stroke ('/') rather than a digit (a '1' stands nearly upright)."""
     ys, xs = np.nonzero(p.mask)
     if ys.size < 5:
@@ -296,7 +296,7 @@ def _is_slash(p: _Piece, med_h: float) -> bool:
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
-def _pen_width(p: _Piece) -> float:
+def _pen_width(p: Piece) -> float:
     """Mean stroke width of a piece, whatever its shape: twice its ink over its edge pixels.
 
     A stroke of width w and length L has about w*L pixels and 2*L on its edges, so a '1', a '0' and
@@ -309,7 +309,7 @@ def _pen_width(p: _Piece) -> float:
     return 2.0 * ink / max(ink - core, 1)
 
 
-def _drop_edge_remnants(pieces: list[_Piece], inner: tuple[int, int, int, int]) -> list[_Piece]:
+def _drop_edge_remnants(pieces: list[Piece], inner: tuple[int, int, int, int]) -> list[Piece]:
     """Pieces without what line removal left of the field's border: hairlines at its edge.
 
     A slanted or anti-aliased border spreads over two columns, neither covered enough to be taken
@@ -328,19 +328,19 @@ def _drop_edge_remnants(pieces: list[_Piece], inner: tuple[int, int, int, int]) 
     pen = median(strokes)
     margin = max(2, int(0.06 * field_h))
 
-    def remnant(p: _Piece, t: float) -> bool:
+    def remnant(p: Piece, t: float) -> bool:
         at_edge = p.x0 <= x0 + margin or p.x1 >= x1 - margin or p.y0 < y0 or p.y1 > y1
         return at_edge and t < 0.4 * pen
 
     return [p for p, t in zip(pieces, thick, strict=True) if not remnant(p, t)]
 
 
-def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Piece]:
+def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[Piece]:
     """Digits of a string field's ink (lines already removed), left to right."""
     x0, y0, x1, y1 = inner
     field_h = max(1, y1 - y0)
     n, labels, stats = label_pieces(mask.astype(np.uint8))
-    pieces: list[_Piece] = []
+    pieces: list[Piece] = []
     speck = max(3, int((0.07 * field_h) ** 2))
     for i, (x, y, w, h, area) in enumerate(stats.tolist()):
         if i == 0 or area < speck or max(w, h) < 0.12 * field_h:
@@ -350,7 +350,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
             continue  # mostly outside the field: a neighbour's ink or a stray line
         if w > 3.5 * h and h < 0.25 * field_h:
             continue  # a line remnant
-        pieces.append(_Piece(x, y, x + w, y + h, labels == i))
+        pieces.append(Piece(x, y, x + w, y + h, labels == i))
     pieces = _drop_edge_remnants(pieces, inner)
     if not pieces:
         return []
@@ -360,7 +360,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
     med_h = median(tall) if tall.size else float(heights.max())
     # Merge a small piece into the digit whose columns it shares (a broken digit, a 5's detached
     # bar, the two bars of '='); two full-height pieces are two digits, however close.
-    merged: list[_Piece] = []
+    merged: list[Piece] = []
     for p in pieces:
         if merged:
             q = merged[-1]
@@ -377,7 +377,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
                 and max(q.x1, p.x1) - min(q.x0, p.x0) <= 0.95 * max(med_h, q.h, p.h)
             )
             if (small and overlap >= 0.3 * narrow.w) or overlap >= 0.85 * narrow.w or stacked:
-                merged[-1] = _merge(q, p)
+                merged[-1] = merge_pieces(q, p)
                 continue
         merged.append(p)
     heights = np.array([p.h for p in merged], float)
@@ -392,7 +392,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
     ]
     single = [p.w for p in digits if 0.3 * p.h <= p.w <= 1.1 * p.h]
     est_w = max(median(single) if len(single) >= 2 else 0.0, 0.7 * med_h)
-    out: list[_Piece] = []
+    out: list[Piece] = []
     for p in digits:
         k = _touching_count(p, est_w)
         parts = _split_touching(p, k) if k >= 2 else [p]
@@ -406,7 +406,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[_Pi
     return out
 
 
-def _stroke_width(p: _Piece) -> float:
+def _stroke_width(p: Piece) -> float:
     """Median length of horizontal ink runs: the pen's width."""
     sub = p.mask[p.y0 : p.y1, p.x0 : p.x1].astype(np.int8)
     widths = []
@@ -418,7 +418,7 @@ def _stroke_width(p: _Piece) -> float:
     return min(widths) if widths else 1.0
 
 
-def _hole_spans(p: _Piece) -> list[tuple[int, int]]:
+def _hole_spans(p: Piece) -> list[tuple[int, int]]:
     """Column ranges (piece coordinates) of the loops of a piece (the holes of a 0, 6, 8, 9)."""
     sub = p.mask[p.y0 : p.y1, p.x0 : p.x1].astype(np.uint8)
     contours, hierarchy = cv2.findContours(sub, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
@@ -431,7 +431,7 @@ def _hole_spans(p: _Piece) -> list[tuple[int, int]]:
     return spans
 
 
-def _thin_necks(p: _Piece, parts: list[_Piece]) -> bool:
+def _thin_necks(p: Piece, parts: list[Piece]) -> bool:
     """Touching digits meet at a neck about one pen stroke thick; a cut through a digit is thicker.
 
     A cut through a loop (the hole of a wide 0) is never a neck between two digits.
@@ -449,14 +449,14 @@ def _thin_necks(p: _Piece, parts: list[_Piece]) -> bool:
     return True
 
 
-def _touching_count(p: _Piece, est_w: float) -> int:
+def _touching_count(p: Piece, est_w: float) -> int:
     """How many digits a piece holds: 1 unless it is much wider than a digit and has a thin neck."""
     if p.w < 1.35 * est_w or p.w <= p.h:
         return 1
     return max(2, int(round(p.w / est_w)))
 
 
-def _split_touching(p: _Piece, k: int) -> list[_Piece]:
+def _split_touching(p: Piece, k: int) -> list[Piece]:
     """Split a piece holding k touching digits at the thinnest columns near the even cuts."""
     prof = _ink_profile(p)
     cuts = [0]
@@ -473,7 +473,7 @@ def _split_touching(p: _Piece, k: int) -> list[_Piece]:
         ys, xs = np.nonzero(m)
         if ys.size == 0:
             continue
-        out.append(_Piece(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, m, joined_right=True))
+        out.append(Piece(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, m, joined_right=True))
     if out:
         out[-1].joined_right = p.joined_right
     return out
@@ -533,13 +533,13 @@ def default_scorer(model_path: str | Path | None = None) -> DigitScorer | None:
     return _scorer_cache[key]
 
 
-def _ink_profile(p: _Piece) -> np.ndarray:
+def _ink_profile(p: Piece) -> np.ndarray:
     """Ink per column of a piece (piece coordinates), smoothed over 3 columns."""
     prof = p.mask[:, p.x0 : p.x1].sum(axis=0).astype(float)
     return np.convolve(prof, np.ones(3) / 3, "same")
 
 
-def _mid_cuts(p: _Piece, med_h: float) -> list[int]:
+def _mid_cuts(p: Piece, med_h: float) -> list[int]:
     """Candidate columns (piece coordinates) to split a piece holding two touching digits.
 
     The lowest-ink columns of its middle part (20-80 % of its width), not through a loop.
@@ -547,14 +547,14 @@ def _mid_cuts(p: _Piece, med_h: float) -> list[int]:
     return _lowest_cuts(p, med_h, _ink_profile(p), _hole_spans(p))
 
 
-def _all_cuts(p: _Piece, med_h: float) -> list[int]:
+def _all_cuts(p: Piece, med_h: float) -> list[int]:
     """`_mid_cuts` and then `_more_cuts`, the piece's profile and loops measured once."""
     prof, holes = _ink_profile(p), _hole_spans(p)
     first = _lowest_cuts(p, med_h, prof, holes)
     return first + _more_cuts(p, med_h, prof, holes, first)
 
 
-def _lowest_cuts(p: _Piece, med_h: float, prof: np.ndarray, holes: list[tuple[int, int]]) -> list[int]:
+def _lowest_cuts(p: Piece, med_h: float, prof: np.ndarray, holes: list[tuple[int, int]]) -> list[int]:
     lo, hi = max(2, int(0.2 * p.w)), min(p.w - 2, int(math.ceil(0.8 * p.w)))
     if hi <= lo:
         return []
@@ -569,7 +569,7 @@ def _lowest_cuts(p: _Piece, med_h: float, prof: np.ndarray, holes: list[tuple[in
     return cuts
 
 
-def _more_cuts(p: _Piece, med_h: float, prof: np.ndarray, holes: list[tuple[int, int]], taken: list[int]) -> list[int]:
+def _more_cuts(p: Piece, med_h: float, prof: np.ndarray, holes: list[tuple[int, int]], taken: list[int]) -> list[int]:
     """Further candidate columns for a piece the first cuts did not split well: every local minimum
     of its ink profile (15-85 % of its width), and a pen width beside each loop (a digit touching a
     0, 6, 8 or 9 meets it at the loop's outer stroke, which is rarely the lowest-ink column)."""
@@ -593,7 +593,7 @@ def _more_cuts(p: _Piece, med_h: float, prof: np.ndarray, holes: list[tuple[int,
     return cuts
 
 
-def _cut_at(p: _Piece, c: int) -> list[_Piece]:
+def cut_at(p: Piece, c: int) -> list[Piece]:
     out = []
     for a, b in ((p.x0, p.x0 + c), (p.x0 + c, p.x1)):
         m = np.zeros_like(p.mask)
@@ -601,7 +601,7 @@ def _cut_at(p: _Piece, c: int) -> list[_Piece]:
         x, y, w, h = cv2.boundingRect(m[:, a:b].view(np.uint8))
         if w == 0:
             return []
-        out.append(_Piece(a + x, y, a + x + w, y + h, m))
+        out.append(Piece(a + x, y, a + x + w, y + h, m))
     out[0].joined_right = True
     out[1].joined_right = p.joined_right
     return out
@@ -626,7 +626,7 @@ def _wide_prior(w: float, med_h: float) -> float:
     return WIDE_BONUS if w >= WIDE * med_h else 0.0
 
 
-def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) -> list[_Piece]:
+def refine_string(pieces: list[Piece], ink: np.ndarray, scorer: DigitScorer) -> list[Piece]:
     """Second opinion of the digit model on a string's split, where the geometry is unsure.
 
     Two neighbours that could be one digit (a 5 whose top stroke came loose, a 4 or a wide 0 in
@@ -644,11 +644,11 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
     hs = np.array([p.h for p in pieces], float)
     med_h = median(hs[hs >= 0.75 * hs.max()])
     # Splits: pieces wide enough to hold a narrow digit and another one.
-    split_cands: list[tuple[int, list[_Piece]]] = []
+    split_cands: list[tuple[int, list[Piece]]] = []
     for i, p in enumerate(pieces):
         if p.w >= 0.75 * med_h and p.h >= 0.6 * med_h:
             for c in _mid_cuts(p, med_h):
-                parts = _cut_at(p, c)
+                parts = cut_at(p, c)
                 if len(parts) == 2 and all(q.h >= 0.55 * med_h and q.w >= 0.12 * med_h for q in parts):
                     split_cands.append((i, parts))
     # Merges: neighbours close together and no wider than a wide digit.
@@ -661,14 +661,14 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
             merge_cands.append(i)
     if not split_cands and not merge_cands:
         return _resplit(pieces, ink, scorer, med_h)
-    merged = [_merge(pieces[i], pieces[i + 1]) for i in merge_cands]
+    merged = [merge_pieces(pieces[i], pieces[i + 1]) for i in merge_cands]
     # Only the pieces a candidate would replace need the model's score.
     involved = sorted({i for i, _ in split_cands} | {j for i in merge_cands for j in (i, i + 1)})
     every = [pieces[i] for i in involved] + [q for _, parts in split_cands for q in parts] + merged
     crops: list[np.ndarray] = []
     for p in every:
         if p.crop is None:
-            p.crop = _piece_crop(ink, p)
+            p.crop = piece_crop(ink, p)
         crops.append(p.crop)
     lp = scorer(np.stack(crops))
     for p, v in zip(every, lp.tolist(), strict=True):
@@ -676,7 +676,7 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
     base = np.zeros(len(pieces), lp.dtype)
     base[involved] = lp[: len(involved)]
     k = len(involved)
-    best_split: dict[int, tuple[float, list[_Piece]]] = {}
+    best_split: dict[int, tuple[float, list[Piece]]] = {}
     for i, parts in split_cands:
         prior = _wide_prior(pieces[i].w, med_h)
         gain = float(lp[k] + lp[k + 1] - base[i]) + prior
@@ -691,14 +691,14 @@ def refine_string(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer) ->
         prior = -GAP_COST * max(0, b.x0 - a.x1) / med_h
         prior += SHORT_BONUS if min(a.h, b.h) < SHORT * med_h else 0.0
         gains.append((float(lp[k + j] - base[i] - base[i + 1]) + prior, i, merged[j]))
-    take: dict[int, _Piece] = {}
+    take: dict[int, Piece] = {}
     used: set[int] = set()
     for gain, i, m in sorted(gains, key=lambda g: -g[0]):
         if gain <= MARGIN or i in used or i + 1 in used or i in best_split or i + 1 in best_split:
             continue
         take[i] = m
         used.update((i, i + 1))
-    out: list[_Piece] = []
+    out: list[Piece] = []
     for i, p in enumerate(pieces):
         if i in take:
             out.append(take[i])
@@ -718,7 +718,7 @@ UNSURE = -0.1
 NARROW_PAIR = 0.5
 
 
-def _resplit(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer, med_h: float) -> list[_Piece]:
+def _resplit(pieces: list[Piece], ink: np.ndarray, scorer: DigitScorer, med_h: float) -> list[Piece]:
     """Second look at the pieces the model still reads unsurely after `refine_string`'s first pass.
 
     A piece read unsurely is most often two touching digits, cut at the wrong column (the first
@@ -735,18 +735,18 @@ def _resplit(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer, med_h: 
     if unscored:
         for p in unscored:
             if p.crop is None:
-                p.crop = _piece_crop(ink, p)
+                p.crop = piece_crop(ink, p)
         for p, v in zip(unscored, scorer(np.stack([p.crop for p in unscored])).tolist(), strict=True):
             p.score = v
     score = [p.score if p.score is not None else 0.0 for p in pieces]
     # (first piece replaced, how many, the pieces replacing them, prior)
-    cands: list[tuple[int, int, list[_Piece], float]] = []
+    cands: list[tuple[int, int, list[Piece], float]] = []
 
-    def offer(i: int, n: int, p: _Piece, prior: float, avoid: int | None = None) -> None:
+    def offer(i: int, n: int, p: Piece, prior: float, avoid: int | None = None) -> None:
         for c in _all_cuts(p, med_h):
             if avoid is not None and abs(c - avoid) <= 1:
                 continue
-            parts = _cut_at(p, c)
+            parts = cut_at(p, c)
             if len(parts) == 2 and all(q.h >= 0.55 * med_h and q.w >= 0.12 * med_h for q in parts):
                 cands.append((i, n, parts, prior))
 
@@ -756,14 +756,14 @@ def _resplit(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer, med_h: 
     for i in pairs:
         if min(score[i], score[i + 1]) < UNSURE:
             a, b = pieces[i], pieces[i + 1]
-            union = _merge(a, b)
+            union = merge_pieces(a, b)
             cands.append((i, 2, [union], 0.0))
             offer(i, 2, union, 0.0, avoid=b.x0 - union.x0)
     if not cands:
         return pieces
     every = [q for _, _, parts, _ in cands for q in parts]
     for q in every:
-        q.crop = _piece_crop(ink, q)
+        q.crop = piece_crop(ink, q)
     lp = scorer(np.stack([q.crop for q in every]))
     for q, v in zip(every, lp.tolist(), strict=True):
         q.score = v
@@ -774,13 +774,13 @@ def _resplit(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer, med_h: 
         k += len(parts)
         if gain > MARGIN:
             gains.append((gain, i, n, parts))
-    take: dict[int, tuple[int, list[_Piece]]] = {}
+    take: dict[int, tuple[int, list[Piece]]] = {}
     used: set[int] = set()
     for _, i, n, parts in sorted(gains, key=lambda g: -g[0]):
         if used.isdisjoint(range(i, i + n)):
             take[i] = (n, parts)
             used.update(range(i, i + n))
-    out: list[_Piece] = []
+    out: list[Piece] = []
     i = 0
     while i < len(pieces):
         if i in take:
@@ -793,25 +793,43 @@ def _resplit(pieces: list[_Piece], ink: np.ndarray, scorer: DigitScorer, med_h: 
     return out
 
 
-def _string_slots(
-    prepared: PreparedPage, region: FieldRegion, ppm: float, scorer: DigitScorer | None = None
-) -> list[DigitSlot]:
+@dataclass
+class StringPieces:
+    """A string field's geometric split, before the model's second opinion (`refine_string`)."""
+
+    x0: int  # the window's origin on the prepared page
+    y0: int
+    height: int  # of the field's interior, prepared-page pixels
+    pieces: list[Piece]  # window coordinates, left to right
+    ink: np.ndarray  # the window's grey ink (255 - grey): what the crops are cut from
+
+
+def string_pieces(prepared: PreparedPage, region: FieldRegion) -> StringPieces:
+    """Cut a string field's window out of the page, take its box lines out and split its ink into
+    pieces by geometry alone (`split_string`). Also what `training.pagecrops` cuts its negatives from."""
     inner = region.cells[0] if region.cells else region.bbox
-    x, y, w, h = inner
+    h = inner[3]
     win = _window(prepared, inner, 0.05 * h, 0.3 * h)
+    ppm = (prepared.dpi or 150.0) / 25.4
     digit = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))))
     pieces = split_string(digit, win.inner)
     ink = 255 - prepared.gray[win.y0 : win.y0 + digit.shape[0], win.x0 : win.x0 + digit.shape[1]]
+    return StringPieces(win.x0, win.y0, h, pieces, ink)
+
+
+def _string_slots(prepared: PreparedPage, region: FieldRegion, scorer: DigitScorer | None = None) -> list[DigitSlot]:
+    sp = string_pieces(prepared, region)
+    pieces = sp.pieces
     if scorer is not None:
-        pieces = refine_string(pieces, ink, scorer)
+        pieces = refine_string(pieces, sp.ink, scorer)
     slots = []
     for i, p in enumerate(pieces):
-        box = (win.x0 + p.x0, win.y0 + p.y0, p.w, p.h)
+        box = (sp.x0 + p.x0, sp.y0 + p.y0, p.w, p.h)
         slots.append(
             DigitSlot(
                 position=i,
                 bbox=map_box(prepared.to_original, box, prepared.width, prepared.height),
-                crop=p.crop if p.crop is not None else _piece_crop(ink, p),
+                crop=p.crop if p.crop is not None else piece_crop(sp.ink, p),
                 blank=False,
             )
         )
@@ -835,7 +853,7 @@ def cut_field(
     if region.kind == "boxes":
         slots = [_cell_slot(prepared, c, i, ppm) for i, c in enumerate(region.cells)]
     else:
-        slots = _string_slots(prepared, region, ppm, scorer)
+        slots = _string_slots(prepared, region, scorer)
     return FieldCut(
         name=name or region.name or "",
         kind=region.kind,

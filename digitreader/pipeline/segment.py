@@ -49,6 +49,7 @@ def segment_page(
     settings: Settings | None = None,
     template: Template | None = None,
     model_path: str | Path | None = None,
+    prepared: PreparedPage | None = None,
 ) -> PageCut:
     """Find and cut every digit of a page. Boxes are in the coordinates of the page as submitted.
 
@@ -59,10 +60,14 @@ def segment_page(
     With a `template` (see `templates.load_template`), the page is registered to it and its fields
     are named and cut where the template says; otherwise fields are found and named by position
     ("field-01", ... top-to-bottom, left-to-right).
+
+    `prepared`: the page already prepared by `prepare_page` (for a caller that also needs it, e.g.
+    `training.pagecrops`); None prepares it here.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    prepared = prepare_page(page, settings)
+    if prepared is None:
+        prepared = prepare_page(page, settings)
     t1 = time.perf_counter()
     timings["prepare"] = t1 - t0
     check_page(page, prepared)
