@@ -149,6 +149,20 @@ def test_tick_row_with_digit_strokes_in_most_cells() -> None:
     assert [(f.kind, len(f.cells)) for f in fields] == [("boxes", 6)]
 
 
+def test_faint_broken_boxes_on_a_patterned_cheque() -> None:
+    """A cheque's date boxes printed light grey on a wavy background pattern (prepared, 150 dpi):
+    noise breaks their lines into pieces that form no frame until gaps up to 1.5 mm are bridged.
+    The bold 'Date' beside them and the pattern are not fields."""
+    fields = find_fields(_prepared_fixture("faint-date-150101"))
+    assert [(f.kind, len(f.cells)) for f in fields] == [("boxes", 8)]
+    # The true boxes' centres (fixture pixels, from the page's truth): one in each cell, in order.
+    for (x, y, w, h), (cx, cy) in zip(fields[0].cells, FAINT_DATE_CENTRES, strict=True):
+        assert x <= cx <= x + w and y <= cy <= y + h, (fields[0].cells, FAINT_DATE_CENTRES)
+
+
+FAINT_DATE_CENTRES = [(116, 69), (152, 69), (188, 69), (225, 69), (261, 69), (297, 69), (334, 69), (370, 69)]
+
+
 @pytest.mark.parametrize("name", ["heading-account", "heading-savings", "micr-line"])
 def test_printed_text_is_not_a_tick_row(name: str) -> None:
     """Bold printed text of real generated pages (prepared: 150 dpi, light flattened, with its ink):
