@@ -226,6 +226,24 @@ def test_stroke_along_a_cell_wall_is_kept() -> None:
     assert out[20:40].any()  # and the stem
 
 
+CELLS = Path(__file__).parent / "data" / "cells"
+
+
+@pytest.mark.parametrize("name", sorted(p.name[: -len(".json")] for p in CELLS.glob("seven-bar-*.json")))
+def test_seven_whose_bar_lies_on_the_top_line_keeps_it(name: str) -> None:
+    """Real cells (tests/data/cells/README.md) where a 7's bar lies along the top line: the band of
+    line-covered rows is 6 rows against the bottom line's 3, and taking 5 of them as the line (the
+    thinner side plus two) took the whole bar, leaving a '1' read surely. The 7 keeps its bar: its
+    largest piece spans most of the cell's width, not only the stem's."""
+    meta = json.loads((CELLS / f"{name}.json").read_text())
+    ink = cv2.imread(str(CELLS / f"{name}.ink.png"), cv2.IMREAD_GRAYSCALE) > 0
+    x0, y0, x1, y1 = meta["inner"]
+    out = remove_lines(_Window(0, 0, ink, (x0, y0, x1, y1)), max_t=meta["max_t"])
+    _, _, stats, _ = cv2.connectedComponentsWithStats(out[y0 - 8 : y1, x0:x1].view(np.uint8), connectivity=8)
+    widest = int(stats[1:, cv2.CC_STAT_WIDTH][np.argmax(stats[1:, cv2.CC_STAT_AREA])])
+    assert widest >= 0.8 * (x1 - x0), (widest, x1 - x0)
+
+
 def test_faint_digit_in_a_cell_is_cut_whole() -> None:
     """A pale "0" (grey 205 on 245: weak ink only) with one dark blot on it: the page's binarization
     keeps the pale stroke only near the blot; the cell takes every faint stroke touching its ink."""

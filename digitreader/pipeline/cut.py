@@ -123,7 +123,17 @@ def _line_cores(ink: np.ndarray, bands: list[list[int]]) -> list[int]:
         return [r for b in bands for r in b]
     ts = [_line_thickness(ink, b) for b in bands]
     ref = min(ts, default=0)
-    return [r for b, t in zip(bands, ts, strict=True) for r in _line_core(ink, b, min(t + 1, ref + 2))]
+    return [r for b, t in zip(bands, ts, strict=True) for r in _line_core(ink, b, _core_rows(len(b), t, ref))]
+
+
+def _core_rows(band: int, t: int, ref: int) -> int:
+    """How many rows of a line band of `band` rows (most columns `t`) are the line, when the thinner
+    side's line is `ref` rows: `t` plus a row, at most `ref + 2`; and at most `ref + 1` when the band
+    is three rows thicker than a real line (`ref` ≥ 2; a one-row "band" is a digit's stroke) or more:
+    a 7's bar lying along the top line covers most of its columns, so `t` measures the bar, and
+    `ref + 2` rows of a 6-row band would take it all."""
+    core = min(t + 1, ref + 2)
+    return min(core, ref + 1) if ref >= 2 and band >= ref + 3 else core
 
 
 def _line_thickness(ink: np.ndarray, band: list[int]) -> int:
