@@ -244,6 +244,21 @@ def test_seven_whose_bar_lies_on_the_top_line_keeps_it(name: str) -> None:
     assert widest >= 0.8 * (x1 - x0), (widest, x1 - x0)
 
 
+@pytest.mark.parametrize("name", sorted(p.name[: -len(".json")] for p in CELLS.glob("tick-*.json")))
+def test_tick_touching_a_digit_is_taken_out(name: str) -> None:
+    """Real tick-row cells (tests/data/cells/README.md) where a 0 touches one of the ticks rising from
+    the base line: the tick stayed on as a tail and the 0 was read as a 9 (0.97) or an 8. The ticks
+    are taken out (as high as the shorter one reaches), so the 0 no longer reaches down to the base line."""
+    meta = json.loads((CELLS / f"{name}.json").read_text())
+    ink = cv2.imread(str(CELLS / f"{name}.ink.png"), cv2.IMREAD_GRAYSCALE) > 0
+    x0, y0, x1, y1 = meta["inner"]
+    out = remove_lines(_Window(0, 0, ink, (x0, y0, x1, y1)), max_t=meta["max_t"])
+    _, _, stats, _ = cv2.connectedComponentsWithStats(out[:y1].view(np.uint8), connectivity=8)
+    zero = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
+    bottom = int(zero[cv2.CC_STAT_TOP] + zero[cv2.CC_STAT_HEIGHT])
+    assert bottom < y1 - 3, (bottom, y1)  # with the tick, the piece ran down to the base line
+
+
 def test_faint_digit_in_a_cell_is_cut_whole() -> None:
     """A pale "0" (grey 205 on 245: weak ink only) with one dark blot on it: the page's binarization
     keeps the pale stroke only near the blot; the cell takes every faint stroke touching its ink."""

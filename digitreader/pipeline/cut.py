@@ -94,6 +94,7 @@ def remove_lines(win: _Window, max_t: int, level: float = 0.6) -> np.ndarray:
     out = ink.copy()
     out[rows, :] = False
     out[:, cols] = False
+    _remove_ticks(ink, out, win.inner, max_t, set(cols))
     # Put back the line pixels where ink continues on both sides (within a pixel) of the line: a
     # stroke crossing it. Rows first, then columns (whose sides may be strokes the rows put back).
     for band in _bands(rows):
@@ -109,6 +110,43 @@ def remove_lines(win: _Window, max_t: int, level: float = 0.6) -> np.ndarray:
         cross = (_grow1(out[:, a]) & _grow1(out[:, b]))[:, None]
         out[:, band[0] : band[-1] + 1] |= ink[:, band[0] : band[-1] + 1] & cross
     return out
+
+
+def _remove_ticks(
+    ink: np.ndarray, out: np.ndarray, inner: tuple[int, int, int, int], max_t: int, walls: set[int]
+) -> None:
+    """Take out (in `out`, in place) the ticks of a tick row: short strokes rising from the bottom
+    line just outside the interior's left and right edges, where no wall stands. A digit touching
+    a tick would otherwise keep it as a tail (a 0 with a tick read as a 9). A tick is a run of
+    columns inked in the lowest rows of the interior; it is taken out as high as the shorter of the
+    cell's ticks reaches (a digit touching one tick makes its columns' ink run higher), and put back
+    where a stroke crosses it (ink on both sides)."""
+    x0, y0, x1, y1 = inner
+    h, w = ink.shape
+    k = max(3, (y1 - y0) // 6)
+    if y1 - k < 0 or y1 > h:
+        return
+    low = _cover(ink[y1 - k : y1, :], 0) >= 0.9
+    hits = _line_runs(low.tolist(), x0 - max_t, x0 + 1) + _line_runs(low.tolist(), x1 - 1, x1 + max_t)
+    bands = [b for b in _bands([c for c in hits if c not in walls]) if len(b) <= max_t]
+    if not bands:
+        return
+    col = ink[:y1, :][::-1]  # rows upwards from the bottom line
+
+    def reach(c: int) -> int:
+        stop = np.flatnonzero(~col[:, c])
+        return int(stop[0]) if stop.size else y1
+
+    tick_h = min(int(np.median([reach(c) for c in b])) for b in bands)
+    if tick_h >= 0.6 * (y1 - y0):
+        return  # as tall as a wall: not a tick
+    for b in bands:
+        a, c = b[0], b[-1] + 1
+        out[y1 - tick_h : y1, a:c] = False
+        if a - 1 < 0 or c >= w:
+            continue
+        cross = (_grow1(out[y1 - tick_h : y1, a - 1]) & _grow1(out[y1 - tick_h : y1, c]))[:, None]
+        out[y1 - tick_h : y1, a:c] |= ink[y1 - tick_h : y1, a:c] & cross
 
 
 def _line_cores(ink: np.ndarray, bands: list[list[int]]) -> list[int]:
