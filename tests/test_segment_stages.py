@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from digitreader.pipeline.cut import (
+    _digit_components,
     _Window,
     cut_field,
     default_scorer,
@@ -19,6 +20,7 @@ from digitreader.pipeline.cut import (
     splitter_model,
 )
 from digitreader.pipeline.fields import find_fields
+from digitreader.pipeline.normalize import label_pieces
 from digitreader.pipeline.prepare import estimate_skew, flatten, map_box, prepare_page
 from digitreader.types import FieldRegion, PageImage, PreparedPage
 
@@ -257,6 +259,20 @@ def test_tick_touching_a_digit_is_taken_out(name: str) -> None:
     zero = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
     bottom = int(zero[cv2.CC_STAT_TOP] + zero[cv2.CC_STAT_HEIGHT])
     assert bottom < y1 - 3, (bottom, y1)  # with the tick, the piece ran down to the base line
+
+
+def test_one_written_against_a_wall_is_not_taken_for_its_remnant() -> None:
+    """A real cell (tests/data/cells/README.md) whose '1' runs down along the left wall: the wall's
+    removal thins it to ~3.3 px on average, which the rule for wall remnants (under 0.1 of the
+    cell's width) dropped, so the cell read blank. Standing over half the cell's height, it stays."""
+    meta = json.loads((CELLS / "one-on-wall-0779-73.json").read_text())
+    ink = cv2.imread(str(CELLS / "one-on-wall-0779-73.ink.png"), cv2.IMREAD_GRAYSCALE) > 0
+    inner = tuple(meta["inner"])
+    out = remove_lines(_Window(0, 0, ink, inner), max_t=meta["max_t"])
+    _, labels, stats = label_pieces(out.view(np.uint8))
+    keep = _digit_components(labels, stats, inner, (0, 0, *meta["cell_size"]))
+    kept = stats[keep]
+    assert len(kept) == 1 and kept[0][3] >= 0.5 * (inner[3] - inner[1]), stats.tolist()
 
 
 def test_faint_digit_in_a_cell_is_cut_whole() -> None:

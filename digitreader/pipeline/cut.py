@@ -238,10 +238,14 @@ def _digit_components(
         if i == 0 or area < min_area:
             continue
         # Remnants of a box line (a faint or broken wall the line removal did not take): pieces lying
-        # entirely in the band along one edge of the cell and thin on average along it.
+        # entirely in the band along one edge of the cell and thin on average along it. A piece along
+        # a wall standing over half the cell's height needs to be thinner still (under 0.08 of the
+        # cell's width, ~3 px at 150 dpi) to be a remnant: a '1' written against the wall, which the
+        # wall's removal thinned, is wider.
         near_lr = cx >= ix1 - band_x or cx + cw <= ix0 + band_x
         near_tb = cy >= iy1 - band_y or cy + ch <= iy0 + band_y
-        if (near_lr and area <= 0.1 * w * ch) or (near_tb and area <= 0.1 * h * cw):
+        thin_lr = area <= (0.08 if ch >= 0.5 * (iy1 - iy0) else 0.1) * w * ch
+        if (near_lr and thin_lr) or (near_tb and area <= 0.1 * h * cw):
             continue
         if not inside_counts:  # pixels of each piece inside the cell, counted once for all pieces
             inside_counts = np.bincount(labels[iy0:iy1, ix0:ix1].ravel(), minlength=len(stats)).tolist()
