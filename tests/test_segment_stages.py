@@ -254,7 +254,7 @@ def test_tick_touching_a_digit_is_taken_out(name: str) -> None:
     meta = json.loads((CELLS / f"{name}.json").read_text())
     ink = cv2.imread(str(CELLS / f"{name}.ink.png"), cv2.IMREAD_GRAYSCALE) > 0
     x0, y0, x1, y1 = meta["inner"]
-    out = remove_lines(_Window(0, 0, ink, (x0, y0, x1, y1)), max_t=meta["max_t"])
+    out = remove_lines(_Window(0, 0, ink, (x0, y0, x1, y1)), max_t=meta["max_t"], ticks=True)
     _, _, stats, _ = cv2.connectedComponentsWithStats(out[:y1].view(np.uint8), connectivity=8)
     zero = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
     bottom = int(zero[cv2.CC_STAT_TOP] + zero[cv2.CC_STAT_HEIGHT])

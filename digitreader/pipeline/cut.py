@@ -77,8 +77,9 @@ def _grow1(flags: np.ndarray) -> np.ndarray:
     return out
 
 
-def remove_lines(win: _Window, max_t: int, level: float = 0.6) -> np.ndarray:
-    """The window's ink without the box lines bordering its interior; crossing strokes are kept."""
+def remove_lines(win: _Window, max_t: int, level: float = 0.6, ticks: bool = False) -> np.ndarray:
+    """The window's ink without the box lines bordering its interior; crossing strokes are kept.
+    `ticks`: a box cell, whose bottom line may be a tick row's (`_remove_ticks`)."""
     ink = win.ink
     x0, y0, x1, y1 = win.inner
     h, w = ink.shape
@@ -94,7 +95,8 @@ def remove_lines(win: _Window, max_t: int, level: float = 0.6) -> np.ndarray:
     out = ink.copy()
     out[rows, :] = False
     out[:, cols] = False
-    _remove_ticks(ink, out, win.inner, max_t, set(cols))
+    if ticks:
+        _remove_ticks(ink, out, win.inner, max_t, set(cols))
     # Put back the line pixels where ink continues on both sides (within a pixel) of the line: a
     # stroke crossing it. Rows first, then columns (whose sides may be strokes the rows put back).
     for band in _bands(rows):
@@ -291,7 +293,7 @@ def _grow_faint(prepared: PreparedPage, win: _Window) -> _Window:
 def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float) -> DigitSlot:
     x, y, w, h = cell
     win = _grow_faint(prepared, _window(prepared, cell, 0.22 * w, 0.3 * h))
-    digit = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))))
+    digit = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))), ticks=True)
     ix0, iy0, ix1, iy1 = win.inner
     _, labels, stats = label_pieces(digit.view(np.uint8))
     keep = _digit_components(labels, stats, win.inner, cell)
