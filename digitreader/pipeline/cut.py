@@ -801,7 +801,13 @@ def _resplit(pieces: list[Piece], ink: np.ndarray, scorer: DigitScorer, med_h: f
             if avoid is not None and abs(c - avoid) <= 1:
                 continue
             parts = cut_at(p, c)
-            if len(parts) == 2 and all(q.h >= 0.55 * med_h and q.w >= 0.12 * med_h for q in parts):
+            # Digit-sized parts; a sliver (under a quarter of a digit height wide) only as tall as a
+            # digit: this second look tries many columns, and a short stroke cut off a digit's edge
+            # (a 3's tips, a 4's side) is read as a '1' as surely as a real one.
+            if len(parts) == 2 and all(
+                q.h >= 0.55 * med_h and q.w >= 0.12 * med_h and (q.w >= 0.25 * med_h or q.h >= 0.8 * med_h)
+                for q in parts
+            ):
                 cands.append((i, n, parts, prior))
 
     for i in singles:
