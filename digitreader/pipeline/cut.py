@@ -347,22 +347,6 @@ def _is_slash(p: Piece, med_h: float) -> bool:
     return rising and angle < 57.0 and p.h < 1.05 * med_h
 
 
-_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-
-
-def _pen_width(p: Piece) -> float:
-    """Mean stroke width of a piece, whatever its shape: twice its ink over its edge pixels.
-
-    A stroke of width w and length L has about w*L pixels and 2*L on its edges, so a '1', a '0' and
-    an '8' of one pen measure alike (ink over the box's longer side would count a loop's ink twice);
-    a one- or two-pixel hairline is all edge and measures about 2.
-    """
-    m = p.mask[p.y0 : p.y1, p.x0 : p.x1].astype(np.uint8)
-    ink = int(np.count_nonzero(m))
-    core = int(np.count_nonzero(cv2.erode(m, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)))
-    return 2.0 * ink / max(ink - core, 1)
-
-
 def _drop_edge_remnants(pieces: list[Piece], inner: tuple[int, int, int, int]) -> list[Piece]:
     """Pieces without what line removal left of the field's border: hairlines at its edge.
 
@@ -371,11 +355,11 @@ def _drop_edge_remnants(pieces: list[Piece], inner: tuple[int, int, int, int]) -
     edge and would be read as a '1'. Such a sliver touches an edge of the interior and is far
     thinner than the pen strokes of the field's digits (under 0.4 of their median pen width, about
     2 pixels against 8-13 at 150 dpi); a digit written against the border keeps its pen's width,
-    a thin '1' beside a bold '9' included (`_pen_width` measures strokes, not ink per column).
+    a thin '1' beside a bold '9' included (`_stroke_width` measures strokes, not ink per column).
     """
     x0, y0, x1, y1 = inner
     field_h = max(1, y1 - y0)
-    thick = [_pen_width(p) for p in pieces]
+    thick = [_stroke_width(p) for p in pieces]
     strokes = [t for p, t in zip(pieces, thick, strict=True) if p.h >= 0.5 * field_h]
     if not strokes:
         return pieces
