@@ -658,6 +658,16 @@ SHORT = 0.85
 SHORT_BONUS = 2.0
 
 
+def _digit_sized(parts: list[Piece], med_h: float, tall_slivers: bool = False) -> bool:
+    """Whether the two parts of a candidate split could each be a digit: over half a digit height
+    tall and not a hairline; with `tall_slivers`, a sliver (under a quarter of a digit height wide)
+    only when it is 0.8 of a digit height tall."""
+    return len(parts) == 2 and all(
+        q.h >= 0.55 * med_h and q.w >= 0.12 * med_h and (not tall_slivers or q.w >= 0.25 * med_h or q.h >= 0.8 * med_h)
+        for q in parts
+    )
+
+
 def _wide_prior(w: float, med_h: float) -> float:
     """Geometry's prior for splitting: a piece far wider than a digit is tall holds two (the model
     reads many squeezed pairs as one digit)."""
@@ -687,7 +697,7 @@ def refine_string(pieces: list[Piece], ink: np.ndarray, scorer: DigitScorer) -> 
         if p.w >= 0.75 * med_h and p.h >= 0.6 * med_h:
             for c in _mid_cuts(p, med_h):
                 parts = cut_at(p, c)
-                if len(parts) == 2 and all(q.h >= 0.55 * med_h and q.w >= 0.12 * med_h for q in parts):
+                if _digit_sized(parts, med_h):
                     split_cands.append((i, parts))
     # Merges: neighbours close together and no wider than a wide digit.
     merge_cands: list[int] = []
@@ -785,13 +795,9 @@ def _resplit(pieces: list[Piece], ink: np.ndarray, scorer: DigitScorer, med_h: f
             if avoid is not None and abs(c - avoid) <= 1:
                 continue
             parts = cut_at(p, c)
-            # Digit-sized parts; a sliver (under a quarter of a digit height wide) only as tall as a
-            # digit: this second look tries many columns, and a short stroke cut off a digit's edge
-            # (a 3's tips, a 4's side) is read as a '1' as surely as a real one.
-            if len(parts) == 2 and all(
-                q.h >= 0.55 * med_h and q.w >= 0.12 * med_h and (q.w >= 0.25 * med_h or q.h >= 0.8 * med_h)
-                for q in parts
-            ):
+            # This second look tries many columns, and a short stroke cut off a digit's edge (a 3's
+            # tips, a 4's side) is read as a '1' as surely as a real one: slivers must be tall.
+            if _digit_sized(parts, med_h, tall_slivers=True):
                 cands.append((i, n, parts, prior))
 
     for i in singles:
