@@ -95,17 +95,19 @@ def remove_lines(win: _Window, max_t: int, level: float = 0.6, ticks: bool = Fal
     out = ink.copy()
     out[rows, :] = False
     out[:, cols] = False
+    col_bands = _bands(cols)
     if ticks:
-        _remove_ticks(ink, out, win.inner, max_t, set(cols))
+        col_bands += _remove_ticks(ink, out, win.inner, max_t, set(cols))
     # Put back the line pixels where ink continues on both sides (within a pixel) of the line: a
-    # stroke crossing it. Rows first, then columns (whose sides may be strokes the rows put back).
+    # stroke crossing it. Rows first, then columns and ticks (whose sides may be strokes the rows
+    # put back; outside a tick's rows nothing was taken, so putting back there changes nothing).
     for band in _bands(rows):
         a, b = band[0] - 1, band[-1] + 1
         if a < 0 or b >= h:
             continue
         cross = _grow1(out[a]) & _grow1(out[b])
         out[band[0] : band[-1] + 1] |= ink[band[0] : band[-1] + 1] & cross
-    for band in _bands(cols):
+    for band in col_bands:
         a, b = band[0] - 1, band[-1] + 1
         if a < 0 or b >= w:
             continue
@@ -116,23 +118,23 @@ def remove_lines(win: _Window, max_t: int, level: float = 0.6, ticks: bool = Fal
 
 def _remove_ticks(
     ink: np.ndarray, out: np.ndarray, inner: tuple[int, int, int, int], max_t: int, walls: set[int]
-) -> None:
+) -> list[list[int]]:
     """Take out (in `out`, in place) the ticks of a tick row: short strokes rising from the bottom
     line just outside the interior's left and right edges, where no wall stands. A digit touching
     a tick would otherwise keep it as a tail (a 0 with a tick read as a 9). A tick is a run of
     columns inked in the lowest rows of the interior; it is taken out as high as the shorter of the
-    cell's ticks reaches (a digit touching one tick makes its columns' ink run higher), and put back
-    where a stroke crosses it (ink on both sides)."""
+    cell's ticks reaches (a digit touching one tick makes its columns' ink run higher). Returns the
+    ticks' column bands, for `remove_lines` to put back where a stroke crosses them."""
     x0, y0, x1, y1 = inner
     h, w = ink.shape
     k = max(3, (y1 - y0) // 6)
     if y1 - k < 0 or y1 > h:
-        return
+        return []
     low = _cover(ink[y1 - k : y1, :], 0) >= 0.9
     hits = _line_runs(low.tolist(), x0 - max_t, x0 + 1) + _line_runs(low.tolist(), x1 - 1, x1 + max_t)
     bands = [b for b in _bands([c for c in hits if c not in walls]) if len(b) <= max_t]
     if not bands:
-        return
+        return []
     col = ink[:y1, :][::-1]  # rows upwards from the bottom line
 
     def reach(c: int) -> int:
@@ -141,14 +143,10 @@ def _remove_ticks(
 
     tick_h = min(int(np.median([reach(c) for c in b])) for b in bands)
     if tick_h >= 0.6 * (y1 - y0):
-        return  # as tall as a wall: not a tick
+        return []  # as tall as a wall: not a tick
     for b in bands:
-        a, c = b[0], b[-1] + 1
-        out[y1 - tick_h : y1, a:c] = False
-        if a - 1 < 0 or c >= w:
-            continue
-        cross = (_grow1(out[y1 - tick_h : y1, a - 1]) & _grow1(out[y1 - tick_h : y1, c]))[:, None]
-        out[y1 - tick_h : y1, a:c] |= ink[y1 - tick_h : y1, a:c] & cross
+        out[y1 - tick_h : y1, b[0] : b[-1] + 1] = False
+    return bands
 
 
 def _line_cores(ink: np.ndarray, bands: list[list[int]]) -> list[int]:
