@@ -57,8 +57,8 @@ from digitreader.pipeline.recognize import read_manifest
 from digitreader.pipeline.segment import segment_page
 from digitreader.settings import Settings, get_settings
 from digitreader.synth.generate import STYLES, render_page, write_pages
-from digitreader.synth.score import centre_in, matches
-from digitreader.types import PageCut, PreparedPage
+from digitreader.synth.score import Box, centre_in, matches
+from digitreader.types import FieldRegion, PageCut, PreparedPage
 from training.data import load_mnist, train_val_split
 from training.run import SPLIT_SEED, VAL_SIZE
 
@@ -89,7 +89,6 @@ CHEQUE_SHARE = 0.3
 #: Modules of `digitreader.pipeline` whose code decides the crops (their digest is kept with the cache).
 SEGMENTATION_MODULES = ("load", "prepare", "fields", "cut", "normalize", "segment")
 
-Box = Sequence[int]
 ProgressFn = Callable[[int, int], None]  # (pages done, pages in all)
 
 
@@ -266,8 +265,10 @@ def generate_page_crops(
             write_pages(path, [img], fmt, dpi, rng, style)
             try:
                 page = next(iter(load_pages(path, settings)))
-                prepared = prepare_page(page, settings)  # once: the cut and the string negatives use it
-                cut = segment_page(page, settings, prepared=prepared)
+                # Prepared and its fields found once: the cut and the string negatives use them.
+                prepared = prepare_page(page, settings)
+                regions = find_fields(prepared, settings)
+                cut = segment_page(page, settings, prepared=prepared, regions=regions)
             except InputError as exc:  # a page segmentation refuses: nothing to learn from it
                 log.warning("page %d skipped: %s", i, exc)
                 counts["pages_skipped"] += 1
@@ -279,7 +280,7 @@ def generate_page_crops(
                 labels.append(lab)
                 kinds.append(k)
                 counts[KINDS[k]] += 1
-            for c, k in string_negatives(prepared, truth, settings):
+            for c, k in string_negatives(prepared, regions, truth):
                 negs.append(c)
                 neg_kinds.append(k)
                 counts[f"negative_{NEGATIVE_KINDS[k]}"] += 1
@@ -355,9 +356,11 @@ def _neighbours(tfield: dict[str, Any]) -> list[tuple[int, int]]:
 
 
 def string_negatives(
-    prepared: PreparedPage, truth: dict[str, Any], settings: Settings | None = None
+    prepared: PreparedPage, regions: Sequence[FieldRegion], truth: dict[str, Any]
 ) -> list[tuple[np.ndarray, int]]:
     """(crop, kind) synthetic non-digits from the string fields, cut like `refine_string`'s candidates.
+
+    `regions`: the fields `find_fields` found on the `prepared` page (those the cut used).
 
     The string's pieces are those of the cut (`split_string` on the line-free field), before the
     model's second opinion. For two neighbouring true digits (no separator or space between) that
@@ -372,7 +375,7 @@ def string_negatives(
     if not true_digits:
         return []
     out: list[tuple[np.ndarray, int]] = []
-    for region in find_fields(prepared, settings):
+    for region in regions:
         if region.kind != "string":
             continue
         sp = string_pieces(prepared, region)  # as the cut splits it, before the model's second opinion

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,7 +14,7 @@ from digitreader.pipeline.cut import cut_field, default_scorer, splitter_model
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.prepare import prepare_page
 from digitreader.settings import Settings
-from digitreader.types import PageCut, PageImage, PreparedPage
+from digitreader.types import FieldRegion, PageCut, PageImage, PreparedPage
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -50,6 +51,7 @@ def segment_page(
     template: Template | None = None,
     model_path: str | Path | None = None,
     prepared: PreparedPage | None = None,
+    regions: Sequence[FieldRegion] | None = None,
 ) -> PageCut:
     """Find and cut every digit of a page. Boxes are in the coordinates of the page as submitted.
 
@@ -61,8 +63,9 @@ def segment_page(
     are named and cut where the template says; otherwise fields are found and named by position
     ("field-01", ... top-to-bottom, left-to-right).
 
-    `prepared`: the page already prepared by `prepare_page` (for a caller that also needs it, e.g.
-    `training.pagecrops`); None prepares it here.
+    `prepared`: the page already prepared by `prepare_page`, and `regions`: the fields already found
+    on it (`find_fields`), for a caller that also needs them (e.g. `training.pagecrops`); None
+    prepares the page, and finds its fields (or applies the template), here.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -71,11 +74,11 @@ def segment_page(
     t1 = time.perf_counter()
     timings["prepare"] = t1 - t0
     check_page(page, prepared)
-    if template is not None:
+    if regions is None and template is not None:
         from digitreader.pipeline.templates import apply_template
 
         regions = apply_template(prepared, template)
-    else:
+    elif regions is None:
         regions = find_fields(prepared, settings)
     t2 = time.perf_counter()
     timings["fields"] = t2 - t1
