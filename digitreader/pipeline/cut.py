@@ -779,10 +779,12 @@ def _resplit(pieces: list[Piece], ink: np.ndarray, scorer: DigitScorer, med_h: f
     pairs = [i for i in tall if i + 1 < len(pieces) and pieces[i].joined_right and pieces[i + 1].h >= 0.6 * med_h]
     unscored = [pieces[j] for j in sorted(set(singles + pairs + [i + 1 for i in pairs])) if pieces[j].score is None]
     if unscored:
+        crops = []
         for p in unscored:
             if p.crop is None:
                 p.crop = piece_crop(ink, p)
-        for p, v in zip(unscored, scorer(np.stack([p.crop for p in unscored])).tolist(), strict=True):
+            crops.append(p.crop)
+        for p, v in zip(unscored, scorer(np.stack(crops)).tolist(), strict=True):
             p.score = v
     score = [p.score if p.score is not None else 0.0 for p in pieces]
     # (first piece replaced, how many, the pieces replacing them, prior)
@@ -810,9 +812,11 @@ def _resplit(pieces: list[Piece], ink: np.ndarray, scorer: DigitScorer, med_h: f
     if not cands:
         return pieces
     every = [q for _, _, parts, _ in cands for q in parts]
+    crops = []
     for q in every:
         q.crop = piece_crop(ink, q)
-    lp = scorer(np.stack([q.crop for q in every]))
+        crops.append(q.crop)
+    lp = scorer(np.stack(crops))
     for q, v in zip(every, lp.tolist(), strict=True):
         q.score = v
     gains = []

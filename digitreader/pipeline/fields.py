@@ -77,7 +77,8 @@ def _fit_grid(walls: list[tuple[int, int]], min_cell: float) -> list[tuple[int, 
     span = last - first
     thick = max(1, int(round(((walls[0][1] - walls[0][0]) + (walls[-1][1] - walls[-1][0])) / 2)))
     candidates = np.array(interior)
-    best_n, best_score, best_match = 1, -0.3 * len(interior), [None] * 0
+    best_match: list[int | None] = []
+    best_n, best_score = 1, -0.3 * len(interior)
     for n in range(2, int(span / max(min_cell, 1.0)) + 1):
         pitch = span / n
         tol = 0.2 * pitch
@@ -205,7 +206,7 @@ def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
         between[max(0, a - 2) : b + 2] = False
     between[: ticks[0][0]] = False
     between[ticks[-1][1] :] = False
-    if between.any() and band.astype(bool).any(axis=0)[between].mean() > (0.6 if whole else 0.35):
+    if between.any() and (np.count_nonzero(band, axis=0) > 0)[between].mean() > (0.6 if whole else 0.35):
         return None  # the space between ticks is full: text or a drawing, not a tick row
     cell_h = int(round(1.25 * pitch))
     top = y0 + base[0] - cell_h
