@@ -36,6 +36,7 @@ test: install-dev
 lint: install-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check --exclude docs .
+	$(PY) -m mypy digitreader workers training
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

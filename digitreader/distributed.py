@@ -36,6 +36,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -152,7 +153,7 @@ def _short(exc: BaseException) -> str:
 # ------------------------------------------------------------------------------------ logging
 
 
-class DocumentLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class DocumentLog(logging.LoggerAdapter):
     """Log records carrying `batch_id` and `document_id` (as extra fields, and in the message)."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
@@ -589,10 +590,10 @@ def run_infer_batch(
                 msg = (f"{it.cut.path}: the inference worker died {n - 1} times while reading this document; "
                        f"given up after {settings.max_redeliveries} deliveries")  # fmt: skip
                 doc_log(it.batch_id, it.document_id).error("%s", msg)
-                if retry_transient(lambda it=it, msg=msg: store_failure(engine, it.document_id, "worker_lost", msg),
+                if retry_transient(partial(store_failure, engine, it.document_id, "worker_lost", msg),
                                    what="storing", deadline=store_deadline):  # fmt: skip
                     out.failed.append(it.document_id)
-                retry_transient(lambda it=it: finish_if_complete(engine, it.batch_id), what="closing the batch")
+                retry_transient(partial(finish_if_complete, engine, it.batch_id), what="closing the batch")
             elif n > 1:
                 suspects.append(it)
             else:
@@ -642,7 +643,7 @@ def _infer_group(
         except Exception as exc:  # a segmentation/recognition mismatch is a bug: this document only
             dlog.exception("cannot assemble")
             msg = f"{it.cut.path}: {exc!r}"
-            if retry_transient(lambda it=it, msg=msg: store_failure(engine, it.document_id, "internal", msg),
+            if retry_transient(partial(store_failure, engine, it.document_id, "internal", msg),
                                what="storing", deadline=deadline):  # fmt: skip
                 out.failed.append(it.document_id)
             finished_batches.add(it.batch_id)
@@ -651,7 +652,8 @@ def _infer_group(
         timings["recognize"] = rec_seconds * it.cut.crops / total
         try:
             status = retry_transient(
-                lambda it=it, results=results, timings=timings: store_results(
+                partial(
+                    store_results,
                     engine,
                     it.document_id,
                     results,
@@ -677,7 +679,7 @@ def _infer_group(
             out.stored[it.document_id] = status
         finished_batches.add(it.batch_id)
     for batch_id in sorted(finished_batches):
-        retry_transient(lambda b=batch_id: finish_if_complete(engine, b), what="closing the batch", deadline=deadline)
+        retry_transient(partial(finish_if_complete, engine, batch_id), what="closing the batch", deadline=deadline)
 
 
 # ----------------------------------------------------------------------------------- submitting

@@ -118,6 +118,7 @@ def seed003(num_classes: int = 10) -> nn.Module:
     for m in model.modules():
         if isinstance(m, nn.Conv2d | nn.Linear):
             nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+            assert m.bias is not None  # every layer above has a bias
             nn.init.zeros_(m.bias)
     return model
 

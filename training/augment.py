@@ -54,10 +54,12 @@ def _affine(rng: np.random.Generator, cfg: AugmentConfig, size: int) -> np.ndarr
 def augment_one(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()) -> np.ndarray:
     """One 28x28 uint8 MNIST-form digit -> an augmented, re-normalized 28x28 uint8 digit."""
     pad = 8
-    big = cv2.resize(img, (56, 56), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    big: np.ndarray = cv2.resize(img, (56, 56), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     big = cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0.0)
     size = big.shape[0]  # 72
-    ink = cv2.warpAffine(big, _affine(rng, cfg, size), (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    ink: np.ndarray = cv2.warpAffine(
+        big, _affine(rng, cfg, size), (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0
+    )
     if rng.random() < cfg.p_thickness:
         k = _K3 if rng.random() < 0.7 else np.ones((5, 5), np.uint8)
         ink = cv2.dilate(ink, k) if rng.random() < 0.55 else cv2.erode(ink, _K3)
@@ -120,7 +122,7 @@ def shift_zoom_rotate(
     out = np.empty_like(images)
     for i, img in enumerate(images):
         z = rng.uniform(1 - zoom, 1 + zoom)
-        m = cv2.getRotationMatrix2D((14, 14), rng.uniform(-rot, rot), z)
+        m: np.ndarray = cv2.getRotationMatrix2D((14, 14), rng.uniform(-rot, rot), z)
         m[:, 2] += rng.uniform(-shift, shift, 2) * 28
         out[i] = cv2.warpAffine(img, m, (28, 28), flags=cv2.INTER_LINEAR, borderValue=0)
     return out

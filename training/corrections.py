@@ -142,6 +142,7 @@ def _load_weights(path: Path) -> tuple[nn.Module, str]:
     ckpt = torch.load(p, map_location="cpu", weights_only=False)
     state = ckpt.get("ema") or ckpt["model"]  # a run's weight average when it kept one (as it exported)
     arch = ckpt.get("arch") or (ckpt.get("config") or {}).get("arch")
+    assert arch is not None, f"{p}: no architecture in the checkpoint"
     if not archs.is_known(arch):
         raise UsageError(f"{p}: unknown architecture {arch!r}")
     n_out = state[[k for k in state if k.endswith("weight")][-1]].shape[0]

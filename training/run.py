@@ -180,7 +180,7 @@ def epoch_data(cfg: TrainConfig, splits: Splits, epoch: int) -> tuple[np.ndarray
     n_nd = int(len(images) * cfg.nondigit_fraction)
     if n_nd:
         nd = generate_nondigits(n_nd, int(rng.integers(1 << 31)))
-        images = np.concatenate([images, nd])  # type: ignore[list-item]
+        images = np.concatenate([images, nd])
         labels = np.concatenate([labels, np.full(n_nd, 10, np.int64)])
     if splits.page is not None:
         images, labels = _with_page_crops(cfg, splits.page, images, labels, rng)
@@ -219,10 +219,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: ProgressFn | N
     device = pick_device(cfg.device)
     num_classes = 11 if cfg.nondigit_fraction > 0 else 10
     # channels_last: ~1.4x faster convolutions on CPU for these small models.
-    model = archs.build(cfg.arch, num_classes).to(device, memory_format=torch.channels_last)
+    # Module.to takes memory_format (documented); torch's stub overloads omit it, hence the ignore.
+    model = archs.build(cfg.arch, num_classes).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = make_optimizer(cfg, model)
     recipe = archs.ARCHS[cfg.arch]
-    assert cfg.epochs is not None and cfg.batch_size is not None
+    assert cfg.epochs is not None and cfg.batch_size is not None and cfg.lr is not None
     splits = load_splits(cfg, progress)
     steps = -(-epoch_size(cfg, splits) // cfg.batch_size)
     step_sched: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -332,7 +333,7 @@ def finalize(out: Path, *, model: nn.Module | None = None, splits: Splits | None
     else:
         assert model is not None, "finalize(run=...) needs the model"
         cfg, history = run
-    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]  # as in train()
     splits = splits or load_splits(cfg)
     if progress:
         progress("finalize", 0, 1, {})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Task, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded
@@ -22,6 +22,9 @@ from digitreader.db.session import get_engine
 from digitreader.settings import get_settings
 from workers.app import app
 from workers.codec import CodecError, decode_cut, encode_cut, from_text, to_text
+
+if TYPE_CHECKING:
+    from kombu.asynchronous.timer import Entry
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,7 @@ class CropBatches(Batches):
     flush_interval = INFER_FLUSH_SECONDS
     flush_crops = _settings.batch_size
     _crops = 0
+    _tref: Entry | None  # celery-batches' repeating flush timer (set in Batches.__init__); for mypy only
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 (Celery's name)
         # Called again when the consumer restarts after a lost broker connection. Celery clears the

@@ -11,9 +11,9 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from digitreader.db.models import (
@@ -104,7 +104,7 @@ def register_batch(
             ).all()
             if {d.sha256 for d in docs} == shas:
                 batch.status = "running"
-                todo = [(d.id, d.path) for d in docs if d.status in PENDING_DOCUMENT]
+                todo: list[tuple[int, str]] = [(d.id, d.path) for d in docs if d.status in PENDING_DOCUMENT]
                 session.flush()
                 log.info("resuming batch %s: %d of %d documents left", batch.id, len(todo), len(docs))
                 return BatchPlan(batch.id, True, todo, len(docs), skipped)
@@ -129,11 +129,11 @@ def register_batch(
     )
     session.add(batch)
     session.flush()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"batch_id": batch.id, "path": f.path, "sha256": f.sha256, "size_bytes": f.size_bytes, "status": "pending"}
         for f in unique.values()
     ]
-    todo: list[tuple[int, str]] = []
+    todo = []
     if rows:
         ids = session.scalars(insert(Document).returning(Document.id, sort_by_parameter_order=True), rows).all()
         todo = [(i, r["path"]) for i, r in zip(ids, rows, strict=True)]
@@ -176,7 +176,10 @@ def store_document_results(
         r["document_id"] = document_id
     # Table-level (Core) inserts: the ORM's bulk path costs more per row than the row itself here.
     conn = session.connection()
-    pages_t, fields_t, digits_t = Page.__table__, Field.__table__, Digit.__table__
+    # Declarative classes type __table__ as FromClause; these are mapped Tables.
+    pages_t = cast(Table, Page.__table__)
+    fields_t = cast(Table, Field.__table__)
+    digits_t = cast(Table, Digit.__table__)
     page_ids = (
         conn.execute(insert(pages_t).returning(pages_t.c.id, sort_by_parameter_order=True), page_rows).scalars().all()
         if page_rows

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -126,7 +126,8 @@ def assemble_field(cut: FieldCut, probs: np.ndarray, threshold: float) -> FieldR
         row += 1
     read = [d for d in digits if not d.blank]
     value = "".join(str(d.label) for d in read)
-    confidence = float(np.prod([d.confidence for d in read])) if read else None
+    # Every read (non-blank) digit has a confidence (see _digit).
+    confidence = float(np.prod(cast(list[float], [d.confidence for d in read]))) if read else None
     flags: list[str] = []
     if any(d.needs_review and not d.non_digit for d in read):
         flags.append(FLAG_LOW_CONFIDENCE)

@@ -293,7 +293,7 @@ def _image_pages(path: Path, head: bytes, settings: Settings, max_reduction: int
 # PDF
 
 
-def _open_pdf(path: Path):  # type: ignore[no-untyped-def]
+def _open_pdf(path: Path):
     import pypdfium2 as pdfium
 
     try:

@@ -118,8 +118,8 @@ def normalize_ink(ink: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray
     # clamped so the 20x20 box stays inside the field.
     tx = min(max(SIZE / 2 - cx, 0.0), SIZE - nw)
     ty = min(max(SIZE / 2 - cy, 0.0), SIZE - nh)
-    m_aff = np.float32([[1, 0, tx], [0, 1, ty]])
-    out = cv2.warpAffine(small, m_aff, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    m_aff = np.array([[1, 0, tx], [0, 1, ty]], dtype=np.float32)
+    out: np.ndarray = cv2.warpAffine(small, m_aff, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderValue=0.0)
     peak = float(out.max())
     if peak > 0:
         out *= 255.0 / max(peak, 1e-6) if peak < 255.0 * 0.6 else 1.0

@@ -58,8 +58,8 @@ def estimate_background(gray: np.ndarray, ppm: float) -> np.ndarray:
 def flatten(gray: np.ndarray, ppm: float) -> np.ndarray:
     """Illumination correction: divide by the paper level, so paper ~255 everywhere."""
     bg = estimate_background(gray, ppm)
-    # cv2.max: np.maximum(bg, 1) is 10x slower (the stubs do not know cv2.max takes a scalar).
-    return cv2.divide(gray, cv2.max(bg, 1), scale=255)  # type: ignore[call-overload]
+    # cv2.max: np.maximum(bg, 1) is 10x slower.
+    return cv2.divide(gray, cv2.max(bg, 1), scale=255)
 
 
 def _profile_scores(xc: np.ndarray, yc: np.ndarray, angles: np.ndarray, n_bins: int) -> np.ndarray:

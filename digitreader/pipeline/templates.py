@@ -17,7 +17,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import yaml
@@ -104,7 +104,7 @@ def parse_template(data: Any, source: str = "<template>") -> Template:
                 name=name,
                 kind=kind,
                 region=(float(region[0]), float(region[1]), float(region[2]), float(region[3])),
-                cells=int(cells) if kind == "boxes" else None,
+                cells=int(cast(int, cells)) if kind == "boxes" else None,  # checked above for boxes
                 length=length,
                 pattern=str(pattern) if pattern is not None else None,
             )

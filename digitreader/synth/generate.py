@@ -501,7 +501,7 @@ def _scan(canvas: Canvas, paper: float) -> tuple[np.ndarray, float, np.ndarray]:
     H, W = img.shape
     skew = float(rng.uniform(-s.skew, s.skew)) if s.skew else 0.0
     scale = 1.0 + float(rng.uniform(-s.scale, s.scale)) if s.scale else 1.0
-    m = cv2.getRotationMatrix2D((W / 2, H / 2), skew, scale)
+    m: np.ndarray = cv2.getRotationMatrix2D((W / 2, H / 2), skew, scale)
     if s.shift_mm:
         m[:, 2] += rng.uniform(-1, 1, 2) * canvas.px(s.shift_mm)
     if skew or scale != 1.0 or s.shift_mm:
@@ -528,7 +528,7 @@ def _scan(canvas: Canvas, paper: float) -> tuple[np.ndarray, float, np.ndarray]:
     if ns > 0:
         noise = np.empty((H, W), np.int16)
         cv2.setRNGSeed(int(rng.integers(2**31 - 1)))  # OpenCV's own generator: seed it from ours
-        cv2.randn(noise, 0, ns)
+        cv2.randn(noise, 0, ns)  # type: ignore[call-overload]  # stubs: mean/stddev as arrays only; scalars are valid
         out = np.clip(out.astype(np.int16) + noise, 0, 255).astype(np.uint8)
     return out, skew, m
 

@@ -90,15 +90,15 @@ def score_page(truth: dict[str, Any], cut: PageCut) -> Counter[str]:
                 elif s.blank:
                     c["digit_called_blank"] += 1
         best = -1
-        for m in matched:
-            if m is None:
+        for mi in matched:
+            if mi is None:
                 continue
             c["found"] += 1
             c[f"found_{kind}"] += 1
-            if m > best:
+            if mi > best:
                 c["in_order"] += 1
                 c[f"in_order_{kind}"] += 1
-                best = m
+                best = mi
         c["extra_digits"] += sum(1 for si, s in enumerate(slots) if si not in used and not s.blank)
     return c
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -43,7 +44,7 @@ def evaluate(
     seconds = time.perf_counter() - t0
     correct = rec.labels == test.labels
     accepted = rec.confidence >= rec.threshold
-    result = {
+    result: dict[str, Any] = {
         "model": predictor.info.as_dict(),
         "n": len(rec),
         "accuracy": float(correct.mean()),

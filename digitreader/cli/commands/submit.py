@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import typer
+from rich.progress import TaskID
 
 from digitreader.cli.output import err, progress
 from digitreader.errors import DigitreaderError, ExitCode, InputError
@@ -28,7 +29,7 @@ class _Bar(ProgressHook):
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.bar = progress(transient=True, disable=quiet or not err.is_terminal)
-        self.task: int | None = None
+        self.task: TaskID | None = None
 
     def started(self, batch_id: int, todo: int, total: int) -> None:
         typer.echo(str(batch_id))  # the batch id, alone on stdout, as soon as it exists
