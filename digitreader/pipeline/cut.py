@@ -435,6 +435,7 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[Pie
         # A split is right only when every part is digit-sized (not a 5's bar or a 2's tail).
         if k >= 2 and not (
             all(q.h >= 0.6 * med_h and q.w >= 0.25 * med_h for q in parts)
+            and not _hanging(parts, med_h)
             and (p.w >= 2.0 * est_w or _thin_necks(p, parts))
         ):
             parts = [p]
@@ -677,10 +678,24 @@ def _digit_sized(parts: list[Piece], med_h: float, tall_slivers: bool = False) -
     """Whether the two parts of a candidate split could each be a digit: over half a digit height
     tall and not a hairline; with `tall_slivers`, a sliver (under a quarter of a digit height wide)
     only when it is 0.8 of a digit height tall."""
-    return len(parts) == 2 and all(
-        q.h >= 0.55 * med_h and q.w >= 0.12 * med_h and (not tall_slivers or q.w >= 0.25 * med_h or q.h >= 0.8 * med_h)
-        for q in parts
+    return (
+        len(parts) == 2
+        and all(
+            q.h >= 0.55 * med_h
+            and q.w >= 0.12 * med_h
+            and (not tall_slivers or q.w >= 0.25 * med_h or q.h >= 0.8 * med_h)
+            for q in parts
+        )
+        and not _hanging(parts, med_h)
     )
+
+
+def _hanging(parts: list[Piece], med_h: float) -> bool:
+    """Whether a short part of a split (under 0.75 of a digit height) ends high above the others'
+    bottom (by over a quarter of a digit height): a 9's loop cut off its stem, read as a '0' as
+    surely as a real one, or a 4's top; not a digit of its own. Digits of a string stand on one line."""
+    bottom = max(q.y1 for q in parts)
+    return any(q.h < 0.75 * med_h and bottom - q.y1 > 0.25 * med_h for q in parts)
 
 
 def _wide_prior(w: float, med_h: float) -> float:
