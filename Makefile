@@ -35,7 +35,7 @@ test: install-dev
 
 lint: install-dev
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check --exclude docs .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy digitreader workers training
 
 clean:
