@@ -445,11 +445,14 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[Pie
 
 def _stroke_width(p: Piece) -> float:
     """Median length of horizontal ink runs: the pen's width."""
-    sub = p.mask[p.y0 : p.y1, p.x0 : p.x1].astype(np.int8)
+    sub = p.mask[p.y0 : p.y1, p.x0 : p.x1]
     widths = []
     for a in (sub, sub.T):
-        d = np.diff(np.pad(a, ((0, 0), (1, 1))), axis=1)
-        runs = np.nonzero(d == -1)[1] - np.nonzero(d == 1)[1]
+        # Rows laid end to end with a paper column on each side: one flat diff finds every run.
+        padded = np.zeros((a.shape[0], a.shape[1] + 2), np.int8)
+        padded[:, 1:-1] = a
+        d = np.diff(padded.ravel())
+        runs = np.flatnonzero(d == -1) - np.flatnonzero(d == 1)
         if runs.size:
             widths.append(median(runs))
     return min(widths) if widths else 1.0
