@@ -36,7 +36,7 @@ test: install-dev
 lint: install-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy digitreader workers training
+	$(PY) -m mypy digitreader workers training tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -33,7 +33,7 @@ def crops(n: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
 
 
-def rate(fn, n: int, seconds: float) -> float:  # type: ignore[no-untyped-def]
+def rate(fn, n: int, seconds: float) -> float:
     for _ in range(3):
         fn()
     done, t0 = 0, time.perf_counter()

@@ -86,6 +86,7 @@ def _crops_with_truth(settings: Any, batch: int) -> tuple[Any, Any]:
             t = truth_label({"document": path, "bbox": list(d.bbox), "page": page})
             if t is None:
                 continue
+            assert d.crop is not None  # the query keeps only stored crops
             crops.append(np.frombuffer(d.crop, np.uint8).reshape(28, 28))
             labels.append(t)
     return np.stack(crops), np.array(labels)

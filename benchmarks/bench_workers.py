@@ -210,23 +210,24 @@ def transport(files: list[str], broker: str) -> dict[str, Any]:
         msg = to_text(encode_cut(c))
         sizes.append(len(msg))
         r.lpush(key, msg)
-        decode_cut(from_text(r.rpop(key).decode()))
+        # redis-py types a reply as every shape it can take; without decode_responses, just pushed: bytes
+        decode_cut(from_text(r.rpop(key).decode()))  # type: ignore[union-attr]
     msg_s = (time.perf_counter() - t) / len(cuts)
     url = fresh_db()
     eng = make_engine(url)
     try:
-        with eng.begin() as c:
-            c.execute(text("CREATE TABLE staging (id serial PRIMARY KEY, header jsonb, crops bytea)"))
+        with eng.begin() as conn:
+            conn.execute(text("CREATE TABLE staging (id serial PRIMARY KEY, header jsonb, crops bytea)"))
         t = time.perf_counter()
         for cut in cuts:
             crops = b"".join(p.crops().tobytes() for p in cut.pages)
             header = json.dumps({"path": cut.path, "pages": len(cut.pages)})
-            with eng.begin() as c:
-                i = c.execute(text("INSERT INTO staging (header, crops) VALUES (:h, :c) RETURNING id"),
-                              {"h": header, "c": crops}).scalar()  # fmt: skip
-            with eng.begin() as c:
-                row = c.execute(text("SELECT header, crops FROM staging WHERE id = :i"), {"i": i}).one()
-                c.execute(text("DELETE FROM staging WHERE id = :i"), {"i": i})
+            with eng.begin() as conn:
+                i = conn.execute(text("INSERT INTO staging (header, crops) VALUES (:h, :c) RETURNING id"),
+                                 {"h": header, "c": crops}).scalar()  # fmt: skip
+            with eng.begin() as conn:
+                row = conn.execute(text("SELECT header, crops FROM staging WHERE id = :i"), {"i": i}).one()
+                conn.execute(text("DELETE FROM staging WHERE id = :i"), {"i": i})
             assert len(row.crops) == len(crops)
         db_s = (time.perf_counter() - t) / len(cuts)
     finally:

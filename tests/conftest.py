@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture()
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point every DIGITREADER_* setting that holds state at a temporary folder (for CLI tests)."""
     home = tmp_path / "home"
     monkeypatch.setenv("DIGITREADER_HOME", str(home))

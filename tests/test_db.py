@@ -6,12 +6,13 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, inspect, select, text
+from sqlalchemy import Engine, Table, create_engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -129,7 +130,7 @@ def test_cascade_delete_on_sqlite(settings: Settings) -> None:
     with session_scope(engine=engine) as s:
         _sample_document(s)
     with session_scope(engine=engine) as s:
-        s.execute(Page.__table__.delete())  # foreign keys with ON DELETE CASCADE are enforced
+        s.execute(cast(Table, Page.__table__).delete())  # foreign keys with ON DELETE CASCADE are enforced
     with session_scope(engine=engine) as s:
         assert s.scalars(select(Digit)).all() == []
         assert s.scalars(select(Field)).all() == []
@@ -156,7 +157,7 @@ def test_postgres_upgrade_from_empty(pg_url: str) -> None:
     with pytest.raises(IntegrityError), session_scope(engine=engine) as s:
         s.add(Page(document_id=doc_id, number=1, width=1, height=1))
     with session_scope(engine=engine) as s:
-        s.execute(Document.__table__.delete())
+        s.execute(cast(Table, Document.__table__).delete())
     with session_scope(engine=engine) as s:
         assert s.scalars(select(Digit)).all() == []
     engine.dispose()

@@ -66,13 +66,13 @@ def test_empty_crop_gives_zeros() -> None:
         (lambda m: cv2.ellipse(m, (25, 30), (12, 18), 0, 0, 360, 1, 3), False),  # a "0"
     ],
 )
-def test_blank_test(draw, blank: bool) -> None:  # type: ignore[no-untyped-def]
+def test_blank_test(draw, blank: bool) -> None:
     m = np.zeros((60, 50), np.uint8)
     draw(m)
     assert is_blank(m.astype(bool)) is blank
 
 
-def test_scanned_mnist_digit_normalizes_back_to_mnist(data_dir) -> None:  # type: ignore[no-untyped-def]
+def test_scanned_mnist_digit_normalizes_back_to_mnist(data_dir) -> None:
     """A test digit printed large (dark on paper, blurred like a scan) comes back close to its MNIST form."""
     from digitreader.synth.mnist import MnistTestDigits
 

@@ -162,7 +162,8 @@ def test_batch_matches_ground_truth(settings: Settings, scans: Path, predictor: 
         export = export_json(s, report.batch_id)
         crops = s.scalars(select(Digit.crop).where(Digit.blank.is_(False))).all()
         assert crops and all(c is not None and len(c) == 784 for c in crops)
-        assert s.scalar(select(func.count()).select_from(Digit).where(Digit.blank.is_(True))) > 0
+        n_blank = s.scalar(select(func.count()).select_from(Digit).where(Digit.blank.is_(True)))
+        assert n_blank is not None and n_blank > 0
     assert export["schema"] == "digitreader.results/v1" and export["batch"] == report.batch_id
     for doc in export["documents"]:
         assert doc["status"] in ("done", "needs_review") and doc["error"] is None
@@ -256,7 +257,9 @@ def test_bad_documents_fail_alone(settings: Settings, scans: Path, predictor: An
         got = {name: d.error_code for name, d in docs.items() if d.status == "failed"}
         assert got == expected
         for name in expected:
-            assert name in docs[name].error_message and docs[name].error_message.strip()
+            message = docs[name].error_message
+            assert message is not None
+            assert name in message and message.strip()
         for g in good:
             assert docs[g.name].status in ("done", "needs_review")
             assert s.scalar(select(func.count()).select_from(Page).where(Page.document_id == docs[g.name].id)) == 1

@@ -80,7 +80,8 @@ def test_fast_path_is_built() -> None:
 @pytest.mark.parametrize("filters", [[0], [1], [2], [3], [4], [4, 1, 2, 3, 0], [2, 4, 3, 1, 0, 4]])
 def test_every_row_filter_gives_the_pixels_back(page: np.ndarray, filters: list[int]) -> None:
     data = write_png(page, filters)
-    assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE), page)  # a valid PNG
+    ref = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert ref is not None and np.array_equal(ref, page)  # a valid PNG
     out = png.decode_png(data)
     assert out is not None and out.dtype == np.uint8 and np.array_equal(out, page)
 
@@ -93,6 +94,7 @@ def test_rgb_rows_unfilter_per_pixel(page: np.ndarray, filters: list[int]) -> No
     assert out is not None and np.array_equal(out, rgb)
     grey = png.decode_png(data)
     ref = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert ref is not None
     assert grey is not None and grey.shape == page.shape
     assert np.abs(grey.astype(int) - ref.astype(int)).max() <= 1  # rounding of the grey conversion
 

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def digit_files(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
     """12 test digits as scans would give them: upscaled, dark ink on light paper and the reverse, some in colour."""
     test = load_mnist("test", data_dir)
+    assert test.labels is not None
     folder = tmp_path_factory.mktemp("digits")
     truth: dict[str, int] = {}
     rng = np.random.default_rng(0)
@@ -76,6 +77,7 @@ def test_predict_all_bad_is_input_error(tmp_path: Path) -> None:
 
 def test_predict_kaggle_submission(data_dir: Path, tmp_path: Path) -> None:
     test = load_mnist("test", data_dir)
+    assert test.labels is not None
     n = 40
     header = ",".join(f"pixel{i}" for i in range(784))
     np.savetxt(tmp_path / "test.csv", test.images[:n].reshape(n, -1), fmt="%d", delimiter=",", header=header,

@@ -69,8 +69,10 @@ def test_promote_rollback_and_live_pickup(tmp_path: Path, data_dir: Path, monkey
     # String fields were split with the splitter's own model (DIGITREADER_SPLITTER=shipped).
     assert cut._scorer_cache.get(str(cut.SPLITTER_MODEL)) is not None
     with session_scope(settings) as s:
-        assert registry.active_model(s).version == shipped_version
+        active = registry.active_model(s)
+        assert active is not None and active.version == shipped_version
         cand = registry.register_model(s, settings, _copy_with_version(shipped, tmp_path / "c.onnx", "cand-1"))
+        assert cand.path is not None
         assert cand.status == "candidate" and Path(cand.path).parent == settings.home / "models"
         with pytest.raises(UsageError):  # same version, other content
             registry.register_model(s, settings, _copy_with_version(shipped, tmp_path / "d.onnx", shipped_version))
@@ -91,7 +93,8 @@ def test_promote_rollback_and_live_pickup(tmp_path: Path, data_dir: Path, monkey
     with session_scope(settings) as s:
         versions = set(s.scalars(select(Digit.model_version).where(Digit.blank.is_(False))).all())
         assert versions == {shipped_version, "cand-1"}  # each digit records the model that read it
-        assert s.scalars(select(ModelVersion).where(ModelVersion.version == "cand-1")).one().gate["forced"]
+        gate = s.scalars(select(ModelVersion).where(ModelVersion.version == "cand-1")).one().gate
+        assert gate is not None and gate["forced"]
     assert report.model_version == shipped_version or report.model_version == "cand-1"
     # Rollback: the shipped model is live again, picked up as well.
     assert registry.rollback(settings) == {"retired": "cand-1", "active": shipped_version}
@@ -125,6 +128,7 @@ def test_stale_weights_are_refused(tmp_path: Path) -> None:
     shipped = MODELS_DIR / read_manifest()["model"]
     with session_scope(settings) as s:
         mv = registry.register_model(s, settings, shipped, status="active")
+    assert mv.path is not None
     model = archs.build("drnet", 11)
     beside = Path(mv.path).with_suffix(".pt")
     save_weights(model, "drnet", beside, "old", "0" * 64)

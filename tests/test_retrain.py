@@ -38,6 +38,7 @@ def train_base(out: Path, data_dir: Path, n: int = 8000, seed: int = 0) -> tuple
     seed_everything(seed)
     torch.set_num_threads(2)
     full = load_mnist("train", data_dir)
+    assert full.labels is not None
     tr, val = train_val_split(len(full), VAL_SIZE, SPLIT_SEED)
     x = np.concatenate([full.images[tr[:n]], generate_nondigits(n // 10, 1)])
     y = np.concatenate([full.labels[tr[:n]], np.full(n // 10, 10, np.int64)])

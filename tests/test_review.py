@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -23,6 +23,14 @@ from digitreader.review import service
 from digitreader.review.app import check_bind, create_app
 from digitreader.settings import Settings
 from tests.test_db import pg_url  # noqa: F401, F811  (fixture)
+
+T = TypeVar("T")
+
+
+def present(value: T | None) -> T:
+    """`value`, failing the test if it is None (and typed as present)."""
+    assert value is not None
+    return value
 
 
 def build_review_db(base: Path, data_dir: Path, pages: int = 2, seed: int = 5) -> tuple[Path, int]:
@@ -61,10 +69,10 @@ def test_queue_is_hardest_first_and_filters(rsettings: Settings, processed: tupl
     with session_scope(rsettings) as s:
         items = service.list_queue(s, batch_id=batch)
         assert len(items) >= 10, "hard-style pages should leave many digits flagged"
-        confs = [i.confidence for i in items]
+        confs = [present(i.confidence) for i in items]
         assert confs == sorted(confs)
         by_margin = service.list_queue(s, batch_id=batch, order="margin")
-        margins = [i.margin for i in by_margin]
+        margins = [present(i.margin) for i in by_margin]
         assert margins == sorted(margins) and {i.digit_id for i in by_margin} == {i.digit_id for i in items}
         field = items[0].field
         only = service.list_queue(s, batch_id=batch, field=field)
@@ -88,24 +96,33 @@ def test_corrections_update_field_document_and_export(rsettings: Settings, proce
     with session_scope(rsettings) as s:
         doc_id = _flagged_document(s, batch)
         todo = [i for i in service.list_queue(s, batch_id=batch) if i.document_id == doc_id]
-        assert s.get(Document, doc_id).status == "needs_review"
+        document = s.get(Document, doc_id)
+        assert document is not None and document.status == "needs_review"
     for n, item in enumerate(todo):
-        new = (item.label + 1) % 10 if n == 0 else item.label  # change the first, accept the rest
+        if n == 0:  # change the first, accept the rest
+            assert item.label is not None
+            new: int | None = (item.label + 1) % 10
+        else:
+            new = item.label
         with session_scope(rsettings) as s:
             res = service.apply_correction(s, item.digit_id, new, reviewer="ana", source="web")
         assert res.accepted == (n != 0)
     assert res.document_status == "done"  # nothing left to review in it
     first = todo[0]
+    assert first.label is not None
     with session_scope(rsettings) as s:
         d = s.get(Digit, first.digit_id)
+        assert d is not None
         assert d.label == (first.label + 1) % 10 and not d.needs_review
         c = s.scalars(select(Correction).where(Correction.digit_id == first.digit_id)).one()
         assert (c.old_label, c.new_label, c.reviewer, c.source) == (first.label, d.label, "ana", "web")
         assert c.model_version == first.model_version and c.created_at is not None
         f = s.get(Field, first.field_id)
+        assert f is not None
         assert f.value == "".join(str(x.label) for x in f.digits if not x.blank)
         assert str(d.label) in f.value and not f.needs_review
-        assert s.get(Document, doc_id).status == "done"
+        document = s.get(Document, doc_id)
+        assert document is not None and document.status == "done"
         out = export_json(s, batch)
     doc = next(x for x in out["documents"] if x["status"] == "done" and any(
         dd.get("corrected") for p in x["pages"] for ff in p["fields"] for dd in ff["digits"]))  # fmt: skip
@@ -122,13 +139,15 @@ def test_x_blank_and_undo_restore_everything(rsettings: Settings, processed: tup
     with session_scope(rsettings) as s:
         item = service.list_queue(s, batch_id=batch)[0]
         f = s.get(Field, item.field_id)
-        before = (f.value, f.needs_review, list(f.flags), s.get(Document, item.document_id).status)
+        assert f is not None
+        before = (f.value, f.needs_review, list(f.flags), present(s.get(Document, item.document_id)).status)
     with session_scope(rsettings) as s:
         service.apply_correction(s, item.digit_id, None, reviewer="tester")
     with session_scope(rsettings) as s:
         d = s.get(Digit, item.digit_id)
+        assert d is not None
         assert d.blank and d.label is None and not d.needs_review and d.crop is not None
-        assert len(s.get(Field, item.field_id).value) == len(before[0]) - 1
+        assert len(present(s.get(Field, item.field_id)).value) == len(before[0]) - 1
         assert service.queue_counts(s, batch_id=batch)["left"] == len(service.list_queue(s, batch_id=batch))
     with session_scope(rsettings) as s:
         res = service.undo(s, reviewer="tester")
@@ -136,8 +155,9 @@ def test_x_blank_and_undo_restore_everything(rsettings: Settings, processed: tup
     with session_scope(rsettings) as s:
         d = s.get(Digit, item.digit_id)
         f = s.get(Field, item.field_id)
+        assert d is not None and f is not None
         assert (d.label, d.blank, d.needs_review) == (item.label, False, True)
-        assert (f.value, f.needs_review, list(f.flags), s.get(Document, item.document_id).status) == before
+        assert (f.value, f.needs_review, list(f.flags), present(s.get(Document, item.document_id)).status) == before
         assert not s.scalars(select(Correction)).all()
         with pytest.raises(NotFoundError):
             service.undo(s, reviewer="tester")
@@ -155,8 +175,10 @@ def test_crop_and_strip_png(rsettings: Settings, processed: tuple[Path, int]) ->
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and service.png_size(png) == (224, 224)
         strip = service.strip_png(s, item.digit_id)
         f = s.get(Field, item.field_id)
+        assert f is not None
         assert f.strip is not None  # the field's strip of the page (tests/test_review_strips.py)
         stored = cv2.imdecode(np.frombuffer(f.strip, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert stored is not None
         assert service.png_size(strip) == (stored.shape[1], stored.shape[0])
 
 
@@ -234,7 +256,7 @@ def test_web_csrf_origin_and_host_checks(rsettings: Settings, processed: tuple[P
     assert ok.status_code == 200, ok.text
     assert ok.json()["new_label"] == 4 and ok.json()["counts"]["left"] == data["counts"]["left"] - 1
     with session_scope(rsettings) as s:
-        assert s.get(Digit, item["digit_id"]).label == 4
+        assert present(s.get(Digit, item["digit_id"])).label == 4
         assert s.scalars(select(Correction)).one().source == "web"
     undo = c.post("/api/undo", headers={**origin, "X-CSRF-Token": token})
     assert undo.status_code == 200 and undo.json()["digit_id"] == item["digit_id"]
@@ -309,7 +331,7 @@ def test_review_on_postgresql(pg_url: str, tmp_path: Path, data_dir: Path) -> No
             service.apply_correction(s, it.digit_id, 3, reviewer="pg", source="cli")
     with session_scope(settings) as s:
         corrected = registry.corrected_digits(s)
-        assert len(corrected) == len({bytes(s.get(Digit, it.digit_id).crop) for it in items[:5]})
+        assert len(corrected) == len({bytes(present(present(s.get(Digit, it.digit_id)).crop)) for it in items[:5]})
         assert set(corrected.labels.tolist()) == {3}
         service.undo(s, reviewer="pg")
         assert service.queue_counts(s, batch_id=batch)["left"] == len(items) - 4

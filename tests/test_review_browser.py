@@ -23,7 +23,7 @@ from digitreader.db.session import dispose_engines
 from digitreader.review import service
 from digitreader.review.app import create_app
 from digitreader.settings import Settings
-from tests.test_review import build_review_db
+from tests.test_review import build_review_db, present
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -131,7 +131,7 @@ def test_keyboard_labelling_updates_database(server: Any, page: Any) -> None:
     assert _wait_moved(page, fourth) == third
 
     with session_scope(settings) as s:
-        d1, d2, d3 = (s.get(Digit, i) for i in (first, second, third))
+        d1, d2, d3 = (present(s.get(Digit, i)) for i in (first, second, third))
         model_second = next(q.label for q in queue if q.digit_id == second)
         assert (d1.label, d1.needs_review) == (7, False)
         assert (d2.label, d2.needs_review) == (model_second, False)
@@ -155,5 +155,5 @@ def test_grid_mode_labels_many_on_one_screen(server: Any, page: Any) -> None:
     _until(lambda: _left(page) == left0 - 3)
     assert page.locator("#grid .cell.done").count() == 3
     with session_scope(settings) as s:
-        assert [s.get(Digit, i).label for i in ids] == [1, 2, 3]
-        assert all(not s.get(Digit, i).needs_review for i in ids)
+        assert [present(s.get(Digit, i)).label for i in ids] == [1, 2, 3]
+        assert all(not present(s.get(Digit, i)).needs_review for i in ids)

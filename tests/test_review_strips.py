@@ -17,7 +17,7 @@ from digitreader.db.session import dispose_engines
 from digitreader.pipeline.process import STRIP_HEIGHT, DocumentCut, process_batch, segment_document
 from digitreader.review import service
 from digitreader.settings import Settings
-from tests.test_review import processed, rsettings  # noqa: F401  (fixtures)
+from tests.test_review import present, processed, rsettings  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +42,7 @@ def test_every_field_has_a_strip_of_its_page_region(rsettings: Settings) -> None
             assert len(f.strip) < 12_000  # a small JPEG
             # it shows that region of the page as submitted
             page = cv2.imread(f.page.document.path, cv2.IMREAD_GRAYSCALE)
+            assert page is not None
             region = cv2.resize(page[sy : sy + sh, sx : sx + sw], (img.shape[1], img.shape[0]),
                                 interpolation=cv2.INTER_AREA)  # fmt: skip
             assert float(np.mean(np.abs(region.astype(np.int16) - img))) < 6.0, f.name
@@ -56,7 +57,9 @@ def test_strip_png_highlights_the_digit_at_its_mapped_box(
         assert items
         for item in items:
             d = s.get(Digit, item.digit_id)
+            assert d is not None
             f = d.field
+            assert f.strip is not None and f.strip_box is not None
             stored = _decode(f.strip)
             png = service.strip_png(s, d.id)
             assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -82,6 +85,7 @@ def test_strip_png_falls_back_to_crops_without_a_stored_strip(
     with session_scope(rsettings) as s:
         item = service.list_queue(s, batch_id=processed[1])[0]
         f = s.get(Field, item.field_id)
+        assert f is not None
         f.strip = None  # a field stored before migration 0003
         s.flush()
         strip = service.strip_png(s, item.digit_id)
@@ -97,6 +101,7 @@ def test_codec_carries_the_strips(processed: tuple[Path, int], rsettings: Settin
 
     with session_scope(rsettings) as s:
         path = s.scalars(select(Document.path).order_by(Document.id)).first()
+    assert path is not None
     cut = segment_document(path, rsettings)
     assert not cut.failed and len(cut.strips) == len(cut.pages)
     assert [len(st) for st in cut.strips] == [len(p.fields) for p in cut.pages]
@@ -148,7 +153,7 @@ def test_rule_only_fields_are_reviewable(rule_db: Settings) -> None:
             mine = [i for i in queued.values() if i.field_id == f.id]
             assert len(mine) == 1, f.name  # one digit of the field at a time: its least sure one
             read = [d for d in f.digits if not d.blank]
-            assert mine[0].confidence == min(d.confidence for d in read)
+            assert mine[0].confidence == min(present(d.confidence) for d in read)
         assert service.queue_counts(s)["left"] == len(queued)
 
         # The value can satisfy the rule after a correction: cleared at once.

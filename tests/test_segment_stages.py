@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -26,6 +27,13 @@ from digitreader.types import FieldRegion, PageImage, PreparedPage
 
 DPI = 150
 PPM = DPI / 25.4
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    """A test image as greyscale (failing the test if it cannot be read)."""
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    assert img is not None, path
+    return img
 
 
 def mm(v: float) -> int:
@@ -132,14 +140,14 @@ FIELDS = Path(__file__).parent / "data" / "fields"
 def test_tick_row_with_digits_written_down_into_the_ticks() -> None:
     """A real tick row (tests/data/fields/README.md) whose digits reach down among the ticks, filling
     much of the ticks' band, once taken for printed text and missed."""
-    img = cv2.imread(str(FIELDS / "ticks-23056.png"), cv2.IMREAD_GRAYSCALE)
+    img = _read_gray(FIELDS / "ticks-23056.png")
     fields = find_fields(prepare_page(PageImage(1, img, dpi=300)))
     assert [(f.kind, len(f.cells)) for f in fields] == [("boxes", 6)]
 
 
 def _prepared_fixture(name: str) -> PreparedPage:
-    gray = cv2.imread(str(FIELDS / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
-    ink = cv2.imread(str(FIELDS / f"{name}.ink.png"), cv2.IMREAD_GRAYSCALE)
+    gray = _read_gray(FIELDS / f"{name}.png")
+    ink = _read_gray(FIELDS / f"{name}.ink.png")
     h, w = gray.shape
     return PreparedPage(1, gray, ink, np.array([[1.0, 0, 0], [0, 1.0, 0]]), w, h, 0.0, dpi=DPI)
 
@@ -238,7 +246,7 @@ def test_seven_whose_bar_lies_on_the_top_line_keeps_it(name: str) -> None:
     thinner side plus two) took the whole bar, leaving a '1' read surely. The 7 keeps its bar: its
     largest piece spans most of the cell's width, not only the stem's."""
     meta = json.loads((CELLS / f"{name}.json").read_text())
-    ink = cv2.imread(str(CELLS / f"{name}.ink.png"), cv2.IMREAD_GRAYSCALE) > 0
+    ink = _read_gray(CELLS / f"{name}.ink.png") > 0
     x0, y0, x1, y1 = meta["inner"]
     out = remove_lines(_Window(0, 0, ink, (x0, y0, x1, y1)), max_t=meta["max_t"])
     _, _, stats, _ = cv2.connectedComponentsWithStats(out[y0 - 8 : y1, x0:x1].view(np.uint8), connectivity=8)
@@ -252,7 +260,7 @@ def test_tick_touching_a_digit_is_taken_out(name: str) -> None:
     the base line: the tick stayed on as a tail and the 0 was read as a 9 (0.97) or an 8. The ticks
     are taken out (as high as the shorter one reaches), so the 0 no longer reaches down to the base line."""
     meta = json.loads((CELLS / f"{name}.json").read_text())
-    ink = cv2.imread(str(CELLS / f"{name}.ink.png"), cv2.IMREAD_GRAYSCALE) > 0
+    ink = _read_gray(CELLS / f"{name}.ink.png") > 0
     x0, y0, x1, y1 = meta["inner"]
     out = remove_lines(_Window(0, 0, ink, (x0, y0, x1, y1)), max_t=meta["max_t"], ticks=True)
     _, _, stats, _ = cv2.connectedComponentsWithStats(out[:y1].view(np.uint8), connectivity=8)
@@ -266,7 +274,7 @@ def test_one_written_against_a_wall_is_not_taken_for_its_remnant() -> None:
     removal thins it to ~3.3 px on average, which the rule for wall remnants (under 0.1 of the
     cell's width) dropped, so the cell read blank. Standing over half the cell's height, it stays."""
     meta = json.loads((CELLS / "one-on-wall-0779-73.json").read_text())
-    ink = cv2.imread(str(CELLS / "one-on-wall-0779-73.ink.png"), cv2.IMREAD_GRAYSCALE) > 0
+    ink = _read_gray(CELLS / "one-on-wall-0779-73.ink.png") > 0
     inner = tuple(meta["inner"])
     out = remove_lines(_Window(0, 0, ink, inner), max_t=meta["max_t"])
     _, labels, stats = label_pieces(out.view(np.uint8))
@@ -341,9 +349,9 @@ def test_string_split_real_failures(name: str) -> None:
     top bar came loose, a 4 in two pieces, a wide 2, a 1 pressed against a 3. Each truth digit's
     centre must fall in exactly one piece, and the pieces must be as many as the digits, in order."""
     meta = json.loads((STRINGS / f"{name}.json").read_text())
-    gray = cv2.imread(str(STRINGS / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
-    ink = cv2.imread(str(STRINGS / f"{name}.ink.png"), cv2.IMREAD_GRAYSCALE) > 0
-    inner = tuple(int(v) for v in meta["inner"])
+    gray = _read_gray(STRINGS / f"{name}.png")
+    ink = _read_gray(STRINGS / f"{name}.ink.png") > 0
+    inner = cast(tuple[int, int, int, int], tuple(int(v) for v in meta["inner"]))
     digit = remove_lines(_Window(0, 0, ink, inner), max_t=7)
     scorer = default_scorer(splitter_model())
     assert scorer is not None, "the shipped splitter's model must load"

@@ -101,6 +101,7 @@ def test_kaggle_csv_train_and_test_layouts(data_dir: Path, tmp_path: Path) -> No
     _write_kaggle(tmp_path / "test.csv", ds.images[50:80], None)
     tr = load_kaggle_csv(tmp_path / "train.csv")
     te = load_kaggle_csv(tmp_path / "test.csv")
+    assert tr.labels is not None
     assert np.array_equal(tr.images, ds.images[:50]) and np.array_equal(tr.labels, ds.labels[:50])
     assert te.labels is None and np.array_equal(te.images, ds.images[50:80])
 
@@ -131,6 +132,7 @@ def test_image_folder_loader_normalizes_both_polarities(data_dir: Path, tmp_path
     cv2.imwrite(str(tmp_path / "x" / "blank.png"), np.full((40, 40), 255, np.uint8))
     out = load_image_folder(tmp_path)
     assert len(out) == 7 and out.images.shape[1:] == (28, 28)
+    assert out.labels is not None
     assert sorted(out.labels.tolist()) == sorted([*ds.labels[:6].tolist(), 10])
     assert out.images[out.labels == 10].max() == 0  # a blank image normalizes to an empty crop
     assert out.images[out.labels != 10].max(axis=(1, 2)).min() > 200  # ink high in every digit

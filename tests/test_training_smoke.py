@@ -36,6 +36,7 @@ def test_one_epoch_lowers_the_loss(smoke_run: Path, data_dir: Path) -> None:
     assert len(history) == 1
     untrained = archs.build("drnet", 11).eval()
     test = load_mnist("test", data_dir)
+    assert test.labels is not None
     x = torch.from_numpy(test.images[:1000]).float().div(255).unsqueeze(1)
     y = torch.from_numpy(test.labels[:1000])
     with torch.no_grad():
@@ -71,7 +72,8 @@ def test_export_parity_and_metadata(smoke_run: Path, data_dir: Path) -> None:
 def test_parity_detects_a_mismatch(smoke_run: Path, data_dir: Path) -> None:
     model, _, _ = load_checkpoint_model(smoke_run)
     with torch.no_grad():
-        model.head[1].bias.add_(1e-2)  # a model that is not the exported one
+        # torch types a submodule attribute as Tensor | Module (nn.Module.__getattr__)
+        model.head[1].bias.add_(1e-2)  # type: ignore[index, union-attr]  # a model that is not the exported one
     images = load_mnist("test", data_dir).images[:64]
     assert export.parity(model, smoke_run / "model.onnx", images) > export.PARITY_TOLERANCE
 

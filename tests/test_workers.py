@@ -134,7 +134,11 @@ def variants(sources: list[Path], n: int, out: Path, poison: int = 0) -> list[Pa
     """`n` distinct files (one pixel of a margin changed, so their SHA-256 differ) cycling over
     `sources`; the first `poison` are named *poison*."""
     out.mkdir(parents=True, exist_ok=True)
-    imgs = [cv2.imread(str(s), cv2.IMREAD_GRAYSCALE) for s in sources]
+    imgs = []
+    for s in sources:
+        src = cv2.imread(str(s), cv2.IMREAD_GRAYSCALE)
+        assert src is not None, s
+        imgs.append(src)
     files = []
     for i in range(n):
         img = imgs[i % len(imgs)].copy()
@@ -338,7 +342,8 @@ def test_workers_export_equals_embedded(
     with session_scope(settings) as s:
         distributed = export_json(s, batch_id)
     # The embedded mode on the same files, in its own SQLite database.
-    emb_settings = Settings(_env_file=None, home=tmp_path / "embedded", model_path=model_path)  # type: ignore[call-arg]
+    emb_model = Path(model_path) if model_path is not None else None  # what Settings makes of the str
+    emb_settings = Settings(_env_file=None, home=tmp_path / "embedded", model_path=emb_model)  # type: ignore[call-arg]
     rep = process_batch(files, emb_settings)
     with session_scope(emb_settings) as s:
         embedded = export_json(s, rep.batch_id)
@@ -442,6 +447,7 @@ def test_poison_document_fails_after_redelivery_cap(
                            .where(Document.batch_id == sub.batch_id, Document.status == "failed")).all()  # fmt: skip
     assert len(failed) == 1
     path, code, message = failed[0]
+    assert message is not None
     assert "poison" in path and code == "worker_lost"
     assert "died 2 times" in message and "given up after 2 deliveries" in message
     statuses = check_exactly_once(settings, sub.batch_id)
@@ -504,11 +510,13 @@ def test_claim_job_marks_a_pending_document_once(tmp_path: Path, request: pytest
     assert engine.dialect.name == backend
     with session_scope(engine=engine) as s:
         doc_id = s.scalar(select(Document.id).where(Document.batch_id == sub.batch_id))
+    assert doc_id is not None
     assert dist.claim_job(engine, 10**9) is None
 
     def row() -> tuple[str, Any]:
         with session_scope(engine=engine) as s:
             d = s.get(Document, doc_id)
+            assert d is not None
             return d.status, d.started_at
 
     assert row() == ("pending", None)
