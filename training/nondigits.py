@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Literal, overload
 
 import cv2
 import numpy as np
@@ -121,8 +122,17 @@ _MAKERS = {"empty": _empty, "box_lines": _box_lines, "specks": _specks, "stroke"
 _WEIGHTS = np.array([0.12, 0.30, 0.18, 0.22, 0.18])
 
 
+@overload
+def generate_nondigits(n: int, seed: int, *, return_kinds: Literal[False] = False) -> np.ndarray: ...
+
+
+@overload
+def generate_nondigits(n: int, seed: int, *, return_kinds: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 def generate_nondigits(n: int, seed: int, *, return_kinds: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """`n` normalized (28, 28) uint8 non-digit crops; the same seed gives the same crops."""
+    """`n` normalized (28, 28) uint8 non-digit crops; the same seed gives the same crops. With
+    `return_kinds`, also each crop's kind (an index into `KINDS`)."""
     rng = np.random.default_rng(seed)
     kinds = rng.choice(len(KINDS), size=n, p=_WEIGHTS / _WEIGHTS.sum())
     out = np.zeros((n, 28, 28), np.uint8)

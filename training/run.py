@@ -140,7 +140,7 @@ def load_splits(cfg: TrainConfig, progress: ProgressFn | None = None) -> Splits:
 
         page = page_crops(cfg.page_crops, cfg.page_crops_seed, cfg.data_dir, cache_dir=cfg.page_crops_cache,
                           on_page=on_page)  # fmt: skip
-    return Splits(full.subset(tr_idx), full.subset(val_idx), nd, full.checksums, page)  # type: ignore[arg-type]
+    return Splits(full.subset(tr_idx), full.subset(val_idx), nd, full.checksums, page)
 
 
 #: `--page-negatives` -> the kinds of synthetic negatives (`pagecrops.NEGATIVE_KINDS`) it trains on.
