@@ -80,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         others = pred[~digit]
         row["crop_pairs_pieces_rejected_pct"] = round(100 * float((others == 10).mean()), 1) if others.size else None
         if pages_dir is not None:
-            role = "splitter" if args.as_splitter else "model_path"
-            e2e = run_e2e(pages_dir, decode=False, **{role: str(model.resolve())})
+            path = str(model.resolve())
+            if args.as_splitter:
+                e2e = run_e2e(pages_dir, decode=False, splitter=path)
+            else:
+                e2e = run_e2e(pages_dir, decode=False, model_path=path)
             for k in ("digit_accuracy_pct", "unflagged_error_pct", "flagged_pct", "field_exact_pct"):
                 row[f"val_pages_{k}"] = e2e[k]
         rows.append(row)
