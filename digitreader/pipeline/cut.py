@@ -795,9 +795,11 @@ def refine_string(pieces: list[Piece], ink: np.ndarray, scorer: DigitScorer) -> 
 #: A piece the model reads as a digit less surely than this (log-probability; about 90 %) and at
 #: least `NARROW_PAIR` digit heights wide is tried at more cuts.
 UNSURE = -0.1
-#: Two touching digits can be this narrow: a "1" against another "1" or a "9" (0.45: two upright
-#: 1s pressed together measure 0.48; 0.5 until session 7).
-NARROW_PAIR = 0.45
+#: Two touching digits can be this narrow: a "1" against another "1" or a "9" (two upright 1s
+#: pressed together measured 0.48, two written half over each other 0.37; 0.5 until session 7). A
+#: single slanted '1' this wide is safe: cut upright, its parts are shorter than `_digit_sized`'s
+#: slivers must be.
+NARROW_PAIR = 0.35
 
 
 def _resplit(pieces: list[Piece], ink: np.ndarray, scorer: DigitScorer, med_h: float) -> list[Piece]:
