@@ -797,7 +797,7 @@ def refine_string(pieces: list[Piece], ink: np.ndarray, scorer: DigitScorer) -> 
 UNSURE = -0.1
 #: Two touching digits can be this narrow: a "1" against another "1" or a "9" (two upright 1s
 #: pressed together measured 0.48, two written half over each other 0.37; 0.5 until session 7). A
-#: single slanted '1' this wide is safe: cut upright, its parts are shorter than `_digit_sized`'s
+#: single slanted '1' this wide stays whole: cut upright, its parts are shorter than `_digit_sized`'s
 #: slivers must be.
 NARROW_PAIR = 0.35
 
