@@ -173,6 +173,21 @@ def test_faint_broken_boxes_on_a_patterned_cheque() -> None:
 FAINT_DATE_CENTRES = [(116, 69), (152, 69), (188, 69), (225, 69), (261, 69), (297, 69), (334, 69), (370, 69)]
 
 
+def test_faint_broken_frame_around_bold_digits() -> None:
+    """A light grey string box (prepared, 150 dpi, deskewed by 2.5°) whose bottom line came out broken
+    (64 % of its row), around bold digits: the faint-box pass must run and find it, although the
+    bold digits, which the line image keeps, are far darker than the box's lines."""
+    fields = find_fields(_prepared_fixture("faint-string-96313"))
+    assert [(f.kind, len(f.cells)) for f in fields] == [("string", 1)]
+    x, y, w, h = fields[0].bbox
+    for cx, cy in FAINT_STRING_CENTRES:
+        assert x <= cx <= x + w and y <= cy <= y + h, (fields[0].bbox, FAINT_STRING_CENTRES)
+
+
+#: The true digits' centres (fixture pixels, from the page's truth: 9, 6, 3, 1, 3).
+FAINT_STRING_CENTRES = [(103, 76), (138, 74), (181, 78), (214, 75), (237, 74)]
+
+
 @pytest.mark.parametrize("name", ["heading-account", "heading-savings", "micr-line"])
 def test_printed_text_is_not_a_tick_row(name: str) -> None:
     """Bold printed text of real generated pages (prepared: 150 dpi, light flattened, with its ink):

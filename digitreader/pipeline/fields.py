@@ -330,8 +330,14 @@ def find_fields(prepared: PreparedPage, settings: Settings | None = None) -> lis
     found, rejected = _structures(lines, g)
 
     def faint_lines(box: BBox, img: np.ndarray) -> bool:
+        """Whether the lines along the box's outline are faint (paler than strong ink); the digits
+        inside, which bold strokes bring into the line image, are not measured."""
         x, y, w, h = box
-        on_line = prepared.gray[y : y + h, x : x + w][img[y : y + h, x : x + w] > 0]
+        on = img[y : y + h, x : x + w] > 0
+        edge = np.zeros_like(on)
+        k = max(2, g.mm(0.5))
+        edge[:k], edge[-k:], edge[:, :k], edge[:, -k:] = True, True, True, True
+        on_line = prepared.gray[y : y + h, x : x + w][on & edge]
         return bool(on_line.size) and float(np.median(on_line)) > strong
 
     if any(faint_lines(b, lines) for b in rejected):
