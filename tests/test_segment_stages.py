@@ -159,6 +159,21 @@ def test_tick_row_with_digit_strokes_in_most_cells() -> None:
     assert [(f.kind, len(f.cells)) for f in fields] == [("boxes", 6)]
 
 
+def test_tick_row_whose_first_tick_a_digit_hides() -> None:
+    """A prepared tick row of 8 cells (150 dpi) whose first digit, an 8, is written over the row's
+    first tick: the tick's columns are as wide as the 8, so it is not taken for a tick, but the base
+    line runs on a pitch beyond the first tick found. Every cell is found, each true digit's centre
+    in its own cell."""
+    fields = find_fields(_prepared_fixture("ticks-878"))
+    assert [(f.kind, len(f.cells)) for f in fields] == [("boxes", 8)]
+    for (x, y, w, h), (cx, cy) in zip(fields[0].cells, TICKS_878_CENTRES, strict=True):
+        assert x <= cx <= x + w and y <= cy <= y + h, (fields[0].cells, TICKS_878_CENTRES)
+
+
+#: The true cells' centres (fixture pixels, from the page's truth; digits 8, 7, 8, then blanks).
+TICKS_878_CENTRES = [(54, 76), (102, 76), (149, 76), (196, 76), (243, 76), (291, 76), (338, 76), (385, 76)]
+
+
 def test_faint_broken_boxes_on_a_patterned_cheque() -> None:
     """A cheque's date boxes printed light grey on a wavy background pattern (prepared, 150 dpi):
     noise breaks their lines into pieces that form no frame until gaps up to 1.5 mm are bridged.

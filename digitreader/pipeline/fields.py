@@ -208,11 +208,33 @@ def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     between[ticks[-1][1] :] = False
     if between.any() and (np.count_nonzero(band, axis=0) > 0)[between].mean() > (0.6 if whole else 0.35):
         return None  # the space between ticks is full: text or a drawing, not a tick row
+    ticks = _hidden_end_ticks(sub[base[0] : base[1]], ticks, pitch)
     cell_h = int(round(1.25 * pitch))
     top = y0 + base[0] - cell_h
     cells = [(x0 + a[1], top, b[0] - a[1], cell_h) for a, b in zip(ticks[:-1], ticks[1:], strict=True)]
     bbox = (x0 + ticks[0][0], top, ticks[-1][1] - ticks[0][0], base[1] - base[0] + cell_h)
     return _Found("ticks", bbox, cells)
+
+
+def _hidden_end_ticks(base: np.ndarray, ticks: list[tuple[int, int]], pitch: float) -> list[tuple[int, int]]:
+    """The ticks of a tick row with those at its ends that a digit hides added back: where the base
+    line (`base`: its rows of the piece) runs on beyond the first or last tick found by 0.8 of a
+    pitch or more, a digit written over the end tick made it too wide to be taken for a tick; the
+    grid goes on to the line's end, a pitch at a time."""
+    line = _runs(base.max(axis=0) > 0)
+    left = next((a for a, b in line if a <= ticks[0][0] < b), ticks[0][0])
+    right = next((b for a, b in line if a <= ticks[-1][1] - 1 < b), ticks[-1][1])
+    t = ticks[0][1] - ticks[0][0]
+    before = [
+        (int(round(ticks[0][0] - k * pitch)), int(round(ticks[0][0] - k * pitch)) + t)
+        for k in range(int((ticks[0][0] - left) / pitch + 0.2), 0, -1)
+    ]
+    t = ticks[-1][1] - ticks[-1][0]
+    after = [
+        (int(round(ticks[-1][1] + k * pitch)) - t, int(round(ticks[-1][1] + k * pitch)))
+        for k in range(1, int((right - ticks[-1][1]) / pitch + 0.2) + 1)
+    ]
+    return before + ticks + after
 
 
 def _group_cells(parts: list[_Found]) -> list[_Found]:
