@@ -800,6 +800,11 @@ UNSURE = -0.1
 #: single slanted '1' this wide stays whole: cut upright, its parts are shorter than `_digit_sized`'s
 #: slivers must be.
 NARROW_PAIR = 0.35
+#: A piece narrower than `NARROW_ONE` digit heights is split only into two parts `PAIR_OF_ONES` of
+#: a digit height tall or more (two 1s pressed together measured 0.96-1.04; a narrow 4 cut in two,
+#: 0.85 and 0.89, each read as a '1').
+NARROW_ONE = 0.5
+PAIR_OF_ONES = 0.93
 
 
 def _resplit(pieces: list[Piece], ink: np.ndarray, scorer: DigitScorer, med_h: float) -> list[Piece]:
@@ -830,13 +835,16 @@ def _resplit(pieces: list[Piece], ink: np.ndarray, scorer: DigitScorer, med_h: f
     cands: list[tuple[int, int, list[Piece], float]] = []
 
     def offer(i: int, n: int, p: Piece, prior: float, avoid: int | None = None) -> None:
+        # A piece narrower than half a digit height holds two digits only as two 1s side by side,
+        # each as tall as a digit; a narrow 4 or 7 cut in two gives shorter strokes, read as '1's.
+        tall = PAIR_OF_ONES * med_h if p.w < NARROW_ONE * med_h else 0.0
         for c in _all_cuts(p, med_h):
             if avoid is not None and abs(c - avoid) <= 1:
                 continue
             parts = cut_at(p, c)
             # This second look tries many columns, and a short stroke cut off a digit's edge (a 3's
             # tips, a 4's side) is read as a '1' as surely as a real one: slivers must be tall.
-            if _digit_sized(parts, med_h, tall_slivers=True):
+            if _digit_sized(parts, med_h, tall_slivers=True) and min(q.h for q in parts) >= tall:
                 cands.append((i, n, parts, prior))
 
     for i in singles:
