@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
@@ -23,7 +24,7 @@ from digitreader.pipeline.cut import (
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.normalize import label_pieces
 from digitreader.pipeline.prepare import estimate_skew, flatten, map_box, prepare_page
-from digitreader.types import FieldRegion, PageImage, PreparedPage
+from digitreader.types import BBox, FieldRegion, PageImage, PreparedPage
 
 DPI = 150
 PPM = DPI / 25.4
@@ -159,6 +160,12 @@ def test_tick_row_with_digit_strokes_in_most_cells() -> None:
     assert [(f.kind, len(f.cells)) for f in fields] == [("boxes", 6)]
 
 
+def _assert_centres_in(boxes: Sequence[BBox], centres: list[tuple[int, int]]) -> None:
+    """Each centre lies in the box of the same rank (as many boxes as centres, both in order)."""
+    for (x, y, w, h), (cx, cy) in zip(boxes, centres, strict=True):
+        assert x <= cx <= x + w and y <= cy <= y + h, (boxes, centres)
+
+
 def test_tick_row_whose_first_tick_a_digit_hides() -> None:
     """A prepared tick row of 8 cells (150 dpi) whose first digit, an 8, is written over the row's
     first tick: the tick's columns are as wide as the 8, so it is not taken for a tick, but the base
@@ -166,8 +173,7 @@ def test_tick_row_whose_first_tick_a_digit_hides() -> None:
     in its own cell."""
     fields = find_fields(_prepared_fixture("ticks-878"))
     assert [(f.kind, len(f.cells)) for f in fields] == [("boxes", 8)]
-    for (x, y, w, h), (cx, cy) in zip(fields[0].cells, TICKS_878_CENTRES, strict=True):
-        assert x <= cx <= x + w and y <= cy <= y + h, (fields[0].cells, TICKS_878_CENTRES)
+    _assert_centres_in(fields[0].cells, TICKS_878_CENTRES)
 
 
 #: The true cells' centres (fixture pixels, from the page's truth; digits 8, 7, 8, then blanks).
@@ -181,8 +187,7 @@ def test_faint_broken_boxes_on_a_patterned_cheque() -> None:
     fields = find_fields(_prepared_fixture("faint-date-150101"))
     assert [(f.kind, len(f.cells)) for f in fields] == [("boxes", 8)]
     # The true boxes' centres (fixture pixels, from the page's truth): one in each cell, in order.
-    for (x, y, w, h), (cx, cy) in zip(fields[0].cells, FAINT_DATE_CENTRES, strict=True):
-        assert x <= cx <= x + w and y <= cy <= y + h, (fields[0].cells, FAINT_DATE_CENTRES)
+    _assert_centres_in(fields[0].cells, FAINT_DATE_CENTRES)
 
 
 FAINT_DATE_CENTRES = [(116, 69), (152, 69), (188, 69), (225, 69), (261, 69), (297, 69), (334, 69), (370, 69)]
@@ -194,9 +199,7 @@ def test_faint_broken_frame_around_bold_digits() -> None:
     bold digits, which the line image keeps, are far darker than the box's lines."""
     fields = find_fields(_prepared_fixture("faint-string-96313"))
     assert [(f.kind, len(f.cells)) for f in fields] == [("string", 1)]
-    x, y, w, h = fields[0].bbox
-    for cx, cy in FAINT_STRING_CENTRES:
-        assert x <= cx <= x + w and y <= cy <= y + h, (fields[0].bbox, FAINT_STRING_CENTRES)
+    _assert_centres_in([fields[0].bbox] * len(FAINT_STRING_CENTRES), FAINT_STRING_CENTRES)
 
 
 #: The true digits' centres (fixture pixels, from the page's truth: 9, 6, 3, 1, 3).
