@@ -225,16 +225,15 @@ def _hidden_end_ticks(base: np.ndarray, ticks: list[tuple[int, int]], pitch: flo
     left = next((a for a, b in line if a <= ticks[0][0] < b), ticks[0][0])
     right = next((b for a, b in line if a <= ticks[-1][1] - 1 < b), ticks[-1][1])
     t = ticks[0][1] - ticks[0][0]
-    before = [
-        (int(round(ticks[0][0] - k * pitch)), int(round(ticks[0][0] - k * pitch)) + t)
-        for k in range(int((ticks[0][0] - left) / pitch + 0.2), 0, -1)
+    starts = [
+        max(0, int(round(ticks[0][0] - k * pitch))) for k in range(int((ticks[0][0] - left) / pitch + 0.2), 0, -1)
     ]
-    t = ticks[-1][1] - ticks[-1][0]
-    after = [
-        (int(round(ticks[-1][1] + k * pitch)) - t, int(round(ticks[-1][1] + k * pitch)))
+    t_last = ticks[-1][1] - ticks[-1][0]
+    ends = [
+        min(base.shape[1], int(round(ticks[-1][1] + k * pitch)))
         for k in range(1, int((right - ticks[-1][1]) / pitch + 0.2) + 1)
     ]
-    return before + ticks + after
+    return [(a, a + t) for a in starts] + ticks + [(b - t_last, b) for b in ends]
 
 
 def _group_cells(parts: list[_Found]) -> list[_Found]:
