@@ -40,6 +40,32 @@ from digitreader.db.session import get_engine  # noqa: E402
 from digitreader.settings import Settings  # noqa: E402
 from digitreader.synth.score import best_match  # noqa: E402
 
+Match = tuple[dict[str, Any], dict[str, Any] | None, list[tuple[dict[str, Any], dict[str, Any] | None]]]
+
+
+def match_page(truth_page: dict[str, Any], fields: list[dict[str, Any]]) -> tuple[list[Match], int]:
+    """Each true field of a page with the stored field matched to it (None: not found), and each of
+    its true digits with the stored digit matched to it (None: missed); and how many stored fields
+    match no true field. Export JSON shape; the rule is the issue's (`best_match`)."""
+    used: set[int] = set()
+    out: list[Match] = []
+    for tf in truth_page["fields"]:
+        i = best_match(tf["bbox"], fields, lambda f: f["bbox"], used)
+        if i is None:
+            out.append((tf, None, [(td, None) for td in tf["digits"]]))
+            continue
+        used.add(i)
+        f = fields[i]
+        dused: set[int] = set()
+        pairs: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+        for td in tf["digits"]:
+            j = best_match(td["bbox"], f["digits"], lambda d: d["bbox"], dused)
+            if j is not None:
+                dused.add(j)
+            pairs.append((td, f["digits"][j] if j is not None else None))
+        out.append((tf, f, pairs))
+    return out, len(fields) - len(used)
+
 
 def score_page(truth_page: dict[str, Any], fields: list[dict[str, Any]]) -> dict[str, int]:
     """Compare one page's stored fields (export JSON shape) with its truth."""
@@ -60,28 +86,18 @@ def score_page(truth_page: dict[str, Any], fields: list[dict[str, Any]]) -> dict
         ),
         0,
     )
-    used: set[int] = set()
-    for tf in truth_page["fields"]:
+    matches, s["extra_fields"] = match_page(truth_page, fields)
+    for tf, f, pairs in matches:
         s["truth_fields"] += 1
-        i = best_match(tf["bbox"], fields, lambda f: f["bbox"], used)
-        tdigits = tf["digits"]
-        s["truth_digits"] += sum(1 for d in tdigits if d["label"] is not None)
-        s["cells"] += len(tdigits) if tf["kind"] == "boxes" else 0
-        if i is None:
+        s["truth_digits"] += sum(1 for d in tf["digits"] if d["label"] is not None)
+        s["cells"] += len(tf["digits"]) if tf["kind"] == "boxes" else 0
+        if f is None:
             continue
-        used.add(i)
-        f = fields[i]
         s["fields_found"] += 1
         s["fields_exact"] += int(f["value"] == tf["value"])
-        dused: set[int] = set()
-        for td in tdigits:
-            j = best_match(td["bbox"], f["digits"], lambda d: d["bbox"], dused)
-            if j is None:
-                if td["label"] is None and tf["kind"] == "boxes":
-                    s["blank_right"] += 0
+        for td, d in pairs:
+            if d is None:
                 continue
-            dused.add(j)
-            d = f["digits"][j]
             if tf["kind"] == "boxes":
                 s["blank_right"] += int((d["label"] is None) == (td["label"] is None))
             if td["label"] is not None and d["label"] == td["label"]:
@@ -96,7 +112,6 @@ def score_page(truth_page: dict[str, Any], fields: list[dict[str, Any]]) -> dict
                 s["flagged"] += 1
             else:
                 s["unflagged"] += 1
-    s["extra_fields"] = len(fields) - len(used)
     return s
 
 

@@ -30,10 +30,9 @@ import numpy as np
 
 from digitreader.db.session import get_engine
 from digitreader.settings import Settings
-from digitreader.synth.score import best_match
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_e2e import load_export  # noqa: E402
+from bench_e2e import load_export, match_page  # noqa: E402
 
 MONTAGE_HEIGHT = 150  # pixels per field strip in the montage
 MONTAGE_WIDTH = 1400
@@ -47,28 +46,14 @@ def errors(export: dict[str, Any], scans: Path) -> list[dict[str, Any]]:
         truth = json.loads((scans / (name.rsplit(".", 1)[0] + ".truth.json")).read_text())
         pages = {p["number"]: p for p in doc["pages"]}
         for tp in truth["pages"]:
-            fields = pages.get(tp["number"], {"fields": []})["fields"]
-            used: set[int] = set()
-            for tf in tp["fields"]:
-                i = best_match(tf["bbox"], fields, lambda f: f["bbox"], used)
-                f = None
-                if i is not None:
-                    used.add(i)
-                    f = fields[i]
+            matches, _ = match_page(tp, pages.get(tp["number"], {"fields": []})["fields"])
+            for tf, f, pairs in matches:
                 where = {"doc": name, "page": tp["number"], "field_bbox": tf["bbox"]}
                 value = f["value"] if f else None
                 if value != tf["value"]:
                     out.append({"kind": "field", **where, "truth_value": tf["value"], "value": value})
-                dused: set[int] = set()
-                for td in tf["digits"]:
-                    if td["label"] is None:
-                        continue
-                    d = None
-                    j = best_match(td["bbox"], f["digits"], lambda x: x["bbox"], dused) if f else None
-                    if j is not None and f is not None:
-                        dused.add(j)
-                        d = f["digits"][j]
-                    if d is not None and d["label"] == td["label"]:
+                for td, d in pairs:
+                    if td["label"] is None or (d is not None and d["label"] == td["label"]):
                         continue
                     out.append({
                         "kind": "digit", **where, "field_kind": tf["kind"], "truth_value": tf["value"],
