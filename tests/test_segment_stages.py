@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from digitreader.pipeline.cut import (
+    Piece,
+    _date_slashes,
     _digit_components,
     _Window,
     cut_field,
@@ -393,3 +395,40 @@ def test_string_split_real_failures(name: str) -> None:
     assert len(pieces) == len(meta["value"]), spans
     for (a, b), cx in zip(spans, meta["centres_x"], strict=True):
         assert a <= cx <= b, (spans, meta["centres_x"])
+
+
+def _strokes(layout: str, lean: dict[int, float] | None = None) -> list[Piece]:
+    """Pieces of a drawn string, 60 px tall digits: 'd' a digit (a ring, never a straight stroke), '/'
+    a straight rising stroke 48 px tall leaning 62 degrees from the horizontal (`lean` by index)."""
+    pieces = []
+    x = 0
+    for i, ch in enumerate(layout):
+        mask = np.zeros((80, 20 + 45 * len(layout)), np.uint8)
+        if ch == "d":
+            cv2.ellipse(mask, (x + 18, 40), (16, 30), 0, 0, 360, 1, 5)
+        else:
+            dx = int(round(48 / np.tan(np.radians((lean or {}).get(i, 62.0)))))
+            cv2.line(mask, (x + 18 + dx // 2, 16), (x + 18 - dx // 2, 64), 1, 5)
+        ys, xs = np.nonzero(mask)
+        pieces.append(Piece(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, mask > 0))
+        x += 45
+    return pieces
+
+
+@pytest.mark.parametrize(
+    ("layout", "lean", "dropped"),
+    [
+        ("dd/dd/dddd", None, {2, 5}),  # day/month/year
+        ("d/dd/dd", None, {1, 4}),  # a one-digit day, a two-digit year
+        ("dddd/dd/dd", None, {4, 7}),  # year first
+        ("dd/dddd", None, set()),  # one such stroke: a leaning '1' as far as anyone can tell
+        ("d/ddd/dd", None, set()),  # three digits between them: not a date's month
+        ("d/dd/d", None, set()),  # no group two digits wide: no year
+        ("dd/dd/dddd", {5: 50.0}, set()),  # two strokes leaning differently: not a pair of separators
+        ("dd/dd/dddd", {2: 75.0, 5: 75.0}, set()),  # upright strokes: 1s
+    ],
+)
+def test_date_slashes(layout: str, lean: dict[int, float] | None, dropped: set[int]) -> None:
+    """A date's two separators are dropped when they lean alike and cut the string into a date's
+    groups, even as steep as a leaning '1'; a single steep stroke, or two at other places, stay."""
+    assert _date_slashes(_strokes(layout, lean), med_h=60.0) == dropped
