@@ -53,6 +53,29 @@ def test_generate_pages_with_truth(tmp_path: Path, data_dir: Path, settings: Set
     assert blanks, "generated forms include empty cells"
 
 
+def test_digit_source_draws_in_truth_order(tmp_path: Path, data_dir: Path) -> None:
+    """A page draws one image per written digit, in the order its truth lists them (fields in order,
+    then positions): what `benchmarks/bench_gap.py` relies on to set each digit beside its MNIST
+    original."""
+    mnist = MnistTestDigits(data_dir)
+    drawn: list[int] = []
+
+    def source(label: int, rng: np.random.Generator) -> np.ndarray:
+        drawn.append(label)
+        return mnist(label, rng)
+
+    marks: list[int] = []
+    files = generate(tmp_path, pages=3, seed=5, kind="mixed", fmt="png", dpi=150, digit_source=source,
+                     on_page=lambda n: marks.append(len(drawn)))  # fmt: skip
+    start = 0
+    for f, end in zip(files, marks, strict=True):
+        truth = load_truth(f)["pages"][0]
+        labels = [d["label"] for fl in truth["fields"] for d in fl["digits"] if d["label"] is not None]
+        assert drawn[start:end] == labels
+        start = end
+    assert start == len(drawn) > 0
+
+
 def test_same_seed_same_pages(tmp_path: Path, data_dir: Path) -> None:
     a = generate(tmp_path / "a", pages=1, seed=11, kind="cheque", dpi=150, data_dir=data_dir)[0]
     b = generate(tmp_path / "b", pages=1, seed=11, kind="cheque", dpi=150, data_dir=data_dir)[0]
