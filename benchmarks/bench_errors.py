@@ -97,19 +97,26 @@ def montage(rows: list[dict[str, Any]], scans: Path, out: Path, margin: int = 20
         tiles.append(tile)
     if not tiles:
         return 0
+    cv2.imwrite(str(out), pack_tiles(tiles, MONTAGE_WIDTH))
+    return len(tiles)
+
+
+def pack_tiles(tiles: list[np.ndarray], width: int) -> np.ndarray:
+    """Colour tiles of one height laid left to right in rows `width` pixels wide (a tile wider than
+    that is cut), on white."""
+    h = tiles[0].shape[0]
     lines: list[list[np.ndarray]] = [[]]
     for t in tiles:
-        if lines[-1] and sum(x.shape[1] for x in lines[-1]) + t.shape[1] > MONTAGE_WIDTH:
+        if lines[-1] and sum(x.shape[1] for x in lines[-1]) + t.shape[1] > width:
             lines.append([])
-        lines[-1].append(t)
-    canvas = np.full((MONTAGE_HEIGHT * len(lines), MONTAGE_WIDTH, 3), 255, np.uint8)
+        lines[-1].append(t[:, :width])
+    canvas = np.full((h * len(lines), width, 3), 255, np.uint8)
     for r, line in enumerate(lines):
         x = 0
         for t in line:
-            canvas[r * MONTAGE_HEIGHT : (r + 1) * MONTAGE_HEIGHT, x : x + t.shape[1]] = t
+            canvas[r * h : (r + 1) * h, x : x + t.shape[1]] = t
             x += t.shape[1]
-    cv2.imwrite(str(out), canvas)
-    return len(tiles)
+    return canvas
 
 
 def _key(e: dict[str, Any]) -> tuple[Any, ...]:

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_errors import errors, run  # noqa: E402
+from bench_errors import errors, pack_tiles, run  # noqa: E402
 
 TILE = 84  # pixels: the height of each half of a montage tile
 
@@ -110,23 +110,8 @@ def montage(gap: list[dict[str, Any]], images: np.ndarray, mnist_read: dict[int,
         text = f"{r['truth']}: {mnist_read[r['image']]} / {r['page_label']}"
         cv2.putText(t, text, (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 255), 1)
         tiles.append(cv2.copyMakeBorder(t, 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=(0, 160, 0)))
-    if not tiles:
-        return
-    width = 1400
-    lines: list[list[np.ndarray]] = [[]]
-    for t in tiles:
-        if lines[-1] and sum(x.shape[1] for x in lines[-1]) + t.shape[1] > width:
-            lines.append([])
-        lines[-1].append(t)
-    h = TILE + 4
-    canvas = np.full((h * len(lines), width, 3), 255, np.uint8)
-    for k, line in enumerate(lines):
-        x = 0
-        for t in line:
-            t = t[:, : width - x]
-            canvas[k * h : (k + 1) * h, x : x + t.shape[1]] = t
-            x += t.shape[1]
-    cv2.imwrite(str(out), canvas)
+    if tiles:
+        cv2.imwrite(str(out), pack_tiles(tiles, 1400))
 
 
 def main(argv: list[str] | None = None) -> int:
