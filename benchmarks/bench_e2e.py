@@ -240,14 +240,15 @@ def run_e2e(scans: Path, *, decode: bool = True, sweep: tuple[float, ...] = SWEE
         "per_page_core_ms": round(1000 * wall * cores / max(report.pages, 1), 2),
     }
     if decode:
-        dec_s, dec_pages = decode_time(collect_inputs([scans]), st)
+        files = collect_inputs([scans])
+        dec_s, dec_pages = decode_time(files, st)
         per_page = wall * cores / max(report.pages, 1)
         result["decode_only_ms_per_page"] = round(1000 * dec_s / max(dec_pages, 1), 2)
         result["ratio_per_page_core_to_decode"] = round(per_page / (dec_s / max(dec_pages, 1)), 2)
         # The same ratio against OpenCV's decoder (libpng + zlib for PNG), which is about twice as
         # slow as this pipeline's own on the benchmark's PNG pages: what the ratio is when decoding
-        # is done the usual way. Pages OpenCV cannot read (PDF) are left out of both.
-        cv_s, cv_pages = opencv_decode_time(collect_inputs([scans]))
+        # is done the usual way. OpenCV's time per page is over the pages it reads (not PDF's).
+        cv_s, cv_pages = opencv_decode_time(files)
         if cv_pages:
             result["opencv_decode_ms_per_page"] = round(1000 * cv_s / cv_pages, 2)
             result["ratio_per_page_core_to_opencv_decode"] = round(per_page / (cv_s / cv_pages), 2)

@@ -41,18 +41,16 @@ from bench_errors import errors, pack_tiles, run  # noqa: E402
 TILE = 84  # pixels: the height of each half of a montage tile
 
 
-def classify(seed: int, pages: int, data_dir: str) -> tuple[list[dict[str, Any]], int, np.ndarray]:
-    """Every true digit of one validation set with its MNIST image index and whether the pipeline
-    read it right; also how many pages could not be paired with their draws, and the MNIST images."""
+def classify(
+    seed: int, pages: int, images: np.ndarray, labels: np.ndarray, val_idx: np.ndarray
+) -> tuple[list[dict[str, Any]], int]:
+    """Every true digit of one validation set with its MNIST image index (into `images`, the MNIST
+    training split) and how the pipeline read it; also how many pages could not be paired with their
+    draws."""
     from digitreader.synth import generate
-    from training.data import load_mnist, train_val_split
     from training.pagecrops import MnistTrainDigits
-    from training.run import SPLIT_SEED, VAL_SIZE
 
-    full = load_mnist("train", data_dir)
-    assert full.labels is not None
-    _, val_idx = train_val_split(len(full), VAL_SIZE, SPLIT_SEED)
-    source = MnistTrainDigits(full.images, full.labels, val_idx)
+    source = MnistTrainDigits(images, labels, val_idx)
     marks: list[int] = []
     rows: list[dict[str, Any]] = []
     unpaired = 0
@@ -69,7 +67,7 @@ def classify(seed: int, pages: int, data_dir: str) -> tuple[list[dict[str, Any]]
             drawn, start = source.drawn[start:end], end
             truth = json.loads((out / f"{name}.truth.json").read_text())
             digits = [(f, d) for f in truth["pages"][0]["fields"] for d in f["digits"] if d["label"] is not None]
-            if [int(full.labels[i]) for i in drawn] != [d["label"] for _, d in digits]:
+            if [int(labels[i]) for i in drawn] != [d["label"] for _, d in digits]:
                 unpaired += 1  # a page drew images that are not its true digits, in order: not classed
                 continue
             for i, (f, d) in zip(drawn, digits, strict=True):
@@ -80,7 +78,7 @@ def classify(seed: int, pages: int, data_dir: str) -> tuple[list[dict[str, Any]]
                 })  # fmt: skip
         if rows:
             _page_tiles(rows, out)
-    return rows, unpaired, full.images
+    return rows, unpaired
 
 
 def _page_tiles(rows: list[dict[str, Any]], scans: Path) -> None:
@@ -126,12 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from digitreader.pipeline.recognize import Predictor
+    from training.data import load_mnist, train_val_split
+    from training.run import SPLIT_SEED, VAL_SIZE
 
+    full = load_mnist("train", args.data_dir)
+    assert full.labels is not None
+    images = full.images
+    _, val_idx = train_val_split(len(full), VAL_SIZE, SPLIT_SEED)
     rows: list[dict[str, Any]] = []
     unpaired = 0
-    images = np.zeros((0, 28, 28), np.uint8)
     for seed in args.seeds:
-        r, u, images = classify(seed, args.pages, args.data_dir)
+        r, u = classify(seed, args.pages, images, full.labels, val_idx)
         rows += r
         unpaired += u
         print(f"seed {seed}: {len(r)} digits classed", file=sys.stderr)

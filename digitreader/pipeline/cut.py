@@ -352,40 +352,41 @@ def _slash_angle(p: Piece) -> float | None:
     return math.degrees(math.atan2(abs(vy), abs(vx)))
 
 
-def _is_slash(p: Piece, med_h: float) -> bool:
-    """A thin straight slanted stroke ('/') rather than a digit (a '1' stands nearly upright)."""
-    angle = _slash_angle(p)
-    return angle is not None and angle < SLASH_ANGLE and p.h < 1.05 * med_h
-
-
-def _date_slashes(pieces: list[Piece], med_h: float) -> set[int]:
-    """The two separators of a date written with slashes ('26/07/1982', '1982/07/26'), by index.
-
-    Slashes are often written more upright than `_is_slash` allows, as steep as a leaning '1'. Two
-    alike strokes (the same lean within 4 degrees), shorter than the digits, that cut the string into
-    a date's groups (day and month of one or two pieces and a year at least two digits wide, in
-    either order) are taken as a date's separators; one such stroke alone stays a digit.
-    """
-    cands = []
+def _slash_leans(pieces: list[Piece], med_h: float) -> list[tuple[int, float]]:
+    """(index, lean) of each piece that could be a '/': between two others, shorter than the digits
+    (0.92 of their height), a thin straight rising stroke leaning further than `DATE_SLASH_ANGLE`.
+    Measured once for the lone-slash test (`SLASH_ANGLE`) and `_date_slashes`."""
+    leans = []
     for i, p in enumerate(pieces[1:-1], start=1):
         if p.h <= 0.92 * med_h:
             angle = _slash_angle(p)
             if angle is not None and angle < DATE_SLASH_ANGLE:
-                cands.append((i, angle))
-    if len(cands) != 2 or abs(cands[0][1] - cands[1][1]) > 4.0:
+                leans.append((i, angle))
+    return leans
+
+
+def _date_slashes(pieces: list[Piece], med_h: float, leans: list[tuple[int, float]] | None = None) -> set[int]:
+    """The two separators of a date written with slashes ('26/07/1982', '1982/07/26'), by index.
+
+    Slashes are often written more upright than a lone '/' may be (`SLASH_ANGLE`), as steep as a
+    leaning '1'. Two alike strokes (the same lean within 4 degrees), shorter than the digits, that cut
+    the string into a date's groups (day and month of one or two pieces and a year at least two digits
+    wide, in either order) are taken as a date's separators; one such stroke alone stays a digit.
+    `leans`: `_slash_leans` of the pieces, when already measured.
+    """
+    if leans is None:
+        leans = _slash_leans(pieces, med_h)
+    if len(leans) != 2 or abs(leans[0][1] - leans[1][1]) > 4.0:
         return set()
-    (i, _), (j, _) = cands
-    groups = (pieces[:i], pieces[i + 1 : j], pieces[j + 1 :])
-    if not all(groups):
-        return set()
+    (i, _), (j, _) = leans
+    first, mid, last = pieces[:i], pieces[i + 1 : j], pieces[j + 1 :]
 
     def short(g: list[Piece]) -> bool:  # a day or a month: one or two digits
-        return len(g) <= 2
+        return 1 <= len(g) <= 2
 
     def year(g: list[Piece]) -> bool:  # two or four digits: wider than one digit
-        return len(g) <= 4 and g[-1].x1 - g[0].x0 >= 1.2 * med_h
+        return 1 <= len(g) <= 4 and g[-1].x1 - g[0].x0 >= 1.2 * med_h
 
-    first, mid, last = groups
     if short(mid) and ((short(first) and year(last)) or (year(first) and short(last))):
         return {i, j}
     return set()
@@ -467,12 +468,9 @@ def split_string(mask: np.ndarray, inner: tuple[int, int, int, int]) -> list[Pie
     med_h = median(tall) if tall.size else float(heights.max())
     tall_pieces = [p for p in merged if p.h >= 0.5 * med_h]
     # A '/' stands between digits (dates) and is shorter than them; a slanted '1' may stand anywhere.
-    dates = _date_slashes(tall_pieces, med_h)
-    digits = [
-        p
-        for i, p in enumerate(tall_pieces)
-        if not (i in dates or (0 < i < len(tall_pieces) - 1 and p.h <= 0.92 * med_h and _is_slash(p, med_h)))
-    ]
+    leans = _slash_leans(tall_pieces, med_h)
+    slashes = {i for i, angle in leans if angle < SLASH_ANGLE} | _date_slashes(tall_pieces, med_h, leans)
+    digits = [p for i, p in enumerate(tall_pieces) if i not in slashes]
     single = [p.w for p in digits if 0.3 * p.h <= p.w <= 1.1 * p.h]
     est_w = max(median(single) if len(single) >= 2 else 0.0, 0.7 * med_h)
     out: list[Piece] = []
