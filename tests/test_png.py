@@ -86,6 +86,18 @@ def test_every_row_filter_gives_the_pixels_back(page: np.ndarray, filters: list[
     assert out is not None and out.dtype == np.uint8 and np.array_equal(out, page)
 
 
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 97])
+@pytest.mark.parametrize("filters", [[4], [4, 4, 1], [4, 4, 4, 2], [4, 4, 4, 4, 3], [4, 4, 4, 4, 4, 4, 4, 0]])
+def test_runs_of_paeth_rows_decoded_together(width: int, filters: list[int]) -> None:
+    # Runs of Paeth rows are decoded up to four at a time, each row a pixel behind the one above
+    # (_png.c, paeth_wave): every run length, and pages narrower than the run, on noise that takes
+    # each of the predictor's three choices.
+    img = np.random.default_rng(width).integers(0, 256, (23, width), dtype=np.uint8)
+    img[5:9] = 200  # flat rows too: ties between the choices
+    out = png.decode_png(write_png(img, filters))
+    assert out is not None and np.array_equal(out, img)
+
+
 @pytest.mark.parametrize("filters", [[1], [3], [4], [4, 3, 2, 1, 0]])
 def test_rgb_rows_unfilter_per_pixel(page: np.ndarray, filters: list[int]) -> None:
     rgb = np.stack([page, 255 - page, np.roll(page, 5, axis=1)], axis=2)
