@@ -98,6 +98,19 @@ def test_runs_of_paeth_rows_decoded_together(width: int, filters: list[int]) -> 
     assert out is not None and np.array_equal(out, img)
 
 
+def test_pages_one_after_another_share_the_stream_buffer(page: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The compressed stream is gathered in a buffer the thread keeps (png._joined): a smaller page
+    # after a larger one must read only its own stream, and a stream over the limit is joined afresh.
+    big = cv2.resize(page, (page.shape[1] * 6, page.shape[0] * 5), interpolation=cv2.INTER_CUBIC)
+    small = page[:20, :30].copy()
+    for img in (big, small, big, small):
+        out = png.decode_png(write_png(img, [4, 1, 2]))
+        assert out is not None and np.array_equal(out, img)
+    monkeypatch.setattr(png, "REUSE_LIMIT", 10)
+    out = png.decode_png(write_png(big, [4, 2]))
+    assert out is not None and np.array_equal(out, big)
+
+
 @pytest.mark.parametrize("filters", [[1], [3], [4], [4, 3, 2, 1, 0]])
 def test_rgb_rows_unfilter_per_pixel(page: np.ndarray, filters: list[int]) -> None:
     rgb = np.stack([page, 255 - page, np.roll(page, 5, axis=1)], axis=2)
