@@ -30,6 +30,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -210,12 +211,21 @@ def opencv_decode_time(files: list[Path]) -> tuple[float, int]:
     return time.perf_counter() - t, n
 
 
-def run_e2e(scans: Path, *, decode: bool = True, sweep: tuple[float, ...] = SWEEP, **settings: Any) -> dict[str, Any]:
-    """The embedded pipeline on the pages in `scans` (files + truth) into a fresh SQLite database:
-    throughput and the scores against the truth. `settings`: Settings fields (workers, model_path,
-    splitter, ...); `decode`: also time decoding alone (for the per-page ratio); `sweep`: the
-    review thresholds to score the flags at."""
-    from digitreader.pipeline.process import collect_inputs, load_predictor, process_batch
+@dataclass
+class BatchRun:
+    """One run of the embedded pipeline (`run_batch`): its export, report, settings and timings."""
+
+    export: dict[str, Any]
+    report: Any  # digitreader.pipeline.process.BatchReport
+    settings: Settings
+    load_s: float  # loading the model
+    wall_s: float  # process_batch alone
+
+
+def run_batch(scans: Path, **settings: Any) -> BatchRun:
+    """`process_batch` on the pages in `scans` into a fresh SQLite database (deleted afterwards), the
+    model loaded first and timed apart; `settings`: Settings fields (workers, model_path, splitter...)."""
+    from digitreader.pipeline.process import load_predictor, process_batch
 
     with tempfile.TemporaryDirectory() as home:
         st = Settings(home=Path(home), _env_file=None, **settings)  # type: ignore[call-arg]
@@ -226,7 +236,18 @@ def run_e2e(scans: Path, *, decode: bool = True, sweep: tuple[float, ...] = SWEE
         t = time.perf_counter()
         report = process_batch([scans], st, predictor=predictor)
         wall = time.perf_counter() - t
-        export = load_export(st, report.batch_id)
+        return BatchRun(load_export(st, report.batch_id), report, st, load_s, wall)
+
+
+def run_e2e(scans: Path, *, decode: bool = True, sweep: tuple[float, ...] = SWEEP, **settings: Any) -> dict[str, Any]:
+    """The embedded pipeline on the pages in `scans` (files + truth) into a fresh SQLite database:
+    throughput and the scores against the truth. `settings`: Settings fields (workers, model_path,
+    splitter, ...); `decode`: also time decoding alone (for the per-page ratio); `sweep`: the
+    review thresholds to score the flags at."""
+    from digitreader.pipeline.process import collect_inputs
+
+    batch = run_batch(scans, **settings)
+    st, report, export, load_s, wall = batch.settings, batch.report, batch.export, batch.load_s, batch.wall_s
     cores = st.workers or os.cpu_count() or 1
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",

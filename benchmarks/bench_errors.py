@@ -21,18 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from digitreader.db.session import get_engine
-from digitreader.settings import Settings
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_e2e import load_export, match_page  # noqa: E402
+from bench_e2e import match_page, run_batch  # noqa: E402
 
 MONTAGE_HEIGHT = 150  # pixels per field strip in the montage
 MONTAGE_WIDTH = 1400
@@ -65,14 +61,8 @@ def errors(export: dict[str, Any], scans: Path) -> list[dict[str, Any]]:
 
 
 def run(scans: Path) -> dict[str, Any]:
-    """`process_batch` on `scans` into a fresh SQLite database; the batch's export."""
-    from digitreader.pipeline.process import load_predictor, process_batch
-
-    with tempfile.TemporaryDirectory() as home:
-        st = Settings(home=Path(home), _env_file=None)  # type: ignore[call-arg]
-        get_engine(st)
-        report = process_batch([scans], st, predictor=load_predictor(st))
-        return load_export(st, report.batch_id)
+    """`process_batch` on `scans` into a fresh SQLite database (`bench_e2e.run_batch`); the export."""
+    return run_batch(scans).export
 
 
 def montage(rows: list[dict[str, Any]], scans: Path, out: Path, margin: int = 20) -> int:
