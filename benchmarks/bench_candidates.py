@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_e2e import run_e2e  # noqa: E402
+from bench_e2e import generate_validation_pages, run_e2e  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    from digitreader.synth import generate
     from training import export
     from training.data import load_mnist, train_val_split
     from training.pagecrops import KINDS, MnistTrainDigits, generate_page_crops
@@ -65,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.e2e_pages:
         pages_dir = args.cache / f"synth-mixed-png-{args.e2e_pages}-seed{args.e2e_seed}-validation"
         if not (pages_dir / ".complete").exists():
-            generate(pages_dir, pages=args.e2e_pages, seed=args.e2e_seed, fmt="png", kind="mixed",
-                     digit_source=MnistTrainDigits(full.images, full.labels, val_idx))  # fmt: skip
+            digits = MnistTrainDigits(full.images, full.labels, val_idx)
+            generate_validation_pages(pages_dir, args.e2e_pages, args.e2e_seed, digits)
             (pages_dir / ".complete").write_text("ok")
 
     digit = crops.kinds == KINDS.index("digit")

@@ -187,6 +187,16 @@ def generate_pages(cache: Path, pages: int, seed: int, data_dir: Path, fmt: str,
     return out
 
 
+def generate_validation_pages(out: Path, pages: int, seed: int, source: Any, on_page: Any = None) -> None:
+    """Pages of MNIST *validation* digits into `out`: `source`, a `training.pagecrops.MnistTrainDigits`
+    over the validation split, supplies the digits (and records which image each drew). The pages of
+    `bench_candidates.py --e2e-seed SEED` and of `bench_gap.py --seeds SEED`, made by this one call so
+    that they stay the same pages; `on_page(n)` is called after each page."""
+    from digitreader.synth import generate
+
+    generate(out, pages=pages, seed=seed, fmt="png", kind="mixed", digit_source=source, on_page=on_page)
+
+
 def decode_time(files: list[Path], settings: Settings) -> tuple[float, int]:
     from digitreader.pipeline.load import load_pages
 

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_e2e import generate_validation_pages  # noqa: E402
 from bench_errors import errors, pack_tiles, run  # noqa: E402
 
 TILE = 84  # pixels: the height of each half of a montage tile
@@ -47,7 +48,6 @@ def classify(
     """Every true digit of one validation set with its MNIST image index (into `images`, the MNIST
     training split) and how the pipeline read it; also how many pages could not be paired with their
     draws."""
-    from digitreader.synth import generate
     from training.pagecrops import MnistTrainDigits
 
     source = MnistTrainDigits(images, labels, val_idx)
@@ -56,8 +56,7 @@ def classify(
     unpaired = 0
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        generate(out, pages=pages, seed=seed, fmt="png", kind="mixed", digit_source=source,
-                 on_page=lambda n: marks.append(len(source.drawn)))  # fmt: skip
+        generate_validation_pages(out, pages, seed, source, on_page=lambda n: marks.append(len(source.drawn)))
         wrong = {
             (e["doc"], tuple(e["field_bbox"]), e["position"]): e for e in errors(run(out), out) if e["kind"] == "digit"
         }
