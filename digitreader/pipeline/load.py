@@ -12,7 +12,9 @@ unreadable, truncated, unsupported, encrypted, too_large, empty_file, empty_page
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import mmap
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,14 +257,42 @@ def _image_pages(path: Path, head: bytes, settings: Settings, max_reduction: int
                     number=1, gray=np.ascontiguousarray(gray), dpi=dpi_v, source=str(path), reduction=r, full_size=size
                 )
                 return
-        for index in range(n):
-            number = index + 1
-            try:
-                if index:
-                    im.seek(index)
-            except (EOFError, OSError) as exc:
-                raise InputError(f"cannot reach this page ({exc})", path=path, page=number, code="truncated") from exc
-            _check_size(im.width, im.height, settings, path, number)
+        with contextlib.ExitStack() as stack:
+            yield from _frames(path, im, n, settings, stack)
+
+
+def _tiff_bytes(path: Path, stack: contextlib.ExitStack) -> mmap.mmap | None:
+    """The file mapped into memory (a multi-page TIFF is not read whole), or None when it cannot be."""
+    try:
+        fh = stack.enter_context(path.open("rb"))
+        return stack.enter_context(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+    except (OSError, ValueError):
+        return None
+
+
+def _frames(
+    path: Path, im: Image.Image, n: int, settings: Settings, stack: contextlib.ExitStack
+) -> Iterator[PageImage]:
+    """Each frame of a multi-page (or not fast-decoded) image, decoded by Pillow; TIFF frames that
+    `tiff.decode_frame` handles (8-bit strips, Deflate or none) without it."""
+    data: mmap.mmap | None = None
+    for index in range(n):
+        number = index + 1
+        try:
+            if index:
+                im.seek(index)
+        except (EOFError, OSError) as exc:
+            raise InputError(f"cannot reach this page ({exc})", path=path, page=number, code="truncated") from exc
+        _check_size(im.width, im.height, settings, path, number)
+        arr = None
+        if im.format == "TIFF":
+            from digitreader.pipeline.tiff import decode_frame
+
+            data = data if data is not None else _tiff_bytes(path, stack)
+            fast = decode_frame(data, im) if data is not None else None
+            if fast is not None:
+                arr = fast if fast.ndim == 2 else fast[..., ::-1]  # RGB -> BGR, as _to_array gives it
+        if arr is None:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -280,13 +310,13 @@ def _image_pages(path: Path, head: bytes, settings: Settings, max_reduction: int
                 raise InputError(f"cannot decode the image ({exc})", path=path, page=number, code=code) from exc
             except (ValueError, MemoryError) as exc:
                 raise InputError(f"cannot decode the image ({exc})", path=path, page=number, code="unreadable") from exc
-            gray = to_gray(arr)
-            if gray.size == 0:
-                raise InputError("the page has no pixels", path=path, page=number, code="empty_page")
-            dpi = im.info.get("dpi")
-            dpi_v = float(dpi[0]) if dpi and float(dpi[0]) > 1 else None
-            log.debug("%s page %d: %dx%d mode %s dpi %s", path, number, gray.shape[1], gray.shape[0], im.mode, dpi_v)
-            yield PageImage(number=number, gray=np.ascontiguousarray(gray), dpi=dpi_v, source=str(path))
+        gray = to_gray(arr)
+        if gray.size == 0:
+            raise InputError("the page has no pixels", path=path, page=number, code="empty_page")
+        dpi = im.info.get("dpi")
+        dpi_v = float(dpi[0]) if dpi and float(dpi[0]) > 1 else None
+        log.debug("%s page %d: %dx%d mode %s dpi %s", path, number, gray.shape[1], gray.shape[0], im.mode, dpi_v)
+        yield PageImage(number=number, gray=np.ascontiguousarray(gray), dpi=dpi_v, source=str(path))
 
 
 # ----------------------------------------------------------------------------------------------

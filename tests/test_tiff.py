@@ -1,0 +1,163 @@
+"""The TIFF fast path (libdeflate, strips read from the file) against Pillow on TIFFs written here
+tag by tag, and its fallbacks to Pillow for what it does not handle."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitreader.errors import InputError
+from digitreader.pipeline import tiff
+from digitreader.pipeline.load import load_pages
+from digitreader.settings import Settings
+
+SHORT, LONG, RATIONAL = 3, 4, 5
+
+
+def _ifd(entries: dict[int, tuple[int, list[int]]], at: int) -> tuple[bytes, bytes]:
+    """An IFD at offset `at` (entries: tag -> (type, values)), and its out-of-line values after it."""
+    n = len(entries)
+    extra_at = at + 2 + 12 * n + 4
+    head, extra = struct.pack("<H", n), b""
+    for tag in sorted(entries):
+        kind, values = entries[tag]
+        if kind == RATIONAL:
+            payload = b"".join(struct.pack("<II", v, 1) for v in values)
+        else:
+            payload = b"".join(struct.pack("<H" if kind == SHORT else "<I", v) for v in values)
+        if len(payload) <= 4:
+            head += struct.pack("<HHI", tag, kind, len(values)) + payload.ljust(4, b"\0")
+        else:
+            head += struct.pack("<HHII", tag, kind, len(values), extra_at + len(extra))
+            extra += payload + b"\0" * (len(payload) % 2)
+    return head, extra
+
+
+def write_tiff(
+    pages: list[np.ndarray],
+    *,
+    compression: int = 8,
+    predictor: int = 1,
+    rows: int = 7,
+    white_is_zero: bool = False,
+    orientation: int | None = None,
+) -> bytes:
+    """A little-endian TIFF of 8-bit grey (h, w) or RGB (h, w, 3) pages in strips of `rows` rows."""
+    out = bytearray(b"II*\0\0\0\0\0")
+    first_ifd_slot = 4
+    for img in pages:
+        h, w = img.shape[:2]
+        spp = 1 if img.ndim == 2 else img.shape[2]
+        stored = (255 - img if white_is_zero else img).astype(np.int16).reshape(h, w * spp)
+        if predictor == 2:
+            stored = stored.copy()
+            stored[:, spp:] = stored[:, spp:] - stored[:, :-spp]
+        raw = (stored % 256).astype(np.uint8)
+        offsets, counts = [], []
+        for y in range(0, h, rows):
+            data = raw[y : y + rows].tobytes()
+            data = zlib.compress(data) if compression in tiff.DEFLATE else data
+            offsets.append(len(out))
+            counts.append(len(data))
+            out += data + b"\0" * (len(data) % 2)
+        entries: dict[int, tuple[int, list[int]]] = {
+            256: (LONG, [w]),
+            257: (LONG, [h]),
+            258: (SHORT, [8] * spp),
+            259: (SHORT, [compression]),
+            262: (SHORT, [2 if spp == 3 else (0 if white_is_zero else 1)]),
+            273: (LONG, offsets),
+            277: (SHORT, [spp]),
+            278: (LONG, [rows]),
+            279: (LONG, counts),
+            282: (RATIONAL, [300]),
+            283: (RATIONAL, [300]),
+            284: (SHORT, [1]),
+            296: (SHORT, [2]),
+        }
+        if predictor != 1:
+            entries[317] = (SHORT, [predictor])
+        if orientation is not None:
+            entries[274] = (SHORT, [orientation])
+        at = len(out)
+        struct.pack_into("<I", out, first_ifd_slot, at)
+        head, extra = _ifd(entries, at)
+        first_ifd_slot = at + len(head)
+        out += head + b"\0\0\0\0" + extra
+    return bytes(out)
+
+
+@pytest.fixture(scope="module")
+def page() -> np.ndarray:
+    rng = np.random.default_rng(5)
+    img = np.full((45, 37), 230, np.uint8)
+    img[10:30, 5:9] = 20
+    return np.clip(img.astype(np.int16) + rng.integers(-25, 26, img.shape), 0, 255).astype(np.uint8)
+
+
+def _fast(data: bytes, index: int = 0) -> np.ndarray | None:
+    im = Image.open(io.BytesIO(data))
+    im.seek(index)
+    return tiff.decode_frame(data, im)
+
+
+@pytest.mark.parametrize("compression", [1, 8, 32946])
+@pytest.mark.parametrize("predictor", [1, 2])
+@pytest.mark.parametrize("rows", [1, 7, 45, 64])
+def test_grey_strips_decode_as_pillow_does(page: np.ndarray, compression: int, predictor: int, rows: int) -> None:
+    data = write_tiff([page], compression=compression, predictor=predictor, rows=rows)
+    if compression == 1 and predictor == 2:  # a predictor on raw strips: readers differ, Pillow decides
+        assert _fast(data) is None
+        return
+    ref = np.asarray(Image.open(io.BytesIO(data)))
+    assert np.array_equal(ref, page)  # a valid TIFF: Pillow reads the page back
+    out = _fast(data)
+    assert out is not None and out.dtype == np.uint8 and np.array_equal(out, page)
+
+
+def test_white_is_zero_and_rgb(page: np.ndarray) -> None:
+    out = _fast(write_tiff([page], white_is_zero=True, predictor=2))
+    assert out is not None and np.array_equal(out, page)
+    rgb = np.stack([page, 255 - page, np.roll(page, 3, axis=1)], axis=2)
+    out = _fast(write_tiff([rgb], predictor=2))
+    assert out is not None and np.array_equal(out, rgb)
+
+
+def test_multi_page_files_through_the_loader(tmp_path: Path, page: np.ndarray) -> None:
+    pages = [page, 255 - page, np.flipud(page)]
+    path = tmp_path / "three.tif"
+    path.write_bytes(write_tiff(pages, predictor=2))
+    assert all(_fast(path.read_bytes(), i) is not None for i in range(3))  # the fast path, page by page
+    got = list(load_pages(path, Settings()))
+    assert [p.number for p in got] == [1, 2, 3]
+    for p, want in zip(got, pages, strict=True):
+        assert np.array_equal(p.gray, want) and p.dpi == 300
+
+
+def test_what_it_does_not_handle_is_left_to_pillow(tmp_path: Path, page: np.ndarray) -> None:
+    # LZW (Pillow writes it with libtiff), a turned page (Orientation 3), a strip that does not
+    # inflate: None here; the loader's Pillow path then gives the page, or the right error.
+    lzw = tmp_path / "lzw.tif"
+    Image.fromarray(page).save(lzw, compression="tiff_lzw")
+    assert _fast(lzw.read_bytes()) is None
+    assert np.array_equal(next(iter(load_pages(lzw, Settings()))).gray, page)
+
+    turned = write_tiff([page], orientation=3)
+    assert _fast(turned) is None
+    (tmp_path / "turned.tif").write_bytes(turned)
+    assert np.array_equal(next(iter(load_pages(tmp_path / "turned.tif", Settings()))).gray, page[::-1, ::-1])
+
+    good = write_tiff([page], rows=45)
+    start = good.index(zlib.compress(page.tobytes())[:8])
+    broken = bytearray(good)
+    broken[start + 20] ^= 0x5A  # inside the one strip's deflate stream
+    assert _fast(bytes(broken)) is None
+    (tmp_path / "broken.tif").write_bytes(bytes(broken))
+    with pytest.raises(InputError):
+        list(load_pages(tmp_path / "broken.tif", Settings()))
