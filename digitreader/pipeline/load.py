@@ -13,6 +13,7 @@ unreadable, truncated, unsupported, encrypted, too_large, empty_file, empty_page
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import mmap
 import warnings
@@ -25,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digitreader.errors import InputError
 from digitreader.pipeline.normalize import to_gray
+from digitreader.pipeline.tiff import decode_frame
 from digitreader.settings import Settings
 from digitreader.types import PageImage
 
@@ -258,8 +260,7 @@ def _image_pages(path: Path, head: bytes, settings: Settings, max_reduction: int
                     number=1, gray=np.ascontiguousarray(gray), dpi=dpi_v, source=str(path), reduction=r, full_size=size
                 )
                 return
-        with contextlib.ExitStack() as stack:
-            yield from _frames(path, im, n, settings, stack)
+        yield from _frames(path, im, n, settings)
 
 
 def _tiff_bytes(path: Path, stack: contextlib.ExitStack) -> mmap.mmap | None:
@@ -271,12 +272,17 @@ def _tiff_bytes(path: Path, stack: contextlib.ExitStack) -> mmap.mmap | None:
         return None
 
 
-def _frames(
-    path: Path, im: Image.Image, n: int, settings: Settings, stack: contextlib.ExitStack
-) -> Iterator[PageImage]:
+def _frames(path: Path, im: Image.Image, n: int, settings: Settings) -> Iterator[PageImage]:
     """Each frame of a multi-page (or not fast-decoded) image, decoded by Pillow; TIFF frames that
     `tiff.decode_frame` handles (8-bit strips, Deflate or none) without it."""
-    data: mmap.mmap | None = None
+    with contextlib.ExitStack() as stack:
+        data = _tiff_bytes(path, stack) if im.format == "TIFF" else None  # mapped once for every page
+        yield from _frame_pages(path, im, n, settings, data)
+
+
+def _frame_pages(
+    path: Path, im: Image.Image, n: int, settings: Settings, data: mmap.mmap | None
+) -> Iterator[PageImage]:
     for index in range(n):
         number = index + 1
         try:
@@ -286,13 +292,9 @@ def _frames(
             raise InputError(f"cannot reach this page ({exc})", path=path, page=number, code="truncated") from exc
         _check_size(im.width, im.height, settings, path, number)
         arr = None
-        if im.format == "TIFF":
-            from digitreader.pipeline.tiff import decode_frame
-
-            data = data if data is not None else _tiff_bytes(path, stack)
-            fast = decode_frame(data, im) if data is not None else None
-            if fast is not None:
-                arr = fast if fast.ndim == 2 else fast[..., ::-1]  # RGB -> BGR, as _to_array gives it
+        fast = decode_frame(data, im) if data is not None else None
+        if fast is not None:
+            arr = fast if fast.ndim == 2 else fast[..., ::-1]  # RGB -> BGR, as _to_array gives it
         if arr is None:
             try:
                 with warnings.catch_warnings():
@@ -405,7 +407,7 @@ def _scanned_image(page: Any, w: int, h: int) -> np.ndarray | None:
 
     if page.get_rotation() % 360:
         return None
-    objects = list(page.get_objects(max_depth=1))
+    objects = list(itertools.islice(page.get_objects(max_depth=1), 2))  # one is all it may have
     if len(objects) != 1 or not isinstance(objects[0], pdfium.PdfImage):
         return None
     image = objects[0]
