@@ -51,3 +51,39 @@ def test_e2e_and_error_list_score_a_run_alike(bench_scans: Path, bench_modules: 
     assert len(digits) == result["truth_digits"] - result["digits_right"]
     assert len(fields) == result["truth_fields"] - result["fields_exact"]
     assert all(e["label"] != e["truth"] for e in digits)
+
+
+def test_wilson_interval(bench_modules: tuple[Any, Any]) -> None:
+    bench_e2e, _ = bench_modules
+    # Known closed forms: with no successes the upper end is z^2 / (n + z^2), with all, the lower end
+    # is n / (n + z^2).
+    lo, hi = bench_e2e.wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(100 * 1.96**2 / (10 + 1.96**2), abs=1e-3)
+    lo, hi = bench_e2e.wilson(10, 10)
+    assert hi == 100.0 and lo == pytest.approx(100 * 10 / (10 + 1.96**2), abs=1e-3)
+    # About 10,000 digits at 99.5 %: known to about +-0.14 point, and the rate lies inside.
+    lo, hi = bench_e2e.wilson(9950, 10000)
+    assert lo < 99.5 < hi and 0.25 < hi - lo < 0.30
+    assert bench_e2e.wilson(995, 1000)[1] - bench_e2e.wilson(995, 1000)[0] > 3 * (hi - lo)
+
+
+def test_pooled_sets_add_counts_not_percentages(bench_scans: Path, bench_modules: tuple[Any, Any]) -> None:
+    bench_e2e, _ = bench_modules
+    one = bench_e2e.run_e2e(bench_scans, decode=False, sweep=())
+    lo, hi = one["digit_accuracy_ci95_pct"]
+    assert lo <= one["digit_accuracy_pct"] <= hi
+    # A set with every digit wrong beside the real one: pooled, the rate is the sums' ratio.
+    worse = {**one, "digits_right": 0, "pages": 1, "wall_s": 1.0}
+    pooled = bench_e2e.pool([one, worse])
+    assert pooled["sets"] == 2
+    assert pooled["truth_digits"] == 2 * one["truth_digits"]
+    assert pooled["pages"] == one["pages"] + 1
+    assert pooled["digit_accuracy_pct"] == pytest.approx(
+        100 * one["digits_right"] / (2 * one["truth_digits"]), abs=1e-3
+    )
+    assert pooled["pages_per_s"] == pytest.approx((one["pages"] + 1) / (one["wall_s"] + 1.0), abs=0.01)
+    # The same set twice: the same rates, known more narrowly.
+    twice = bench_e2e.pool([one, one])
+    assert twice["digit_accuracy_pct"] == one["digit_accuracy_pct"]
+    tlo, thi = twice["digit_accuracy_ci95_pct"]
+    assert thi - tlo < hi - lo
