@@ -87,3 +87,16 @@ def test_pooled_sets_add_counts_not_percentages(bench_scans: Path, bench_modules
     assert twice["digit_accuracy_pct"] == one["digit_accuracy_pct"]
     tlo, thi = twice["digit_accuracy_ci95_pct"]
     assert thi - tlo < hi - lo
+
+
+def test_plot_of_sets_against_targets(bench_scans: Path, bench_modules: tuple[Any, Any], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import cv2
+
+    bench_e2e, _ = bench_modules
+    one = {"seed": 1, **bench_e2e.run_e2e(bench_scans, decode=False, sweep=())}
+    two = {**one, "seed": 2}
+    out = tmp_path / "sets.png"
+    bench_e2e.plot_sets([one, two], bench_e2e.pool([one, two]), out)
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[1] > 800 and img.shape[0] > 300
