@@ -100,3 +100,38 @@ def test_plot_of_sets_against_targets(bench_scans: Path, bench_modules: tuple[An
     bench_e2e.plot_sets([one, two], bench_e2e.pool([one, two]), out)
     img = cv2.imread(str(out))
     assert img is not None and img.shape[1] > 800 and img.shape[0] > 300
+
+
+def test_peer_scoring() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_peers
+    finally:
+        sys.path.remove(str(BENCH))
+    assert bench_peers.score_field("12345", "12345") == 5
+    assert bench_peers.score_field("12945", "12345") == 4  # same length: position by position
+    assert bench_peers.score_field("1245", "12345") == 4  # a digit missed: the common subsequence
+    assert bench_peers.score_field("9912345", "12345") == 5
+    assert bench_peers.score_field("", "12345") == 0
+
+
+def test_rapidocr_reads_the_given_fields(bench_scans: Path) -> None:
+    """The peer benchmark on one generated page, for real: RapidOCR (the `dev` extra installs it)
+    reads each true field's crop, and the scores are counted from the truth."""
+    import json
+
+    pytest.importorskip("rapidocr")
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_peers
+    finally:
+        sys.path.remove(str(BENCH))
+    truth_file = sorted(bench_scans.glob("*.truth.json"))[0]
+    truth = json.loads(truth_file.read_text())
+    s = bench_peers.do_file(str(bench_scans / truth["file"]), truth, "rapidocr")
+    fields = truth["pages"][0]["fields"]
+    assert s["pages"] == 1 and s["fields"] == len(fields)
+    assert s["digits"] == sum(len(f["value"]) for f in fields)
+    # A printed-text model on handwritten digits: far from perfect, far from nothing.
+    assert 0.3 * s["digits"] < s["right"] <= s["digits"]
+    assert bench_peers.engine_version("rapidocr").startswith("RapidOCR 3.10.0")
