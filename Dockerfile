@@ -26,16 +26,18 @@ RUN if ! command -v python3.11 >/dev/null 2>&1; then \
 
 WORKDIR /app
 # Dependencies first (a code change does not reinstall them).
-# (The C source of the PNG unfilter is named in pyproject.toml, so it comes along; with no compiler in
-# this layer the optional extension is skipped, then built with the code below.)
+# (Every file pyproject.toml names must be here: the C source of the PNG unfilter, and the migrations
+# it installs as data files, without which building the wheel fails. With no compiler in this layer
+# the optional extension is skipped, then built with the code below. tests/test_compose.py checks
+# that this layer has them.)
 COPY pyproject.toml README.md ./
 COPY digitreader/pipeline/_png.c ./digitreader/pipeline/_png.c
+COPY migrations ./migrations
 RUN mkdir -p digitreader workers training && touch digitreader/__init__.py workers/__init__.py training/__init__.py \
     && pip install ".[${FLAVOUR}]" && pip uninstall -y digitreader
-# The code; editable, so `digitreader db upgrade` finds migrations/ beside the package.
+# The code; editable, so `digitreader db upgrade` finds migrations/ (copied above) beside the package.
 COPY digitreader ./digitreader
 COPY workers ./workers
-COPY migrations ./migrations
 # A C compiler (and Python's headers where the base image lacks them) only while the PNG unfilter
 # (digitreader/pipeline/_png.c) is built; the build is checked, then the compiler is removed.
 RUN apt-get update \

@@ -119,3 +119,41 @@ def test_dockerfile_flavours() -> None:
     assert any(d.startswith("onnxruntime") and "gpu" not in d for d in extras["cpu"])
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".env" in ignored  # no local venv or secrets in the image
+
+
+def _copied_before_first_install(text: str) -> list[str]:
+    """The build-context paths the Dockerfile copies before its first `pip install`, each checked to
+    land at the same path under WORKDIR (as the project's own layout)."""
+    sources: list[str] = []
+    logical = re.sub(r"\\\n", " ", text)  # continuation lines joined: one instruction a line
+    for line in logical.splitlines():
+        line = line.strip()
+        if line.startswith("RUN") and "pip install" in line:
+            break
+        if line.startswith("COPY "):
+            *src, dest = line.split()[1:]
+            for s in src:
+                target = dest.rstrip("/") + "/" + Path(s).name if dest.endswith("/") else dest
+                assert Path(target).as_posix().lstrip("./") == Path(s).as_posix(), line
+                sources.append(Path(s).as_posix())
+    return sources
+
+
+def test_dockerfile_dependency_layer_has_every_file_the_build_needs() -> None:
+    """The first `pip install ".[FLAVOUR]"` builds the wheel from what is copied so far: every file
+    pyproject.toml names (the C extension's sources, the data files: the migrations) must be there,
+    or the image does not build. (It once failed so: the migrations were copied after it.)"""
+    import glob
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    needed = [src for ext in tool.get("ext-modules", []) for src in ext["sources"]]
+    for patterns in tool.get("data-files", {}).values():
+        for pattern in patterns:
+            found = glob.glob(pattern, root_dir=ROOT)
+            assert found, pattern
+            needed += found
+    copied = _copied_before_first_install(DOCKERFILE.read_text())
+    assert "pyproject.toml" in copied and "README.md" in copied
+    for path in needed:
+        assert any(path == c or path.startswith(c + "/") for c in copied), f"{path} is not in the dependency layer"
