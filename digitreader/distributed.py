@@ -47,14 +47,8 @@ from digitreader import registry
 from digitreader.db import Batch, Document, session_scope, store
 from digitreader.db.session import get_engine
 from digitreader.errors import BrokerError, DatabaseError, UsageError
-from digitreader.pipeline.process import (
-    DocumentCut,
-    assemble_document,
-    collect_inputs,
-    hash_inputs,
-    recognize_pages,
-    segment_document,
-)
+from digitreader.pipeline.document import DocumentCut, segment_document
+from digitreader.pipeline.process import assemble_document, collect_inputs, hash_inputs, recognize_pages
 from digitreader.settings import Settings
 
 log = logging.getLogger(__name__)

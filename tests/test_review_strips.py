@@ -14,7 +14,8 @@ from sqlalchemy import select
 
 from digitreader.db import Digit, Document, Field, session_scope
 from digitreader.db.session import dispose_engines
-from digitreader.pipeline.process import STRIP_HEIGHT, DocumentCut, process_batch, segment_document
+from digitreader.pipeline.document import STRIP_HEIGHT, DocumentCut, segment_document
+from digitreader.pipeline.process import process_batch
 from digitreader.review import service
 from digitreader.settings import Settings
 from tests.test_review import present, processed, rsettings  # noqa: F401  (fixtures)

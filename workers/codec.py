@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from digitreader.pipeline.process import DocumentCut, FieldStrip
+from digitreader.pipeline.document import DocumentCut, FieldStrip
 from digitreader.types import DigitSlot, FieldCut, PageCut
 
 log = logging.getLogger(__name__)

@@ -3,10 +3,10 @@
 Steps (each usable on its own):
 
 - `collect_inputs(paths)` -> files (folders recursive, globs) and `hash_inputs` -> `InputFile`s
-- `segment_document(path, settings, template)` -> `DocumentCut`: load -> segment every page, and
-  cut each field's strip of the page (`field_strips`: small JPEGs the review page shows).
-  Never raises for a bad document: the `InputError` (or an unexpected error) is in `.error`.
-  Picklable in and out, so it runs in a process pool (or a Celery worker).
+- `segment_document(path, settings, template)` -> `DocumentCut` (`document.py`, here too): load ->
+  segment every page, and cut each field's strip of the page (`field_strips`: small JPEGs the
+  review page shows). Never raises for a bad document: the `InputError` (or an unexpected error)
+  is in `.error`. Picklable in and out, so it runs in a process pool (or a Celery worker).
 - `recognize_pages(predictor, cuts, batch_size)` -> one (N_page, 11) probability array per page,
   inferred in batches that span pages and documents with one reused `Predictor`.
 - `assemble_document(cut, probs, threshold)` -> `PageResult`s (values, confidences, flags)
@@ -21,13 +21,10 @@ document intact, and re-running the same command resumes the batch without dupli
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import glob
 import logging
 import multiprocessing
 import os
-import signal
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -39,11 +36,12 @@ import numpy as np
 
 from digitreader.db import session_scope, store
 from digitreader.db.session import get_engine
-from digitreader.errors import DigitreaderError, InputError, UsageError
+from digitreader.errors import DigitreaderError, UsageError
 from digitreader.hashing import sha256_file_and_size
 from digitreader.pipeline.assemble import PageResult, Probs, assemble_page, count_crops
+from digitreader.pipeline.document import DocumentCut, FieldStrip, field_strips, init_worker, segment_document
 from digitreader.settings import Settings
-from digitreader.types import BBox, PageCut
+from digitreader.types import PageCut
 
 log = logging.getLogger(__name__)
 
@@ -128,182 +126,6 @@ def hash_inputs(
         else:
             files.append(store.InputFile(str(p), r[0], r[1]))
     return files, bad
-
-
-# ----------------------------------------------------------------------------------- segmentation
-
-
-#: Field strips: the field's box grown by this share of its height on every side (clamped to the page),
-#: scaled down to at most STRIP_HEIGHT pixels high and STRIP_MAX_WIDTH wide, JPEG at STRIP_QUALITY.
-STRIP_MARGIN = 0.25
-STRIP_HEIGHT = 72
-STRIP_MAX_WIDTH = 1200
-STRIP_QUALITY = 80
-
-
-@dataclass(frozen=True)
-class FieldStrip:
-    """A field's strip of the page as submitted: `jpeg` (greyscale) shows the page region `box`
-    (x, y, w, h in page pixels); a page box maps into the image by (image size / box size)."""
-
-    jpeg: bytes
-    box: BBox
-
-
-def field_strips(gray: np.ndarray, page: PageCut) -> tuple[FieldStrip | None, ...]:
-    """One strip per field of `page`, cut from the page as submitted (`gray`, uint8). A field whose
-    box is empty or off the page gets None; so does one whose JPEG cannot be encoded."""
-    import cv2
-
-    height, width = gray.shape[:2]
-    out: list[FieldStrip | None] = []
-    for f in page.fields:
-        x, y, w, h = (int(v) for v in f.bbox)
-        m = int(round(STRIP_MARGIN * h))
-        x0, y0 = max(0, x - m), max(0, y - m)
-        x1, y1 = min(width, x + w + m), min(height, y + h + m)
-        if x1 <= x0 or y1 <= y0:
-            out.append(None)
-            continue
-        region = gray[y0:y1, x0:x1]
-        bw, bh = x1 - x0, y1 - y0
-        scale = min(1.0, STRIP_HEIGHT / bh, STRIP_MAX_WIDTH / bw)
-        if scale < 1.0:
-            size = (max(1, round(bw * scale)), max(1, round(bh * scale)))
-            region = cv2.resize(region, size, interpolation=cv2.INTER_LINEAR)  # INTER_AREA: 5x the time
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(region), [cv2.IMWRITE_JPEG_QUALITY, STRIP_QUALITY])
-        out.append(FieldStrip(bytes(buf), (x0, y0, bw, bh)) if ok else None)
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class DocumentCut:
-    """Segmentation of one document: its pages, or the error that stopped it. Picklable."""
-
-    path: str
-    pages: tuple[PageCut, ...] = ()
-    error_code: str | None = None
-    error_message: str | None = None
-    page_count: int | None = None
-    seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
-    traceback: str | None = None
-    #: Per page, per field: the field's strip of the page (None where none could be cut). Empty when
-    #: the cut carries no strips (an older message); then nothing is stored and the review page
-    #: rebuilds the strip from the crops.
-    strips: tuple[tuple[FieldStrip | None, ...], ...] = ()
-
-    @property
-    def failed(self) -> bool:
-        return self.error_code is not None
-
-    @property
-    def crops(self) -> int:
-        return sum(count_crops(p) for p in self.pages)
-
-
-class _DocumentTimeout(Exception):
-    """Raised by the SIGALRM handler of `_deadline` inside `segment_document`."""
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float | None) -> Iterator[None]:
-    """Interrupt the block after `seconds` (SIGALRM; main thread of a Unix process only, else no-op).
-
-    The embedded pipeline segments in its own pool processes (or inline in the CLI's main thread),
-    so a page that takes pathologically long fails its document instead of stalling the batch.
-    Celery workers enforce their own soft/hard time limits and do not pass one here.
-    """
-    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise _DocumentTimeout()
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def segment_document(
-    path: str | Path,
-    settings: Settings,
-    template: Any = None,
-    time_limit: float | None = None,
-    model_path: str | Path | None = None,
-) -> DocumentCut:
-    """Load and segment every page of one document. Errors are returned, never raised.
-
-    `time_limit` (seconds): the document fails with code "timeout" when segmenting it takes longer.
-    `model_path`: the model that will read the digits (None: DIGITREADER_MODEL_PATH, else the shipped
-    model); the string splitter uses it with DIGITREADER_SPLITTER=reader (`cut.splitter_model`).
-    """
-    from digitreader.pipeline.load import load_pages
-    from digitreader.pipeline.segment import segment_page
-
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {"decode": 0.0, "segment": 0.0}
-    pages: list[PageCut] = []
-    strips: list[tuple[FieldStrip | None, ...]] = []
-    timings["strips"] = 0.0
-    try:
-        with _deadline(time_limit):
-            it = iter(load_pages(path, settings))
-            while True:
-                t = time.perf_counter()
-                page = next(it, None)
-                timings["decode"] += time.perf_counter() - t
-                if page is None:
-                    break
-                t = time.perf_counter()
-                pages.append(segment_page(page, settings, template=template, model_path=model_path))
-                t1 = time.perf_counter()
-                timings["segment"] += t1 - t
-                strips.append(field_strips(page.gray, pages[-1]))
-                timings["strips"] += time.perf_counter() - t1
-        if not pages:
-            raise InputError("the document has no pages", path=path, code="empty_file")
-    except _DocumentTimeout:
-        msg = (
-            f"{path}: took longer than {time_limit:g} s (DIGITREADER_DOCUMENT_TIME_LIMIT); "
-            f"stopped after {len(pages)} page(s)"
-        )
-        return DocumentCut(str(path), (), "timeout", msg, None, time.perf_counter() - t0, timings)
-    except InputError as exc:
-        return DocumentCut(str(path), (), exc.code, exc.message, len(pages) or None, time.perf_counter() - t0, timings)
-    except MemoryError:
-        return DocumentCut(
-            str(path), (), "too_large", f"{path}: out of memory", None, time.perf_counter() - t0, timings
-        )
-    except Exception as exc:  # a bug or an unforeseen file: fail this document, not the batch
-        return DocumentCut(
-            str(path),
-            (),
-            "internal",
-            f"{path}: unexpected error while reading: {exc!r}",
-            None,
-            time.perf_counter() - t0,
-            timings,
-            traceback.format_exc(),
-        )
-    return DocumentCut(
-        str(path), tuple(pages), None, None, len(pages), time.perf_counter() - t0, timings, strips=tuple(strips)
-    )
-
-
-def _worker_init() -> None:
-    # One OpenCV thread per process: the pool already uses every core.
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except Exception:  # pragma: no cover - cv2 always present in the runtime
-        pass
 
 
 # ------------------------------------------------------------------------------------ recognition
@@ -429,7 +251,7 @@ def make_executor(workers: int) -> cf.Executor:
         return _InlineExecutor()
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     return cf.ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context(method), initializer=_worker_init
+        max_workers=workers, mp_context=multiprocessing.get_context(method), initializer=init_worker
     )
 
 

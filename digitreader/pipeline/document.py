@@ -1,0 +1,201 @@
+"""Segment one document: load -> segment every page -> cut each field's strip of the page.
+
+`segment_document(path, settings, template)` returns a `DocumentCut`: the document's pages (digit
+crops and boxes, `types.PageCut`) and, per field, a small JPEG strip of the page for the review page;
+or the error that stopped it. It never raises for a bad document: the `InputError` (or an unexpected
+error) is in `.error_code` / `.error_message`. Picklable in and out, so it runs in the embedded
+pipeline's process pool (`process.make_executor`) or a Celery worker (`distributed`).
+
+This module imports only what segmenting needs (no database), so a pool process starts quickly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitreader.errors import InputError
+from digitreader.pipeline.assemble import count_crops
+from digitreader.settings import Settings
+from digitreader.types import BBox, PageCut
+
+#: Field strips: the field's box grown by this share of its height on every side (clamped to the page),
+#: scaled down to at most STRIP_HEIGHT pixels high and STRIP_MAX_WIDTH wide, JPEG at STRIP_QUALITY.
+STRIP_MARGIN = 0.25
+STRIP_HEIGHT = 72
+STRIP_MAX_WIDTH = 1200
+STRIP_QUALITY = 80
+
+
+@dataclass(frozen=True)
+class FieldStrip:
+    """A field's strip of the page as submitted: `jpeg` (greyscale) shows the page region `box`
+    (x, y, w, h in page pixels); a page box maps into the image by (image size / box size)."""
+
+    jpeg: bytes
+    box: BBox
+
+
+def field_strips(gray: np.ndarray, page: PageCut) -> tuple[FieldStrip | None, ...]:
+    """One strip per field of `page`, cut from the page as submitted (`gray`, uint8). A field whose
+    box is empty or off the page gets None; so does one whose JPEG cannot be encoded."""
+    import cv2
+
+    height, width = gray.shape[:2]
+    out: list[FieldStrip | None] = []
+    for f in page.fields:
+        x, y, w, h = (int(v) for v in f.bbox)
+        m = int(round(STRIP_MARGIN * h))
+        x0, y0 = max(0, x - m), max(0, y - m)
+        x1, y1 = min(width, x + w + m), min(height, y + h + m)
+        if x1 <= x0 or y1 <= y0:
+            out.append(None)
+            continue
+        region = gray[y0:y1, x0:x1]
+        bw, bh = x1 - x0, y1 - y0
+        scale = min(1.0, STRIP_HEIGHT / bh, STRIP_MAX_WIDTH / bw)
+        if scale < 1.0:
+            size = (max(1, round(bw * scale)), max(1, round(bh * scale)))
+            region = cv2.resize(region, size, interpolation=cv2.INTER_LINEAR)  # INTER_AREA: 5x the time
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(region), [cv2.IMWRITE_JPEG_QUALITY, STRIP_QUALITY])
+        out.append(FieldStrip(bytes(buf), (x0, y0, bw, bh)) if ok else None)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class DocumentCut:
+    """Segmentation of one document: its pages, or the error that stopped it. Picklable."""
+
+    path: str
+    pages: tuple[PageCut, ...] = ()
+    error_code: str | None = None
+    error_message: str | None = None
+    page_count: int | None = None
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    traceback: str | None = None
+    #: Per page, per field: the field's strip of the page (None where none could be cut). Empty when
+    #: the cut carries no strips (an older message); then nothing is stored and the review page
+    #: rebuilds the strip from the crops.
+    strips: tuple[tuple[FieldStrip | None, ...], ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return self.error_code is not None
+
+    @property
+    def crops(self) -> int:
+        return sum(count_crops(p) for p in self.pages)
+
+
+class _DocumentTimeout(Exception):
+    """Raised by the SIGALRM handler of `_deadline` inside `segment_document`."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+    """Interrupt the block after `seconds` (SIGALRM; main thread of a Unix process only, else no-op).
+
+    The embedded pipeline segments in its own pool processes (or inline in the CLI's main thread),
+    so a page that takes pathologically long fails its document instead of stalling the batch.
+    Celery workers enforce their own soft/hard time limits and do not pass one here.
+    """
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _DocumentTimeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def segment_document(
+    path: str | Path,
+    settings: Settings,
+    template: Any = None,
+    time_limit: float | None = None,
+    model_path: str | Path | None = None,
+) -> DocumentCut:
+    """Load and segment every page of one document. Errors are returned, never raised.
+
+    `time_limit` (seconds): the document fails with code "timeout" when segmenting it takes longer.
+    `model_path`: the model that will read the digits (None: DIGITREADER_MODEL_PATH, else the shipped
+    model); the string splitter uses it with DIGITREADER_SPLITTER=reader (`cut.splitter_model`).
+    """
+    from digitreader.pipeline.load import load_pages
+    from digitreader.pipeline.segment import segment_page
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {"decode": 0.0, "segment": 0.0}
+    pages: list[PageCut] = []
+    strips: list[tuple[FieldStrip | None, ...]] = []
+    timings["strips"] = 0.0
+    try:
+        with _deadline(time_limit):
+            it = iter(load_pages(path, settings))
+            while True:
+                t = time.perf_counter()
+                page = next(it, None)
+                timings["decode"] += time.perf_counter() - t
+                if page is None:
+                    break
+                t = time.perf_counter()
+                pages.append(segment_page(page, settings, template=template, model_path=model_path))
+                t1 = time.perf_counter()
+                timings["segment"] += t1 - t
+                strips.append(field_strips(page.gray, pages[-1]))
+                timings["strips"] += time.perf_counter() - t1
+        if not pages:
+            raise InputError("the document has no pages", path=path, code="empty_file")
+    except _DocumentTimeout:
+        msg = (
+            f"{path}: took longer than {time_limit:g} s (DIGITREADER_DOCUMENT_TIME_LIMIT); "
+            f"stopped after {len(pages)} page(s)"
+        )
+        return DocumentCut(str(path), (), "timeout", msg, None, time.perf_counter() - t0, timings)
+    except InputError as exc:
+        return DocumentCut(str(path), (), exc.code, exc.message, len(pages) or None, time.perf_counter() - t0, timings)
+    except MemoryError:
+        return DocumentCut(
+            str(path), (), "too_large", f"{path}: out of memory", None, time.perf_counter() - t0, timings
+        )
+    except Exception as exc:  # a bug or an unforeseen file: fail this document, not the batch
+        return DocumentCut(
+            str(path),
+            (),
+            "internal",
+            f"{path}: unexpected error while reading: {exc!r}",
+            None,
+            time.perf_counter() - t0,
+            timings,
+            traceback.format_exc(),
+        )
+    return DocumentCut(
+        str(path), tuple(pages), None, None, len(pages), time.perf_counter() - t0, timings, strips=tuple(strips)
+    )
+
+
+def init_worker() -> None:
+    # One OpenCV thread per process: the pool already uses every core.
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # pragma: no cover - cv2 always present in the runtime
+        pass
