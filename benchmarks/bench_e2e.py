@@ -72,25 +72,14 @@ def match_page(truth_page: dict[str, Any], fields: list[dict[str, Any]]) -> tupl
     return out, len(fields) - len(used)
 
 
+#: The counts `score_page` makes of each page (added up over a batch by `score_batch`).
+PAGE_COUNTS = ("truth_fields", "fields_found", "fields_exact", "truth_digits", "digits_right", "cells",
+               "blank_right", "read", "flagged", "unflagged", "unflagged_wrong", "extra_fields")  # fmt: skip
+
+
 def score_page(truth_page: dict[str, Any], fields: list[dict[str, Any]]) -> dict[str, int]:
     """Compare one page's stored fields (export JSON shape) with its truth."""
-    s = dict.fromkeys(
-        (
-            "truth_fields",
-            "fields_found",
-            "fields_exact",
-            "truth_digits",
-            "digits_right",
-            "cells",
-            "blank_right",
-            "read",
-            "flagged",
-            "unflagged",
-            "unflagged_wrong",
-            "extra_fields",
-        ),
-        0,
-    )
+    s = dict.fromkeys(PAGE_COUNTS, 0)
     matches, s["extra_fields"] = match_page(truth_page, fields)
     for tf, f, pairs in matches:
         s["truth_fields"] += 1
@@ -173,9 +162,7 @@ def rates(totals: dict[str, int]) -> dict[str, Any]:
 
 
 #: Counts that add up over sets of pages (`pool`).
-COUNTS = ("pages", "documents", "documents_failed", "wall_s", "truth_fields", "fields_found", "fields_exact",
-          "extra_fields", "truth_digits", "digits_right", "cells", "blank_right", "read", "flagged", "unflagged",
-          "unflagged_wrong")  # fmt: skip
+COUNTS = ("pages", "documents", "documents_failed", "wall_s", *PAGE_COUNTS)
 
 
 def pool(results: list[dict[str, Any]]) -> dict[str, Any]:

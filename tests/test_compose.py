@@ -134,8 +134,8 @@ def _copied_before_first_install(text: str) -> list[str]:
             *src, dest = line.split()[1:]
             for s in src:
                 target = dest.rstrip("/") + "/" + Path(s).name if dest.endswith("/") else dest
-                assert Path(target).as_posix().lstrip("./") == Path(s).as_posix(), line
-                sources.append(Path(s).as_posix())
+                assert os.path.normpath(target) == os.path.normpath(s), line
+                sources.append(os.path.normpath(s))
     return sources
 
 
