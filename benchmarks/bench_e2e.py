@@ -260,6 +260,7 @@ class BatchRun:
     settings: Settings
     load_s: float  # loading the model
     wall_s: float  # process_batch alone
+    precision: str = "fp32"  # the reader's file: fp32, or its int8 file (DIGITREADER_PRECISION)
 
 
 def run_batch(scans: Path, **settings: Any) -> BatchRun:
@@ -276,7 +277,8 @@ def run_batch(scans: Path, **settings: Any) -> BatchRun:
         t = time.perf_counter()
         report = process_batch([scans], st, predictor=predictor)
         wall = time.perf_counter() - t
-        return BatchRun(load_export(st, report.batch_id), report, st, load_s, wall)
+        precision = str(getattr(predictor.info, "precision", "fp32"))
+        return BatchRun(load_export(st, report.batch_id), report, st, load_s, wall, precision)
 
 
 def run_e2e(scans: Path, *, decode: bool = True, sweep: tuple[float, ...] = SWEEP, **settings: Any) -> dict[str, Any]:
@@ -294,6 +296,7 @@ def run_e2e(scans: Path, *, decode: bool = True, sweep: tuple[float, ...] = SWEE
         "pages": report.pages,
         "documents": len(report.processed),
         "model_version": report.model_version,
+        "precision": batch.precision,
         "threshold": report.threshold,
         "model_load_s": round(load_s, 3),
         "wall_s": round(wall, 3),

@@ -38,6 +38,7 @@ from digitreader.db import session_scope
 from digitreader.db.models import Correction, Digit, ModelVersion, utcnow
 from digitreader.errors import DatasetError, ModelError, NotFoundError, UsageError
 from digitreader.hashing import sha256_file
+from digitreader.pipeline.recognize import int8_path
 from digitreader.settings import Settings
 from digitreader.types import NON_DIGIT
 
@@ -139,7 +140,9 @@ def evaluate_model(path: str | Path, settings: Settings, corrected: CorrectedDig
     """Metrics of one ONNX model on the frozen set: MNIST test and the frozen corrected digits."""
     from digitreader.pipeline.recognize import Predictor
 
-    pred = Predictor.load(Path(path), settings=settings)
+    # The model's own (fp32) file, whatever this machine reads with: the gate compares models, not
+    # precisions (an int8 file is kept only when it reads like its model: training.quantize).
+    pred = Predictor.load(Path(path), settings=settings.model_copy(update={"precision": "fp32"}))
     x, y = mnist_test(settings)
     mnist_acc = float((pred.predict(x).labels == y).mean())
     fx, fy = corrected.part(frozen=True)
@@ -301,6 +304,9 @@ def register_model(
         tmp.replace(dest)
     if weights is not None and Path(weights).is_file():
         shutil.copyfile(weights, dest.with_suffix(".pt"))
+    q = int8_path(src)  # its int8 file (training.quantize), if any: CPUs read with it
+    if q.is_file() and not int8_path(dest).exists():
+        shutil.copyfile(q, int8_path(dest))
     try:
         threshold = float(meta["threshold"])
     except (KeyError, ValueError):

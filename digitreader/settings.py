@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         "digitreader/models/splitter/), reader (the model reading the digits) or an ONNX file's path.",
     )
     providers: str = Field(default="auto", description="onnxruntime providers: auto, cpu or cuda.")
+    precision: str = Field(
+        default="auto",
+        description="Model precision: auto (int8 on the CPU where the model has an int8 file, fp32 on CUDA), "
+        "fp32 or int8.",
+    )
     intra_op_threads: int = Field(default=1, ge=0, description="onnxruntime threads per session (0 = all cores).")
     batch_size: int = Field(default=1024, ge=1, description="Digits per inference batch.")
 

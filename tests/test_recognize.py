@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,16 +89,24 @@ def test_shipped_manifest_matches_the_file() -> None:
 
 
 def test_evaluate_command_prints_json(data_dir: Path) -> None:
+    import os
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "digitreader", "evaluate", "--data-dir", str(data_dir),
-                           "--nondigits", "200"], capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    assert out["n"] == 10000 and abs(out["accuracy"] - recognize.read_manifest()["mnist_test_accuracy"]) < 1e-9
+    def run(precision: str) -> tuple[dict[str, Any], str]:
+        proc = subprocess.run([sys.executable, "-m", "digitreader", "evaluate", "--data-dir", str(data_dir),
+                               "--nondigits", "200"], capture_output=True, text=True,
+                              env={**os.environ, "DIGITREADER_PRECISION": precision})  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout), proc.stderr
+
+    recorded = recognize.read_manifest()["mnist_test_accuracy"]
+    out, stderr = run("fp32")  # the model itself reproduces the accuracy its manifest records
+    assert out["n"] == 10000 and abs(out["accuracy"] - recorded) < 1e-9 and out["model"]["precision"] == "fp32"
     assert 0 < out["coverage_at_threshold"] <= 1 and out["digits_per_s"] > 0 and 0 <= out["nondigits_rejected"] <= 1
-    assert "accuracy" in proc.stderr  # the human summary goes to stderr
+    assert "accuracy" in stderr and "fp32" in stderr  # the human summary goes to stderr
+    out, stderr = run("auto")  # what a CPU runs: its int8 file, within 0.1 point of it
+    assert out["model"]["precision"] == "int8" and abs(out["accuracy"] - recorded) <= 0.001 and "int8" in stderr
 
 
 def test_evaluate_missing_data_is_dataset_error(tmp_path: Path) -> None:

@@ -157,6 +157,10 @@ def test_loop_lowers_error_on_the_hard_style(tmp_path: Path, data_dir: Path, mon
         assert code == 0, err
         result = json.loads(out)
         assert (tmp_path / "ft" / "report.md").exists() and (tmp_path / "ft" / "weights.pt").exists()
+        # Its int8 file is kept only if it reads MNIST test about as well as the model (gate's tolerance).
+        q = result["int8"]
+        assert q["kept"] == (q["accuracy_int8"] >= q["accuracy_fp32"] - 0.0005) and 0.98 < q["agreement"] <= 1
+        assert (tmp_path / "ft" / "model.int8.onnx").exists() == q["kept"]
         assert result["parent"] == "base-test" and result["corrected_trained"] > 0
         assert result["frozen_corrected"] > 0  # held out, never trained on
         promo = result["promotion"]
@@ -168,7 +172,7 @@ def test_loop_lowers_error_on_the_hard_style(tmp_path: Path, data_dir: Path, mon
         # The same predictor object (a running pipeline) picks the new model up, no restart.
         after = process_batch(fresh, settings, predictor=live, force=True)
         assert after.model_version == "base-test" or live.info.version == "ft-test"
-        assert live.info.version == "ft-test"
+        assert live.info.version == "ft-test" and live.info.precision == ("int8" if q["kept"] else "fp32")
         wrong1, total1 = page_errors(settings, after.batch_id)
         assert total1 == total
         assert wrong1 <= 0.5 * wrong0, f"error on fresh hard-style pages: {wrong0}/{total} -> {wrong1}/{total1}"

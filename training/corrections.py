@@ -379,6 +379,11 @@ def retrain(cfg: RetrainConfig, settings: Settings, *, progress: ProgressFn | No
     from digitreader.registry import file_sha256
 
     weights_path = save_weights(model, arch, out / "weights.pt", version, file_sha256(out / "model.onnx"))
+    # Its int8 file, which CPUs read with (DIGITREADER_PRECISION=auto), registered with it; kept only
+    # if it reads like the model (the evaluation and the promotion gate measure the model in fp32).
+    from training.quantize import quantize_checked
+
+    int8 = quantize_checked(out / "model.onnx", data_dir)
     metrics = evaluate_model(out / "model.onnx", settings, corrected)
     with session_scope(settings) as s:
         mv = register_model(s, settings, out / "model.onnx", parent=parent, metrics=metrics, weights=weights_path)
@@ -386,7 +391,7 @@ def retrain(cfg: RetrainConfig, settings: Settings, *, progress: ProgressFn | No
     result: dict[str, Any] = {
         "version": registered, "parent": parent, "out": str(out), "model": str(out / "model.onnx"),
         "corrected_total": len(corrected), "corrected_trained": int(len(train_y)), "frozen_corrected": frozen_n,
-        "metrics": metrics, "mnist_test_accuracy_report": report.get("mnist_test_accuracy"),
+        "metrics": metrics, "mnist_test_accuracy_report": report.get("mnist_test_accuracy"), "int8": int8,
         "seconds": round(time.perf_counter() - t0, 1), "promotion": None,
     }  # fmt: skip
     if cfg.promote:

@@ -1,6 +1,6 @@
 """Ship a run's model as digitreader's default: copy it into digitreader/models/ and write the manifest.
 
-    python -m training.ship runs/drnet            # -> digitreader/models/default.onnx + manifest.json
+    python -m training.ship runs/drnet            # -> digitreader/models/default.onnx, its int8 file, manifest.json
     python -m training.ship runs/drnet --review-threshold 0.97 --threshold-rule "chosen on validation pages"
     python -m training.ship runs/wide --splitter   # -> digitreader/models/splitter/ (the string splitter's model)
 
@@ -54,7 +54,8 @@ def set_review_threshold(path: Path, threshold: float, rule: str) -> None:
 
 
 def ship(run: Path, models: Path = MODELS, name: str = "default.onnx", review_threshold: float | None = None,
-         threshold_rule: str = "") -> dict[str, object]:  # fmt: skip
+         threshold_rule: str = "", int8: bool = True,
+         data_dir: Path | str | None = None) -> dict[str, object]:  # fmt: skip
     src = run / "model.onnx"
     if not src.exists():
         raise FileNotFoundError(f"{src}: no exported model in this run")
@@ -88,6 +89,10 @@ def ship(run: Path, models: Path = MODELS, name: str = "default.onnx", review_th
         "throughput_digits_per_s_1_thread": report["throughput_digits_per_s_1_thread"],
     }
     (models / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if int8:  # the int8 file CPUs read with (DIGITREADER_PRECISION=auto), listed in the manifest
+        from training.quantize import quantize_shipped
+
+        manifest["int8"] = quantize_shipped(models / name, data_dir)
     return manifest
 
 
@@ -143,14 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--splitter-version", default="splitter-1.0.0", help="--splitter: version written into it")
     ap.add_argument("--chosen-by", default="", help="--splitter: how it was chosen (kept in the model)")
+    ap.add_argument("--no-int8", action="store_true", help="do not write the model's int8 file (training.quantize)")
+    ap.add_argument("--data-dir", default=None, help="MNIST data directory for the int8 calibration")
     args = ap.parse_args(argv)
     if args.splitter:
         print(json.dumps(ship_splitter(args.run, version=args.splitter_version, rule=args.chosen_by), indent=1))
         return 0
     if args.review_threshold is not None and not 0.0 < args.review_threshold < 1.0:
         ap.error("--review-threshold must lie between 0 and 1")
-    print(json.dumps(ship(args.run, review_threshold=args.review_threshold, threshold_rule=args.threshold_rule),
-                     indent=1))  # fmt: skip
+    print(json.dumps(ship(args.run, review_threshold=args.review_threshold, threshold_rule=args.threshold_rule,
+                          int8=not args.no_int8, data_dir=args.data_dir), indent=1))  # fmt: skip
     return 0
 
 

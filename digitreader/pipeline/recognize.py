@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 MANIFEST = MODELS_DIR / "manifest.json"
-_logged_providers: set[tuple[str, ...]] = set()
+_logged_providers: set[tuple[tuple[str, ...], str]] = set()
 _log_lock = threading.Lock()
 
 
@@ -70,11 +70,16 @@ class ModelInfo:
     accuracy: float | None  # MNIST test accuracy recorded at export
     provider: str
     metadata: dict[str, str] = field(default_factory=dict)
+    #: "fp32", or "int8" when the model's int8 file runs (`runtime_path`; `path` and `sha256` stay the
+    #: model's own fp32 file, which the manifest or the registry names and retraining starts from).
+    precision: str = "fp32"
+    runtime_path: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "sha256": self.sha256, "version": self.version, "arch": self.arch,
                 "labels": list(self.labels), "temperature": self.temperature, "threshold": self.threshold,
-                "mnist_test_accuracy": self.accuracy, "provider": self.provider}  # fmt: skip
+                "mnist_test_accuracy": self.accuracy, "provider": self.provider, "precision": self.precision,
+                "runtime_path": self.runtime_path or self.path}  # fmt: skip
 
 
 _sha256 = sha256_file  # kept for callers of the old private name
@@ -110,6 +115,69 @@ def resolve_model(path: Path | str | None, settings: Settings) -> tuple[Path, st
         return p, None
     m = read_manifest()
     return MODELS_DIR / m["model"], m["sha256"]
+
+
+def int8_path(model: Path) -> Path:
+    """The int8 file of a model (`training.quantize`): `default.onnx` -> `default.int8.onnx`."""
+    return model.with_name(model.stem + ".int8" + model.suffix)
+
+
+def _int8_expected(model: Path) -> str | None:
+    """The SHA-256 a manifest beside `model` lists for its int8 file ({"int8": {"model", "sha256"}})."""
+    side = model.parent / "manifest.json"
+    try:
+        m = json.loads(side.read_text()) if side.exists() else {}
+        entry = m.get("int8") if m.get("model") == model.name else None
+        return str(entry["sha256"]) if isinstance(entry, dict) and entry.get("model") == int8_path(model).name else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def choose_precision(model: Path, digest: str, settings: Settings, providers: list[str]) -> Path | None:
+    """The int8 file to run instead of `model` (whose SHA-256 is `digest`), or None for the fp32 file.
+
+    DIGITREADER_PRECISION: "fp32"; "int8" (an error when the model has no int8 file made from it);
+    "auto" (default): int8 when recognition runs on the CPU and the model has one, else fp32. CUDA
+    runs fp32: its provider has no kernels for the int8 graph's quantized operators. The int8 file
+    must say it was made from this very model (metadata `quantized_from` == `digest`), and match
+    its manifest's SHA-256 where a manifest lists it.
+    """
+    want = settings.precision.lower()
+    if want not in ("auto", "fp32", "int8"):
+        raise ModelError(f"DIGITREADER_PRECISION={settings.precision!r}: use auto, fp32 or int8", code="precision")
+    if want == "fp32" or (want == "auto" and "CUDAExecutionProvider" in providers):
+        return None
+    q = int8_path(model)
+    problem = None
+    if not q.is_file():
+        problem = f"{model.name} has no int8 file ({q.name})"
+    else:
+        expected = _int8_expected(model)
+        if expected is not None and _sha256(q) != expected.lower():
+            problem = f"{q}: SHA-256 does not match its manifest"
+        elif _metadata(q).get("quantized_from") != digest:
+            problem = f"{q} was not made from {model.name} (its quantized_from is not that file's SHA-256)"
+    if problem is None:
+        return q
+    if want == "int8":
+        raise ModelError(f"DIGITREADER_PRECISION=int8, but {problem}", code="missing",
+                         hint=f"python -m training.quantize {model}, or DIGITREADER_PRECISION=auto")  # fmt: skip
+    if q.is_file():  # a stale or damaged int8 file: say so, read with the fp32 one
+        log.warning("reading with %s in fp32: %s", model.name, problem)
+    return None
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    """An ONNX file's metadata_props, read with onnxruntime (no onnx package at runtime)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception:  # an unreadable file is not this model's int8 file
+        return {}
+    return dict(sess.get_modelmeta().custom_metadata_map)
 
 
 def _providers(settings: Settings, available: list[str]) -> list[str]:
@@ -161,17 +229,22 @@ class Predictor:
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         providers = _providers(settings, ort.get_available_providers())
-        try:
-            session = ort.InferenceSession(str(model_path), so, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise ModelError(f"{model_path}: onnxruntime cannot load it ({exc})", code="corrupt") from exc
+        run_path = choose_precision(model_path, digest, settings, providers) or model_path
+        session = _session(ort, run_path, so, providers)
         used = tuple(session.get_providers())
+        if run_path == model_path and "CUDAExecutionProvider" in providers and used[0] == "CPUExecutionProvider":
+            # onnxruntime-gpu lists CUDA on a machine without a GPU, and the session fell back to the CPU:
+            # there the int8 file is the faster one (auto).
+            cpu_path = choose_precision(model_path, digest, settings, ["CPUExecutionProvider"])
+            if cpu_path is not None:
+                run_path, session = cpu_path, _session(ort, cpu_path, so, ["CPUExecutionProvider"])
+                used = tuple(session.get_providers())
         with _log_lock:
-            if used not in _logged_providers:
-                _logged_providers.add(used)
-                log.info("recognition runs on %s (%s)", used[0], model_path.name)
+            if (used, run_path.name) not in _logged_providers:
+                _logged_providers.add((used, run_path.name))
+                log.info("recognition runs on %s (%s)", used[0], run_path.name)
         meta = session.get_modelmeta().custom_metadata_map
-        info = _info(model_path, digest, meta, used[0])
+        info = _info(model_path, digest, meta, used[0], run_path)
         shape = session.get_inputs()[0].shape
         n_out = session.get_outputs()[0].shape[-1]
         if list(shape[1:]) != [1, 28, 28] or n_out not in (10, 11):
@@ -206,7 +279,14 @@ class Predictor:
         return Recognition(probs.argmax(axis=1).astype(np.int64), probs, float(self.threshold))
 
 
-def _info(path: Path, digest: str, meta: dict[str, str], provider: str) -> ModelInfo:
+def _session(ort: Any, path: Path, so: Any, providers: list[str]) -> Any:
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise ModelError(f"{path}: onnxruntime cannot load it ({exc})", code="corrupt") from exc
+
+
+def _info(path: Path, digest: str, meta: dict[str, str], provider: str, run_path: Path | None = None) -> ModelInfo:
     def num(key: str, default: float | None) -> float | None:
         try:
             return float(meta[key])
@@ -222,4 +302,5 @@ def _info(path: Path, digest: str, meta: dict[str, str], provider: str) -> Model
         path=str(path), sha256=digest, version=meta.get("version", "unknown"), arch=meta.get("arch", "unknown"),
         labels=labels, temperature=temperature, threshold=num("threshold", 0.9) or 0.0,
         accuracy=num("mnist_test_accuracy", None), provider=provider, metadata=dict(meta),
+        precision=meta.get("precision", "fp32"), runtime_path=str(run_path or path),
     )  # fmt: skip

@@ -28,7 +28,8 @@ def evaluate(
 
     Reports accuracy, the share auto-accepted at the review threshold and the error among them,
     the rejection rate of generated non-digit crops, and digits/s with the current settings
-    (DIGITREADER_INTRA_OP_THREADS, DIGITREADER_BATCH_SIZE).
+    (DIGITREADER_INTRA_OP_THREADS, DIGITREADER_BATCH_SIZE, DIGITREADER_PRECISION: on a CPU the
+    model's int8 file by default; DIGITREADER_PRECISION=fp32 evaluates the model's own file).
 
     Example:  DIGITREADER_DATA_DIR=../shared/datasets digitreader evaluate
     """
@@ -62,7 +63,9 @@ def evaluate(
         nd = generate_nondigits(nondigits, seed=12_345_678)
         assert isinstance(nd, np.ndarray)
         result["nondigits_rejected"] = float((predictor.predict(nd).labels == 10).mean())
-    err.print(f"accuracy {100 * result['accuracy']:.2f} %, {100 * result['coverage_at_threshold']:.2f} % accepted at "
+    info = predictor.info
+    err.print(f"model {info.version} ({info.precision}): "
+              f"accuracy {100 * result['accuracy']:.2f} %, {100 * result['coverage_at_threshold']:.2f} % accepted at "
               f"threshold {rec.threshold:.4f} with {100 * result['error_on_accepted']:.3f} % error, "
               f"{result['digits_per_s']:,.0f} digits/s")  # fmt: skip
     print_json(result)

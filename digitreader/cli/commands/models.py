@@ -44,7 +44,7 @@ def _onnx_meta(path: Path) -> dict[str, str]:
 def installed_models(settings: Settings) -> list[dict[str, Any]]:
     """Every model file we know of, with its metadata and where it comes from; `active` marks the
     one `submit` uses (DIGITREADER_MODEL_PATH, else the manifest's)."""
-    from digitreader.pipeline.recognize import MANIFEST, MODELS_DIR, _sha256
+    from digitreader.pipeline.recognize import MANIFEST, MODELS_DIR, _sha256, int8_path
 
     manifest: dict[str, Any] = {}
     if MANIFEST.exists():
@@ -52,7 +52,8 @@ def installed_models(settings: Settings) -> list[dict[str, Any]]:
             manifest = json.loads(MANIFEST.read_text())
         except ValueError:
             manifest = {}
-    files = sorted(MODELS_DIR.glob("*.onnx"))
+    # A model's int8 file (`training.quantize`) is the same model in another precision: listed with it.
+    files = sorted(f for f in MODELS_DIR.glob("*.onnx") if not f.name.endswith(".int8.onnx"))
     if settings.model_path is not None and Path(settings.model_path).expanduser() not in files:
         files.append(Path(settings.model_path).expanduser())
     active_path = (
@@ -89,6 +90,7 @@ def installed_models(settings: Settings) -> list[dict[str, Any]]:
                 "temperature": _num(meta.get("temperature")),
                 "mnist_test_accuracy": _num(meta.get("mnist_test_accuracy")),
                 "arch": meta.get("arch"),
+                "int8": str(int8_path(f)) if int8_path(f).is_file() else None,
                 "registry_status": reg.status if reg else None,
                 "error": meta.get("error"),
             }
@@ -106,6 +108,7 @@ def installed_models(settings: Settings) -> list[dict[str, Any]]:
                 "temperature": None,
                 "mnist_test_accuracy": (reg.metrics or {}).get("mnist_test_accuracy"),
                 "arch": None,
+                "int8": str(int8_path(Path(reg.path))) if reg.path and int8_path(Path(reg.path)).is_file() else None,
                 "registry_status": reg.status,
                 "error": None,
             }
@@ -137,11 +140,12 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
         acc = f"{100 * m['mnist_test_accuracy']:.2f} %" if m["mnist_test_accuracy"] else "-"
         thr = f"{m['threshold']:.3f}" if m["threshold"] is not None else "-"
         flag = "*" if m["active"] else " "
+        precisions = "fp32+int8" if m.get("int8") else "fp32"
         extra = f"  ERROR: {m['error']}" if m["error"] else ""
         if m["sha256_ok"] is False:
             extra += "  SHA-256 MISMATCH"
         typer.echo(
-            f"{flag} {m['version']:<28} mnist {acc:>8}  threshold {thr:>5}  "
+            f"{flag} {m['version']:<28} mnist {acc:>8}  threshold {thr:>5}  {precisions:<9} "
             f"{m['registry_status'] or '-':<9} {m['path']}{extra}"
         )
 
@@ -164,7 +168,8 @@ def show_cmd(
         split_path = splitter_model(settings, p.info.path)
         splitter = p if split_path in (None, p.info.path) else Predictor.load(split_path, settings)
         s = splitter.info
-        split = {"path": s.path, "sha256": s.sha256, "version": s.version, "arch": s.arch, "setting": settings.splitter}
+        split = {"path": s.path, "sha256": s.sha256, "version": s.version, "arch": s.arch,
+                 "precision": s.precision, "runtime_path": s.runtime_path, "setting": settings.splitter}  # fmt: skip
         print_json({**p.info.as_dict(), "metadata": p.info.metadata, "active": True, "splitter": split})
         return
     for m in installed_models(settings):
