@@ -135,3 +135,24 @@ def test_rapidocr_reads_the_given_fields(bench_scans: Path) -> None:
     # A printed-text model on handwritten digits: far from perfect, far from nothing.
     assert 0.3 * s["digits"] < s["right"] <= s["digits"]
     assert bench_peers.engine_version("rapidocr").startswith("RapidOCR 3.10.0")
+
+
+def test_precision_benchmark_runs_both_precisions(tmp_path: Path, data_dir: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    import json
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_precision
+    finally:
+        sys.path.remove(str(BENCH))
+    out = tmp_path / "p.json"
+    assert bench_precision.main(["--pages", "2", "--kind", "form", "--rounds", "1", "--cache", str(tmp_path),
+                                 "--data-dir", str(data_dir), "--json", str(out)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert [m["model"] for m in result["models"]] == ["reader", "splitter"]
+    assert all(0 <= m["labels_changed"] <= 10 and m["of"] == 10000 for m in result["models"])
+    for precision in ("fp32", "int8"):
+        run = result["pipeline"][precision]
+        assert len(run["pages_per_s"]) == 1 and run["truth_digits"] > 50 and run["digit_accuracy_pct"] > 90
+    assert "round 1 int8" in capsys.readouterr().err
