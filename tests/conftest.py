@@ -46,6 +46,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     monkeypatch.setenv("DIGITREADER_HOME", str(home))
     monkeypatch.delenv("DIGITREADER_DATABASE_URL", raising=False)
     monkeypatch.delenv("DIGITREADER_BROKER_URL", raising=False)
+    monkeypatch.delenv("DIGITREADER_PRECISION", raising=False)
     from digitreader.settings import get_settings
 
     get_settings.cache_clear()

@@ -49,6 +49,10 @@ def test_submit_status_export_in_process(isolated_env: Path, scans: Path, tmp_pa
     assert res.stdout.strip().isdigit() and res.stdout.count("\n") == 1  # the batch id alone
     batch = res.stdout.strip()
     assert "documents 6" in res.stderr and "pages 8" in res.stderr and "flagged" in res.stderr
+    # The summary names the model and the file that read (the int8 one on a CPU: DIGITREADER_PRECISION=auto).
+    from digitreader.pipeline.recognize import read_manifest
+
+    assert f"model {read_manifest()['version']} (int8), threshold" in res.stderr
 
     st = runner.invoke(app, ["status", batch, "--json"])
     assert st.exit_code == 0

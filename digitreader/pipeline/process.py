@@ -201,6 +201,7 @@ class BatchReport:
     seconds: float = 0.0
     model_version: str | None = None
     threshold: float | None = None
+    precision: str | None = None  # the model file that reads: fp32, or its int8 file (DIGITREADER_PRECISION)
 
     @property
     def pages(self) -> int:
@@ -334,6 +335,7 @@ def process_batch(
         unreadable=unreadable,
         model_version=version,
         threshold=thr,
+        precision=str(getattr(info, "precision", "fp32")),
     )
     for path, reason in unreadable:
         report.processed.append(DocumentReport(0, path, "failed", error_code="unreadable", error_message=reason))

@@ -65,7 +65,9 @@ def _summary(rep: BatchReport) -> str:
         f"  documents {len(rep.processed)} ({done} done, {review} need review, {failed} failed)"
         + (f", {len(rep.skipped)} skipped" if rep.skipped else ""),
         f"  pages {rep.pages}, digits {rep.digits}, flagged {rep.flagged}{share}",
-        f"  {rep.seconds:.1f} s{rate}; model {rep.model_version}, threshold {rep.threshold:.3f}"
+        f"  {rep.seconds:.1f} s{rate}; model {rep.model_version}"
+        + (f" ({rep.precision})" if rep.precision else "")
+        + f", threshold {rep.threshold:.3f}"
         if rep.threshold is not None
         else f"  {rep.seconds:.1f} s{rate}",
     ]
