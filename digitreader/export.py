@@ -9,7 +9,8 @@ JSON shape (docs/architecture.md; extra keys may be added, none removed):
         "confidence", "needs_review"}]}]}]}]}
 
 Boxes are in pixels of the page as submitted (before deskew). A digit's `label` is null for a blank
-cell. Extra keys: batch-level "status", "created_at", "model_version", "threshold"; field "flags";
+cell. Extra keys: batch-level "status", "created_at", "model_version", "model_precision" (fp32 or
+int8: the model file that read the batch, embedded runs), "threshold"; field "flags";
 digit "blank", "non_digit", "top3", "reviewed" and "corrected" (a reviewer's correction, when there is
 one); field "reviewed".
 """
@@ -135,6 +136,7 @@ def export_json(session: Session, batch_id: int) -> dict[str, Any]:
         "status": batch.status,
         "created_at": batch.created_at.isoformat() if batch.created_at else None,
         "model_version": batch.model_version,
+        "model_precision": (batch.options or {}).get("precision"),  # fp32 or int8: the file that read
         "threshold": batch.threshold,
         "documents": [document_json(d) for d in _documents(session, batch.id)],
     }

@@ -59,11 +59,13 @@ def test_submit_status_export_in_process(isolated_env: Path, scans: Path, tmp_pa
     info = json.loads(st.stdout)
     assert info["status"] == "done" and info["documents"]["total"] == 6 and info["pages"] == 8
     assert info["digits"] > 100 and info["failures"] == []
+    assert info["model_precision"] == "int8"
     assert "documents: 6" in runner.invoke(app, ["status"]).stdout  # latest batch, as text
 
     ex = runner.invoke(app, ["export", batch, "--format", "json"])
     export = json.loads(ex.stdout)
     assert export["schema"] == "digitreader.results/v1" and len(export["documents"]) == 6
+    assert export["model_precision"] == "int8"
     assert score(export)["digit_accuracy"] >= 0.85
 
     out = tmp_path / "out" / "results.csv"

@@ -318,7 +318,7 @@ def process_batch(
             template=str(template) if template is not None else None,
             threshold=threshold if threshold is not None else settings.threshold,
             model_version=version,
-            options={"inputs": [str(p) for p in paths]},
+            options={"inputs": [str(p) for p in paths], "precision": str(getattr(info, "precision", "fp32"))},
         )
         # Files that cannot even be read (permissions): recorded as failed documents of the batch.
         for path, reason in unreadable:

@@ -26,6 +26,7 @@ def batch_status(session: Session, batch_id: int | None) -> dict[str, Any]:
         "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
         "seconds": batch.seconds,
         "model_version": batch.model_version,
+        "model_precision": (batch.options or {}).get("precision"),  # fp32 or int8: the file that read
         "threshold": batch.threshold,
         "documents": {"total": sum(counts.values()), **counts},
         **batch_stats(session, batch.id),
