@@ -326,14 +326,21 @@ PLOT_SWEEP = (0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.96, 0.97, 0.975, 0.98, 0.985, 0.
 PLOT_LABELS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9995)
 
 
-def plot_sweep(result: dict[str, Any], out: Path, targets: tuple[float, float] = (3.0, 0.2)) -> None:
-    """Share flagged against error among unflagged digits, one point per review threshold, with the
-    issue's targets (at most 3 % flagged, at most 0.2 % error among unflagged) shaded: where an
-    operator picking a threshold can see what each one costs in review work and buys in errors."""
+def _pyplot() -> Any:
+    """matplotlib.pyplot drawing to files only (the Agg backend: no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_sweep(result: dict[str, Any], out: Path, targets: tuple[float, float] = (3.0, 0.2)) -> None:
+    """Share flagged against error among unflagged digits, one point per review threshold, with the
+    issue's targets (at most 3 % flagged, at most 0.2 % error among unflagged) shaded: where an
+    operator picking a threshold can see what each one costs in review work and buys in errors."""
+    plt = _pyplot()
 
     rows = result["threshold_sweep"]
     xs = [r["flagged_pct"] for r in rows]
@@ -378,10 +385,7 @@ def plot_sets(sets: list[dict[str, Any]], pooled: dict[str, Any] | None, out: Pa
     """Each set's digit accuracy, error among unflagged digits and share flagged with its 95 %
     interval, the pooled sets last, against the issue's targets: whether a set that misses a target
     by a few digits is a different pipeline or the same one on other pages."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = [(str(r.get("seed", i + 1)), r) for i, r in enumerate(sets)]
     if pooled is not None:
