@@ -233,6 +233,9 @@ def test_ship_with_a_review_threshold(smoke_run: Path, tmp_path: Path) -> None:
     pred = Predictor.load(models / "default.onnx", settings)
     assert pred.info.threshold == pytest.approx(0.97)
     assert pred.info.sha256 == manifest["sha256"]
+    # ... and its int8 file, made after the threshold was written, which the CPU reads with.
+    assert manifest["int8"]["quantized_from"] == manifest["sha256"]  # type: ignore[index]
+    assert pred.info.precision == "int8" and pred.info.metadata["threshold"] == "0.970000"
     # Same graph and weights: the logits do not change.
     test = load_mnist("test", Path(json.loads((smoke_run / "config.json").read_text())["data_dir"]))
     assert np.array_equal(export.onnx_logits(models / "default.onnx", test.images[:64]),
@@ -253,7 +256,8 @@ def test_ship_as_the_splitter(smoke_run: Path, tmp_path: Path) -> None:
     settings = Settings(_env_file=None, home=tmp_path / "home", splitter=str(path))  # type: ignore[call-arg]
     pred = Predictor.load(splitter_model(settings), settings)  # its SHA-256 checked against the manifest
     assert pred.info.version == "splitter-test" and pred.info.sha256 == manifest["sha256"]
-    assert pred.info.metadata["role"] == "splitter"
+    assert pred.info.metadata["role"] == "splitter" and pred.info.precision == "int8"  # its int8 file too
+    assert (models / "splitter" / "model.int8.onnx").is_file()
     test = load_mnist("test", Path(json.loads((smoke_run / "config.json").read_text())["data_dir"]))
     assert np.array_equal(
         export.onnx_logits(path, test.images[:64]), export.onnx_logits(smoke_run / "model.onnx", test.images[:64])

@@ -100,7 +100,12 @@ SPLITTER_FILES = ("report.md", "report.json")
 
 
 def ship_splitter(
-    run: Path, models: Path = MODELS, version: str = "splitter-1.0.0", rule: str = ""
+    run: Path,
+    models: Path = MODELS,
+    version: str = "splitter-1.0.0",
+    rule: str = "",
+    int8: bool = True,
+    data_dir: Path | str | None = None,
 ) -> dict[str, object]:
     """Ship a run's model as the string splitter's (`digitreader/models/splitter/`): the model whose
     second opinion decides how string fields split into digits (`digitreader.pipeline.cut`), not the
@@ -131,6 +136,10 @@ def ship_splitter(
         "chosen_by": rule,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if int8:
+        from training.quantize import quantize_shipped
+
+        manifest["int8"] = quantize_shipped(out / "model.onnx", data_dir)
     return manifest
 
 
@@ -152,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None, help="MNIST data directory for the int8 calibration")
     args = ap.parse_args(argv)
     if args.splitter:
-        print(json.dumps(ship_splitter(args.run, version=args.splitter_version, rule=args.chosen_by), indent=1))
+        print(json.dumps(ship_splitter(args.run, version=args.splitter_version, rule=args.chosen_by,
+                                       int8=not args.no_int8, data_dir=args.data_dir), indent=1))  # fmt: skip
         return 0
     if args.review_threshold is not None and not 0.0 < args.review_threshold < 1.0:
         ap.error("--review-threshold must lie between 0 and 1")
