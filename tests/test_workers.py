@@ -350,6 +350,8 @@ def test_workers_export_equals_embedded(
     assert len(distributed["documents"]) == len(files)
     assert sum(len(p["fields"]) for d in distributed["documents"] for p in d["pages"]) > 10
     compare_exports(distributed, embedded)
+    # Which file of the model read the batch: recorded by the embedded run only (compare_exports).
+    assert distributed["model_precision"] is None and embedded["model_precision"] == rep.precision
 
 
 @pytest.mark.slow
