@@ -283,10 +283,51 @@ def test_seven_whose_bar_lies_on_the_top_line_keeps_it(name: str) -> None:
     meta = json.loads((CELLS / f"{name}.json").read_text())
     ink = _read_gray(CELLS / f"{name}.ink.png") > 0
     x0, y0, x1, y1 = meta["inner"]
-    out = remove_lines(_Window(0, 0, ink, (x0, y0, x1, y1)), max_t=meta["max_t"])
+    out = remove_lines(_Window(0, 0, ink, (x0, y0, x1, y1)), max_t=meta["max_t"], pen=meta.get("pen"))
+    assert _widest_piece(out, (x0, y0, x1, y1)) >= 0.8 * (x1 - x0)
+
+
+def _widest_piece(out: np.ndarray, inner: tuple[int, int, int, int]) -> int:
+    """The width of the largest piece of a cell's ink (and the 8 rows above its interior)."""
+    x0, y0, x1, y1 = inner
     _, _, stats, _ = cv2.connectedComponentsWithStats(out[y0 - 8 : y1, x0:x1].view(np.uint8), connectivity=8)
-    widest = int(stats[1:, cv2.CC_STAT_WIDTH][np.argmax(stats[1:, cv2.CC_STAT_AREA])])
-    assert widest >= 0.8 * (x1 - x0), (widest, x1 - x0)
+    return int(stats[1:, cv2.CC_STAT_WIDTH][np.argmax(stats[1:, cv2.CC_STAT_AREA])])
+
+
+def test_a_lone_top_line_is_measured_by_the_field_s_pen() -> None:
+    """The rough cell (tests/data/cells/README.md) whose faint box shows only its top line, with the
+    7's bar lying on it: the band is 7 rows (bar and line) and the cell has no other side to measure
+    the line by, so the whole band went and the 7 was read as a '1' (0.9997). With the pen measured
+    along the whole field (3 rows), the bar stays; without it, it does not."""
+    name = "seven-bar-lone-line-r0777-28"
+    meta = json.loads((CELLS / f"{name}.json").read_text())
+    ink = _read_gray(CELLS / f"{name}.ink.png") > 0
+    inner = tuple(meta["inner"])
+    assert meta["pen"] == 3
+    without = remove_lines(_Window(0, 0, ink, inner), max_t=meta["max_t"])
+    assert _widest_piece(without, inner) < 0.5 * (inner[2] - inner[0])  # a '1': the stem alone
+
+
+def test_field_pen_is_the_box_line_not_a_digit_s_bar() -> None:
+    """`cut._field_pen` on a drawn row of five boxes (3-px lines; a 7's 6-row bar on the first cell's
+    top line): the lines' thickness, measured across the field; none where no line runs."""
+    from digitreader.pipeline.cut import _field_pen
+    from digitreader.types import PreparedPage
+
+    gray = np.full((120, 400), 250, np.uint8)
+    cells = tuple((20 + 60 * i + 3, 23, 54, 70) for i in range(5))
+    gray[20:23, 20:323] = 200  # top line, faint
+    gray[93:96, 20:323] = 200  # bottom line
+    for i in range(6):
+        gray[20:96, 20 + 60 * i : 23 + 60 * i] = 200  # walls
+    gray[18:24, 26:70] = 40  # the 7's bar over the first cell's top line
+    page = PreparedPage(number=1, gray=gray, ink=(gray < 192).astype(np.uint8) * 255,
+                        to_original=np.eye(2, 3), width=400, height=120, levels=(192.0, 227.0))  # fmt: skip
+    assert _field_pen(page, cells, max_t=7) == 3
+    gray[93:96, 20:323] = 250  # a field with its top line only: still measured
+    assert _field_pen(page, cells, max_t=7) == 3
+    gray[20:23, 20:323] = 250  # no line at all (the bar alone covers a few columns, not most)
+    assert _field_pen(page, cells, max_t=7) is None
 
 
 @pytest.mark.parametrize("name", sorted(p.name[: -len(".json")] for p in CELLS.glob("tick-*.json")))

@@ -77,9 +77,13 @@ def _grow1(flags: np.ndarray) -> np.ndarray:
     return out
 
 
-def remove_lines(win: _Window, max_t: int, level: float = 0.6, ticks: bool = False) -> np.ndarray:
+def remove_lines(
+    win: _Window, max_t: int, level: float = 0.6, ticks: bool = False, pen: int | None = None
+) -> np.ndarray:
     """The window's ink without the box lines bordering its interior; crossing strokes are kept.
-    `ticks`: a box cell, whose bottom line may be a tick row's (`_remove_ticks`)."""
+    `ticks`: a box cell, whose bottom line may be a tick row's (`_remove_ticks`). `pen`: the box
+    lines' thickness measured along the whole field (`_field_pen`), for a top or bottom line whose
+    opposite line this cell does not show."""
     ink = win.ink
     x0, y0, x1, y1 = win.inner
     h, w = ink.shape
@@ -90,7 +94,8 @@ def remove_lines(win: _Window, max_t: int, level: float = 0.6, ticks: bool = Fal
     col_hit = (_cover(ink[cy0:cy1, :], 0) >= level).tolist()
     rows = _line_runs(row_hit, y0 - max_t, y0 + 2) + _line_runs(row_hit, y1 - 2, y1 + max_t)
     cols = _line_runs(col_hit, x0 - max_t, x0 + 2) + _line_runs(col_hit, x1 - 2, x1 + max_t)
-    rows = _line_cores(ink[:, cx0:cx1], _bands(rows))
+    row_bands = _bands(rows)
+    rows = _line_cores(ink[:, cx0:cx1], row_bands, pen if len(row_bands) == 1 else None)
     cols = _line_cores(ink[cy0:cy1, :].T, _bands(cols))
     out = ink.copy()
     out[rows, :] = False
@@ -149,18 +154,19 @@ def _remove_ticks(
     return bands
 
 
-def _line_cores(ink: np.ndarray, bands: list[list[int]]) -> list[int]:
+def _line_cores(ink: np.ndarray, bands: list[list[int]], other_ref: int | None = None) -> list[int]:
     """The rows of the line bands along a cell's two opposite sides (`ink`'s rows; columns are
     passed transposed) that are the lines themselves (`_line_core`).
 
     A line is as thick as most columns of its band show, plus a row for anti-aliasing, and at most
     two rows thicker than the thinner of the two sides (the same pen drew both, and a stroke along
-    one side may cover most of its columns).
+    one side may cover most of its columns); `other_ref` (the field's pen, `_field_pen`) stands in
+    for an opposite side the cell does not show.
     """
     if all(len(b) <= 3 for b in bands):  # no band thicker than a line can be: nothing to measure
         return [r for b in bands for r in b]
     ts = [_line_thickness(ink, b) for b in bands]
-    ref = min(ts, default=0)
+    ref = min(ts, default=0) if other_ref is None else min(min(ts, default=other_ref), other_ref)
     return [r for b, t in zip(bands, ts, strict=True) for r in _line_core(ink, b, _core_rows(len(b), t, ref))]
 
 
@@ -288,10 +294,35 @@ def _grow_faint(prepared: PreparedPage, win: _Window) -> _Window:
     return _Window(win.x0, win.y0, win.ink | keep[labels], win.inner)
 
 
-def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float) -> DigitSlot:
+def _field_pen(prepared: PreparedPage, cells: tuple[BBox, ...], max_t: int, level: float = 0.6) -> int | None:
+    """The thickness (rows) of a row of boxes' top or bottom line, measured across the whole field:
+    the lower quartile of the columns' counts of faint-or-darker pixels in the band along the cells'
+    top (and bottom) edge, where the band is inked across `level` of the field's columns; the thinner
+    of the two. A digit's bar lying along one cell's line covers a few columns of the field, not most.
+    None without grey levels or such a line."""
+    if prepared.levels is None or not cells:
+        return None
+    gray = prepared.gray
+    x0 = max(0, int(min(c[0] for c in cells)))
+    x1 = min(gray.shape[1], int(max(c[0] + c[2] for c in cells)))
+    y0 = int(min(c[1] for c in cells))
+    y1 = int(max(c[1] + c[3] for c in cells))
+    out = []
+    for a, b in ((y0 - max_t, y0 + 2), (y1 - 2, y1 + max_t)):
+        a, b = max(0, a), min(gray.shape[0], b)
+        if b - a < 2 or x1 - x0 < 4:
+            continue
+        counts = np.count_nonzero(gray[a:b, x0:x1] < prepared.levels[1], axis=0)
+        if np.count_nonzero(counts) < level * counts.size:
+            continue
+        out.append(max(1, int(np.percentile(counts[counts > 0], 25))))
+    return min(out) if out else None
+
+
+def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float, pen: int | None = None) -> DigitSlot:
     x, y, w, h = cell
     win = _grow_faint(prepared, _window(prepared, cell, 0.22 * w, 0.3 * h))
-    digit = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))), ticks=True)
+    digit = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))), ticks=True, pen=pen)
     ix0, iy0, ix1, iy1 = win.inner
     _, labels, stats = label_pieces(digit.view(np.uint8))
     keep = _digit_components(labels, stats, win.inner, cell)
@@ -995,7 +1026,8 @@ def cut_field(
         scorer = default_scorer(splitter_model())
     ppm = (prepared.dpi or 150.0) / 25.4
     if region.kind == "boxes":
-        slots = [_cell_slot(prepared, c, i, ppm) for i, c in enumerate(region.cells)]
+        pen = _field_pen(prepared, region.cells, max(2, int(round(1.2 * ppm))))
+        slots = [_cell_slot(prepared, c, i, ppm, pen) for i, c in enumerate(region.cells)]
     else:
         slots = _string_slots(prepared, region, scorer)
     return FieldCut(
