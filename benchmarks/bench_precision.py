@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/bench_precision.py --kind mixed --rounds 3 --json out.json
 
 1. Each shipped model (the reader and the string splitter) in both precisions, alone: crops per
-   CPU-second at batch 256 on one thread, over MNIST test digits, and how many labels change.
+   CPU-second at batch 256 on one thread (`training.export.throughput_cpu`), and how many of the
+   MNIST test labels the int8 file changes.
 2. The embedded pipeline on the same generated pages (`bench_e2e.py`'s cache) with
    DIGITREADER_PRECISION=fp32 and =int8 in turn, `--rounds` times each, alternated so that a VM
    slowing down or speeding up hits both alike: pages/s of every run and the medians, with digit
@@ -20,11 +21,8 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,31 +34,22 @@ PRECISIONS = ("fp32", "int8")
 SCORES = ("digits_right", "truth_digits", "digit_accuracy_pct", "flagged_pct", "unflagged_error_pct", "field_exact_pct")
 
 
-def model_rates(data_dir: str, batch: int = 256, n: int = 4096) -> list[dict[str, Any]]:
-    """Both shipped models in both precisions on MNIST test: crops/s (1 thread) and labels changed."""
-    import onnxruntime as ort
-
+def model_rates(data_dir: str, batch: int = 256) -> list[dict[str, Any]]:
+    """Both shipped models in both precisions: crops per CPU-second at `batch`, one thread
+    (`training.export.throughput_cpu`), and how many MNIST test labels the int8 file changes."""
     from digitreader.pipeline.recognize import MODELS_DIR, int8_path
     from training.data import load_mnist
+    from training.export import throughput_cpu
+    from training.quantize import labels
 
-    x = (load_mnist("test", data_dir).images.astype(np.float32) / 255)[:, None]
+    images = load_mnist("test", data_dir).images
     out = []
     for name, model in (("reader", MODELS_DIR / "default.onnx"), ("splitter", MODELS_DIR / "splitter" / "model.onnx")):
-        labels: dict[str, np.ndarray] = {}
         row: dict[str, Any] = {"model": name}
         for precision, path in (("fp32", model), ("int8", int8_path(model))):
-            so = ort.SessionOptions()
-            so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            labels[precision] = np.concatenate(
-                [sess.run(None, {"input": x[i : i + batch]})[0].argmax(1) for i in range(0, len(x), batch)]
-            )
-            t = time.process_time()
-            for i in range(0, n, batch):
-                sess.run(None, {"input": x[i : i + batch]})
-            row[f"{precision}_crops_per_cpu_s"] = round(n / (time.process_time() - t))
-        row["labels_changed"] = int((labels["fp32"] != labels["int8"]).sum())
-        row["of"] = len(x)
+            row[f"{precision}_crops_per_cpu_s"] = round(throughput_cpu(path, batch))
+        row["labels_changed"] = int((labels(model, images) != labels(int8_path(model), images)).sum())
+        row["of"] = len(images)
         out.append(row)
     return out
 

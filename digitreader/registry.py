@@ -38,7 +38,7 @@ from digitreader.db import session_scope
 from digitreader.db.models import Correction, Digit, ModelVersion, utcnow
 from digitreader.errors import DatasetError, ModelError, NotFoundError, UsageError
 from digitreader.hashing import sha256_file
-from digitreader.pipeline.recognize import int8_path
+from digitreader.pipeline.recognize import int8_path, onnx_metadata
 from digitreader.settings import Settings
 from digitreader.types import NON_DIGIT
 
@@ -206,18 +206,6 @@ def models_home(settings: Settings) -> Path:
 
 
 file_sha256 = sha256_file
-
-
-def onnx_metadata(path: Path) -> dict[str, str]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"{path}: onnxruntime cannot load it ({exc})", code="corrupt") from exc
-    return dict(sess.get_modelmeta().custom_metadata_map)
 
 
 def get_model(session: Session, version: str) -> ModelVersion:

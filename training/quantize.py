@@ -32,7 +32,8 @@ from digitreader.hashing import sha256_file
 from digitreader.pipeline.recognize import int8_path
 
 __all__ = [
-    "CALIBRATION", "MAX_ACCURACY_DROP", "agreement", "calibration_images", "int8_path", "main", "quantize_checked",
+    "CALIBRATION", "MAX_ACCURACY_DROP", "agreement", "calibration_images", "int8_path", "labels", "main",
+    "quantize_checked",
     "quantize_model", "quantize_shipped",
 ]  # fmt: skip
 
@@ -116,13 +117,16 @@ def quantize_model(src: Path, dst: Path, images: np.ndarray) -> Path:
 MAX_ACCURACY_DROP = 0.0005
 
 
-def agreement(model: Path, int8: Path, images: np.ndarray) -> float:
-    """Share of `images` ((N, 28, 28) uint8) that the int8 file labels as its fp32 model does."""
+def labels(model: Path, images: np.ndarray) -> np.ndarray:
+    """(N,) the labels an ONNX model (either precision) gives `images` ((N, 28, 28) uint8), CPU."""
     from training.export import onnx_logits
 
-    a = onnx_logits(model, images).argmax(axis=1)
-    b = onnx_logits(int8, images).argmax(axis=1)
-    return float((a == b).mean())
+    return np.asarray(onnx_logits(model, images).argmax(axis=1))
+
+
+def agreement(model: Path, int8: Path, images: np.ndarray) -> float:
+    """Share of `images` ((N, 28, 28) uint8) that the int8 file labels as its fp32 model does."""
+    return float((labels(model, images) == labels(int8, images)).mean())
 
 
 def quantize_checked(model: Path, data_dir: Path | str | None = None) -> dict[str, object]:
@@ -130,12 +134,10 @@ def quantize_checked(model: Path, data_dir: Path | str | None = None) -> dict[st
     reads MNIST test about as well as the model (MAX_ACCURACY_DROP); else remove it, and the model
     runs in fp32. Returns {"kept", "agreement", "accuracy_fp32", "accuracy_int8", "path"}."""
     from training.data import load_mnist
-    from training.export import onnx_logits
 
     q = quantize_model(model, int8_path(model), calibration_images(data_dir))
     test = load_mnist("test", data_dir)
-    a = onnx_logits(model, test.images).argmax(axis=1)
-    b = onnx_logits(q, test.images).argmax(axis=1)
+    a, b = labels(model, test.images), labels(q, test.images)
     acc32, acc8 = float((a == test.labels).mean()), float((b == test.labels).mean())
     kept = acc8 >= acc32 - MAX_ACCURACY_DROP
     if not kept:

@@ -166,7 +166,7 @@ def _line_cores(ink: np.ndarray, bands: list[list[int]], other_ref: int | None =
     if all(len(b) <= 3 for b in bands):  # no band thicker than a line can be: nothing to measure
         return [r for b in bands for r in b]
     ts = [_line_thickness(ink, b) for b in bands]
-    ref = min(ts, default=0) if other_ref is None else min(min(ts, default=other_ref), other_ref)
+    ref = min(ts if other_ref is None else [*ts, other_ref])
     return [r for b, t in zip(bands, ts, strict=True) for r in _line_core(ink, b, _core_rows(len(b), t, ref))]
 
 
@@ -294,6 +294,11 @@ def _grow_faint(prepared: PreparedPage, win: _Window) -> _Window:
     return _Window(win.x0, win.y0, win.ink | keep[labels], win.inner)
 
 
+def _max_line(ppm: float) -> int:
+    """The thickest box line looked for (rows or columns): 1.2 mm at the page's `ppm` pixels per mm."""
+    return max(2, int(round(1.2 * ppm)))
+
+
 def _field_pen(prepared: PreparedPage, cells: tuple[BBox, ...], max_t: int, level: float = 0.6) -> int | None:
     """The thickness (rows) of a row of boxes' top or bottom line, measured across the whole field:
     the lower quartile of the columns' counts of faint-or-darker pixels in the band along the cells'
@@ -312,17 +317,17 @@ def _field_pen(prepared: PreparedPage, cells: tuple[BBox, ...], max_t: int, leve
         a, b = max(0, a), min(gray.shape[0], b)
         if b - a < 2 or x1 - x0 < 4:
             continue
-        counts = np.count_nonzero(gray[a:b, x0:x1] < prepared.levels[1], axis=0)
-        if np.count_nonzero(counts) < level * counts.size:
+        faint = gray[a:b, x0:x1] < prepared.levels[1]
+        if np.count_nonzero(faint.any(axis=0)) < level * (x1 - x0):
             continue
-        out.append(max(1, int(np.percentile(counts[counts > 0], 25))))
+        out.append(max(1, _line_thickness(faint, list(range(b - a)))))
     return min(out) if out else None
 
 
 def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float, pen: int | None = None) -> DigitSlot:
     x, y, w, h = cell
     win = _grow_faint(prepared, _window(prepared, cell, 0.22 * w, 0.3 * h))
-    digit = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))), ticks=True, pen=pen)
+    digit = remove_lines(win, max_t=_max_line(ppm), ticks=True, pen=pen)
     ix0, iy0, ix1, iy1 = win.inner
     _, labels, stats = label_pieces(digit.view(np.uint8))
     keep = _digit_components(labels, stats, win.inner, cell)
@@ -986,7 +991,7 @@ def string_pieces(prepared: PreparedPage, region: FieldRegion) -> StringPieces:
     h = inner[3]
     win = _window(prepared, inner, 0.05 * h, 0.3 * h)
     ppm = (prepared.dpi or 150.0) / 25.4
-    digit = remove_lines(win, max_t=max(2, int(round(1.2 * ppm))))
+    digit = remove_lines(win, max_t=_max_line(ppm))
     pieces = split_string(digit, win.inner)
     ink = 255 - prepared.gray[win.y0 : win.y0 + digit.shape[0], win.x0 : win.x0 + digit.shape[1]]
     return StringPieces(win.x0, win.y0, h, pieces, ink)
@@ -1026,7 +1031,7 @@ def cut_field(
         scorer = default_scorer(splitter_model())
     ppm = (prepared.dpi or 150.0) / 25.4
     if region.kind == "boxes":
-        pen = _field_pen(prepared, region.cells, max(2, int(round(1.2 * ppm))))
+        pen = _field_pen(prepared, region.cells, _max_line(ppm))
         slots = [_cell_slot(prepared, c, i, ppm, pen) for i, c in enumerate(region.cells)]
     else:
         slots = _string_slots(prepared, region, scorer)

@@ -155,7 +155,7 @@ def choose_precision(model: Path, digest: str, settings: Settings, providers: li
         expected = _int8_expected(model)
         if expected is not None and _sha256(q) != expected.lower():
             problem = f"{q}: SHA-256 does not match its manifest"
-        elif _metadata(q).get("quantized_from") != digest:
+        elif _metadata_or_empty(q).get("quantized_from") != digest:
             problem = f"{q} was not made from {model.name} (its quantized_from is not that file's SHA-256)"
     if problem is None:
         return q
@@ -167,17 +167,25 @@ def choose_precision(model: Path, digest: str, settings: Settings, providers: li
     return None
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    """An ONNX file's metadata_props, read with onnxruntime (no onnx package at runtime)."""
+def onnx_metadata(path: Path | str) -> dict[str, str]:
+    """An ONNX file's metadata_props, read with onnxruntime (the onnx package is not a runtime
+    dependency). Raises `ModelError` when onnxruntime cannot load the file."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     try:
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception:  # an unreadable file is not this model's int8 file
-        return {}
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise ModelError(f"{path}: onnxruntime cannot load it ({exc})", code="corrupt") from exc
     return dict(sess.get_modelmeta().custom_metadata_map)
+
+
+def _metadata_or_empty(path: Path) -> dict[str, str]:
+    try:
+        return onnx_metadata(path)
+    except ModelError:  # an unreadable file is not this model's int8 file
+        return {}
 
 
 def _providers(settings: Settings, available: list[str]) -> list[str]:

@@ -29,16 +29,13 @@ models_app = typer.Typer(
 
 
 def _onnx_meta(path: Path) -> dict[str, str]:
-    try:
-        import onnxruntime as ort
+    from digitreader.pipeline.recognize import onnx_metadata
 
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return dict(sess.get_modelmeta().custom_metadata_map)
+    try:
+        return onnx_metadata(path)
     except Exception as exc:  # a broken file is listed with its error, not fatal
         log.debug("cannot read %s: %s", path, exc)
-        return {"error": str(exc).splitlines()[0][:200]}
+        return {"error": str(exc.__cause__ or exc).splitlines()[0][:200]}
 
 
 def installed_models(settings: Settings) -> list[dict[str, Any]]:
