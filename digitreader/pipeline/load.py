@@ -177,9 +177,7 @@ def _jpeg_reduction(im: Image.Image, max_reduction: int) -> int:
 
     if max_reduction <= 1 or im.format != "JPEG" or im.mode not in ("L", "RGB"):
         return 1
-    dpi = im.info.get("dpi")
-    dpi_v = float(dpi[0]) if dpi and float(dpi[0]) > 1 else None
-    limit = min(max_reduction, work_factor(px_per_mm(im.width, im.height, dpi_v)))
+    limit = min(max_reduction, work_factor(px_per_mm(im.width, im.height, _dpi(im))))
     r = 1
     while r * 2 <= limit and r * 2 in _REDUCED:
         r *= 2
@@ -250,14 +248,17 @@ def _image_pages(path: Path, head: bytes, settings: Settings, max_reduction: int
                 r, fast = 1, _fast_decode(path, im)
             if fast is not None:
                 gray = to_gray(fast)
-                dpi = im.info.get("dpi")
-                dpi_v = float(dpi[0]) if dpi and float(dpi[0]) > 1 else None
                 size = None
                 if r > 1:  # the page as submitted, after the EXIF orientation (a quarter turn swaps)
                     unturned = gray.shape == (-(-im.height // r), -(-im.width // r))
                     size = (im.width, im.height) if unturned else (im.height, im.width)
                 yield PageImage(
-                    number=1, gray=np.ascontiguousarray(gray), dpi=dpi_v, source=str(path), reduction=r, full_size=size
+                    number=1,
+                    gray=np.ascontiguousarray(gray),
+                    dpi=_dpi(im),
+                    source=str(path),
+                    reduction=r,
+                    full_size=size,
                 )
                 return
         yield from _frames(path, im, n, settings)
@@ -277,49 +278,50 @@ def _frames(path: Path, im: Image.Image, n: int, settings: Settings) -> Iterator
     `tiff.decode_frame` handles (8-bit strips, Deflate or none) without it."""
     with contextlib.ExitStack() as stack:
         data = _tiff_bytes(path, stack) if im.format == "TIFF" else None  # mapped once for every page
-        yield from _frame_pages(path, im, n, settings, data)
-
-
-def _frame_pages(
-    path: Path, im: Image.Image, n: int, settings: Settings, data: mmap.mmap | None
-) -> Iterator[PageImage]:
-    for index in range(n):
-        number = index + 1
-        try:
-            if index:
-                im.seek(index)
-        except (EOFError, OSError) as exc:
-            raise InputError(f"cannot reach this page ({exc})", path=path, page=number, code="truncated") from exc
-        _check_size(im.width, im.height, settings, path, number)
-        arr = None
-        fast = decode_frame(data, im) if data is not None else None
-        if fast is not None:
-            arr = fast if fast.ndim == 2 else fast[..., ::-1]  # RGB -> BGR, as _to_array gives it
-        if arr is None:
+        for index in range(n):
+            number = index + 1
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    im.load()
-                    frame = ImageOps.exif_transpose(im) if index == 0 else im
-                    arr = _to_array(frame)
-            except Image.DecompressionBombError as exc:
-                raise InputError(f"too large to decode ({exc})", path=path, page=number, code="too_large") from exc
-            except (EOFError, SyntaxError) as exc:
-                raise InputError(
-                    f"the image data is cut short ({exc})", path=path, page=number, code="truncated"
-                ) from exc
-            except OSError as exc:
-                code = "truncated" if "truncated" in str(exc) or "broken" in str(exc) else "unreadable"
-                raise InputError(f"cannot decode the image ({exc})", path=path, page=number, code=code) from exc
-            except (ValueError, MemoryError) as exc:
-                raise InputError(f"cannot decode the image ({exc})", path=path, page=number, code="unreadable") from exc
-        gray = to_gray(arr)
-        if gray.size == 0:
-            raise InputError("the page has no pixels", path=path, page=number, code="empty_page")
-        dpi = im.info.get("dpi")
-        dpi_v = float(dpi[0]) if dpi and float(dpi[0]) > 1 else None
-        log.debug("%s page %d: %dx%d mode %s dpi %s", path, number, gray.shape[1], gray.shape[0], im.mode, dpi_v)
-        yield PageImage(number=number, gray=np.ascontiguousarray(gray), dpi=dpi_v, source=str(path))
+                if index:
+                    im.seek(index)
+            except (EOFError, OSError) as exc:
+                raise InputError(f"cannot reach this page ({exc})", path=path, page=number, code="truncated") from exc
+            _check_size(im.width, im.height, settings, path, number)
+            arr = decode_frame(data, im) if data is not None else None
+            if arr is None:
+                arr = _pillow_frame(path, im, number)
+            elif arr.ndim == 3:
+                arr = arr[..., ::-1]  # RGB -> BGR, as _to_array gives it
+            gray = to_gray(arr)
+            if gray.size == 0:
+                raise InputError("the page has no pixels", path=path, page=number, code="empty_page")
+            dpi = _dpi(im)
+            log.debug("%s page %d: %dx%d mode %s dpi %s", path, number, gray.shape[1], gray.shape[0], im.mode, dpi)
+            yield PageImage(number=number, gray=np.ascontiguousarray(gray), dpi=dpi, source=str(path))
+
+
+def _pillow_frame(path: Path, im: Image.Image, number: int) -> np.ndarray:
+    """The current frame decoded by Pillow (the first one turned by its EXIF orientation), with
+    Pillow's failures as the document's specific errors."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im.load()
+            return _to_array(ImageOps.exif_transpose(im) if number == 1 else im)
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"too large to decode ({exc})", path=path, page=number, code="too_large") from exc
+    except (EOFError, SyntaxError) as exc:
+        raise InputError(f"the image data is cut short ({exc})", path=path, page=number, code="truncated") from exc
+    except OSError as exc:
+        code = "truncated" if "truncated" in str(exc) or "broken" in str(exc) else "unreadable"
+        raise InputError(f"cannot decode the image ({exc})", path=path, page=number, code=code) from exc
+    except (ValueError, MemoryError) as exc:
+        raise InputError(f"cannot decode the image ({exc})", path=path, page=number, code="unreadable") from exc
+
+
+def _dpi(im: Image.Image) -> float | None:
+    """The horizontal resolution the file states, or None when it states none (or 1, a placeholder)."""
+    dpi = im.info.get("dpi")
+    return float(dpi[0]) if dpi and float(dpi[0]) > 1 else None
 
 
 # ----------------------------------------------------------------------------------------------

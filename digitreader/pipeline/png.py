@@ -36,6 +36,17 @@ SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHANNELS = {0: 1, 2: 3}
 
 
+def inflate(data: Any, size: int) -> Any:
+    """A zlib stream inflated by libdeflate to exactly `size` bytes (a bytearray), or None when
+    libdeflate is not installed or the stream is damaged, fails its Adler-32 or inflates to more."""
+    if _deflate is None:
+        return None
+    try:
+        return _deflate.zlib_decompress(data, size)  # checks the stream's Adler-32
+    except (_deflate.DeflateError, ValueError, MemoryError):
+        return None
+
+
 def available() -> bool:
     """True when the fast path can run (the C extension is built and libdeflate is installed)."""
     return _png is not None and _deflate is not None
@@ -107,12 +118,12 @@ def decode_png(data: bytes, *, gray: bool = True) -> np.ndarray | None:
         return None
     stride = width * channels
     size = height * (stride + 1)
+    raw = inflate(_joined(idat), size)
+    if raw is None or len(raw) != size:
+        return None
     try:
-        raw: Any = _deflate.zlib_decompress(_joined(idat), size)  # checks the stream's Adler-32
-        if len(raw) != size:
-            return None
         _png.unfilter(raw, height, stride, channels)
-    except (_deflate.DeflateError, ValueError, MemoryError):
+    except ValueError:
         return None
     pixels = np.frombuffer(raw, np.uint8, count=height * stride).reshape(height, width, channels)
     if channels == 1:

@@ -2,7 +2,7 @@
 Deflate, with or without the horizontal predictor.
 
 Pillow decodes such a page through libtiff and zlib (about 70 ms for a 300-dpi A4 page here); the
-strips are inflated here with libdeflate instead (as `png.py` does for PNG), the predictor undone
+strips are inflated with libdeflate instead (`png.inflate`, as for PNG), the predictor undone
 with numpy, and the pixels are Pillow's own. Tags are read from the frame Pillow has already parsed
 (`Image.tag_v2`), so multi-page files go page by page as before.
 
@@ -18,10 +18,7 @@ from typing import Any
 
 import numpy as np
 
-try:
-    import deflate as _deflate
-except ImportError:  # pragma: no cover - a runtime dependency
-    _deflate = None  # type: ignore[assignment]
+from digitreader.pipeline.png import inflate
 
 #: TIFF tags read here (baseline TIFF 6.0 numbers).
 WIDTH, HEIGHT, BITS, COMPRESSION, PHOTOMETRIC = 256, 257, 258, 259, 262
@@ -69,7 +66,6 @@ def decode_frame(data: bytes | mmap.mmap, im: Any) -> np.ndarray | None:
         or _one(tags, SAMPLE_FORMAT, 1) != 1
         or EXTRA_SAMPLES in tags
         or TILE_WIDTH in tags
-        or (compression in DEFLATE and _deflate is None)
     ):
         return None
     offsets, counts = tags.get(STRIP_OFFSETS), tags.get(STRIP_BYTES)
@@ -86,11 +82,8 @@ def decode_frame(data: bytes | mmap.mmap, im: Any) -> np.ndarray | None:
             return None
         strip: Any = data[off : off + n]
         if compression in DEFLATE:
-            try:
-                strip = _deflate.zlib_decompress(strip, size)  # checks the stream's Adler-32
-            except _deflate.DeflateError:
-                return None
-        if len(strip) < size:
+            strip = inflate(strip, size)
+        if strip is None or len(strip) < size:
             return None
         out[i * rows * stride : i * rows * stride + size] = np.frombuffer(strip, np.uint8, count=size)
     pixels = out.reshape(height, width, spp)
