@@ -64,10 +64,10 @@ def test_promote_rollback_and_live_pickup(tmp_path: Path, data_dir: Path, monkey
     shipped_version = live.info.version
     scans = generate(tmp_path / "scans", pages=2, seed=3, kind="form", style="clean", data_dir=data_dir)
     process_batch([scans[0]], settings, predictor=live)  # registers the shipped model as active
-    from digitreader.pipeline import cut
+    from digitreader.pipeline import split
 
     # String fields were split with the splitter's own model (DIGITREADER_SPLITTER=shipped).
-    assert cut._scorer_cache.get(str(cut.SPLITTER_MODEL)) is not None
+    assert split._scorer_cache.get(str(split.SPLITTER_MODEL)) is not None
     with session_scope(settings) as s:
         active = registry.active_model(s)
         assert active is not None and active.version == shipped_version
@@ -89,7 +89,7 @@ def test_promote_rollback_and_live_pickup(tmp_path: Path, data_dir: Path, monkey
     # that reads, the promoted one now, not the shipped one.
     report = process_batch([scans[1]], settings.model_copy(update={"splitter": "reader"}), predictor=live)
     assert registry.active_model_file(settings, max_age=0) == live.info.path != str(shipped)
-    assert cut._scorer_cache.get(live.info.path) is not None
+    assert split._scorer_cache.get(live.info.path) is not None
     with session_scope(settings) as s:
         versions = set(s.scalars(select(Digit.model_version).where(Digit.blank.is_(False))).all())
         assert versions == {shipped_version, "cand-1"}  # each digit records the model that read it

@@ -11,21 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from digitreader.pipeline.cut import (
-    Piece,
-    _date_slashes,
-    _digit_components,
-    _Window,
-    cut_field,
-    default_scorer,
-    refine_string,
-    remove_lines,
-    split_string,
-    splitter_model,
-)
+from digitreader.pipeline.cut import _digit_components, _Window, cut_field, remove_lines
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.normalize import label_pieces
 from digitreader.pipeline.prepare import estimate_skew, flatten, map_box, prepare_page
+from digitreader.pipeline.split import Piece, _date_slashes, default_scorer, refine_string, split_string, splitter_model
 from digitreader.types import BBox, FieldRegion, PageImage, PreparedPage
 
 DPI = 150
@@ -403,17 +393,17 @@ def test_string_split_drops_separators_and_splits_touching_digits() -> None:
 
 
 def test_splitter_model_by_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from digitreader.pipeline import cut
+    from digitreader.pipeline import split
     from digitreader.settings import Settings
 
     reader = tmp_path / "reader.onnx"
-    assert cut.SPLITTER_MODEL.exists(), "the splitter's model is shipped"
-    assert cut.splitter_model(Settings(_env_file=None), reader) == cut.SPLITTER_MODEL  # type: ignore[call-arg]
-    assert cut.splitter_model(Settings(splitter="reader", _env_file=None), reader) == reader  # type: ignore[call-arg]
+    assert split.SPLITTER_MODEL.exists(), "the splitter's model is shipped"
+    assert split.splitter_model(Settings(_env_file=None), reader) == split.SPLITTER_MODEL  # type: ignore[call-arg]
+    assert split.splitter_model(Settings(splitter="reader", _env_file=None), reader) == reader  # type: ignore[call-arg]
     other = Settings(splitter=str(tmp_path / "mine.onnx"), _env_file=None)  # type: ignore[call-arg]
-    assert cut.splitter_model(other, reader) == tmp_path / "mine.onnx"
-    monkeypatch.setattr(cut, "SPLITTER_MODEL", tmp_path / "missing.onnx")  # not installed: the reader splits
-    assert cut.splitter_model(Settings(_env_file=None), reader) == reader  # type: ignore[call-arg]
+    assert split.splitter_model(other, reader) == tmp_path / "mine.onnx"
+    monkeypatch.setattr(split, "SPLITTER_MODEL", tmp_path / "missing.onnx")  # not installed: the reader splits
+    assert split.splitter_model(Settings(_env_file=None), reader) == reader  # type: ignore[call-arg]
 
 
 STRINGS = Path(__file__).parent / "data" / "strings"

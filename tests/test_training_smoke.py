@@ -244,8 +244,8 @@ def test_ship_with_a_review_threshold(smoke_run: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ship_as_the_splitter(smoke_run: Path, tmp_path: Path) -> None:
-    from digitreader.pipeline.cut import default_scorer, splitter_model
     from digitreader.pipeline.recognize import Predictor
+    from digitreader.pipeline.split import default_scorer, splitter_model
     from digitreader.settings import Settings
     from training.ship import ship_splitter
 

@@ -1,7 +1,7 @@
 """Training crops cut by our own segmentation from generated pages built of MNIST *training* digits.
 
 The model reads MNIST digits well but is less sure of the crops segmentation actually makes, and
-the string splitter (`digitreader.pipeline.cut.refine_string`) is misled when the model reads a
+the string splitter (`digitreader.pipeline.split.refine_string`) is misled when the model reads a
 touching pair squeezed into one crop, or a loose fragment of a digit, as a confident digit. This
 module makes training data of real pipeline crops:
 
@@ -49,12 +49,13 @@ import numpy as np
 
 from digitreader import pipeline
 from digitreader.errors import InputError
-from digitreader.pipeline.cut import Piece, cut_at, merge_pieces, piece_crop, string_pieces
+from digitreader.pipeline.cut import string_pieces
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.load import load_pages
 from digitreader.pipeline.prepare import map_box, prepare_page
 from digitreader.pipeline.recognize import read_manifest
 from digitreader.pipeline.segment import segment_page
+from digitreader.pipeline.split import Piece, cut_at, merge_pieces, piece_crop
 from digitreader.settings import Settings, get_settings
 from digitreader.synth.generate import STYLES, render_page, write_pages
 from digitreader.synth.score import Box, centre_in, matches
@@ -366,7 +367,7 @@ def string_negatives(
     model's second opinion. For two neighbouring true digits (no separator or space between) that
     each have exactly one piece of their own: the two pieces merged (UNION). For a wide true digit
     (not a 1 or a 7, wider than 0.6 of its height) with one piece: that piece cut at its middle
-    column (`cut.cut_at`, as the splitter cuts), and the half with less ink kept (HALF), when it is
+    column (`split.cut_at`, as the splitter cuts), and the half with less ink kept (HALF), when it is
     as tall as the splitter's parts must be and not a plain upright stroke. The heavier half is not
     used: it often still reads as the digit itself (the right half of a 3 is a narrow 3).
     """

@@ -136,7 +136,7 @@ def segment_document(
 
     `time_limit` (seconds): the document fails with code "timeout" when segmenting it takes longer.
     `model_path`: the model that will read the digits (None: DIGITREADER_MODEL_PATH, else the shipped
-    model); the string splitter uses it with DIGITREADER_SPLITTER=reader (`cut.splitter_model`).
+    model); the string splitter uses it with DIGITREADER_SPLITTER=reader (`split.splitter_model`).
     """
     from digitreader.pipeline.load import load_pages
     from digitreader.pipeline.segment import segment_page

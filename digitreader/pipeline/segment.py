@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from digitreader.errors import InputError
-from digitreader.pipeline.cut import cut_field, default_scorer, splitter_model
+from digitreader.pipeline.cut import cut_field
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.prepare import prepare_page
+from digitreader.pipeline.split import default_scorer, splitter_model
 from digitreader.settings import Settings
 from digitreader.types import FieldRegion, PageCut, PageImage, PreparedPage
 
@@ -56,7 +57,7 @@ def segment_page(
     """Find and cut every digit of a page. Boxes are in the coordinates of the page as submitted.
 
     `model_path`: the model that will read the digits (None: DIGITREADER_MODEL_PATH, else the shipped
-    one); string fields are split with the splitter's model (`cut.splitter_model`: its own by default,
+    one); string fields are split with the splitter's model (`split.splitter_model`: its own by default,
     this one with DIGITREADER_SPLITTER=reader).
 
     With a `template` (see `templates.load_template`), the page is registered to it and its fields

@@ -158,8 +158,8 @@ def show_cmd(
     """
     settings = get_settings()
     if version is None:
-        from digitreader.pipeline.cut import splitter_model
         from digitreader.pipeline.recognize import Predictor
+        from digitreader.pipeline.split import splitter_model
 
         p = Predictor.load(None, settings)  # checks the SHA-256 and the model's I/O
         split_path = splitter_model(settings, p.info.path)
