@@ -18,6 +18,31 @@ def test_help_lists_commands() -> None:
     assert "version" in result.output
 
 
+def test_help_paragraphs_wrap_at_the_terminal_not_at_the_source() -> None:
+    """A docstring's line breaks are the source's: the help shows each paragraph as one text that the
+    terminal wraps, keeps indented example lines as they are, and shows brackets as written."""
+    wide = {"COLUMNS": "250", "TERMINAL_WIDTH": "250"}
+    out = CliRunner().invoke(app, ["submit", "--help"], env=wide).output
+    # In the docstring "digits," ends a line and "flagged" starts the next.
+    assert "(documents, pages, digits, flagged, failed, seconds) go to stderr" in out
+    assert "exit 7: broker unreachable); --wait follows it to the end" in out
+    out = CliRunner().invoke(app, ["predict", "--help"], env=wide).output
+    assert "[digit, probability]" in " ".join(out.split())  # not eaten as rich markup
+    lines = [line.strip() for line in out.splitlines()]
+    assert "Examples:" in lines and "digitreader predict my_digits/ --format csv" in lines
+    for args in (["--help"], ["review", "--help"], ["models", "promote", "--help"], ["db", "--help"]):
+        assert CliRunner().invoke(app, args, env=wide).exit_code == 0
+
+
+def test_reflow_joins_paragraph_lines_and_keeps_indented_ones() -> None:
+    from digitreader.cli.main import reflow
+
+    text = "First line\n    of one.\n\n    Second, wrapped\n    here.\n\n"
+    text += "    Examples:\n      cmd a\n      cmd b\n    after"
+    assert reflow(text) == "First line of one.\n\nSecond, wrapped here.\n\nExamples:\n  cmd a\n  cmd b\nafter"
+    assert reflow(None) is None and reflow("") == ""
+
+
 def test_version_is_json_on_stdout() -> None:
     proc = subprocess.run([sys.executable, "-m", "digitreader", "version"], capture_output=True, text=True, check=True)
     info = json.loads(proc.stdout)

@@ -8,6 +8,7 @@ Data goes to stdout; logs, progress bars and summaries go to stderr.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import pkgutil
 import sys
@@ -53,6 +54,39 @@ def _root(
     )
 
 
+def reflow(text: str | None) -> str | None:
+    """A command's help as the terminal should wrap it: the lines of each paragraph joined into one
+    (docstrings are wrapped at the source's width, and Typer keeps those breaks, so an 80-column
+    terminal showed every paragraph ragged). A line that starts indented (an example command) stays
+    on a line of its own, and so does the line after it."""
+    if not text:
+        return text
+    paragraphs = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        keep_next = False
+        for line in para.split("\n"):
+            indented = line[:1].isspace()
+            if lines and not indented and not keep_next:
+                lines[-1] = f"{lines[-1]} {line.strip()}"
+            else:
+                lines.append(line.rstrip())
+            keep_next = indented
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        command.help = reflow(command.help or inspect.getdoc(command.callback))
+    for group in typer_app.registered_groups:
+        sub = group.typer_instance
+        if sub is not None:
+            if isinstance(sub.info.help, str):
+                sub.info.help = reflow(sub.info.help)
+            _reflow_help(sub)
+
+
 def _register_commands() -> None:
     from digitreader.cli import commands
 
@@ -61,6 +95,7 @@ def _register_commands() -> None:
             continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(app)
+    _reflow_help(app)
 
 
 _register_commands()

@@ -67,7 +67,8 @@ def predict(
 
     Each image is normalized the MNIST way (ink box -> 20x20 -> centred by mass in 28x28) and read;
     one JSON object per line on stdout:
-    {"path", "label" (null = not a digit), "confidence", "top": [[digit, p], ...3], "needs_review"}.
+    {"path", "label" (null = not a digit), "confidence", "top" (the three likeliest digits, each as
+    \\[digit, probability]), "needs_review"}.
     Unreadable files are reported on stderr and the others go on (exit 3 if some failed, 4 if all).
 
     Examples:
