@@ -1,7 +1,9 @@
 """`digitreader` entry point: the Typer app, logging setup, and the one place errors become exit codes.
 
 Each command lives in its own module under `digitreader.cli.commands` and exposes
-`register(app: typer.Typer) -> None`; modules are registered in name order.
+`register(app: typer.Typer) -> None`; modules are registered in name order. A command module
+imports the libraries its work needs (the database, numpy, OpenCV, onnxruntime) inside the command,
+so that `--help` loads none of them.
 Data goes to stdout; logs, progress bars and summaries go to stderr.
 """
 

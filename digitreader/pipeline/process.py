@@ -28,7 +28,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from digitreader.errors import DigitreaderError, UsageError
 from digitreader.hashing import sha256_file_and_size
 from digitreader.pipeline.assemble import PageResult, Probs, assemble_page, count_crops
 from digitreader.pipeline.document import DocumentCut, FieldStrip, field_strips, init_worker, segment_document
+from digitreader.pipeline.report import BatchReport, DocumentReport, ProgressHook
 from digitreader.settings import Settings
 from digitreader.types import PageCut
 
@@ -172,60 +173,6 @@ def assemble_document(cut: DocumentCut, probs: Sequence[np.ndarray], threshold: 
 
 
 # ---------------------------------------------------------------------------------------- batches
-
-
-@dataclass
-class DocumentReport:
-    document_id: int
-    path: str
-    status: str  # done | needs_review | failed
-    pages: int = 0
-    digits: int = 0
-    flagged: int = 0
-    error_code: str | None = None
-    error_message: str | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class BatchReport:
-    """What `process_batch` did (the CLI's summary)."""
-
-    batch_id: int
-    resumed: bool = False
-    total: int = 0  # documents in the batch
-    processed: list[DocumentReport] = field(default_factory=list)  # this run
-    skipped: list[store.SkippedFile] = field(default_factory=list)
-    unreadable: list[tuple[str, str]] = field(default_factory=list)  # could not even be hashed
-    status: str = "running"
-    seconds: float = 0.0
-    model_version: str | None = None
-    threshold: float | None = None
-    precision: str | None = None  # the model file that reads: fp32, or its int8 file (DIGITREADER_PRECISION)
-
-    @property
-    def pages(self) -> int:
-        return sum(d.pages for d in self.processed)
-
-    @property
-    def digits(self) -> int:
-        return sum(d.digits for d in self.processed)
-
-    @property
-    def flagged(self) -> int:
-        return sum(d.flagged for d in self.processed)
-
-    @property
-    def failed(self) -> list[DocumentReport]:
-        return [d for d in self.processed if d.status == "failed"]
-
-
-class ProgressHook:
-    """Called by `process_batch` as it goes (the CLI draws a progress bar from it)."""
-
-    def started(self, batch_id: int, todo: int, total: int) -> None: ...
-
-    def document_done(self, report: DocumentReport) -> None: ...
 
 
 class _InlineExecutor(cf.Executor):

@@ -7,8 +7,6 @@ import logging
 import typer
 
 from digitreader.cli.output import err
-from digitreader.db.migrate import current_revision, head_revision, upgrade
-from digitreader.db.session import get_engine
 from digitreader.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +31,9 @@ def upgrade_cmd(
 
     Example:  DIGITREADER_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1/digitreader digitreader db upgrade
     """
+    from digitreader.db.migrate import upgrade
+    from digitreader.db.session import get_engine
+
     settings = get_settings()
     engine = get_engine(settings, check_schema=False)
     before, after = upgrade(engine, revision)
@@ -50,6 +51,9 @@ def current_cmd() -> None:
 
     Example:  digitreader db current
     """
+    from digitreader.db.migrate import current_revision, head_revision
+    from digitreader.db.session import get_engine
+
     settings = get_settings()
     engine = get_engine(settings, check_schema=False)
     cur, head = current_revision(engine), head_revision()

@@ -7,11 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import typer
 
 from digitreader.cli.output import err, print_json
-from digitreader.pipeline.recognize import Predictor
 from digitreader.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +31,9 @@ def evaluate(
 
     Example:  DIGITREADER_DATA_DIR=../shared/datasets digitreader evaluate
     """
+    import numpy as np
+
+    from digitreader.pipeline.recognize import Predictor
     from training.data import load_mnist  # numpy/OpenCV only: no torch
 
     settings = get_settings()

@@ -13,9 +13,7 @@ from pathlib import Path
 import typer
 
 from digitreader.cli.output import err
-from digitreader.db import session_scope
 from digitreader.errors import UsageError
-from digitreader.export import export_json, write_csv
 from digitreader.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +37,9 @@ def export(
 
     Example:  digitreader export 12 --format csv -o results.csv
     """
+    from digitreader.db import session_scope
+    from digitreader.export import export_json, write_csv
+
     settings = get_settings()
     with session_scope(settings) as s:
         if fmt is Format.json:

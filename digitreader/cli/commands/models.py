@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from sqlalchemy import select
 
 from digitreader.cli.output import err, print_json
-from digitreader.db import ModelVersion, session_scope
 from digitreader.errors import DigitreaderError, NotFoundError
 from digitreader.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from digitreader.db import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ def installed_models(settings: Settings) -> list[dict[str, Any]]:
         if settings.model_path
         else (MODELS_DIR / manifest["model"] if manifest.get("model") else None)
     )
+    from sqlalchemy import select
+
+    from digitreader.db import ModelVersion, session_scope
+
     registered: dict[str, ModelVersion] = {}
     try:
         with session_scope(settings) as s:

@@ -7,18 +7,18 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cv2
-import numpy as np
 import typer
 
 from digitreader.cli.output import err, print_json
 from digitreader.errors import DigitreaderError, ExitCode, InputError, UsageError
-from digitreader.pipeline.normalize import normalize_digit
-from digitreader.pipeline.recognize import Predictor, Recognition
 from digitreader.settings import get_settings
-from digitreader.types import NON_DIGIT
+
+if TYPE_CHECKING:  # imported where used, so that `digitreader --help` does not load them
+    import numpy as np
+
+    from digitreader.pipeline.recognize import Predictor, Recognition
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ def iter_images(paths: list[Path]) -> Iterator[Path]:
 
 def read_digit(path: Path) -> np.ndarray:
     """An image file -> 28x28 MNIST-form crop; InputError for missing or unreadable files."""
+    import cv2
+
+    from digitreader.pipeline.normalize import normalize_digit
+
     if not path.exists():
         raise InputError("no such file", path=path, code="unreadable")
     if path.stat().st_size == 0:
@@ -48,6 +52,8 @@ def read_digit(path: Path) -> np.ndarray:
 
 
 def _row(path: str, rec: Recognition, i: int) -> dict[str, Any]:
+    from digitreader.types import NON_DIGIT
+
     label = int(rec.labels[i])
     top = [[None if c == NON_DIGIT else c, round(p, 6)] for c, p in rec.top(3)[i]]
     return {"path": path, "label": None if label == NON_DIGIT else label,
@@ -79,6 +85,10 @@ def predict(
         raise UsageError("--format must be jsonl or csv")
     if not inputs and kaggle_csv is None:
         raise UsageError("give image files/folders, or --kaggle-csv test.csv", hint="see digitreader predict --help")
+    import numpy as np
+
+    from digitreader.pipeline.recognize import Predictor
+
     predictor = Predictor.load(model, get_settings())
     if kaggle_csv is not None:
         _kaggle(predictor, kaggle_csv, output)

@@ -10,7 +10,6 @@ import logging
 import typer
 
 from digitreader.cli.output import err, print_json
-from digitreader.db import session_scope
 from digitreader.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -84,6 +83,7 @@ def list_cmd(
 
     Example:  digitreader review list --batch 7 --json | jq .digit_id
     """
+    from digitreader.db import session_scope
     from digitreader.review import service
 
     with session_scope(get_settings()) as s:
@@ -119,6 +119,8 @@ def label_cmd(
     settings = get_settings()
     new = service.parse_label(label)
     who = service.reviewer_name(settings, (ctx.obj or {}).get("reviewer"))
+    from digitreader.db import session_scope
+
     with session_scope(settings) as s:
         res = service.apply_correction(s, digit_id, new, reviewer=who, source="cli")
     if as_json:
@@ -143,6 +145,8 @@ def undo_cmd(
 
     settings = get_settings()
     who = None if anyone or correction else service.reviewer_name(settings, (ctx.obj or {}).get("reviewer"))
+    from digitreader.db import session_scope
+
     with session_scope(settings) as s:
         res = service.undo(s, reviewer=who, correction_id=correction)
     err.print(f"undid correction {res.correction_id}: digit {res.digit_id} is back to "
@@ -155,6 +159,7 @@ def show_cmd(digit_id: int = typer.Argument(..., help="Digit id.")) -> None:
 
     Example:  digitreader review show 1234
     """
+    from digitreader.db import session_scope
     from digitreader.review import service
 
     with session_scope(get_settings()) as s:

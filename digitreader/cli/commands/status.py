@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from sqlalchemy.orm import Session
 
 from digitreader.cli.output import print_json
-from digitreader.db import session_scope
-from digitreader.db.store import batch_stats, document_counts, failures, get_batch
 from digitreader.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
 
 def batch_status(session: Session, batch_id: int | None) -> dict[str, Any]:
+    from digitreader.db.store import batch_stats, document_counts, failures, get_batch
+
     batch = get_batch(session, batch_id)
     counts = document_counts(session, batch.id)
     return {
@@ -67,6 +69,8 @@ def status(
 
     Example:  digitreader status 12 --json
     """
+    from digitreader.db import session_scope
+
     settings = get_settings()
     with session_scope(settings) as s:
         st = batch_status(s, batch)

@@ -10,7 +10,7 @@ from rich.progress import TaskID
 
 from digitreader.cli.output import err, progress
 from digitreader.errors import DigitreaderError, ExitCode, InputError
-from digitreader.pipeline.process import BatchReport, DocumentReport, ProgressHook, process_batch
+from digitreader.pipeline.report import BatchReport, DocumentReport, ProgressHook
 from digitreader.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,8 @@ def submit(
 
         return submit_distributed(paths, settings, template=template, threshold=threshold, force=force,
                                   quiet=quiet, wait=wait)  # fmt: skip
+    from digitreader.pipeline.process import process_batch
+
     hook = _Bar(quiet)
     try:
         rep = process_batch(paths, settings, template=template, threshold=threshold, force=force, hook=hook)

@@ -1,0 +1,64 @@
+"""What a batch run reports as it goes and when it ends: plain data for the CLI's progress bar and
+summary (`process_batch` fills them). Imports nothing heavy, so the CLI can load it to show --help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from digitreader.db.store import SkippedFile
+
+
+@dataclass
+class DocumentReport:
+    document_id: int
+    path: str
+    status: str  # done | needs_review | failed
+    pages: int = 0
+    digits: int = 0
+    flagged: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchReport:
+    """What `process_batch` did (the CLI's summary)."""
+
+    batch_id: int
+    resumed: bool = False
+    total: int = 0  # documents in the batch
+    processed: list[DocumentReport] = field(default_factory=list)  # this run
+    skipped: list[SkippedFile] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # could not even be hashed
+    status: str = "running"
+    seconds: float = 0.0
+    model_version: str | None = None
+    threshold: float | None = None
+    precision: str | None = None  # the model file that reads: fp32, or its int8 file (DIGITREADER_PRECISION)
+
+    @property
+    def pages(self) -> int:
+        return sum(d.pages for d in self.processed)
+
+    @property
+    def digits(self) -> int:
+        return sum(d.digits for d in self.processed)
+
+    @property
+    def flagged(self) -> int:
+        return sum(d.flagged for d in self.processed)
+
+    @property
+    def failed(self) -> list[DocumentReport]:
+        return [d for d in self.processed if d.status == "failed"]
+
+
+class ProgressHook:
+    """Called by `process_batch` as it goes (the CLI draws a progress bar from it)."""
+
+    def started(self, batch_id: int, todo: int, total: int) -> None: ...
+
+    def document_done(self, report: DocumentReport) -> None: ...
