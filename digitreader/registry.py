@@ -22,6 +22,7 @@ in the new model when it changed. Each stored digit records the version that rea
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import threading
@@ -36,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from digitreader.db import session_scope
 from digitreader.db.models import Correction, Digit, ModelVersion, utcnow
-from digitreader.errors import DatasetError, ModelError, NotFoundError, UsageError
+from digitreader.errors import DatasetError, DigitreaderError, ModelError, NotFoundError, UsageError
 from digitreader.hashing import sha256_file
 from digitreader.pipeline.recognize import int8_path, onnx_metadata
 from digitreader.settings import Settings
@@ -405,6 +406,99 @@ def list_models(session: Session) -> list[dict[str, Any]]:
          "created_at": m.created_at.isoformat() if m.created_at else None, "gate": m.gate}
         for m in session.scalars(select(ModelVersion).order_by(ModelVersion.id))
     ]  # fmt: skip
+
+
+def _onnx_meta_or_error(path: Path) -> dict[str, str]:
+    from digitreader.pipeline.recognize import onnx_metadata
+
+    try:
+        return onnx_metadata(path)
+    except Exception as exc:  # a broken file is listed with its error, not fatal
+        log.debug("cannot read %s: %s", path, exc)
+        return {"error": str(exc.__cause__ or exc).splitlines()[0][:200]}
+
+
+def installed_models(settings: Settings) -> list[dict[str, Any]]:
+    """Every model file we know of (`digitreader models list`): the shipped ones, DIGITREADER_MODEL_PATH
+    and those only in the database, with metadata and where each comes from; `active` marks the one
+    `submit` uses (DIGITREADER_MODEL_PATH, else the manifest's)."""
+    from digitreader.pipeline.recognize import MANIFEST, MODELS_DIR
+
+    manifest: dict[str, Any] = {}
+    if MANIFEST.exists():
+        try:
+            manifest = json.loads(MANIFEST.read_text())
+        except ValueError:
+            manifest = {}
+    # A model's int8 file (`training.quantize`) is the same model in another precision: listed with it.
+    files = sorted(f for f in MODELS_DIR.glob("*.onnx") if not f.name.endswith(".int8.onnx"))
+    if settings.model_path is not None and Path(settings.model_path).expanduser() not in files:
+        files.append(Path(settings.model_path).expanduser())
+    active_path = (
+        Path(settings.model_path).expanduser()
+        if settings.model_path
+        else (MODELS_DIR / manifest["model"] if manifest.get("model") else None)
+    )
+    registered: dict[str, ModelVersion] = {}
+    try:
+        with session_scope(settings) as s:
+            registered = {m.version: m for m in s.scalars(select(ModelVersion)).all()}
+    except DigitreaderError as exc:
+        log.warning("model registry unavailable: %s", exc)
+    out: list[dict[str, Any]] = []
+    for f in files:
+        exists = f.exists()
+        meta = _onnx_meta_or_error(f) if exists else {"error": "file not found"}
+        version = meta.get("version", f.stem)
+        reg = registered.pop(version, None)
+        digest = sha256_file(f) if exists else None
+        out.append(
+            {
+                "version": version,
+                "path": str(f),
+                "active": active_path is not None and f == active_path,
+                "source": "DIGITREADER_MODEL_PATH"
+                if settings.model_path and f == Path(settings.model_path).expanduser()
+                else "shipped",
+                "sha256": digest,
+                "sha256_ok": None
+                if f.name != manifest.get("model")
+                else (digest == str(manifest.get("sha256", "")).lower()),
+                "threshold": _num(meta.get("threshold")),
+                "temperature": _num(meta.get("temperature")),
+                "mnist_test_accuracy": _num(meta.get("mnist_test_accuracy")),
+                "arch": meta.get("arch"),
+                "int8": str(int8_path(f)) if int8_path(f).is_file() else None,
+                "registry_status": reg.status if reg else None,
+                "error": meta.get("error"),
+            }
+        )
+    for version, reg in registered.items():  # in the database only (e.g. retrained candidates elsewhere)
+        out.append(
+            {
+                "version": version,
+                "path": reg.path,
+                "active": False,
+                "source": "database",
+                "sha256": reg.sha256,
+                "sha256_ok": None,
+                "threshold": reg.threshold,
+                "temperature": None,
+                "mnist_test_accuracy": (reg.metrics or {}).get("mnist_test_accuracy"),
+                "arch": None,
+                "int8": str(int8_path(Path(reg.path))) if reg.path and int8_path(Path(reg.path)).is_file() else None,
+                "registry_status": reg.status,
+                "error": None,
+            }
+        )
+    return out
+
+
+def _num(v: str | None) -> float | None:
+    try:
+        return None if v is None else float(v)
+    except ValueError:
+        return None
 
 
 # ----------------------------------------------------------------------- live pick-up

@@ -351,6 +351,28 @@ def batch_stats(session: Session, batch_id: int) -> dict[str, int]:
     }
 
 
+def batch_status(session: Session, batch_id: int | None) -> dict[str, Any]:
+    """Where a batch stands (`digitreader status`; None: the latest batch): its status, model and
+    threshold, documents by status, the counts of `batch_stats`, and each failed document's error."""
+    batch = get_batch(session, batch_id)
+    counts = document_counts(session, batch.id)
+    return {
+        "batch": batch.id,
+        "status": batch.status,
+        "created_at": batch.created_at.isoformat() if batch.created_at else None,
+        "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
+        "seconds": batch.seconds,
+        "model_version": batch.model_version,
+        "model_precision": (batch.options or {}).get("precision"),  # fp32 or int8: the file that read
+        "threshold": batch.threshold,
+        "documents": {"total": sum(counts.values()), **counts},
+        **batch_stats(session, batch.id),
+        "failures": [
+            {"path": d.path, "code": d.error_code, "message": d.error_message} for d in failures(session, batch.id)
+        ],
+    }
+
+
 def ensure_model_version(
     session: Session,
     version: str,

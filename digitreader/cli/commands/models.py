@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import typer
 
 from digitreader.cli.output import err, print_json
-from digitreader.errors import DigitreaderError, NotFoundError
-from digitreader.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from digitreader.db import ModelVersion
+from digitreader.errors import NotFoundError
+from digitreader.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -29,108 +23,14 @@ models_app = typer.Typer(
 )
 
 
-def _onnx_meta(path: Path) -> dict[str, str]:
-    from digitreader.pipeline.recognize import onnx_metadata
-
-    try:
-        return onnx_metadata(path)
-    except Exception as exc:  # a broken file is listed with its error, not fatal
-        log.debug("cannot read %s: %s", path, exc)
-        return {"error": str(exc.__cause__ or exc).splitlines()[0][:200]}
-
-
-def installed_models(settings: Settings) -> list[dict[str, Any]]:
-    """Every model file we know of, with its metadata and where it comes from; `active` marks the
-    one `submit` uses (DIGITREADER_MODEL_PATH, else the manifest's)."""
-    from digitreader.pipeline.recognize import MANIFEST, MODELS_DIR, _sha256, int8_path
-
-    manifest: dict[str, Any] = {}
-    if MANIFEST.exists():
-        try:
-            manifest = json.loads(MANIFEST.read_text())
-        except ValueError:
-            manifest = {}
-    # A model's int8 file (`training.quantize`) is the same model in another precision: listed with it.
-    files = sorted(f for f in MODELS_DIR.glob("*.onnx") if not f.name.endswith(".int8.onnx"))
-    if settings.model_path is not None and Path(settings.model_path).expanduser() not in files:
-        files.append(Path(settings.model_path).expanduser())
-    active_path = (
-        Path(settings.model_path).expanduser()
-        if settings.model_path
-        else (MODELS_DIR / manifest["model"] if manifest.get("model") else None)
-    )
-    from sqlalchemy import select
-
-    from digitreader.db import ModelVersion, session_scope
-
-    registered: dict[str, ModelVersion] = {}
-    try:
-        with session_scope(settings) as s:
-            registered = {m.version: m for m in s.scalars(select(ModelVersion)).all()}
-    except DigitreaderError as exc:
-        log.warning("model registry unavailable: %s", exc)
-    out: list[dict[str, Any]] = []
-    for f in files:
-        exists = f.exists()
-        meta = _onnx_meta(f) if exists else {"error": "file not found"}
-        version = meta.get("version", f.stem)
-        reg = registered.pop(version, None)
-        digest = _sha256(f) if exists else None
-        out.append(
-            {
-                "version": version,
-                "path": str(f),
-                "active": active_path is not None and f == active_path,
-                "source": "DIGITREADER_MODEL_PATH"
-                if settings.model_path and f == Path(settings.model_path).expanduser()
-                else "shipped",
-                "sha256": digest,
-                "sha256_ok": None
-                if f.name != manifest.get("model")
-                else (digest == str(manifest.get("sha256", "")).lower()),
-                "threshold": _num(meta.get("threshold")),
-                "temperature": _num(meta.get("temperature")),
-                "mnist_test_accuracy": _num(meta.get("mnist_test_accuracy")),
-                "arch": meta.get("arch"),
-                "int8": str(int8_path(f)) if int8_path(f).is_file() else None,
-                "registry_status": reg.status if reg else None,
-                "error": meta.get("error"),
-            }
-        )
-    for version, reg in registered.items():  # in the database only (e.g. retrained candidates elsewhere)
-        out.append(
-            {
-                "version": version,
-                "path": reg.path,
-                "active": False,
-                "source": "database",
-                "sha256": reg.sha256,
-                "sha256_ok": None,
-                "threshold": reg.threshold,
-                "temperature": None,
-                "mnist_test_accuracy": (reg.metrics or {}).get("mnist_test_accuracy"),
-                "arch": None,
-                "int8": str(int8_path(Path(reg.path))) if reg.path and int8_path(Path(reg.path)).is_file() else None,
-                "registry_status": reg.status,
-                "error": None,
-            }
-        )
-    return out
-
-
-def _num(v: str | None) -> float | None:
-    try:
-        return None if v is None else float(v)
-    except ValueError:
-        return None
-
-
 @models_app.command("list")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the models; '*' marks the active one (the one `submit` uses).
 
     Example:  digitreader models list --json
     """
+    from digitreader.registry import installed_models
+
     models = installed_models(get_settings())
     if as_json:
         print_json(models)
@@ -174,6 +74,8 @@ def show_cmd(
                  "precision": s.precision, "runtime_path": s.runtime_path, "setting": settings.splitter}  # fmt: skip
         print_json({**p.info.as_dict(), "metadata": p.info.metadata, "active": True, "splitter": split})
         return
+    from digitreader.registry import installed_models
+
     for m in installed_models(settings):
         if m["version"] == version:
             print_json(m)

@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
 from digitreader.cli.output import print_json
 from digitreader.settings import get_settings
 
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
 log = logging.getLogger(__name__)
-
-
-def batch_status(session: Session, batch_id: int | None) -> dict[str, Any]:
-    from digitreader.db.store import batch_stats, document_counts, failures, get_batch
-
-    batch = get_batch(session, batch_id)
-    counts = document_counts(session, batch.id)
-    return {
-        "batch": batch.id,
-        "status": batch.status,
-        "created_at": batch.created_at.isoformat() if batch.created_at else None,
-        "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
-        "seconds": batch.seconds,
-        "model_version": batch.model_version,
-        "model_precision": (batch.options or {}).get("precision"),  # fp32 or int8: the file that read
-        "threshold": batch.threshold,
-        "documents": {"total": sum(counts.values()), **counts},
-        **batch_stats(session, batch.id),
-        "failures": [
-            {"path": d.path, "code": d.error_code, "message": d.error_message} for d in failures(session, batch.id)
-        ],
-    }
 
 
 def _text(st: dict[str, Any]) -> str:
@@ -70,6 +45,7 @@ def status(
     Example:  digitreader status 12 --json
     """
     from digitreader.db import session_scope
+    from digitreader.db.store import batch_status
 
     settings = get_settings()
     with session_scope(settings) as s:
