@@ -69,7 +69,9 @@ class Settings(BaseSettings):
 
     # Work.
     workers: int = Field(default=0, ge=0, description="Processes for segmentation (0 = one per core).")
-    document_time_limit: float = Field(default=300.0, gt=0, description="Seconds one document may take.")
+    document_time_limit: float = Field(
+        default=300.0, gt=0, description="Seconds one document (embedded: each part of a long one) may take."
+    )
     max_redeliveries: int = Field(default=3, ge=1, description="Distributed: deliveries before a document fails.")
     # Tests only: a page worker exits hard (os._exit) on documents whose file name matches this
     # glob, to prove the redelivery cap. Never set it in production.

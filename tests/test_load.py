@@ -106,6 +106,25 @@ def test_multipage_tiff_with_mixed_depths(tmp_path: Path, settings: Settings) ->
         assert pg.gray[15, 20] < 40 and pg.gray[100, 80] > 200
 
 
+def test_pages_loads_only_that_part(tmp_path: Path, settings: Settings) -> None:
+    """`load_pages(pages=(first, last))` yields those pages only, numbered as in the whole document
+    and with the same pixels (what a part of a long document is segmented from)."""
+    frames = [Image.fromarray(_page() // (i + 1)) for i in range(5)]  # five different pages
+    tif, pdf, png = tmp_path / "five.tif", tmp_path / "five.pdf", tmp_path / "one.png"
+    frames[0].save(tif, save_all=True, append_images=frames[1:], compression="tiff_deflate")
+    frames[0].save(pdf, save_all=True, append_images=frames[1:], resolution=100)
+    frames[0].save(png)
+    for p in (tif, pdf):
+        whole = list(load_pages(p, settings))
+        part = list(load_pages(p, settings, pages=(2, 4)))
+        assert [pg.number for pg in part] == [2, 3, 4]
+        assert all(np.array_equal(pg.gray, whole[pg.number - 1].gray) for pg in part)
+        assert not np.array_equal(part[0].gray, part[1].gray)
+        assert [pg.number for pg in load_pages(p, settings, pages=(5, 9))] == [5]
+    assert [pg.number for pg in load_pages(png, settings, pages=(1, 1))] == [1]
+    assert list(load_pages(png, settings, pages=(2, 3))) == []
+
+
 def test_transparent_areas_become_paper(tmp_path: Path, settings: Settings) -> None:
     rgba = np.zeros((50, 40, 4), np.uint8)  # fully transparent black...
     rgba[10:20, 10:30] = (0, 0, 0, 255)  # ...except an opaque black bar

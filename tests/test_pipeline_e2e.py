@@ -29,6 +29,7 @@ from digitreader.pipeline.process import (
     segment_document,
 )
 from digitreader.settings import Settings
+from digitreader.types import PageCut
 from tests.test_db import pg_url  # noqa: F401  (fixture)
 
 TEST_DATA = Path(__file__).resolve().parent / "data"
@@ -222,6 +223,105 @@ def test_pool_and_batch_size_change_nothing_stored(
         ref_export = export_json(s, ref_report.batch_id)
     assert values == {d["path"]: [f["value"] for p in d["pages"] for f in p["fields"]] for d in ref_export["documents"]}
     assert all(v for v in values.values())
+
+
+def test_page_parts_and_join_parts(tmp_path: Path) -> None:
+    """Only a PDF or TIFF longer than the part size is cut in parts, of nearly equal size; a file that
+    cannot be counted stays whole. Joined parts keep page order; the first failed part fails the
+    document, counting the pages before it."""
+    from PIL import Image
+
+    from digitreader.pipeline.document import DocumentCut, join_parts, page_parts
+
+    st = Settings(_env_file=None)  # type: ignore[call-arg]
+    page = Image.fromarray(np.full((60, 40), 230, np.uint8))
+    nine, four = tmp_path / "nine.tif", tmp_path / "four.tif"
+    page.save(nine, save_all=True, append_images=[page] * 8)
+    page.save(four, save_all=True, append_images=[page] * 3)
+    page.save(tmp_path / "one.png")
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    assert page_parts(nine, st, size=4) == [(1, 3), (4, 6), (7, 9)]
+    assert page_parts(four, st, size=4) == [None]
+    assert page_parts(tmp_path / "one.png", st, size=1) == [None]
+    assert page_parts(tmp_path / "broken.pdf", st, size=1) == [None]
+
+    def part(first: int, last: int) -> DocumentCut:
+        pages = tuple(PageCut(number=n, width=40, height=60, fields=()) for n in range(first, last + 1))
+        return DocumentCut("d.tif", pages, page_count=len(pages), seconds=1.0, timings={"segment": 0.5})
+
+    joined = join_parts([part(1, 3), part(4, 6), part(7, 9)])
+    assert not joined.failed and [p.number for p in joined.pages] == list(range(1, 10))
+    assert joined.page_count == 9 and joined.seconds == 3.0 and joined.timings == {"segment": 1.5}
+    bad = DocumentCut("d.tif", (), "truncated", "d.tif (page 5): cut short", page_count=1, seconds=1.0)
+    failed = join_parts([part(1, 3), bad, DocumentCut("d.tif", (), "unreadable", "later", seconds=1.0)])
+    assert failed.failed and failed.error_code == "truncated" and failed.pages == ()
+    assert failed.page_count == 4 and failed.error_message == "d.tif (page 5): cut short"
+
+
+def _damage_page(tif: Path, number: int) -> None:
+    """Overwrite the zlib header of page `number`'s first strip: that page no longer decodes (Pillow:
+    "incorrect header check"), while the file's structure and its page count stay intact."""
+    from PIL import Image
+
+    with Image.open(tif) as im:
+        im.seek(number - 1)
+        tags = im.tag_v2  # type: ignore[attr-defined]
+        offset = tags[273][0]
+    with open(tif, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff\xff\xff\xff")
+
+
+@pytest.mark.slow
+def test_a_long_document_is_cut_in_parts_and_joined(
+    tmp_path: Path, data_dir: Path, scans: Path, predictor: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One 6-page TIFF alone in a batch, with parts of 2 pages: the pool cuts the three parts at once
+    and joins them, and the document stored is the one cut whole, inline. A damaged page in a later
+    part fails the document with that page's own error; a good document beside it is stored."""
+    from digitreader.pipeline import document
+    from digitreader.synth import generate
+
+    generate(tmp_path / "long", pages=6, seed=43, fmt="tiff", kind="form", per_file=6, data_dir=data_dir)
+    (tif,) = sorted((tmp_path / "long").glob("*.tif"))
+    monkeypatch.setattr(document, "PART_PAGES", 2)
+    assert document.page_parts(tif, Settings(_env_file=None)) == [(1, 2), (3, 4), (5, 6)]  # type: ignore[call-arg]
+
+    def pages(e: dict[str, Any]) -> list[Any]:
+        (doc,) = e["documents"]
+        return [(p["number"], [(f["value"], f["bbox"]) for f in p["fields"]]) for p in doc["pages"]]
+
+    exports = []
+    for workers in (2, 1):
+        st = Settings(home=tmp_path / f"w{workers}", workers=workers, _env_file=None)  # type: ignore[call-arg]
+        report = process_batch([tif], st, predictor=predictor)
+        assert report.status == "done" and report.pages == 6
+        with session_scope(st) as s:
+            exports.append(export_json(s, report.batch_id))
+    assert [n for n, _ in pages(exports[0])] == [1, 2, 3, 4, 5, 6]
+    assert pages(exports[0]) == pages(exports[1])
+    assert all(fields for _, fields in pages(exports[0]))
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(tif, bad / "long.tif")
+    _damage_page(bad / "long.tif", 5)
+    shutil.copy(tif, bad / "first.tif")
+    _damage_page(bad / "first.tif", 1)  # page 1, in the first part
+    one = (sorted(scans.glob("*.png")) or sorted(scans.glob("*.jp*g")))[0]
+    shutil.copy(one, bad / f"page{one.suffix}")
+    st = Settings(home=tmp_path / "bad-home", workers=2, _env_file=None)  # type: ignore[call-arg]
+    report = process_batch([bad], st, predictor=predictor)
+    assert report.status == "partial"
+    with session_scope(st) as s:
+        docs = {Path(d.path).name: d for d in s.scalars(select(Document))}
+        assert docs[f"page{one.suffix}"].status in ("done", "needs_review")
+        for name, page in (("long.tif", 5), ("first.tif", 1)):
+            d = docs[name]
+            assert d.status == "failed" and d.error_code in ("unreadable", "truncated"), (d.error_code, d.error_message)
+            assert f"(page {page})" in (d.error_message or "")
+        stored = s.scalar(select(func.count()).select_from(Page).join(Document).where(Document.status == "failed"))
+        assert stored == 0
 
 
 def test_storing_a_document_twice_replaces_it(settings: Settings, scans: Path, predictor: Any) -> None:

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,11 @@ from digitreader.errors import InputError
 from digitreader.pipeline.assemble import count_crops
 from digitreader.settings import Settings
 from digitreader.types import BBox, PageCut
+
+#: A PDF or TIFF longer than this many pages is segmented in parts of about as many pages, which the
+#: embedded pipeline's pool cuts on several cores at once (`page_parts`, `join_parts`).
+PART_PAGES = 4
+MULTI_PAGE_SUFFIXES = (".pdf", ".tif", ".tiff")
 
 #: Field strips: the field's box grown by this share of its height on every side (clamped to the page),
 #: scaled down to at most STRIP_HEIGHT pixels high and STRIP_MAX_WIDTH wide, JPEG at STRIP_QUALITY.
@@ -131,24 +136,27 @@ def segment_document(
     template: Any = None,
     time_limit: float | None = None,
     model_path: str | Path | None = None,
+    pages: tuple[int, int] | None = None,
 ) -> DocumentCut:
     """Load and segment every page of one document. Errors are returned, never raised.
 
     `time_limit` (seconds): the document fails with code "timeout" when segmenting it takes longer.
     `model_path`: the model that will read the digits (None: DIGITREADER_MODEL_PATH, else the shipped
     model); the string splitter uses it with DIGITREADER_SPLITTER=reader (`split.splitter_model`).
+    `pages` (first, last), from 1, both included: only that part of the document (`join_parts` joins
+    the parts' cuts back into the document's).
     """
     from digitreader.pipeline.load import load_pages
     from digitreader.pipeline.segment import segment_page
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {"decode": 0.0, "segment": 0.0}
-    pages: list[PageCut] = []
+    cuts: list[PageCut] = []
     strips: list[tuple[FieldStrip | None, ...]] = []
     timings["strips"] = 0.0
     try:
         with _deadline(time_limit):
-            it = iter(load_pages(path, settings))
+            it = iter(load_pages(path, settings, pages=pages))
             while True:
                 t = time.perf_counter()
                 page = next(it, None)
@@ -156,21 +164,22 @@ def segment_document(
                 if page is None:
                     break
                 t = time.perf_counter()
-                pages.append(segment_page(page, settings, template=template, model_path=model_path))
+                cuts.append(segment_page(page, settings, template=template, model_path=model_path))
                 t1 = time.perf_counter()
                 timings["segment"] += t1 - t
-                strips.append(field_strips(page.gray, pages[-1]))
+                strips.append(field_strips(page.gray, cuts[-1]))
                 timings["strips"] += time.perf_counter() - t1
-        if not pages:
+        if not cuts:
             raise InputError("the document has no pages", path=path, code="empty_file")
     except _DocumentTimeout:
+        part = f" of pages {pages[0]}-{pages[1]}" if pages else ""
         msg = (
             f"{path}: took longer than {time_limit:g} s (DIGITREADER_DOCUMENT_TIME_LIMIT); "
-            f"stopped after {len(pages)} page(s)"
+            f"stopped after {len(cuts)} page(s){part}"
         )
         return DocumentCut(str(path), (), "timeout", msg, None, time.perf_counter() - t0, timings)
     except InputError as exc:
-        return DocumentCut(str(path), (), exc.code, exc.message, len(pages) or None, time.perf_counter() - t0, timings)
+        return DocumentCut(str(path), (), exc.code, exc.message, len(cuts) or None, time.perf_counter() - t0, timings)
     except MemoryError:
         return DocumentCut(
             str(path), (), "too_large", f"{path}: out of memory", None, time.perf_counter() - t0, timings
@@ -187,8 +196,50 @@ def segment_document(
             traceback.format_exc(),
         )
     return DocumentCut(
-        str(path), tuple(pages), None, None, len(pages), time.perf_counter() - t0, timings, strips=tuple(strips)
+        str(path), tuple(cuts), None, None, len(cuts), time.perf_counter() - t0, timings, strips=tuple(strips)
     )
+
+
+def page_parts(path: str | Path, settings: Settings, size: int | None = None) -> list[tuple[int, int] | None]:
+    """The parts to segment a document in: (first, last) page ranges of about `size` (default
+    `PART_PAGES`) pages for a PDF or TIFF longer than that, else [None] (the whole document at once).
+    Counting the pages opens the file without decoding any; a file that cannot be counted is left
+    whole, and segmenting it reports what is wrong with it."""
+    from digitreader.pipeline.load import count_pages
+
+    size = size or PART_PAGES
+
+    if Path(path).suffix.lower() not in MULTI_PAGE_SUFFIXES:
+        return [None]
+    try:
+        n = count_pages(path, settings)
+    except Exception:  # only an optimization: segment_document gives the specific error
+        return [None]
+    if n <= size:
+        return [None]
+    k = -(-n // size)
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return [(bounds[i] + 1, bounds[i + 1]) for i in range(k)]
+
+
+def join_parts(parts: Sequence[DocumentCut]) -> DocumentCut:
+    """One document's cut from the cuts of its parts, given in page order (`segment_document` with
+    `pages`): the first part that failed fails the document, its page count including the pages
+    before that part; else the parts' pages and strips in order, their seconds and timings added."""
+    seconds = sum(p.seconds for p in parts)
+    timings: dict[str, float] = {}
+    for p in parts:
+        for k, v in p.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+    before = 0
+    for p in parts:
+        if p.failed:
+            count = before + (p.page_count or 0) or None
+            return DocumentCut(p.path, (), p.error_code, p.error_message, count, seconds, timings, p.traceback)
+        before += len(p.pages)
+    pages = tuple(page for p in parts for page in p.pages)
+    strips = tuple(s for p in parts for s in p.strips) if all(len(p.strips) == len(p.pages) for p in parts) else ()
+    return DocumentCut(parts[0].path, pages, None, None, len(pages), seconds, timings, strips=strips)
 
 
 def init_worker() -> None:

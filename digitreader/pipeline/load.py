@@ -87,8 +87,13 @@ def count_pages(path: str | Path, settings: Settings) -> int:
         return int(getattr(im, "n_frames", 1))
 
 
-def load_pages(path: str | Path, settings: Settings, *, max_reduction: int = 1) -> Iterator[PageImage]:
+def load_pages(
+    path: str | Path, settings: Settings, *, max_reduction: int = 1, pages: tuple[int, int] | None = None
+) -> Iterator[PageImage]:
     """Yield the pages of a document as `PageImage`s (greyscale uint8, dark ink on light paper).
+
+    `pages` (first, last), numbered from 1, both included: only those pages (a long PDF or TIFF is
+    segmented in parts on several cores); the pages before `first` are not decoded.
 
     `max_reduction` (1, 2, 4 or 8): the caller accepts a page reduced by up to this factor, never
     below segmentation's working resolution (`prepare.WORK_DPI`). Only JPEG uses it, decoding at the
@@ -98,10 +103,11 @@ def load_pages(path: str | Path, settings: Settings, *, max_reduction: int = 1) 
     """
     p = Path(path)
     head = _sniff(p, settings)
+    span = range(pages[0] - 1, pages[1]) if pages is not None else None
     if head.startswith(PDF_MAGIC):
-        yield from _pdf_pages(p, settings)
+        yield from _pdf_pages(p, settings, span)
     else:
-        yield from _image_pages(p, head, settings, max_reduction)
+        yield from _image_pages(p, head, settings, max_reduction, span)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,11 +242,14 @@ def _fast_decode(path: Path, im: Image.Image, reduction: int = 1) -> np.ndarray 
     return arr
 
 
-def _image_pages(path: Path, head: bytes, settings: Settings, max_reduction: int = 1) -> Iterator[PageImage]:
+def _image_pages(
+    path: Path, head: bytes, settings: Settings, max_reduction: int = 1, span: range | None = None
+) -> Iterator[PageImage]:
     im = _open_image(path, head)
     with im:
         n = int(getattr(im, "n_frames", 1))
-        if n == 1:
+        indices = range(n) if span is None else range(max(0, span.start), min(n, span.stop))
+        if n == 1 and 0 in indices:
             _check_size(im.width, im.height, settings, path, 1)
             r = _jpeg_reduction(im, max_reduction)
             fast = _fast_decode(path, im, r)
@@ -261,7 +270,7 @@ def _image_pages(path: Path, head: bytes, settings: Settings, max_reduction: int
                     full_size=size,
                 )
                 return
-        yield from _frames(path, im, n, settings)
+        yield from _frames(path, im, indices, settings)
 
 
 def _tiff_bytes(path: Path, stack: contextlib.ExitStack) -> mmap.mmap | None:
@@ -273,12 +282,12 @@ def _tiff_bytes(path: Path, stack: contextlib.ExitStack) -> mmap.mmap | None:
         return None
 
 
-def _frames(path: Path, im: Image.Image, n: int, settings: Settings) -> Iterator[PageImage]:
-    """Each frame of a multi-page (or not fast-decoded) image, decoded by Pillow; TIFF frames that
-    `tiff.decode_frame` handles (8-bit strips, Deflate or none) without it."""
+def _frames(path: Path, im: Image.Image, indices: range, settings: Settings) -> Iterator[PageImage]:
+    """The frames `indices` (from 0) of a multi-page (or not fast-decoded) image, decoded by Pillow;
+    TIFF frames that `tiff.decode_frame` handles (8-bit strips, Deflate or none) without it."""
     with contextlib.ExitStack() as stack:
         data = _tiff_bytes(path, stack) if im.format == "TIFF" else None  # mapped once for every page
-        for index in range(n):
+        for index in indices:
             number = index + 1
             try:
                 if index:
@@ -349,7 +358,7 @@ def _open_pdf(path: Path):
         raise InputError(f"cannot open the PDF ({exc})", path=path, code=code) from exc
 
 
-def _pdf_pages(path: Path, settings: Settings) -> Iterator[PageImage]:
+def _pdf_pages(path: Path, settings: Settings, span: range | None = None) -> Iterator[PageImage]:
     import pypdfium2 as pdfium
 
     doc = _open_pdf(path)
@@ -358,7 +367,7 @@ def _pdf_pages(path: Path, settings: Settings) -> Iterator[PageImage]:
         if n == 0:
             raise InputError("the PDF has no pages", path=path, code="empty_file")
         dpi = float(settings.pdf_dpi)
-        for index in range(n):
+        for index in range(n) if span is None else range(max(0, span.start), min(n, span.stop)):
             number = index + 1
             try:
                 page = doc[index]

@@ -39,7 +39,15 @@ from digitreader.db.session import get_engine
 from digitreader.errors import DigitreaderError, UsageError
 from digitreader.hashing import sha256_file_and_size
 from digitreader.pipeline.assemble import PageResult, Probs, assemble_page, count_crops
-from digitreader.pipeline.document import DocumentCut, FieldStrip, field_strips, init_worker, segment_document
+from digitreader.pipeline.document import (
+    DocumentCut,
+    FieldStrip,
+    field_strips,
+    init_worker,
+    join_parts,
+    page_parts,
+    segment_document,
+)
 from digitreader.pipeline.report import BatchReport, DocumentReport, ProgressHook
 from digitreader.settings import Settings
 from digitreader.types import PageCut
@@ -189,9 +197,14 @@ class _InlineExecutor(cf.Executor):
         return fut
 
 
-def worker_count(settings: Settings, documents: int) -> int:
-    cores = settings.workers or os.cpu_count() or 1
-    return max(1, min(cores, documents))
+def cores(settings: Settings) -> int:
+    """Segmentation processes at most: DIGITREADER_WORKERS, else one per core."""
+    return settings.workers or os.cpu_count() or 1
+
+
+def worker_count(settings: Settings, jobs: int) -> int:
+    """Segmentation processes for `jobs` documents (or parts of documents): no more than there are."""
+    return max(1, min(cores(settings), jobs))
 
 
 def make_executor(workers: int) -> cf.Executor:
@@ -319,12 +332,32 @@ def _run(
     if not todo:
         return
     workers = worker_count(settings, len(todo))
+    spans: dict[int, list[tuple[int, int] | None]] = {}
+    if len(todo) < cores(settings):
+        # Fewer documents than cores: a long one is cut in parts, and the parts share the cores.
+        spans = {doc_id: page_parts(path, settings) for doc_id, path in todo}
+        workers = worker_count(settings, sum(len(s) for s in spans.values()))
     # A pool gets enough documents queued to stay busy while this process reads and stores a batch;
     # inline (one worker), each document is stored before the next one is cut.
     pooled = workers > 1
     max_in_flight = workers * 8 if pooled else 1
     limit = settings.document_time_limit
-    queue: Iterator[tuple[int, str]] = iter(todo)
+    # A long PDF or TIFF goes to the pool in parts of a few pages (`page_parts`), so that one long
+    # document uses every core too; its parts are joined (`join_parts`) before it is read and stored.
+    parts_of: dict[int, int] = {}  # document id -> its number of parts
+    arrived: dict[int, dict[int, DocumentCut]] = {}  # document id -> part index -> cut
+
+    def jobs() -> Iterator[tuple[int, str, tuple[int, int] | None, int]]:
+        for doc_id, path in todo:
+            if not pooled:
+                parts: list[tuple[int, int] | None] = [None]
+            else:
+                parts = spans[doc_id] if doc_id in spans else page_parts(path, settings)
+            parts_of[doc_id] = len(parts)
+            for index, span in enumerate(parts):
+                yield doc_id, path, span, index
+
+    queue = jobs()
     buffer: list[tuple[int, DocumentCut]] = []
     buffered = 0
 
@@ -348,8 +381,12 @@ def _run(
         return str(path) if path else None
 
     executor = make_executor(workers)
+
+    def submit(job: tuple[int, str, tuple[int, int] | None, int]) -> cf.Future[DocumentCut]:
+        return executor.submit(segment_document, job[1], settings, template, limit, model_file(), job[2])
+
     try:
-        in_flight: dict[cf.Future[DocumentCut], tuple[int, str]] = {}
+        in_flight: dict[cf.Future[DocumentCut], tuple[int, str, tuple[int, int] | None, int]] = {}
         exhausted = False  # every document submitted: from then on, read each one as soon as it is cut
 
         def fill() -> None:
@@ -359,19 +396,26 @@ def _run(
                 if nxt is None:
                     exhausted = True
                     return
-                in_flight[executor.submit(segment_document, nxt[1], settings, template, limit, model_file())] = nxt
+                in_flight[submit(nxt)] = nxt
 
         fill()
         while in_flight:
             done, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
             for fut in done:
-                doc_id, path = in_flight.pop(fut)
+                doc_id, path, _span, index = in_flight.pop(fut)
                 try:
                     cut = fut.result()
                 except cf.process.BrokenProcessPool as exc:
                     cut = DocumentCut(path, (), "worker_lost", f"{path}: the segmentation process died ({exc})")
                 except Exception as exc:  # pickling errors and the like: this document only
                     cut = DocumentCut(path, (), "internal", f"{path}: {exc!r}", traceback=traceback.format_exc())
+                if parts_of[doc_id] > 1:
+                    got = arrived.setdefault(doc_id, {})
+                    got[index] = cut
+                    if len(got) < parts_of[doc_id]:
+                        continue  # the document's other parts are still being cut
+                    cut = join_parts([got[i] for i in range(parts_of[doc_id])])
+                    del arrived[doc_id]
                 if cut.failed:
                     _store_failure(doc_id, cut, engine, report, hook)
                 else:
@@ -380,10 +424,9 @@ def _run(
             if isinstance(executor, cf.ProcessPoolExecutor) and getattr(executor, "_broken", False):
                 executor.shutdown(wait=False, cancel_futures=True)
                 executor = make_executor(workers)
-                for fut, (doc_id, path) in list(in_flight.items()):
+                for fut, job in list(in_flight.items()):
                     in_flight.pop(fut)
-                    fut = executor.submit(segment_document, path, settings, template, limit, model_file())
-                    in_flight[fut] = (doc_id, path)
+                    in_flight[submit(job)] = job
             if pooled:
                 fill()  # before the flush: the workers keep segmenting while this process reads and stores
             if buffered >= settings.batch_size or (exhausted and buffer):
