@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_e2e.py --pages 200 --json out.json
     .venv/bin/python benchmarks/bench_e2e.py --pages 200 --plot docs/e2e-threshold.png   # finer sweep, drawn
     .venv/bin/python benchmarks/bench_e2e.py --pages 200 --seed 2024 2025 2026 --plot-sets sets.png  # pooled
+    .venv/bin/python benchmarks/bench_e2e.py --pages 96 --kind form --format pdf --per-file 96  # one long PDF
 
 Generates pages with `digitreader.synth` (cached under --cache, never in the repo), runs
 `process_batch` into a fresh SQLite database (all cores), then scores the stored results against the
@@ -204,14 +205,14 @@ def load_export(settings: Settings, batch_id: int) -> dict[str, Any]:
         return export_json(s, batch_id)
 
 
-def generate_pages(cache: Path, pages: int, seed: int, data_dir: Path, fmt: str, kind: str) -> Path:
+def generate_pages(cache: Path, pages: int, seed: int, data_dir: Path, fmt: str, kind: str, per_file: int = 1) -> Path:
     from digitreader.synth import generate
 
-    out = cache / f"synth-{kind}-{fmt}-{pages}-seed{seed}"
+    out = cache / (f"synth-{kind}-{fmt}-{pages}-seed{seed}" + (f"-per{per_file}" if per_file > 1 else ""))
     done = out / ".complete"
     if not done.exists():
         t = time.perf_counter()
-        generate(out, pages=pages, seed=seed, fmt=fmt, kind=kind, data_dir=data_dir)
+        generate(out, pages=pages, seed=seed, fmt=fmt, kind=kind, data_dir=data_dir, per_file=per_file)
         done.write_text("ok")
         print(f"generated {pages} pages in {time.perf_counter() - t:.1f} s -> {out}", file=sys.stderr)
     return out
@@ -424,6 +425,12 @@ def main() -> int:
     )
     ap.add_argument("--format", default="png")
     ap.add_argument("--kind", default="mixed")
+    ap.add_argument(
+        "--per-file",
+        type=int,
+        default=1,
+        help="pages per file for --format tiff or pdf (e.g. --pages 96 --per-file 96: one long document)",
+    )
     ap.add_argument("--workers", type=int, default=0, help="segmentation processes (0 = cores)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "digitreader-bench")
     ap.add_argument(
@@ -448,7 +455,7 @@ def main() -> int:
 
     sets = []
     for seed in args.seed:
-        scans = generate_pages(args.cache, args.pages, seed, args.data_dir, args.format, args.kind)
+        scans = generate_pages(args.cache, args.pages, seed, args.data_dir, args.format, args.kind, args.per_file)
         sets.append({"seed": seed, **run_e2e(scans, workers=args.workers, sweep=PLOT_SWEEP if args.plot else SWEEP)})
     pooled = pool(sets) if len(sets) > 1 else None
     result: dict[str, Any] = sets[0] if pooled is None else {"pooled": pooled, "sets": sets}
