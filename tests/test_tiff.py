@@ -141,8 +141,8 @@ def test_multi_page_files_through_the_loader(tmp_path: Path, page: np.ndarray) -
 
 
 def test_what_it_does_not_handle_is_left_to_pillow(tmp_path: Path, page: np.ndarray) -> None:
-    # LZW (Pillow writes it with libtiff), a turned page (Orientation 3), a strip that does not
-    # inflate: None here; the loader's Pillow path then gives the page, or the right error.
+    # LZW (Pillow writes it with libtiff), a turned page (Orientation 3): None here; the loader's
+    # Pillow path then gives the page. A strip whose zlib header is damaged: DamagedStrip, an error.
     lzw = tmp_path / "lzw.tif"
     Image.fromarray(page).save(lzw, compression="tiff_lzw")
     assert _fast(lzw.read_bytes()) is None
@@ -156,8 +156,34 @@ def test_what_it_does_not_handle_is_left_to_pillow(tmp_path: Path, page: np.ndar
     good = write_tiff([page], rows=45)
     start = good.index(zlib.compress(page.tobytes())[:8])
     broken = bytearray(good)
-    broken[start + 20] ^= 0x5A  # inside the one strip's deflate stream
-    assert _fast(bytes(broken)) is None
+    broken[start : start + 2] = b"\xff\xff"  # the strip's zlib header
+    with pytest.raises(tiff.DamagedStrip):
+        _fast(bytes(broken))
     (tmp_path / "broken.tif").write_bytes(bytes(broken))
     with pytest.raises(InputError):
         list(load_pages(tmp_path / "broken.tif", Settings()))
+
+
+def test_a_strip_damaged_past_its_header_fails_its_page(tmp_path: Path, page: np.ndarray) -> None:
+    """Corrupt Deflate data past the zlib header: Pillow's libtiff inflates it without an error (a band
+    of garbage), zlib does not; the page fails with a clear error instead of being read wrong. A
+    stream only cut short, or without its checksum, is left to Pillow as before."""
+    good = write_tiff([page], rows=45)
+    stream = zlib.compress(page.tobytes())
+    start = good.index(stream[:8])
+    broken = bytearray(good)
+    middle = start + len(stream) // 2
+    broken[middle : middle + 16] = bytes(16)
+    path = tmp_path / "damaged.tif"
+    path.write_bytes(bytes(broken))
+    with Image.open(path) as im:
+        im.load()  # what the loader used to fall back to: no complaint
+    with pytest.raises(tiff.DamagedStrip):
+        _fast(bytes(broken))
+    with pytest.raises(InputError) as err:
+        list(load_pages(path, Settings()))
+    assert err.value.code == "unreadable" and "(page 1)" in str(err.value) and "damaged" in str(err.value)
+    tiff._check_stream(stream[:-4], 0)  # no checksum
+    tiff._check_stream(stream[: len(stream) // 2], 0)  # cut short
+    with pytest.raises(tiff.DamagedStrip, match="strip 3"):
+        tiff._check_stream(bytes(broken[start : start + len(stream)]), 2)

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digitreader.errors import InputError
 from digitreader.pipeline.normalize import to_gray
-from digitreader.pipeline.tiff import decode_frame
+from digitreader.pipeline.tiff import DamagedStrip, decode_frame
 from digitreader.settings import Settings
 from digitreader.types import PageImage
 
@@ -295,7 +295,11 @@ def _frames(path: Path, im: Image.Image, indices: range, settings: Settings) -> 
             except (EOFError, OSError) as exc:
                 raise InputError(f"cannot reach this page ({exc})", path=path, page=number, code="truncated") from exc
             _check_size(im.width, im.height, settings, path, number)
-            arr = decode_frame(data, im) if data is not None else None
+            try:
+                arr = decode_frame(data, im) if data is not None else None
+            except DamagedStrip as exc:
+                message = f"the image data is damaged: {exc}"
+                raise InputError(message, path=path, page=number, code="unreadable") from exc
             if arr is None:
                 arr = _pillow_frame(path, im, number)
             elif arr.ndim == 3:

@@ -9,11 +9,15 @@ with numpy, and the pixels are Pillow's own. Tags are read from the frame Pillow
 `decode_frame(data, im)` returns None for anything else (LZW, JPEG or CCITT compression, tiles,
 other bit depths, planar or alpha samples, a turned page, a strip that does not inflate to its size):
 the loader then decodes the frame with Pillow, which also reports what is wrong with a damaged one.
+Except for damaged Deflate data: a strip that zlib rejects (a bad header, bad codes, a checksum that
+does not match) raises `DamagedStrip`, and the page fails. Pillow's libtiff fails some of these too,
+but inflates data corrupt past its header without a word, giving a band of garbage.
 """
 
 from __future__ import annotations
 
 import mmap
+import zlib
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,19 @@ FILL_ORDER, STRIP_OFFSETS, ORIENTATION, SAMPLES, ROWS_PER_STRIP, STRIP_BYTES = 2
 PLANAR, PREDICTOR, EXTRA_SAMPLES, SAMPLE_FORMAT, TILE_WIDTH = 284, 317, 338, 339, 322
 #: Compression: 1 none, 8 Deflate (Adobe), 32946 Deflate (the older code).
 DEFLATE = (8, 32946)
+
+
+class DamagedStrip(ValueError):
+    """A strip's Deflate data is corrupt (zlib reports a data error); its message says which strip."""
+
+
+def _check_stream(strip: Any, index: int) -> None:
+    """Raise `DamagedStrip` when zlib finds the strip's data corrupt. A stream that is only cut short
+    or lacks its checksum (some writers) is not raised for: Pillow decodes those as it always has."""
+    try:
+        zlib.decompressobj().decompress(bytes(strip))
+    except zlib.error as exc:
+        raise DamagedStrip(f"strip {index + 1} of its Deflate data is damaged ({exc})") from exc
 
 
 def _one(tags: Any, tag: int, default: int) -> int:
@@ -82,7 +99,10 @@ def decode_frame(data: bytes | mmap.mmap, im: Any) -> np.ndarray | None:
             return None
         strip: Any = data[off : off + n]
         if compression in DEFLATE:
-            strip = inflate(strip, size)
+            inflated = inflate(strip, size)
+            if inflated is None:
+                _check_stream(strip, i)
+            strip = inflated
         if strip is None or len(strip) < size:
             return None
         out[i * rows * stride : i * rows * stride + size] = np.frombuffer(strip, np.uint8, count=size)
