@@ -62,6 +62,23 @@ def test_help_loads_no_heavy_library() -> None:
     assert proc.stdout.splitlines()[-1] == "imported: ", proc.stdout.splitlines()[-1]
 
 
+def test_the_progress_bar_moves_with_a_long_document_s_parts() -> None:
+    from digitreader.cli.commands.submit import _Bar
+    from digitreader.pipeline.report import DocumentReport
+
+    bar = _Bar(quiet=True)
+    bar.started(7, todo=2, total=2)
+    assert bar.task is not None
+    task = bar.bar.tasks[0]
+    bar.part_done(11, 1, 3)
+    bar.part_done(11, 2, 3)
+    assert abs(task.completed - 0.5) < 1e-9  # 2 of 3 parts cut: half of the document (storing is last)
+    bar.document_done(DocumentReport(11, "long.pdf", "done", pages=12))
+    bar.document_done(DocumentReport(12, "one.png", "done", pages=1))
+    assert abs(task.completed - 2.0) < 1e-9 and not bar.shown
+    bar.stop()
+
+
 def test_version_is_json_on_stdout() -> None:
     proc = subprocess.run([sys.executable, "-m", "digitreader", "version"], capture_output=True, text=True, check=True)
     info = json.loads(proc.stdout)

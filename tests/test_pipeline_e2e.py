@@ -291,16 +291,32 @@ def test_a_long_document_is_cut_in_parts_and_joined(
         (doc,) = e["documents"]
         return [(p["number"], [(f["value"], f["bbox"]) for f in p["fields"]]) for p in doc["pages"]]
 
-    exports = []
+    from digitreader.pipeline.report import DocumentReport, ProgressHook
+
+    class Calls(ProgressHook):
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, int, int]] = []
+
+        def part_done(self, document_id: int, done: int, parts: int) -> None:
+            self.calls.append(("part", done, parts))
+
+        def document_done(self, report: DocumentReport) -> None:
+            self.calls.append(("document", report.pages, 0))
+
+    exports, hooks = [], []
     for workers in (2, 1):
         st = Settings(home=tmp_path / f"w{workers}", workers=workers, _env_file=None)  # type: ignore[call-arg]
-        report = process_batch([tif], st, predictor=predictor)
+        hooks.append(Calls())
+        report = process_batch([tif], st, predictor=predictor, hook=hooks[-1])
         assert report.status == "done" and report.pages == 6
         with session_scope(st) as s:
             exports.append(export_json(s, report.batch_id))
     assert [n for n, _ in pages(exports[0])] == [1, 2, 3, 4, 5, 6]
     assert pages(exports[0]) == pages(exports[1])
     assert all(fields for _, fields in pages(exports[0]))
+    # The progress hook hears of each part but the last, then of the stored document.
+    assert hooks[0].calls == [("part", 1, 3), ("part", 2, 3), ("document", 6, 0)]
+    assert hooks[1].calls == [("document", 6, 0)]
 
     bad = tmp_path / "bad"
     bad.mkdir()

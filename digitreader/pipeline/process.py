@@ -413,6 +413,7 @@ def _run(
                     got = arrived.setdefault(doc_id, {})
                     got[index] = cut
                     if len(got) < parts_of[doc_id]:
+                        hook.part_done(doc_id, len(got), parts_of[doc_id])
                         continue  # the document's other parts are still being cut
                     cut = join_parts([got[i] for i in range(parts_of[doc_id])])
                     del arrived[doc_id]

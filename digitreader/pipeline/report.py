@@ -61,4 +61,8 @@ class ProgressHook:
 
     def started(self, batch_id: int, todo: int, total: int) -> None: ...
 
+    def part_done(self, document_id: int, done: int, parts: int) -> None:
+        """`done` of the `parts` a long document is cut in are cut (`document.page_parts`); called for
+        each but the last, and `document_done` follows when the document is stored."""
+
     def document_done(self, report: DocumentReport) -> None: ...

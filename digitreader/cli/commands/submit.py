@@ -30,15 +30,23 @@ class _Bar(ProgressHook):
         self.quiet = quiet
         self.bar = progress(transient=True, disable=quiet or not err.is_terminal)
         self.task: TaskID | None = None
+        self.shown: dict[int, float] = {}  # document id -> the share of it the bar shows already
 
     def started(self, batch_id: int, todo: int, total: int) -> None:
         typer.echo(str(batch_id))  # the batch id, alone on stdout, as soon as it exists
         self.bar.start()
         self.task = self.bar.add_task(f"batch {batch_id}", total=todo)
 
+    def part_done(self, document_id: int, done: int, parts: int) -> None:
+        # A long document moves the bar as its parts are cut; the last share comes when it is stored.
+        share = done / (parts + 1)
+        if self.task is not None:
+            self.bar.advance(self.task, share - self.shown.get(document_id, 0.0))
+        self.shown[document_id] = share
+
     def document_done(self, report: DocumentReport) -> None:
         if self.task is not None:
-            self.bar.advance(self.task)
+            self.bar.advance(self.task, 1.0 - self.shown.pop(report.document_id, 0.0))
         if report.status == "failed" and not self.quiet:
             self.bar.console.print(
                 f"[red]failed[/red] {report.path}: {report.error_code}: {_short(report)}", highlight=False, markup=True
