@@ -28,7 +28,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -318,6 +318,48 @@ def process_batch(
     return report
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One task of the segmentation pool: a document, or part `index` of the `parts` it is cut in."""
+
+    doc_id: int
+    path: str
+    pages: tuple[int, int] | None = None  # (first, last), from 1; None: the whole document
+    index: int = 0
+    parts: int = 1
+
+
+def _jobs(
+    todo: list[tuple[int, str]], settings: Settings, pooled: bool, spans: dict[int, list[tuple[int, int] | None]]
+) -> Iterator[_Job]:
+    """The pool's tasks, document after document: a long PDF or TIFF in parts of a few pages
+    (`page_parts`; `spans` where already counted), so that one long document uses every core too."""
+    for doc_id, path in todo:
+        parts = (spans[doc_id] if doc_id in spans else page_parts(path, settings)) if pooled else [None]
+        for index, pages in enumerate(parts):
+            yield _Job(doc_id, path, pages, index, len(parts))
+
+
+class _Parts:
+    """The cuts of documents cut in parts, held until a document's last part arrives."""
+
+    def __init__(self, hook: ProgressHook) -> None:
+        self.hook = hook
+        self.arrived: dict[int, dict[int, DocumentCut]] = {}  # document id -> part index -> cut
+
+    def add(self, job: _Job, cut: DocumentCut) -> DocumentCut | None:
+        """The document's cut once all its parts are in (joined in page order), else None."""
+        if job.parts == 1:
+            return cut
+        got = self.arrived.setdefault(job.doc_id, {})
+        got[job.index] = cut
+        if len(got) < job.parts:
+            self.hook.part_done(job.doc_id, len(got), job.parts)
+            return None
+        del self.arrived[job.doc_id]
+        return join_parts([got[i] for i in range(job.parts)])
+
+
 def _run(
     todo: list[tuple[int, str]],
     settings: Settings,
@@ -342,22 +384,8 @@ def _run(
     pooled = workers > 1
     max_in_flight = workers * 8 if pooled else 1
     limit = settings.document_time_limit
-    # A long PDF or TIFF goes to the pool in parts of a few pages (`page_parts`), so that one long
-    # document uses every core too; its parts are joined (`join_parts`) before it is read and stored.
-    parts_of: dict[int, int] = {}  # document id -> its number of parts
-    arrived: dict[int, dict[int, DocumentCut]] = {}  # document id -> part index -> cut
-
-    def jobs() -> Iterator[tuple[int, str, tuple[int, int] | None, int]]:
-        for doc_id, path in todo:
-            if not pooled:
-                parts: list[tuple[int, int] | None] = [None]
-            else:
-                parts = spans[doc_id] if doc_id in spans else page_parts(path, settings)
-            parts_of[doc_id] = len(parts)
-            for index, span in enumerate(parts):
-                yield doc_id, path, span, index
-
-    queue = jobs()
+    queue = _jobs(todo, settings, pooled, spans)
+    parts = _Parts(hook)
     buffer: list[tuple[int, DocumentCut]] = []
     buffered = 0
 
@@ -382,11 +410,11 @@ def _run(
 
     executor = make_executor(workers)
 
-    def submit(job: tuple[int, str, tuple[int, int] | None, int]) -> cf.Future[DocumentCut]:
-        return executor.submit(segment_document, job[1], settings, template, limit, model_file(), job[2])
+    def submit(job: _Job) -> cf.Future[DocumentCut]:
+        return executor.submit(segment_document, job.path, settings, template, limit, model_file(), job.pages)
 
     try:
-        in_flight: dict[cf.Future[DocumentCut], tuple[int, str, tuple[int, int] | None, int]] = {}
+        in_flight: dict[cf.Future[DocumentCut], _Job] = {}
         exhausted = False  # every document submitted: from then on, read each one as soon as it is cut
 
         def fill() -> None:
@@ -402,25 +430,21 @@ def _run(
         while in_flight:
             done, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
             for fut in done:
-                doc_id, path, _span, index = in_flight.pop(fut)
+                job = in_flight.pop(fut)
+                path = job.path
                 try:
-                    cut = fut.result()
+                    part = fut.result()
                 except cf.process.BrokenProcessPool as exc:
-                    cut = DocumentCut(path, (), "worker_lost", f"{path}: the segmentation process died ({exc})")
+                    part = DocumentCut(path, (), "worker_lost", f"{path}: the segmentation process died ({exc})")
                 except Exception as exc:  # pickling errors and the like: this document only
-                    cut = DocumentCut(path, (), "internal", f"{path}: {exc!r}", traceback=traceback.format_exc())
-                if parts_of[doc_id] > 1:
-                    got = arrived.setdefault(doc_id, {})
-                    got[index] = cut
-                    if len(got) < parts_of[doc_id]:
-                        hook.part_done(doc_id, len(got), parts_of[doc_id])
-                        continue  # the document's other parts are still being cut
-                    cut = join_parts([got[i] for i in range(parts_of[doc_id])])
-                    del arrived[doc_id]
+                    part = DocumentCut(path, (), "internal", f"{path}: {exc!r}", traceback=traceback.format_exc())
+                cut = parts.add(job, part)
+                if cut is None:
+                    continue  # the document's other parts are still being cut
                 if cut.failed:
-                    _store_failure(doc_id, cut, engine, report, hook)
+                    _store_failure(job.doc_id, cut, engine, report, hook)
                 else:
-                    buffer.append((doc_id, cut))
+                    buffer.append((job.doc_id, cut))
                     buffered += cut.crops
             if isinstance(executor, cf.ProcessPoolExecutor) and getattr(executor, "_broken", False):
                 executor.shutdown(wait=False, cancel_futures=True)
