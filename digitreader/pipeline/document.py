@@ -207,14 +207,13 @@ def page_parts(path: str | Path, settings: Settings, size: int | None = None) ->
     whole, and segmenting it reports what is wrong with it."""
     from digitreader.pipeline.load import count_pages
 
-    size = size or PART_PAGES
-
     if Path(path).suffix.lower() not in MULTI_PAGE_SUFFIXES:
         return [None]
     try:
         n = count_pages(path, settings)
     except Exception:  # only an optimization: segment_document gives the specific error
         return [None]
+    size = size or PART_PAGES
     if n <= size:
         return [None]
     k = -(-n // size)
