@@ -53,6 +53,18 @@ def test_e2e_and_error_list_score_a_run_alike(bench_scans: Path, bench_modules: 
     assert all(e["label"] != e["truth"] for e in digits)
 
 
+def test_e2e_scores_one_long_document(tmp_path: Path, data_dir: Path, bench_modules: tuple[Any, Any]) -> None:
+    """`bench_e2e.py --per-file`: the pages in one PDF (cut in parts by the pipeline), scored page by
+    page against their ground truth like separate files."""
+    bench_e2e, _ = bench_modules
+    scans = bench_e2e.generate_pages(tmp_path, 5, 7, data_dir, "pdf", "form", per_file=5)
+    assert len(list(scans.glob("*.pdf"))) == 1
+    result = bench_e2e.run_e2e(scans, sweep=(0.97,))
+    assert result["documents"] == 1 and result["pages"] == 5 and result["documents_failed"] == 0
+    assert result["fields_found"] == result["truth_fields"] > 0
+    assert result["digit_accuracy_pct"] > 90
+
+
 def test_wilson_interval(bench_modules: tuple[Any, Any]) -> None:
     bench_e2e, _ = bench_modules
     # Known closed forms: with no successes the upper end is z^2 / (n + z^2), with all, the lower end
