@@ -409,8 +409,6 @@ def list_models(session: Session) -> list[dict[str, Any]]:
 
 
 def _onnx_meta_or_error(path: Path) -> dict[str, str]:
-    from digitreader.pipeline.recognize import onnx_metadata
-
     try:
         return onnx_metadata(path)
     except Exception as exc:  # a broken file is listed with its error, not fatal
@@ -424,12 +422,10 @@ def installed_models(settings: Settings) -> list[dict[str, Any]]:
     `submit` uses (DIGITREADER_MODEL_PATH, else the manifest's)."""
     from digitreader.pipeline.recognize import MANIFEST, MODELS_DIR
 
-    manifest: dict[str, Any] = {}
-    if MANIFEST.exists():
-        try:
-            manifest = json.loads(MANIFEST.read_text())
-        except ValueError:
-            manifest = {}
+    try:
+        manifest: dict[str, Any] = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
+    except ValueError:
+        manifest = {}
     # A model's int8 file (`training.quantize`) is the same model in another precision: listed with it.
     files = sorted(f for f in MODELS_DIR.glob("*.onnx") if not f.name.endswith(".int8.onnx"))
     if settings.model_path is not None and Path(settings.model_path).expanduser() not in files:

@@ -108,7 +108,7 @@ def ship_splitter(
     data_dir: Path | str | None = None,
 ) -> dict[str, object]:
     """Ship a run's model as the string splitter's (`digitreader/models/splitter/`): the model whose
-    second opinion decides how string fields split into digits (`digitreader.pipeline.cut`), not the
+    second opinion decides how string fields split into digits (`digitreader.pipeline.split`), not the
     one that reads them. Its metadata `version` is replaced (`version`) and says its role."""
     src = run / "model.onnx"
     if not src.exists():

@@ -98,21 +98,24 @@ def read_manifest(manifest: Path = MANIFEST) -> dict[str, Any]:
     return data
 
 
+def side_manifest(model: Path) -> dict[str, Any]:
+    """The manifest beside a model file when it names that file ({"model": NAME, "sha256", ...,
+    "int8": {...}}), else {} (none there, another model's, or unreadable)."""
+    side = model.parent / "manifest.json"
+    try:
+        m = json.loads(side.read_text()) if side.exists() else {}
+    except (OSError, ValueError):
+        return {}
+    return m if isinstance(m, dict) and m.get("model") == model.name else {}
+
+
 def resolve_model(path: Path | str | None, settings: Settings) -> tuple[Path, str | None]:
     """(model path, expected sha256 or None). Explicit path > settings.model_path > manifest."""
     explicit = path or settings.model_path
     if explicit:
         p = Path(explicit).expanduser()
         # A model with a manifest beside it (a models folder) is checked too.
-        side = p.parent / "manifest.json"
-        if side.exists():
-            try:
-                m = json.loads(side.read_text())
-                if m.get("model") == p.name:
-                    return p, m.get("sha256")
-            except ValueError:
-                pass
-        return p, None
+        return p, side_manifest(p).get("sha256")
     m = read_manifest()
     return MODELS_DIR / m["model"], m["sha256"]
 
@@ -124,13 +127,10 @@ def int8_path(model: Path) -> Path:
 
 def _int8_expected(model: Path) -> str | None:
     """The SHA-256 a manifest beside `model` lists for its int8 file ({"int8": {"model", "sha256"}})."""
-    side = model.parent / "manifest.json"
-    try:
-        m = json.loads(side.read_text()) if side.exists() else {}
-        entry = m.get("int8") if m.get("model") == model.name else None
-        return str(entry["sha256"]) if isinstance(entry, dict) and entry.get("model") == int8_path(model).name else None
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
+    entry = side_manifest(model).get("int8")
+    if isinstance(entry, dict) and entry.get("model") == int8_path(model).name and "sha256" in entry:
+        return str(entry["sha256"])
+    return None
 
 
 def choose_precision(model: Path, digest: str, settings: Settings, providers: list[str]) -> Path | None:

@@ -114,13 +114,12 @@ def label_cmd(
 
     Example:  digitreader review label 1234 7      digitreader review label 1235 x
     """
+    from digitreader.db import session_scope
     from digitreader.review import service
 
     settings = get_settings()
     new = service.parse_label(label)
     who = service.reviewer_name(settings, (ctx.obj or {}).get("reviewer"))
-    from digitreader.db import session_scope
-
     with session_scope(settings) as s:
         res = service.apply_correction(s, digit_id, new, reviewer=who, source="cli")
     if as_json:
@@ -141,12 +140,11 @@ def undo_cmd(
 
     Example:  digitreader review undo
     """
+    from digitreader.db import session_scope
     from digitreader.review import service
 
     settings = get_settings()
     who = None if anyone or correction else service.reviewer_name(settings, (ctx.obj or {}).get("reviewer"))
-    from digitreader.db import session_scope
-
     with session_scope(settings) as s:
         res = service.undo(s, reviewer=who, correction_id=correction)
     err.print(f"undid correction {res.correction_id}: digit {res.digit_id} is back to "
