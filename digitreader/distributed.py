@@ -14,7 +14,10 @@ Flow of one batch:
 2. A page worker (`run_page_job`) claims the document row (`claim_job`: reads it and marks it
    processing in one transaction), segments it and publishes an `infer` task with the crops as
    compact bytes (`workers.codec`, ~15 KB a page, plus the fields' strips); a bad file is stored
-   as failed right there.
+   as failed right there. A PDF or TIFF longer than `settings.part_pages` is queued instead as one
+   part task per few pages (`run_part_job`), which several page workers run at once; each keeps its
+   part's cut in Redis (`PartCuts`) and the one that brings the last in joins them and goes on as
+   above.
 3. The inference worker (`run_infer_batch`) receives many such tasks, recognizes their crops in
    one batch, stores each document in its own transaction and closes the batch when none is left
    pending (`finish_if_complete`).
@@ -47,7 +50,7 @@ from digitreader import registry
 from digitreader.db import Batch, Document, session_scope, store
 from digitreader.db.session import get_engine
 from digitreader.errors import BrokerError, DatabaseError, UsageError
-from digitreader.pipeline.document import DocumentCut, segment_document
+from digitreader.pipeline.document import DocumentCut, join_parts, page_parts, segment_document
 from digitreader.pipeline.process import assemble_document, collect_inputs, hash_inputs, recognize_pages
 from digitreader.settings import Settings
 
@@ -61,6 +64,7 @@ INFER_QUEUE = "infer"
 QUEUES = (PAGES_QUEUE, INFER_QUEUE)
 #: Task names (stable: they are in the messages).
 SEGMENT_TASK = "digitreader.segment"
+PART_TASK = "digitreader.segment_part"
 INFER_TASK = "digitreader.infer"
 #: Message header carrying the number of crops of an infer task (flush-by-size counts these).
 CROPS_HEADER = "digitreader_crops"
@@ -369,7 +373,7 @@ def fail_unexpected(settings: Settings, document_id: int, exc: BaseException) ->
 
 @dataclass(frozen=True)
 class PageOutcome:
-    status: str  # segmented | failed | skipped | missing
+    status: str  # segmented | failed | skipped | missing | split (parts queued) | part (others still out)
     job: DocumentJob | None = None
     crops: int = 0
     #: Where a segmented document's page task spent its time (see `page_trace`); empty otherwise.
@@ -390,6 +394,149 @@ def page_trace(start: float, end: float, setup: float, cut: DocumentCut, encode:
 
 
 Publish = Callable[[DocumentJob, bytes, int], None]
+#: Queues part `index` of `count` (pages first-last, from 1) of a long document for the page pool.
+PublishPart = Callable[[DocumentJob, int, int, tuple[int, int]], None]
+
+
+class PartCuts:
+    """The encoded cuts of a long document's parts, kept in Redis until the last one is in.
+
+    Each part task puts its part's cut (`put`, one Redis transaction: store it, count the parts in);
+    a task that finds every part in gets them all back, in page order, to join and hand on. A
+    redelivered part overwrites its own entry, so it is never counted twice; two tasks that both
+    find the set complete both hand it on, which the inference stage stores once. Keyed by the
+    document and the number of parts (the same count always means the same page ranges); kept a
+    day at most, deleted once handed on."""
+
+    TTL = 86_400
+
+    def __init__(self, client: Any, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+
+    @classmethod
+    def beside(cls, deliveries: Deliveries) -> PartCuts:
+        """On the same Redis, under the same namespace, as the delivery counts."""
+        return cls(deliveries.client, deliveries.namespace)
+
+    def _key(self, document_id: int, count: int) -> str:
+        return f"digitreader:{self.namespace}:parts:{document_id}:{count}"
+
+    def put(self, document_id: int, index: int, count: int, blob: bytes, deadline: float = 120.0) -> list[bytes] | None:
+        """Store part `index`'s cut; every part's cut (index order) when all `count` are in, else None."""
+        key = self._key(document_id, count)
+
+        def put() -> int:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(key, str(index), blob)
+            pipe.expire(key, self.TTL)
+            pipe.hlen(key)
+            return int(pipe.execute()[-1])
+
+        if retry_transient(put, what="keeping a part's cut", deadline=deadline) < count:
+            return None
+        got = retry_transient(lambda: self.client.hgetall(key), what="reading the parts' cuts", deadline=deadline)
+        parts = [got.get(str(i).encode()) for i in range(count)]
+        return None if any(b is None for b in parts) else parts  # another task joined them and cleared the key
+
+    def clear(self, document_id: int, count: int) -> None:
+        try:
+            retry_transient(lambda: self.client.delete(self._key(document_id, count)), what="clearing parts",
+                            deadline=30)  # fmt: skip
+        except Exception as exc:  # the key expires on its own
+            log.warning("could not clear the parts of document %s: %s", document_id, _short(exc))
+
+
+def _start_delivery(
+    engine: Engine, document_id: int, settings: Settings, deliveries: Deliveries, stage: str, *, claim: bool
+) -> tuple[DocumentJob | None, PageOutcome | None, float]:
+    """The start of a page-pool task: read (and with `claim`, claim) the document and count this
+    delivery. Returns (job, None, wait) to go on, or (None, outcome, wait) when there is nothing to do
+    (the document does not exist or is finished; no delivery was counted then)."""
+    lim = limits(settings)
+    # Short in-task retries (the time limit is running); a longer outage is raised for the task to
+    # be retried later with backoff, off the clock.
+    wait = min(30.0, max(2.0, lim.soft / 3))
+    read = claim_job if claim else load_job
+    job = retry_transient(lambda: read(engine, document_id), what=f"document {document_id}", deadline=wait)
+    if job is None:
+        log.warning("document %s does not exist (batch deleted?): message dropped", document_id)
+        return None, PageOutcome("missing"), wait
+    if job.status in FINISHED:
+        doc_log(job.batch_id, document_id).info("already %s: nothing to do (duplicate delivery)", job.status)
+        return None, PageOutcome("skipped", job), wait
+    n = deliveries.start(stage, document_id, deadline=wait)
+    if n > settings.max_redeliveries:
+        msg = (f"{job.path}: the worker processing this document died {n - 1} times (crashed, killed, "
+               f"or past the hard time limit of {lim.hard:.0f} s); given up after "
+               f"{settings.max_redeliveries} deliveries")  # fmt: skip
+        doc_log(job.batch_id, document_id).error("%s", msg)
+        try:
+            retry_transient(lambda: store_failure(engine, document_id, "worker_lost", msg), what="storing",
+                            deadline=wait)  # fmt: skip
+            retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch", deadline=wait)
+        finally:
+            deliveries.done(stage, document_id)
+        return None, PageOutcome("failed", job), wait
+    return job, None, wait
+
+
+def _segment(job: DocumentJob, settings: Settings, pages: tuple[int, int] | None = None) -> DocumentCut:
+    """`segment_document` for a page task: the batch's template, the splitter the settings name, and
+    an overrun of the soft time limit reported as `timeout`."""
+    lim = limits(settings)
+    t0 = time.monotonic()
+    template = None
+    if job.template:
+        from digitreader.pipeline.templates import load_template
+
+        template = load_template(job.resolve(job.template))
+    # The splitter follows the active reader only when told to (DIGITREADER_SPLITTER=reader).
+    reader = registry.active_model_file(settings) if settings.splitter.strip() == "reader" else None
+    cut = segment_document(job.file, settings, template, model_path=reader, pages=pages)
+    if cut.failed and cut.error_code == "internal" and time.monotonic() - t0 >= lim.soft * 0.99:
+        part = f" (pages {pages[0]}-{pages[1]})" if pages else ""
+        msg = f"{job.path}: took longer than the time limit of {lim.soft:.0f} s{part} (DIGITREADER_DOCUMENT_TIME_LIMIT)"
+        cut = DocumentCut(job.path, (), "timeout", msg, None, cut.seconds)
+    return cut
+
+
+def _hand_on(
+    engine: Engine, job: DocumentJob, cut: DocumentCut, *, publish: Publish, encode: Callable[[DocumentCut], bytes],
+    wait: float,
+) -> tuple[int, float, float] | None:  # fmt: skip
+    """A document's whole cut, out of the page pool: a failed one is stored as failed (and the batch
+    closed if it was the last), a good one encoded and published to the inference pool. Returns the
+    encoded size and the seconds spent encoding and publishing, or None when it failed."""
+    dlog = doc_log(job.batch_id, job.document_id)
+    if cut.failed:
+        message = (cut.error_message or "").replace(job.file, job.path)
+        dlog.info("failed: %s: %s", cut.error_code, message)
+        if cut.traceback:
+            dlog.warning("unexpected error:\n%s", cut.traceback)
+        retry_transient(
+            lambda: store_failure(
+                engine, job.document_id, cut.error_code or "internal", message, page_count=cut.page_count,
+                seconds=cut.seconds,
+            ),
+            what="storing a failure",
+            deadline=wait,
+        )  # fmt: skip
+        retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch", deadline=wait)
+        return None
+    t = time.perf_counter()
+    blob = encode(cut)
+    t_encode = time.perf_counter() - t
+    publish(job, blob, cut.crops)
+    return len(blob), t_encode, time.perf_counter() - t - t_encode
+
+
+def _with_setup(cut: DocumentCut, setup: float) -> DocumentCut:
+    """`cut` with the task's `setup` seconds among its timings (stored with the document's others)."""
+    if cut.failed:
+        return cut
+    return DocumentCut(cut.path, cut.pages, None, None, cut.page_count, cut.seconds,
+                       {**cut.timings, "setup": cut.timings.get("setup", 0.0) + setup}, strips=cut.strips)  # fmt: skip
 
 
 def run_page_job(
@@ -399,90 +546,95 @@ def run_page_job(
     publish: Publish,
     deliveries: Deliveries,
     encode: Callable[[DocumentCut], bytes],
+    publish_part: PublishPart | None = None,
     crash: Callable[[], None] = lambda: os._exit(70),
 ) -> PageOutcome:
     """The page pool's work for one document: load, prepare, segment, normalize (via
     `segment_document`), then hand the crops to the inference pool through `publish`.
+
+    A PDF or TIFF longer than `settings.part_pages` is not segmented here when `publish_part` is
+    given: its parts are queued for the page pool (`run_part_job`), so several page workers cut it
+    at once, as the embedded pool does (status "split").
 
     Transient database errors are retried here (`retry_transient`); what is still failing is
     raised for the task to retry later. A bad document is stored as failed (the batch goes on).
     """
     start, t_start = time.time(), time.perf_counter()
     engine = get_engine(settings)
-    lim = limits(settings)
-    # Short in-task retries (the time limit is running); a longer outage is raised for the task to
-    # be retried later with backoff, off the clock.
-    wait = min(30.0, max(2.0, lim.soft / 3))
-    job = retry_transient(lambda: claim_job(engine, document_id), what=f"document {document_id}", deadline=wait)
+    job, outcome, wait = _start_delivery(engine, document_id, settings, deliveries, "page", claim=True)
     if job is None:
-        log.warning("document %s does not exist (batch deleted?): message dropped", document_id)
-        return PageOutcome("missing")
+        return outcome or PageOutcome("missing")
     dlog = doc_log(job.batch_id, document_id)
-    if job.status in FINISHED:
-        dlog.info("already %s: nothing to do (duplicate delivery)", job.status)
-        return PageOutcome("skipped", job)
-    n = deliveries.start("page", document_id, deadline=wait)
     try:
-        if n > settings.max_redeliveries:
-            msg = (f"{job.path}: the worker processing this document died {n - 1} times (crashed, killed, "
-                   f"or past the hard time limit of {lim.hard:.0f} s); given up after "
-                   f"{settings.max_redeliveries} deliveries")  # fmt: skip
-            dlog.error("%s", msg)
-            retry_transient(lambda: store_failure(engine, document_id, "worker_lost", msg), what="storing",
-                            deadline=wait)  # fmt: skip
-            retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch", deadline=wait)
-            return PageOutcome("failed", job)
         if settings.test_crash_on and fnmatch.fnmatch(os.path.basename(job.path), settings.test_crash_on):
             dlog.error("DIGITREADER_TEST_CRASH_ON matches: exiting hard (tests only)")
             crash()
+        parts = page_parts(job.file, settings) if publish_part is not None else [None]
+        if publish_part is not None and len(parts) > 1:
+            for index, pages in enumerate(parts):
+                assert pages is not None
+                publish_part(job, index, len(parts), pages)
+            dlog.info("%d pages: queued in %d parts for the page workers", parts[-1][1] if parts[-1] else 0,
+                      len(parts))  # fmt: skip
+            return PageOutcome("split", job)
         setup = time.perf_counter() - t_start
-        t0 = time.monotonic()
-        template = None
-        if job.template:
-            from digitreader.pipeline.templates import load_template
-
-            template = load_template(job.resolve(job.template))
-        # The splitter follows the active reader only when told to (DIGITREADER_SPLITTER=reader).
-        reader = registry.active_model_file(settings) if settings.splitter.strip() == "reader" else None
-        cut = segment_document(job.file, settings, template, model_path=reader)
-        if cut.failed and cut.error_code == "internal" and time.monotonic() - t0 >= lim.soft * 0.99:
-            cut = DocumentCut(job.path, (), "timeout", f"{job.path}: took longer than the time limit "
-                              f"of {lim.soft:.0f} s (DIGITREADER_DOCUMENT_TIME_LIMIT)", None, cut.seconds)  # fmt: skip
-        if cut.failed:
-            message = (cut.error_message or "").replace(job.file, job.path)
-            dlog.info("failed: %s: %s", cut.error_code, message)
-            if cut.traceback:
-                dlog.warning("unexpected error:\n%s", cut.traceback)
-            retry_transient(
-                lambda: store_failure(
-                    engine,
-                    document_id,
-                    cut.error_code or "internal",
-                    message,
-                    page_count=cut.page_count,
-                    seconds=cut.seconds,
-                ),
-                what="storing a failure",
-                deadline=wait,
-            )
-            retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch", deadline=wait)
+        cut = _with_setup(_segment(job, settings), setup)
+        sent = _hand_on(engine, job, cut, publish=publish, encode=encode, wait=wait)
+        if sent is None:
             return PageOutcome("failed", job)
-        # `setup` travels with the crops and is stored with the document's other timings.
-        cut = DocumentCut(job.path, cut.pages, None, None, cut.page_count, cut.seconds, {**cut.timings, "setup": setup},
-                          strips=cut.strips)  # fmt: skip
-        t = time.perf_counter()
-        blob = encode(cut)
-        t_encode = time.perf_counter() - t
-        publish(job, blob, cut.crops)
-        t_publish = time.perf_counter() - t - t_encode
+        size, t_encode, t_publish = sent
     finally:
         t = time.perf_counter()
         deliveries.done("page", document_id)
         t_done = time.perf_counter() - t
-    trace = page_trace(start, time.time(), setup, cut, t_encode, t_publish, t_done, len(blob))
+    trace = page_trace(start, time.time(), setup, cut, t_encode, t_publish, t_done, size)
     dlog.info("segmented: %d page(s), %d crops, %.2f s, %d bytes to infer; page task %s", len(cut.pages), cut.crops,
-              cut.seconds, len(blob), json.dumps(trace, separators=(",", ":")))  # fmt: skip
+              cut.seconds, size, json.dumps(trace, separators=(",", ":")))  # fmt: skip
     return PageOutcome("segmented", job, cut.crops, trace)
+
+
+def run_part_job(
+    document_id: int,
+    index: int,
+    count: int,
+    pages: tuple[int, int],
+    settings: Settings,
+    *,
+    publish: Publish,
+    deliveries: Deliveries,
+    parts: PartCuts,
+    encode: Callable[[DocumentCut], bytes],
+    decode: Callable[[bytes], DocumentCut],
+) -> PageOutcome:
+    """Part `index` of the `count` parts of a long document (`pages`: first, last, from 1), queued by
+    `run_page_job`: segment those pages and keep their cut in `parts`. The task that brings the last
+    part in joins them (`join_parts`: the first failed part fails the document, with its own error)
+    and hands the document on as `run_page_job` would have: to the inference pool, or stored as
+    failed. Status "part" when other parts are still out, else as `run_page_job`'s."""
+    t_start = time.perf_counter()
+    engine = get_engine(settings)
+    stage = f"part{index}"
+    job, outcome, wait = _start_delivery(engine, document_id, settings, deliveries, stage, claim=False)
+    if job is None:
+        return outcome or PageOutcome("missing")
+    dlog = doc_log(job.batch_id, document_id)
+    try:
+        cut = _with_setup(_segment(job, settings, pages), time.perf_counter() - t_start)
+        blobs = parts.put(document_id, index, count, encode(cut), deadline=wait)
+        if blobs is None:
+            dlog.info("part %d/%d (pages %d-%d) segmented: %d crops, %.2f s", index + 1, count, *pages, cut.crops,
+                      cut.seconds)  # fmt: skip
+            return PageOutcome("part", job, cut.crops)
+        whole = join_parts([decode(b) for b in blobs])
+        sent = _hand_on(engine, job, whole, publish=publish, encode=encode, wait=wait)
+        parts.clear(document_id, count)
+    finally:
+        deliveries.done(stage, document_id)
+    if sent is None:
+        return PageOutcome("failed", job)
+    dlog.info("segmented in %d parts: %d page(s), %d crops, %.2f s, %d bytes to infer", count, len(whole.pages),
+              whole.crops, whole.seconds, sent[0])  # fmt: skip
+    return PageOutcome("segmented", job, whole.crops)
 
 
 # ------------------------------------------------------------------------- the inference stage

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     document_time_limit: float = Field(
         default=300.0, gt=0, description="Seconds one document (embedded: each part of a long one) may take."
     )
+    part_pages: int = Field(
+        default=4,
+        ge=0,
+        description="A PDF or TIFF longer than this many pages is segmented in parts of about as many pages, "
+        "on several cores (embedded) or page workers (distributed) at once; 0: never.",
+    )
     max_redeliveries: int = Field(default=3, ge=1, description="Distributed: deliveries before a document fails.")
     # Tests only: a page worker exits hard (os._exit) on documents whose file name matches this
     # glob, to prove the redelivery cap. Never set it in production.

@@ -284,8 +284,10 @@ def test_a_long_document_is_cut_in_parts_and_joined(
 
     generate(tmp_path / "long", pages=6, seed=43, fmt="tiff", kind="form", per_file=6, data_dir=data_dir)
     (tif,) = sorted((tmp_path / "long").glob("*.tif"))
-    monkeypatch.setattr(document, "PART_PAGES", 2)
+    monkeypatch.setenv("DIGITREADER_PART_PAGES", "2")
     assert document.page_parts(tif, Settings(_env_file=None)) == [(1, 2), (3, 4), (5, 6)]  # type: ignore[call-arg]
+    assert document.page_parts(tif, Settings(_env_file=None, part_pages=0)) == [None]  # type: ignore[call-arg]
+    assert document.page_parts(tif, Settings(_env_file=None, part_pages=6)) == [None]  # type: ignore[call-arg]
 
     def pages(e: dict[str, Any]) -> list[Any]:
         (doc,) = e["documents"]

@@ -35,6 +35,7 @@ from digitreader.db import Digit, Document, Field, Page, session_scope
 from digitreader.db.migrate import upgrade
 from digitreader.db.session import dispose_engines, get_engine, make_engine
 from digitreader.export import export_json
+from digitreader.pipeline.document import DocumentCut
 from digitreader.pipeline.process import process_batch, segment_document
 from digitreader.settings import Settings
 from tests.test_workers_support import (
@@ -319,7 +320,9 @@ def test_workers_export_equals_embedded(
 
     scans = make_scans(tmp_path.parent.parent, data_dir)
     files = sorted(str(p) for p in scans.rglob("*") if p.suffix in {".png", ".jpg", ".tif", ".tiff", ".pdf", ".bmp"})
-    env = base_env(tmp_path, pg_db, redis_url, model_path, document_time_limit=60)
+    # Parts of 2 pages: the 3-page TIFF is cut in two parts by the page pool (the embedded run below
+    # cuts it whole), so the comparison also checks that the parts are joined into the same document.
+    env = base_env(tmp_path, pg_db, redis_url, model_path, document_time_limit=60, part_pages=2)
     settings = make_settings(env)
     pool = Pool(worker_env(env), tmp_path / "logs")
     try:
@@ -339,6 +342,8 @@ def test_workers_export_equals_embedded(
         assert status["broker"]["queues"] == {"pages": 0, "infer": 0}
     finally:
         pool.stop()
+    logs = "".join(f.read_text(errors="replace") for f in (tmp_path / "logs").glob("page-*.log"))
+    assert "3 pages: queued in 2 parts" in logs and "segmented in 2 parts: 3 page(s)" in logs, pool.tail()
     with session_scope(settings) as s:
         distributed = export_json(s, batch_id)
     # The embedded mode on the same files, in its own SQLite database.
@@ -473,6 +478,12 @@ def test_codec_round_trip_is_exact(small_pages: list[Path]) -> None:
             assert [(s.position, tuple(s.bbox), s.blank) for s in fa.slots] == [
                 (s.position, s.bbox, s.blank) for s in fb.slots
             ]
+    assert back.error_code is None and back.error_message is None and not back.failed
+    # A failed cut (a part of a long document travels between page workers as one) keeps its error.
+    failed = DocumentCut("a.tif", (), "unreadable", "a.tif: page 3: damaged", 2, 0.5, {"decode": 0.1}, "Trace")
+    back = decode_cut(encode_cut(failed))
+    assert (back.error_code, back.error_message, back.traceback) == ("unreadable", "a.tif: page 3: damaged", "Trace")
+    assert (back.page_count, back.pages) == (2, ())
     with pytest.raises(CodecError):
         decode_cut(b"DRC1garbage")
     with pytest.raises(CodecError):
@@ -497,6 +508,79 @@ def test_lost_messages_are_requeued(tmp_path: Path, pg_db: str, redis_url: str, 
     ids = dist.requeue_orphans(settings, min_age=0)
     assert len(ids) == 3 and client.llen("pages") == 3
     client.delete("pages")
+
+
+def test_a_long_document_is_cut_in_parts_by_the_page_pool(tmp_path: Path, redis_url: str, data_dir: Path) -> None:
+    """A 5-page TIFF with parts of 2 pages: its page task queues three part tasks instead of
+    segmenting it; the parts, run in any order (one of them twice, as a redelivery), are kept in
+    Redis, and the one that brings the last in hands on ONE cut, equal to the document cut whole.
+    A damaged page in a part fails the document with that page's own error and the pages before it;
+    a part delivered after its document finished does nothing."""
+    import redis
+
+    from digitreader.synth import generate
+    from tests.test_pipeline_e2e import _damage_page
+    from workers.codec import decode_cut, encode_cut
+
+    generate(tmp_path / "long", pages=5, seed=44, fmt="tiff", kind="form", per_file=5, dpi=100, data_dir=data_dir)
+    (tif,) = sorted((tmp_path / "long").glob("*.tif"))
+    bad = tmp_path / "bad.tif"
+    shutil.copy(tif, bad)
+    _damage_page(bad, 4)  # in the last part
+    settings = make_settings(base_env(tmp_path, f"sqlite:///{tmp_path / 'parts.db'}", redis_url, None, part_pages=2))
+    sub = dist.submit_batch([str(tif), str(bad)], settings, publish=lambda ids: None)
+    engine = get_engine(settings)
+    with session_scope(engine=engine) as s:
+        ids = {Path(d.path).name: d.id for d in s.scalars(select(Document).where(Document.batch_id == sub.batch_id))}
+    deliveries = dist.Deliveries.from_settings(settings)
+    parts = dist.PartCuts.beside(deliveries)
+    client = redis.Redis.from_url(redis_url)
+
+    def run(name: str, order: list[int]) -> tuple[list[str], list[bytes]]:
+        queued: list[tuple[int, int, tuple[int, int]]] = []
+        sent: list[bytes] = []
+
+        def keep(job: dist.DocumentJob, blob: bytes, crops: int) -> None:
+            sent.append(blob)
+
+        out = dist.run_page_job(ids[name], settings, publish=keep,
+                                deliveries=deliveries, encode=encode_cut,
+                                publish_part=lambda job, i, count, pages: queued.append((i, count, pages)))  # fmt: skip
+        assert out.status == "split" and not sent
+        assert queued == [(0, 3, (1, 2)), (1, 3, (3, 3)), (2, 3, (4, 5))]
+        statuses = []
+        for i in order:
+            _, count, pages = queued[i]
+            res = dist.run_part_job(ids[name], i, count, pages, settings, publish=keep, deliveries=deliveries,
+                                    parts=parts, encode=encode_cut, decode=decode_cut)  # fmt: skip
+            statuses.append(res.status)
+        for stage in ("page", "part0", "part1", "part2"):
+            assert deliveries.count(stage, ids[name]) == 0, stage
+        assert not client.keys(f"digitreader:{deliveries.namespace}:parts:*")  # cleared once handed on
+        return statuses, sent
+
+    statuses, sent = run(tif.name, [2, 0, 2, 1])
+    assert statuses == ["part", "part", "part", "segmented"]
+    (joined,) = (decode_cut(b) for b in sent)
+    whole = segment_document(tif, settings)
+    assert not whole.failed and not joined.failed and joined.page_count == 5
+    assert [p.number for p in joined.pages] == [1, 2, 3, 4, 5]
+    for a, b in zip(whole.pages, joined.pages, strict=True):
+        assert [(f.name, f.bbox) for f in a.fields] == [(f.name, tuple(f.bbox)) for f in b.fields]
+        assert np.array_equal(a.crops(), b.crops())
+    assert [[st and st.jpeg for st in row] for row in whole.strips] == [[st and st.jpeg for st in row]
+                                                                         for row in joined.strips]  # fmt: skip
+
+    statuses, sent = run(bad.name, [0, 2, 1])
+    assert statuses == ["part", "part", "failed"] and not sent
+    with session_scope(engine=engine) as s:
+        doc = s.get(Document, ids[bad.name])
+        assert doc is not None and doc.status == "failed" and doc.error_code in ("unreadable", "truncated")
+        assert "(page 4)" in (doc.error_message or "") and str(tmp_path) in (doc.error_message or "")
+        assert doc.page_count == 3
+    late = dist.run_part_job(ids[bad.name], 0, 3, (1, 2), settings, publish=lambda job, blob, n: sent.append(blob),
+                             deliveries=deliveries, parts=parts, encode=encode_cut, decode=decode_cut)  # fmt: skip
+    assert late.status == "skipped" and not sent and not client.keys(f"digitreader:{deliveries.namespace}:parts:*")
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])

@@ -38,7 +38,7 @@ import threading
 
 from celery import Celery
 
-from digitreader.distributed import INFER_QUEUE, INFER_TASK, PAGES_QUEUE, SEGMENT_TASK, limits
+from digitreader.distributed import INFER_QUEUE, INFER_TASK, PAGES_QUEUE, PART_TASK, SEGMENT_TASK, limits
 from digitreader.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,11 @@ def make_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_routes={SEGMENT_TASK: {"queue": PAGES_QUEUE}, INFER_TASK: {"queue": INFER_QUEUE}},
+        task_routes={
+            SEGMENT_TASK: {"queue": PAGES_QUEUE},
+            PART_TASK: {"queue": PAGES_QUEUE},
+            INFER_TASK: {"queue": INFER_QUEUE},
+        },
         task_default_queue=PAGES_QUEUE,
         task_soft_time_limit=lim.soft,
         task_time_limit=lim.hard,

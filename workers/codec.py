@@ -39,7 +39,8 @@ class CodecError(ValueError):
 
 
 def encode_cut(cut: DocumentCut, level: int = 1) -> bytes:
-    """`cut` (a successful segmentation) as compact bytes."""
+    """`cut` as compact bytes: a successful segmentation, or a failed one (its error and page count;
+    the cut of a part of a long document travels between page workers either way)."""
     pages: list[dict[str, Any]] = []
     crops: list[np.ndarray] = []
     for p in cut.pages:
@@ -74,6 +75,7 @@ def encode_cut(cut: DocumentCut, level: int = 1) -> bytes:
             "timings": {k: float(v) for k, v in cut.timings.items()},
             "crops": len(crops),
             "strips": strips,
+            **({"error": [cut.error_code, cut.error_message, cut.traceback]} if cut.failed else {}),
         },
         separators=(",", ":"),
     ).encode()
@@ -111,9 +113,11 @@ def decode_cut(blob: bytes) -> DocumentCut:
                              skew_degrees=p["skew"], timings=dict(p["timings"])))  # fmt: skip
     if row != count:
         raise CodecError(f"corrupt document cut: {count} crops, {row} used")
+    code, message, trace = head.get("error") or (None, None, None)
     return DocumentCut(path=head["path"], pages=tuple(pages), page_count=head["page_count"],
                        seconds=float(head["seconds"]), timings=dict(head["timings"]),
-                       strips=_decode_strips(head.get("strips") or [], raw, 4 + n + count * 784))  # fmt: skip
+                       strips=_decode_strips(head.get("strips") or [], raw, 4 + n + count * 784),
+                       error_code=code, error_message=message, traceback=trace)  # fmt: skip
 
 
 def _decode_strips(spec: list[Any], raw: bytes, at: int) -> tuple[tuple[FieldStrip | None, ...], ...]:

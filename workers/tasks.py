@@ -1,7 +1,10 @@
 """Celery tasks: thin adapters. Parse ids, call the library (`digitreader.distributed`), serialize.
 
 - `digitreader.segment(document_id)` on queue `pages` (prefork pool, one document per process):
-  `run_page_job` -> publishes `digitreader.infer(document_id, batch_id, cut=<bytes>)`.
+  `run_page_job` -> publishes `digitreader.infer(document_id, batch_id, cut=<bytes>)`; a long PDF or
+  TIFF (more than DIGITREADER_PART_PAGES pages) is queued instead as parts,
+  `digitreader.segment_part(document_id, index, count, first, last)` on queue `pages`:
+  `run_part_job`, the last part in publishes the document's `infer` task.
 - `digitreader.infer` on queue `infer` (celery-batches): the worker buffers requests and flushes
   them as ONE call when their crops reach DIGITREADER_BATCH_SIZE or `INFER_FLUSH_SECONDS` after the
   first one arrived, whichever comes first -> `run_infer_batch`.
@@ -113,17 +116,16 @@ class DocumentTask(Task):
     max_retries=None,  # transient means transient: documents wait for the database, never fail for it
 )
 def segment(self: Task, document_id: int) -> str:
-    """Segment one document (queue `pages`) and hand its crops to the inference pool."""
+    """Segment one document (queue `pages`) and hand its crops to the inference pool; a long one is
+    queued in parts instead (`segment_part`)."""
     doc_id = int(document_id)
 
-    def publish(job: dist.DocumentJob, blob: bytes, crops: int) -> None:
-        infer.apply_async(
-            args=[job.document_id, job.batch_id], kwargs={"cut": to_text(blob)},
-            headers={dist.CROPS_HEADER: crops}, queue=dist.INFER_QUEUE,
-        )  # fmt: skip
+    def publish_part(job: dist.DocumentJob, index: int, count: int, pages: tuple[int, int]) -> None:
+        segment_part.apply_async(args=[job.document_id, index, count, *pages], queue=dist.PAGES_QUEUE)
 
     try:
-        out = dist.run_page_job(doc_id, _settings, publish=publish, deliveries=get_deliveries(), encode=encode_cut)
+        out = dist.run_page_job(doc_id, _settings, publish=_publish_infer, deliveries=get_deliveries(),
+                                encode=encode_cut, publish_part=publish_part)  # fmt: skip
     except SoftTimeLimitExceeded as exc:
         # Segmentation turns its own overrun into a `timeout` failure; out here the clock ran out
         # while waiting for the database or the broker: try again later, off the clock.
@@ -132,6 +134,48 @@ def segment(self: Task, document_id: int) -> str:
         if dist.is_transient(exc):
             raise dist.TransientError(f"{type(exc).__name__}: {exc}") from exc
         log.exception("document %s: unexpected error", doc_id)
+        dist.fail_unexpected(_settings, doc_id, exc)
+        return "failed"
+    return out.status
+
+
+def _publish_infer(job: dist.DocumentJob, blob: bytes, crops: int) -> None:
+    infer.apply_async(
+        args=[job.document_id, job.batch_id], kwargs={"cut": to_text(blob)},
+        headers={dist.CROPS_HEADER: crops}, queue=dist.INFER_QUEUE,
+    )  # fmt: skip
+
+
+@app.task(
+    name=dist.PART_TASK,
+    base=DocumentTask,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    acks_on_failure_or_timeout=False,
+    soft_time_limit=_limits.soft,  # per part, as in the embedded mode
+    time_limit=_limits.hard,
+    autoretry_for=(dist.TransientError,),
+    retry_backoff=True,
+    retry_backoff_max=_limits.retry_backoff_max,
+    retry_jitter=True,
+    max_retries=None,
+)
+def segment_part(self: Task, document_id: int, index: int, count: int, first: int, last: int) -> str:
+    """Segment pages first-last of a long document (queue `pages`); the last part in hands the
+    whole document to the inference pool."""
+    doc_id = int(document_id)
+    deliveries = get_deliveries()
+    try:
+        out = dist.run_part_job(doc_id, int(index), int(count), (int(first), int(last)), _settings,
+                                publish=_publish_infer, deliveries=deliveries, parts=dist.PartCuts.beside(deliveries),
+                                encode=encode_cut, decode=decode_cut)  # fmt: skip
+    except SoftTimeLimitExceeded as exc:
+        raise dist.TransientError("time limit reached while waiting for the database or broker") from exc
+    except Exception as exc:
+        if dist.is_transient(exc):
+            raise dist.TransientError(f"{type(exc).__name__}: {exc}") from exc
+        log.exception("document %s part %s: unexpected error", doc_id, index)
         dist.fail_unexpected(_settings, doc_id, exc)
         return "failed"
     return out.status

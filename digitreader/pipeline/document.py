@@ -28,9 +28,8 @@ from digitreader.pipeline.assemble import count_crops
 from digitreader.settings import Settings
 from digitreader.types import BBox, PageCut
 
-#: A PDF or TIFF longer than this many pages is segmented in parts of about as many pages, which the
-#: embedded pipeline's pool cuts on several cores at once (`page_parts`, `join_parts`).
-PART_PAGES = 4
+#: Files that can hold several pages, and so be segmented in parts (`page_parts`, `join_parts`; the
+#: part size is `settings.part_pages`, DIGITREADER_PART_PAGES).
 MULTI_PAGE_SUFFIXES = (".pdf", ".tif", ".tiff")
 
 #: Field strips: the field's box grown by this share of its height on every side (clamped to the page),
@@ -202,18 +201,18 @@ def segment_document(
 
 def page_parts(path: str | Path, settings: Settings, size: int | None = None) -> list[tuple[int, int] | None]:
     """The parts to segment a document in: (first, last) page ranges of about `size` (default
-    `PART_PAGES`) pages for a PDF or TIFF longer than that, else [None] (the whole document at once).
-    Counting the pages opens the file without decoding any; a file that cannot be counted is left
-    whole, and segmenting it reports what is wrong with it."""
+    `settings.part_pages`; 0: never in parts) pages for a PDF or TIFF longer than that, else [None]
+    (the whole document at once). Counting the pages opens the file without decoding any; a file
+    that cannot be counted is left whole, and segmenting it reports what is wrong with it."""
     from digitreader.pipeline.load import count_pages
 
-    if Path(path).suffix.lower() not in MULTI_PAGE_SUFFIXES:
+    size = settings.part_pages if size is None else size
+    if size <= 0 or Path(path).suffix.lower() not in MULTI_PAGE_SUFFIXES:
         return [None]
     try:
         n = count_pages(path, settings)
     except Exception:  # only an optimization: segment_document gives the specific error
         return [None]
-    size = size or PART_PAGES
     if n <= size:
         return [None]
     k = -(-n // size)
