@@ -133,6 +133,47 @@ def _int8_expected(model: Path) -> str | None:
     return None
 
 
+#: x86 CPU flags of the instructions that multiply uint8 by int8 and add in 32 bits (no saturation).
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def saturating_int8_cpu(flags: frozenset[str] | None = None, machine: str | None = None) -> bool:
+    """True on an x86 CPU without VNNI (`flags`: the CPU's flags, default /proc/cpuinfo's; `machine`:
+    default `platform.machine()`). There onnxruntime multiplies uint8 activations by int8 weights
+    with an instruction that adds each pair of products in 16 bits with saturation: weights in full
+    8 bits overflow it and the int8 file reads differently (the shipped reader's first int8 file: 32
+    MNIST test labels of 10,000 changed, against 2 with VNNI). Weights in 7 bits cannot overflow it
+    (`training.quantize`, metadata weight_bits=7). False where the flags cannot be read."""
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    if flags is None:
+        flags = _cpu_flags()
+        if not flags:
+            return False
+    return not (flags & VNNI_FLAGS)
+
+
+_flags_cache: list[frozenset[str]] = []
+
+
+def _cpu_flags() -> frozenset[str]:
+    if not _flags_cache:
+        found: frozenset[str] = frozenset()
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+                for line in fh:
+                    if line.startswith("flags"):
+                        found = frozenset(line.split(":", 1)[1].split())
+                        break
+        except OSError:
+            pass
+        _flags_cache.append(found)
+    return _flags_cache[0]
+
+
 def choose_precision(model: Path, digest: str, settings: Settings, providers: list[str]) -> Path | None:
     """The int8 file to run instead of `model` (whose SHA-256 is `digest`), or None for the fp32 file.
 
@@ -140,7 +181,9 @@ def choose_precision(model: Path, digest: str, settings: Settings, providers: li
     "auto" (default): int8 when recognition runs on the CPU and the model has one, else fp32. CUDA
     runs fp32: its provider has no kernels for the int8 graph's quantized operators. The int8 file
     must say it was made from this very model (metadata `quantized_from` == `digest`), and match
-    its manifest's SHA-256 where a manifest lists it.
+    its manifest's SHA-256 where a manifest lists it; an int8 file with 8-bit weights (made before
+    `training.quantize` wrote 7-bit ones) is not used on an x86 CPU without VNNI, where it would read
+    differently (`saturating_int8_cpu`).
     """
     want = settings.precision.lower()
     if want not in ("auto", "fp32", "int8"):
@@ -153,10 +196,14 @@ def choose_precision(model: Path, digest: str, settings: Settings, providers: li
         problem = f"{model.name} has no int8 file ({q.name})"
     else:
         expected = _int8_expected(model)
-        if expected is not None and _sha256(q) != expected.lower():
+        meta = _metadata_or_empty(q) if expected is None or _sha256(q) == expected.lower() else None
+        if meta is None:
             problem = f"{q}: SHA-256 does not match its manifest"
-        elif _metadata_or_empty(q).get("quantized_from") != digest:
+        elif meta.get("quantized_from") != digest:
             problem = f"{q} was not made from {model.name} (its quantized_from is not that file's SHA-256)"
+        elif meta.get("weight_bits") != "7" and saturating_int8_cpu():
+            problem = (f"{q} has 8-bit weights, which this CPU (x86 without VNNI) adds with saturation: "
+                       f"re-quantize it with python -m training.quantize {model}")  # fmt: skip
     if problem is None:
         return q
     if want == "int8":
