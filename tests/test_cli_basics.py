@@ -62,7 +62,7 @@ def test_help_loads_no_heavy_library() -> None:
     assert proc.stdout.splitlines()[-1] == "imported: ", proc.stdout.splitlines()[-1]
 
 
-def test_the_progress_bar_moves_with_a_long_document_s_parts() -> None:
+def test_the_progress_bar_moves_with_a_long_document_s_parts_and_counts_pages() -> None:
     from digitreader.cli.commands.submit import _Bar
     from digitreader.pipeline.report import DocumentReport
 
@@ -73,9 +73,12 @@ def test_the_progress_bar_moves_with_a_long_document_s_parts() -> None:
     bar.part_done(11, 1, 3)
     bar.part_done(11, 2, 3)
     assert abs(task.completed - 0.5) < 1e-9  # 2 of 3 parts cut: half of the document (storing is last)
-    bar.document_done(DocumentReport(11, "long.pdf", "done", pages=12))
-    bar.document_done(DocumentReport(12, "one.png", "done", pages=1))
+    assert task.description == "batch 7: 0 pages"
+    bar.document_done(DocumentReport(11, "long.pdf", "needs_review", pages=12, digits=300, flagged=4))
+    bar.document_done(DocumentReport(12, "one.png", "failed", pages=1, error_code="unreadable"))
     assert abs(task.completed - 2.0) < 1e-9 and not bar.shown
+    # The label counts what the documents held: pages read, digits flagged, documents failed.
+    assert task.description == "batch 7: 13 pages, 4 flagged, 1 failed"
     bar.stop()
 
 

@@ -24,18 +24,28 @@ class PartialBatchError(DigitreaderError):
 
 
 class _Bar(ProgressHook):
-    """Progress bar (terminal only) and one line per failed document on stderr."""
+    """Progress bar (terminal only) and one line per failed document on stderr. The bar counts
+    documents; its label counts what they held so far: "batch 7: 120 pages, 4 flagged, 1 failed"."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.bar = progress(transient=True, disable=quiet or not err.is_terminal)
         self.task: TaskID | None = None
         self.shown: dict[int, float] = {}  # document id -> the share of it the bar shows already
+        self.batch_id = 0
+        self.pages = self.flagged = self.failed = 0
+
+    def label(self) -> str:
+        counts = [f"{self.pages} page{'s' if self.pages != 1 else ''}"]
+        counts += [f"{self.flagged} flagged"] if self.flagged else []
+        counts += [f"{self.failed} failed"] if self.failed else []
+        return f"batch {self.batch_id}: {', '.join(counts)}"
 
     def started(self, batch_id: int, todo: int, total: int) -> None:
         typer.echo(str(batch_id))  # the batch id, alone on stdout, as soon as it exists
+        self.batch_id = batch_id
         self.bar.start()
-        self.task = self.bar.add_task(f"batch {batch_id}", total=todo)
+        self.task = self.bar.add_task(self.label(), total=todo)
 
     def part_done(self, document_id: int, done: int, parts: int) -> None:
         # A long document moves the bar as its parts are cut; the last share comes when it is stored.
@@ -45,8 +55,11 @@ class _Bar(ProgressHook):
         self.shown[document_id] = share
 
     def document_done(self, report: DocumentReport) -> None:
+        self.pages += report.pages
+        self.flagged += report.flagged
+        self.failed += report.status == "failed"
         if self.task is not None:
-            self.bar.advance(self.task, 1.0 - self.shown.pop(report.document_id, 0.0))
+            self.bar.update(self.task, advance=1.0 - self.shown.pop(report.document_id, 0.0), description=self.label())
         if report.status == "failed" and not self.quiet:
             self.bar.console.print(
                 f"[red]failed[/red] {report.path}: {report.error_code}: {_short(report)}", highlight=False, markup=True
