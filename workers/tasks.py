@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, signals
@@ -100,21 +101,41 @@ class DocumentTask(Task):
             raise Reject(exc.reason, requeue=True) from exc
 
 
-@app.task(
-    name=dist.SEGMENT_TASK,
-    base=DocumentTask,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    acks_on_failure_or_timeout=False,  # hard time limit -> requeue, counted like a crash
-    soft_time_limit=_limits.soft,
-    time_limit=_limits.hard,
-    autoretry_for=(dist.TransientError,),  # database / broker connection errors only
-    retry_backoff=True,
-    retry_backoff_max=_limits.retry_backoff_max,
-    retry_jitter=True,
-    max_retries=None,  # transient means transient: documents wait for the database, never fail for it
-)
+#: The page pool's tasks (a document, or a part of a long one): the same delivery guarantees.
+PAGE_TASK_OPTIONS: dict[str, Any] = {
+    "base": DocumentTask,
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "acks_on_failure_or_timeout": False,  # hard time limit -> requeue, counted like a crash
+    "soft_time_limit": _limits.soft,  # per document, or per part of a long one (as embedded)
+    "time_limit": _limits.hard,
+    "autoretry_for": (dist.TransientError,),  # database / broker connection errors only
+    "retry_backoff": True,
+    "retry_backoff_max": _limits.retry_backoff_max,
+    "retry_jitter": True,
+    "max_retries": None,  # transient means transient: documents wait for the database, never fail for it
+}
+
+
+def _page_task(doc_id: int, what: str, run: Callable[[], dist.PageOutcome]) -> str:
+    """Run a page-pool task's library call: transient errors are raised for Celery to retry, anything
+    else unexpected fails the document (never the batch). Returns the outcome's status."""
+    try:
+        return run().status
+    except SoftTimeLimitExceeded as exc:
+        # Segmentation turns its own overrun into a `timeout` failure; out here the clock ran out
+        # while waiting for the database or the broker: try again later, off the clock.
+        raise dist.TransientError("time limit reached while waiting for the database or broker") from exc
+    except Exception as exc:
+        if dist.is_transient(exc):
+            raise dist.TransientError(f"{type(exc).__name__}: {exc}") from exc
+        log.exception("%s: unexpected error", what)
+        dist.fail_unexpected(_settings, doc_id, exc)
+        return "failed"
+
+
+@app.task(name=dist.SEGMENT_TASK, **PAGE_TASK_OPTIONS)
 def segment(self: Task, document_id: int) -> str:
     """Segment one document (queue `pages`) and hand its crops to the inference pool; a long one is
     queued in parts instead (`segment_part`)."""
@@ -123,20 +144,21 @@ def segment(self: Task, document_id: int) -> str:
     def publish_part(job: dist.DocumentJob, index: int, count: int, pages: tuple[int, int]) -> None:
         segment_part.apply_async(args=[job.document_id, index, count, *pages], queue=dist.PAGES_QUEUE)
 
-    try:
-        out = dist.run_page_job(doc_id, _settings, publish=_publish_infer, deliveries=get_deliveries(),
-                                encode=encode_cut, publish_part=publish_part)  # fmt: skip
-    except SoftTimeLimitExceeded as exc:
-        # Segmentation turns its own overrun into a `timeout` failure; out here the clock ran out
-        # while waiting for the database or the broker: try again later, off the clock.
-        raise dist.TransientError("time limit reached while waiting for the database or broker") from exc
-    except Exception as exc:
-        if dist.is_transient(exc):
-            raise dist.TransientError(f"{type(exc).__name__}: {exc}") from exc
-        log.exception("document %s: unexpected error", doc_id)
-        dist.fail_unexpected(_settings, doc_id, exc)
-        return "failed"
-    return out.status
+    return _page_task(doc_id, f"document {doc_id}", lambda: dist.run_page_job(
+        doc_id, _settings, publish=_publish_infer, deliveries=get_deliveries(), encode=encode_cut,
+        publish_part=publish_part))  # fmt: skip
+
+
+@app.task(name=dist.PART_TASK, **PAGE_TASK_OPTIONS)
+def segment_part(self: Task, document_id: int, index: int, count: int, first: int, last: int) -> str:
+    """Segment pages first-last of a long document (queue `pages`); the last part in hands the
+    whole document to the inference pool."""
+    doc_id = int(document_id)
+    deliveries = get_deliveries()
+    parts = dist.PartCuts.beside(deliveries)
+    return _page_task(doc_id, f"document {doc_id} part {index}", lambda: dist.run_part_job(
+        doc_id, int(index), int(count), (int(first), int(last)), _settings, publish=_publish_infer,
+        deliveries=deliveries, parts=parts, encode=encode_cut, decode=decode_cut))  # fmt: skip
 
 
 def _publish_infer(job: dist.DocumentJob, blob: bytes, crops: int) -> None:
@@ -144,41 +166,6 @@ def _publish_infer(job: dist.DocumentJob, blob: bytes, crops: int) -> None:
         args=[job.document_id, job.batch_id], kwargs={"cut": to_text(blob)},
         headers={dist.CROPS_HEADER: crops}, queue=dist.INFER_QUEUE,
     )  # fmt: skip
-
-
-@app.task(
-    name=dist.PART_TASK,
-    base=DocumentTask,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    acks_on_failure_or_timeout=False,
-    soft_time_limit=_limits.soft,  # per part, as in the embedded mode
-    time_limit=_limits.hard,
-    autoretry_for=(dist.TransientError,),
-    retry_backoff=True,
-    retry_backoff_max=_limits.retry_backoff_max,
-    retry_jitter=True,
-    max_retries=None,
-)
-def segment_part(self: Task, document_id: int, index: int, count: int, first: int, last: int) -> str:
-    """Segment pages first-last of a long document (queue `pages`); the last part in hands the
-    whole document to the inference pool."""
-    doc_id = int(document_id)
-    deliveries = get_deliveries()
-    try:
-        out = dist.run_part_job(doc_id, int(index), int(count), (int(first), int(last)), _settings,
-                                publish=_publish_infer, deliveries=deliveries, parts=dist.PartCuts.beside(deliveries),
-                                encode=encode_cut, decode=decode_cut)  # fmt: skip
-    except SoftTimeLimitExceeded as exc:
-        raise dist.TransientError("time limit reached while waiting for the database or broker") from exc
-    except Exception as exc:
-        if dist.is_transient(exc):
-            raise dist.TransientError(f"{type(exc).__name__}: {exc}") from exc
-        log.exception("document %s part %s: unexpected error", doc_id, index)
-        dist.fail_unexpected(_settings, doc_id, exc)
-        return "failed"
-    return out.status
 
 
 class CropBatches(Batches):
