@@ -977,16 +977,18 @@ class Progress:
     total: int
     finished: int
     counts: dict[str, int]
+    pages: int = 0  # pages of the documents stored so far
 
 
 def batch_progress(engine: Engine, batch_id: int) -> Progress:
     with session_scope(engine=engine) as s:
         batch = store.get_batch(s, batch_id)
         counts = store.document_counts(s, batch_id)
+        pages = store.pages_read(s, batch_id)
         status = batch.status
     total = sum(counts.values())
     finished = sum(n for st, n in counts.items() if st in FINISHED)
-    return Progress(batch_id, status, total, finished, counts)
+    return Progress(batch_id, status, total, finished, counts, pages)
 
 
 def wait_for_batch(

@@ -346,6 +346,9 @@ def test_workers_export_equals_embedded(
     assert "3 pages: queued in 2 parts" in logs and "segmented in 2 parts: 3 page(s)" in logs, pool.tail()
     with session_scope(settings) as s:
         distributed = export_json(s, batch_id)
+    # What `submit --wait` shows as it goes: the pages of the documents stored so far (here: all).
+    pages = sum(len(d["pages"]) for d in distributed["documents"])
+    assert pages == 8 and dist.batch_progress(get_engine(settings), batch_id).pages == pages
     # The embedded mode on the same files, in its own SQLite database.
     emb_model = Path(model_path) if model_path is not None else None  # what Settings makes of the str
     emb_settings = Settings(_env_file=None, home=tmp_path / "embedded", model_path=emb_model)  # type: ignore[call-arg]

@@ -326,6 +326,17 @@ def document_counts(session: Session, batch_id: int) -> dict[str, int]:
     return {status: int(n) for status, n in rows}
 
 
+def pages_read(session: Session, batch_id: int) -> int:
+    """Pages of the batch's documents stored so far (done or needs review): one cheap sum, for
+    progress while a batch runs."""
+    total = session.scalar(
+        select(func.sum(Document.page_count)).where(
+            Document.batch_id == batch_id, Document.status.in_(("done", "needs_review"))
+        )
+    )
+    return int(total or 0)
+
+
 def batch_stats(session: Session, batch_id: int) -> dict[str, int]:
     """Pages, fields, digits (non-blank), blank cells, flagged digits and fields of a batch."""
     pages = select(Page.id).join(Document, Page.document_id == Document.id).where(Document.batch_id == batch_id)

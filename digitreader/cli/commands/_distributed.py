@@ -49,7 +49,10 @@ def submit_distributed(
         task = bar.add_task(f"batch {sub.batch_id}", total=sub.total)
 
         def show(p: dist.Progress) -> None:
-            bar.update(task, completed=p.finished, total=p.total)
+            failed = p.counts.get("failed", 0)
+            label = f"batch {sub.batch_id}: {p.pages} page{'s' if p.pages != 1 else ''}"
+            bar.update(task, completed=p.finished, total=p.total,
+                       description=label + (f", {failed} failed" if failed else ""))  # fmt: skip
 
         prog = dist.wait_for_batch(sub.batch_id, settings, on_progress=show)
     if not quiet:
