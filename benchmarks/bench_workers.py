@@ -20,11 +20,18 @@ of each task body, its setup/decode/segment/strips/encode/publish/done seconds):
   lumps all of the above together, kept so that numbers stay comparable.
 page processes x (batch finished - submit) = decode + segment + in-task rest + gaps + each
 process's idle time before its first and after its last task (the report shows the residual).
+
+One long document instead (`--long-pdf`): ONE PDF of --pages A4 forms, through the distributed
+pools, cut whole (DIGITREADER_PART_PAGES=0) and in parts (--part-pages, default 4), alternated
+--rounds times; seconds from `submit_batch` to the batch finished:
+
+    .venv/bin/python benchmarks/bench_workers.py --long-pdf --pages 32 --procs 2 --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -33,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,14 +150,11 @@ def decompose(traces: list[dict[str, float]], submitted: float, finished: float,
     }
 
 
-def run_distributed(files: list[str], procs: int, home: Path, broker: str, logs: Path) -> dict[str, Any]:
-    url = fresh_db()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITREADER_")}
-    env.update(DIGITREADER_HOME=str(home), DIGITREADER_DATABASE_URL=url, DIGITREADER_BROKER_URL=broker,
-               PYTHONPATH=str(ROOT))  # fmt: skip
-    settings = Settings(_env_file=None, home=home, database_url=url, broker_url=broker)  # type: ignore[call-arg]
+@contextlib.contextmanager
+def pools(env: dict[str, str], settings: Settings, procs: int, logs: Path) -> Iterator[None]:
+    """A page worker (`procs` processes) and an inference worker on `env`'s database and broker, at
+    the worker's default log level, up and idle when the block starts; stopped after it."""
     workers = []
-    page_log = logs / f"page-{procs}.log"
     try:
         for pool, c in (("page", procs), ("infer", 1)):
             log = open(logs / f"{pool}-{procs}.log", "wb")  # noqa: SIM115
@@ -163,19 +168,7 @@ def run_distributed(files: list[str], procs: int, home: Path, broker: str, logs:
                 break
             time.sleep(0.5)
         time.sleep(2)
-        submitted = time.time()
-        t0 = time.perf_counter()
-        sub = dist.submit_batch(files, settings)
-        submit_s = time.perf_counter() - t0  # hashing, registering (committed), then publishing every page task
-        prog = dist.wait_for_batch(sub.batch_id, settings, poll=0.1, timeout=900)
-        wall = time.perf_counter() - t0
-        seg = seg_seconds(settings, sub.batch_id)
-        with session_scope(settings) as s:
-            finished_at = s.scalar(select(Batch.finished_at).where(Batch.id == sub.batch_id))
-        assert finished_at is not None
-        row: dict[str, Any] = {"mode": "distributed", "procs": procs, "seconds": wall, "pages_per_s": len(files) / wall,
-                               "segment_seconds": seg, "overhead_share": 1 - seg / (wall * procs),
-                               "status": prog.status}  # fmt: skip
+        yield
     finally:
         for w in workers:
             os.killpg(w.pid, signal.SIGTERM)
@@ -184,12 +177,88 @@ def run_distributed(files: list[str], procs: int, home: Path, broker: str, logs:
                 w.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(w.pid, signal.SIGKILL)
+
+
+def pool_env(home: Path, url: str, broker: str, **extra: Any) -> tuple[dict[str, str], Settings]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITREADER_")}
+    env.update(DIGITREADER_HOME=str(home), DIGITREADER_DATABASE_URL=url, DIGITREADER_BROKER_URL=broker,
+               PYTHONPATH=str(ROOT), **{f"DIGITREADER_{k.upper()}": str(v) for k, v in extra.items()})  # fmt: skip
+    settings = Settings(_env_file=None, home=home, database_url=url, broker_url=broker, **extra)  # type: ignore[call-arg]
+    return env, settings
+
+
+def run_distributed(files: list[str], procs: int, home: Path, broker: str, logs: Path) -> dict[str, Any]:
+    url = fresh_db()
+    env, settings = pool_env(home, url, broker)
+    page_log = logs / f"page-{procs}.log"
+    try:
+        with pools(env, settings, procs, logs):
+            submitted = time.time()
+            t0 = time.perf_counter()
+            sub = dist.submit_batch(files, settings)
+            submit_s = time.perf_counter() - t0  # hashing, registering (committed), then publishing every page task
+            prog = dist.wait_for_batch(sub.batch_id, settings, poll=0.1, timeout=900)
+            wall = time.perf_counter() - t0
+        seg = seg_seconds(settings, sub.batch_id)
+        with session_scope(settings) as s:
+            finished_at = s.scalar(select(Batch.finished_at).where(Batch.id == sub.batch_id))
+        assert finished_at is not None
+        row: dict[str, Any] = {"mode": "distributed", "procs": procs, "seconds": wall, "pages_per_s": len(files) / wall,
+                               "segment_seconds": seg, "overhead_share": 1 - seg / (wall * procs),
+                               "status": prog.status}  # fmt: skip
+    finally:
         drop_db(url)
     traces = read_traces(page_log)
     if len(traces) != len(files):
         raise RuntimeError(f"{len(traces)} page task traces in {page_log} for {len(files)} pages")
     row["decomposition"] = {**decompose(traces, submitted, finished_at.timestamp(), procs), "submit_s": submit_s}
     return row
+
+
+def run_long(pdf: str, pages: int, procs: int, part_pages: int, home: Path, broker: str, logs: Path) -> dict[str, Any]:
+    """One long PDF through the distributed pools, with DIGITREADER_PART_PAGES=`part_pages` (0: whole)."""
+    url = fresh_db()
+    env, settings = pool_env(home, url, broker, part_pages=part_pages)
+    try:
+        with pools(env, settings, procs, logs):
+            t0 = time.perf_counter()
+            sub = dist.submit_batch([pdf], settings)
+            prog = dist.wait_for_batch(sub.batch_id, settings, poll=0.1, timeout=900)
+            wall = time.perf_counter() - t0
+        stored = dist.batch_progress(make_engine(url), sub.batch_id).pages
+    finally:
+        drop_db(url)
+    split = "queued in" in (logs / f"page-{procs}.log").read_text(errors="replace")
+    return {"mode": "one long PDF", "procs": procs, "part_pages": part_pages, "split": split, "pages": stored,
+            "seconds": wall, "pages_per_s": pages / wall, "status": prog.status}  # fmt: skip
+
+
+def long_pdf(args: argparse.Namespace, base: Path) -> list[dict[str, Any]]:
+    """`--long-pdf`: whole and in parts, alternated, on every --procs count."""
+    from digitreader.synth import generate
+
+    made = generate(base / "long", pages=args.pages, seed=77, fmt="pdf", kind="form", per_file=args.pages,
+                    data_dir=Path(args.data_dir))  # fmt: skip
+    (pdf,) = [str(f) for f in made if str(f).endswith(".pdf")]
+    rows = []
+    for procs in (int(p) for p in args.procs.split(",")):
+        for r in range(args.rounds):
+            for part_pages in (0, args.part_pages):
+                logs = base / f"logs-{procs}-{r}-{part_pages}"
+                logs.mkdir(parents=True)
+                row = run_long(pdf, args.pages, procs, part_pages, base / "home-long", args.broker, logs)
+                rows.append({**row, "round": r + 1, "loadavg_after": loadavg()})
+                print(rows[-1], file=sys.stderr)
+    return rows
+
+
+def long_report(rows: list[dict[str, Any]]) -> str:
+    lines = ["| one long PDF, distributed | page processes | round | seconds, submit to finished | pages/s |",
+             "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in rows:
+        how = f"in parts of {r['part_pages']}" if r["part_pages"] else "whole"
+        lines.append(f"| {how} | {r['procs']} | {r['round']} | {r['seconds']:.2f} | {r['pages_per_s']:.2f} |")
+    return "\n".join(lines)
 
 
 def transport(files: list[str], broker: str) -> dict[str, Any]:
@@ -295,12 +364,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=default_data)
     ap.add_argument("--json", default=None)
     ap.add_argument("--logs", default=None, help="keep the workers' logs (with the page task traces) in this folder")
+    ap.add_argument("--long-pdf", action="store_true", help="one PDF of --pages pages, whole and in parts")
+    ap.add_argument("--part-pages", type=int, default=4, help="--long-pdf: pages per part")
+    ap.add_argument("--rounds", type=int, default=2, help="--long-pdf: alternated runs of each")
     args = ap.parse_args(argv)
     from digitreader.synth import generate
 
     load_before = loadavg()
     with tempfile.TemporaryDirectory(prefix="bench_workers_") as tmp:
         base = Path(tmp)
+        if args.long_pdf:
+            long_rows = long_pdf(args, base)
+            print(json.dumps({"pages": args.pages, "cores": os.cpu_count(), "runs": long_rows}, indent=1))
+            print()
+            print(long_report(long_rows))
+            if args.json:
+                Path(args.json).write_text(json.dumps({"pages": args.pages, "runs": long_rows}, indent=1))
+            return 0
         files = [str(f) for f in generate(base / "scans", pages=args.pages, seed=77, fmt="png", kind="form",
                                           data_dir=Path(args.data_dir))]  # fmt: skip
         files = [f for f in files if f.endswith(".png")]

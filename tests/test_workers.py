@@ -586,6 +586,25 @@ def test_a_long_document_is_cut_in_parts_by_the_page_pool(tmp_path: Path, redis_
     assert late.status == "skipped" and not sent and not client.keys(f"digitreader:{deliveries.namespace}:parts:*")
 
 
+@pytest.mark.slow
+def test_long_pdf_benchmark_runs_whole_and_in_parts(tmp_path: Path, pg_server: str, redis_url: str,
+                                                    data_dir: Path) -> None:  # fmt: skip
+    """`bench_workers.py --long-pdf`: one PDF through real pools, cut whole and then in parts; both
+    runs store every page (no timings are checked)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_workers
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out = tmp_path / "long.json"
+    argv = ["--long-pdf", "--pages", "3", "--procs", "1", "--part-pages", "2", "--rounds", "1", "--broker",
+            redis_url, "--data-dir", str(data_dir), "--json", str(out)]  # fmt: skip
+    assert bench_workers.main(argv) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["part_pages"], r["split"], r["pages"], r["status"]) for r in runs] == [(0, False, 3, "done"),
+                                                                                      (2, True, 3, "done")]  # fmt: skip
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_claim_job_marks_a_pending_document_once(tmp_path: Path, request: pytest.FixtureRequest, backend: str,
                                                  small_pages: list[Path]) -> None:  # fmt: skip
