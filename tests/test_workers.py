@@ -585,6 +585,18 @@ def test_a_long_document_is_cut_in_parts_by_the_page_pool(tmp_path: Path, redis_
                              deliveries=deliveries, parts=parts, encode=encode_cut, decode=decode_cut)  # fmt: skip
     assert late.status == "skipped" and not sent and not client.keys(f"digitreader:{deliveries.namespace}:parts:*")
 
+    # A part whose worker died on every delivery (counted in Redis; the good document is still being
+    # read: its infer message above was never run) fails the document past the redelivery cap.
+    for _ in range(settings.max_redeliveries):
+        deliveries.start("part1", ids[tif.name])
+    lost = dist.run_part_job(ids[tif.name], 1, 3, (3, 3), settings, publish=lambda job, blob, n: sent.append(blob),
+                             deliveries=deliveries, parts=parts, encode=encode_cut, decode=decode_cut)  # fmt: skip
+    assert lost.status == "failed" and not sent
+    with session_scope(engine=engine) as s:
+        doc = s.get(Document, ids[tif.name])
+        assert doc is not None and doc.status == "failed" and doc.error_code == "worker_lost"
+    assert deliveries.count("part1", ids[tif.name]) == settings.max_redeliveries  # this delivery came back
+
 
 @pytest.mark.slow
 def test_long_pdf_benchmark_runs_whole_and_in_parts(tmp_path: Path, pg_server: str, redis_url: str,
