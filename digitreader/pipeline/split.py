@@ -376,12 +376,22 @@ def _lowest_cuts(p: Piece, med_h: float, prof: np.ndarray, holes: list[tuple[int
     if hi <= lo:
         return []
     order = lo + np.argsort(prof[lo:hi], kind="stable")
+    return _spaced(order.tolist(), lo, hi, holes, 0.15 * med_h, [], 2)
+
+
+def _spaced(
+    candidates: list[int], lo: int, hi: int, holes: list[tuple[int, int]], gap: float, taken: list[int], most: int
+) -> list[int]:
+    """The first `most` of `candidates` (columns, best first) in [lo, hi), outside every loop and at
+    least `gap` from each other and from the columns `taken` already."""
     cuts: list[int] = []
-    for c in order.tolist():
-        if any(a + 1 < c < b - 1 for a, b in holes) or any(abs(c - d) < 0.15 * med_h for d in cuts):
+    for c in candidates:
+        if not lo <= c < hi or any(a + 1 < c < b - 1 for a, b in holes):
+            continue
+        if any(abs(c - d) < gap for d in taken + cuts):
             continue
         cuts.append(c)
-        if len(cuts) == 2:
+        if len(cuts) == most:
             break
     return cuts
 
@@ -398,16 +408,7 @@ def _more_cuts(p: Piece, med_h: float, prof: np.ndarray, holes: list[tuple[int, 
     for a, b in holes:
         found += [int(a - pen), int(b + pen)]
     found.sort(key=lambda c: prof[c] if 0 <= c < p.w else 0.0)
-    cuts: list[int] = []
-    for c in found:
-        if not lo <= c < hi or any(a + 1 < c < b - 1 for a, b in holes):
-            continue
-        if any(abs(c - d) < 0.1 * med_h for d in taken + cuts):
-            continue
-        cuts.append(c)
-        if len(cuts) == 4:
-            break
-    return cuts
+    return _spaced(found, lo, hi, holes, 0.1 * med_h, taken, 4)
 
 
 def _loop_cuts(p: Piece, med_h: float, prof: np.ndarray, holes: list[tuple[int, int]], taken: list[int]) -> list[int]:
