@@ -52,7 +52,7 @@ from sqlalchemy import create_engine, select, text  # noqa: E402
 from digitreader import distributed as dist  # noqa: E402
 from digitreader.db import Batch, Document, session_scope  # noqa: E402
 from digitreader.db.migrate import upgrade  # noqa: E402
-from digitreader.db.session import dispose_engines, make_engine  # noqa: E402
+from digitreader.db.session import dispose_engines, get_engine, make_engine  # noqa: E402
 from digitreader.settings import Settings  # noqa: E402
 
 PG_ADMIN = os.environ.get("DIGITREADER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -225,7 +225,7 @@ def run_long(pdf: str, pages: int, procs: int, part_pages: int, home: Path, brok
             sub = dist.submit_batch([pdf], settings)
             prog = dist.wait_for_batch(sub.batch_id, settings, poll=0.1, timeout=900)
             wall = time.perf_counter() - t0
-        stored = dist.batch_progress(make_engine(url), sub.batch_id).pages
+        stored = dist.batch_progress(get_engine(settings), sub.batch_id).pages  # disposed by drop_db
     finally:
         drop_db(url)
     split = "queued in" in (logs / f"page-{procs}.log").read_text(errors="replace")

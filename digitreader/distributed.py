@@ -569,13 +569,11 @@ def run_page_job(
         if settings.test_crash_on and fnmatch.fnmatch(os.path.basename(job.path), settings.test_crash_on):
             dlog.error("DIGITREADER_TEST_CRASH_ON matches: exiting hard (tests only)")
             crash()
-        parts = page_parts(job.file, settings) if publish_part is not None else [None]
-        if publish_part is not None and len(parts) > 1:
-            for index, pages in enumerate(parts):
-                assert pages is not None
-                publish_part(job, index, len(parts), pages)
-            dlog.info("%d pages: queued in %d parts for the page workers", parts[-1][1] if parts[-1] else 0,
-                      len(parts))  # fmt: skip
+        spans = [p for p in page_parts(job.file, settings) if p is not None] if publish_part else []
+        if publish_part and len(spans) > 1:  # page_parts gives [None] for a document read whole
+            for index, pages in enumerate(spans):
+                publish_part(job, index, len(spans), pages)
+            dlog.info("%d pages: queued in %d parts for the page workers", spans[-1][1], len(spans))
             return PageOutcome("split", job)
         setup = time.perf_counter() - t_start
         cut = _with_setup(_segment(job, settings), setup)

@@ -7,6 +7,7 @@ is found through `digitreader/models/manifest.json`, whose SHA-256 is checked on
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -156,22 +157,17 @@ def saturating_int8_cpu(flags: frozenset[str] | None = None, machine: str | None
     return not (flags & VNNI_FLAGS)
 
 
-_flags_cache: list[frozenset[str]] = []
-
-
+@functools.cache
 def _cpu_flags() -> frozenset[str]:
-    if not _flags_cache:
-        found: frozenset[str] = frozenset()
-        try:
-            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-                for line in fh:
-                    if line.startswith("flags"):
-                        found = frozenset(line.split(":", 1)[1].split())
-                        break
-        except OSError:
-            pass
-        _flags_cache.append(found)
-    return _flags_cache[0]
+    """The CPU's flags from /proc/cpuinfo (Linux), read once; empty where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def choose_precision(model: Path, digest: str, settings: Settings, providers: list[str]) -> Path | None:
