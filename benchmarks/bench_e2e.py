@@ -41,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from digitreader import cpu  # noqa: E402
 from digitreader.db import session_scope  # noqa: E402
 from digitreader.db.session import get_engine  # noqa: E402
 from digitreader.settings import Settings  # noqa: E402
@@ -293,7 +294,7 @@ def run_e2e(scans: Path, *, decode: bool = True, sweep: tuple[float, ...] = SWEE
     st, report, export, load_s, wall = batch.settings, batch.report, batch.export, batch.load_s, batch.wall_s
     cores = st.workers or os.cpu_count() or 1
     result: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": f"{cpu.summary()}, Python {platform.python_version()}",
         "pages": report.pages,
         "documents": len(report.processed),
         "model_version": report.model_version,

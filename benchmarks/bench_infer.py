@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from digitreader import cpu  # noqa: E402
 from digitreader.pipeline.process import DocumentCut, assemble_document, recognize_pages  # noqa: E402
 from digitreader.settings import Settings  # noqa: E402
 from digitreader.types import DigitSlot, FieldCut, PageCut  # noqa: E402
@@ -121,9 +121,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(crops) / path_s:>10,.0f} digits/s", file=sys.stderr)  # fmt: skip
     import onnxruntime as ort
 
-    info.update(gpu=gpu_name() if "CUDA" in info.get("provider", "") else None, cpu=platform.processor() or
-                platform.machine(), cores=os.cpu_count(), onnxruntime=ort.__version__,
-                payload_bytes_per_page=int(np.mean([len(p) for p in payloads])))  # fmt: skip
+    info.update(
+        gpu=gpu_name() if "CUDA" in info.get("provider", "") else None,
+        cpu=cpu.summary(),
+        onnxruntime=ort.__version__,
+        payload_bytes_per_page=int(np.mean([len(p) for p in payloads])),
+    )
     result = {"info": info, "rows": rows}
     print(json.dumps(result, indent=1))
     print("\n| batch | model only (digits/s) | worker path: decode + recognize + assemble (digits/s) |")

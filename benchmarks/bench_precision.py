@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_e2e import generate_pages, run_e2e  # noqa: E402
 
+from digitreader import cpu  # noqa: E402
+
 PRECISIONS = ("fp32", "int8")
 SCORES = ("digits_right", "truth_digits", "digit_accuracy_pct", "flagged_pct", "unflagged_error_pct", "field_exact_pct")
 
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ["DIGITREADER_DATA_DIR"] = args.data_dir
 
-    result: dict[str, Any] = {"models": model_rates(args.data_dir)}
+    result: dict[str, Any] = {"machine": cpu.summary(), "models": model_rates(args.data_dir)}
     for row in result["models"]:
         print(f"{row['model']}: {row['fp32_crops_per_cpu_s']} -> {row['int8_crops_per_cpu_s']} crops per CPU-second, "
               f"{row['labels_changed']} of {row['of']} labels changed", file=sys.stderr)  # fmt: skip

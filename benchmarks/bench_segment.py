@@ -26,6 +26,7 @@ from pathlib import Path
 
 import cv2
 
+from digitreader import cpu
 from digitreader.pipeline.cut import cut_field
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.load import load_pages
@@ -119,7 +120,7 @@ def main() -> None:
         "a4_pages": len(a4),
         "ms_per_a4_page": a4_ms,
         "ms_total_a4_mean": round(statistics.mean(a4), 1) if a4 else None,
-        "machine": f"{platform.machine()}, {platform.python_version()}, opencv {cv2.__version__}, 1 thread",
+        "machine": f"{cpu.summary()}, Python {platform.python_version()}, opencv {cv2.__version__}, 1 thread",
     }
     print(json.dumps(result, indent=1))
     r = result

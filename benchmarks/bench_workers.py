@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, select, text  # noqa: E402
 
+from digitreader import cpu  # noqa: E402
 from digitreader import distributed as dist  # noqa: E402
 from digitreader.db import Batch, Document, session_scope  # noqa: E402
 from digitreader.db.migrate import upgrade  # noqa: E402
@@ -375,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         base = Path(tmp)
         if args.long_pdf:
             long_rows = long_pdf(args, base)
-            print(json.dumps({"pages": args.pages, "cores": os.cpu_count(), "runs": long_rows}, indent=1))
+            print(json.dumps({"pages": args.pages, "machine": cpu.summary(), "runs": long_rows}, indent=1))
             print()
             print(long_report(long_rows))
             if args.json:
@@ -401,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         tr = None if args.no_transport else transport(files, args.broker)
         print(tr, file=sys.stderr)
     load_after = loadavg()
-    result = {"pages": len(files), "cores": os.cpu_count(), "loadavg_before": load_before,
+    result = {"pages": len(files), "machine": cpu.summary(), "loadavg_before": load_before,
               "loadavg_after": load_after, "runs": rows, "transport": tr}  # fmt: skip
     print(json.dumps(result, indent=1))
     print()

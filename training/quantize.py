@@ -109,7 +109,7 @@ def quantize_model(src: Path, dst: Path, images: np.ndarray, reduce_range: bool 
         meta["precision"] = "int8"
         meta["quantized_from"] = sha256_file(src)
         # Read by the runtime: an int8 file with 8-bit weights is not used on a CPU that would saturate
-        # (`digitreader.pipeline.recognize.saturating_int8_cpu`).
+        # (`digitreader.cpu.saturating_int8_cpu`).
         meta["weight_bits"] = "7" if reduce_range else "8"
         meta["quantization"] = (
             f"onnxruntime static, QDQ, per-channel int8 weights{' in 7 bits (reduce_range)' if reduce_range else ''}, "

@@ -7,7 +7,6 @@ is found through `digitreader/models/manifest.json`, whose SHA-256 is checked on
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import threading
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from digitreader.cpu import saturating_int8_cpu
 from digitreader.errors import MissingDependencyError, ModelError
 from digitreader.hashing import sha256_file
 from digitreader.settings import Settings, get_settings
@@ -132,42 +132,6 @@ def _int8_expected(model: Path) -> str | None:
     if isinstance(entry, dict) and entry.get("model") == int8_path(model).name and "sha256" in entry:
         return str(entry["sha256"])
     return None
-
-
-#: x86 CPU flags of the instructions that multiply uint8 by int8 and add in 32 bits (no saturation).
-VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-def saturating_int8_cpu(flags: frozenset[str] | None = None, machine: str | None = None) -> bool:
-    """True on an x86 CPU without VNNI (`flags`: the CPU's flags, default /proc/cpuinfo's; `machine`:
-    default `platform.machine()`). There onnxruntime multiplies uint8 activations by int8 weights
-    with an instruction that adds each pair of products in 16 bits with saturation: weights in full
-    8 bits overflow it and the int8 file reads differently (the shipped reader's first int8 file: 32
-    MNIST test labels of 10,000 changed, against 2 with VNNI). Weights in 7 bits cannot overflow it
-    (`training.quantize`, metadata weight_bits=7). False where the flags cannot be read."""
-    import platform
-
-    machine = (machine or platform.machine()).lower()
-    if machine not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    if flags is None:
-        flags = _cpu_flags()
-        if not flags:
-            return False
-    return not (flags & VNNI_FLAGS)
-
-
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-    """The CPU's flags from /proc/cpuinfo (Linux), read once; empty where there is none."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def choose_precision(model: Path, digest: str, settings: Settings, providers: list[str]) -> Path | None:
