@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -105,6 +108,38 @@ def test_sqlite_created_on_first_use(settings: Settings) -> None:
     _check_schema(engine)
 
 
+# Each process imports what it needs, waits for the file GO, then uses the new database at once.
+_FIRST_USE = """
+import sys, time
+from pathlib import Path
+from digitreader.db.session import get_engine
+from digitreader.settings import Settings
+home, go = Path(sys.argv[1]), Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.002)
+get_engine(Settings(home=home, _env_file=None))
+"""
+
+
+def test_a_new_sqlite_file_used_by_several_processes_at_once(tmp_path: Path) -> None:
+    """Several commands started together on a new SQLite file (two clerks' `submit`s, `submit` beside
+    the review page) all get the schema: one creates it while the others wait (`migration_lock`),
+    then find it at head. Without the lock the others failed ("table batches already exists",
+    "database is locked": exit 6)."""
+    for attempt in range(3):
+        home, go = tmp_path / f"home{attempt}", tmp_path / f"go{attempt}"
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _FIRST_USE, str(home), str(go)], stderr=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        go.touch()
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+        engine = make_engine(f"sqlite:///{home / 'digitreader.sqlite'}")
+        _check_schema(engine)
+        engine.dispose()
+
+
 def test_duplicates_are_refused(settings: Settings) -> None:
     engine = get_engine(settings)
     with session_scope(engine=engine) as s:
@@ -141,6 +176,43 @@ def test_unreachable_database_is_a_database_error(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError) as info:
         get_engine(s)
     assert info.value.exit_code == 6
+
+
+@pytest.mark.integration
+def test_postgres_upgrades_at_once_wait_for_each_other(pg_url: str) -> None:
+    """`digitreader db upgrade` run twice at once on an empty server database (two operators, two
+    deploy jobs): one migrates, the other waits on the advisory lock and finds the schema at head."""
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"digitreader_test_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    engines = [make_engine(url) for _ in range(3)]
+    barrier = threading.Barrier(len(engines))
+    results: list[tuple[str | None, str | None] | BaseException] = []
+
+    def run(engine: Engine) -> None:
+        barrier.wait()
+        try:
+            results.append(upgrade(engine))
+        except BaseException as exc:  # reported by the assertion below
+            results.append(exc)
+
+    try:
+        threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        head = head_revision()
+        assert sorted(results, key=str) == sorted([(None, head), (head, head), (head, head)], key=str), results
+        _check_schema(engines[0])
+    finally:
+        for e in engines:
+            e.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.mark.integration

@@ -2,19 +2,27 @@
 
 The migrations live in `migrations/` at the top of the project (beside the `digitreader` package);
 `alembic -c migrations/alembic.ini ...` works too for developers who want the Alembic CLI.
+
+`upgrade` runs under a lock that every process upgrading the same database takes
+(`migration_lock`), so that two commands started together on a new SQLite file (two clerks'
+`submit`s, or `submit` beside the review page) do not both create the schema: the second waits, then
+finds it at head.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from digitreader.errors import DatabaseError
@@ -59,20 +67,72 @@ def current_revision(engine: Engine) -> str | None:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except DBAPIError as exc:
-        raise DatabaseError(
-            f"cannot use the database {engine.url.render_as_string(hide_password=True)}: {exc.orig}",
-            hint="check that the server is running and DIGITREADER_DATABASE_URL is right",
-        ) from exc
+        raise _unreachable(engine, exc) from exc
+
+
+def _unreachable(engine: Engine, exc: DBAPIError) -> DatabaseError:
+    return DatabaseError(
+        f"cannot use the database {engine.url.render_as_string(hide_password=True)}: {exc.orig}",
+        hint="check that the server is running and DIGITREADER_DATABASE_URL is right",
+    )
+
+
+#: The PostgreSQL advisory lock `migration_lock` holds (a number derived from the project's name).
+PG_LOCK_KEY = zlib.crc32(b"digitreader.migrations")
+
+
+def sqlite_lock_path(engine: Engine) -> Path | None:
+    """The lock file beside a SQLite database file (`<file>.migrate-lock`, as SQLite keeps `-wal`
+    and `-shm` beside it); None for an in-memory database or a URI."""
+    db = engine.url.database
+    if engine.dialect.name != "sqlite" or not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db).expanduser().with_name(Path(db).name + ".migrate-lock")
+
+
+@contextlib.contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Held while the schema is upgraded: one process at a time upgrades a given database; the others
+    wait for it. SQLite: an exclusive `flock` on `sqlite_lock_path` (POSIX; elsewhere no lock);
+    PostgreSQL: a session advisory lock (`PG_LOCK_KEY`) on a connection of its own; other databases:
+    none."""
+    lock_file = sqlite_lock_path(engine)
+    if lock_file is not None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        with open(lock_file, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed, or the process ends
+            yield
+        return
+    if engine.dialect.name == "postgresql":
+        try:
+            conn = engine.connect()
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PG_LOCK_KEY})
+        except DBAPIError as exc:
+            raise _unreachable(engine, exc) from exc
+        try:
+            yield
+        finally:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_LOCK_KEY})
+            conn.close()
+        return
+    yield
 
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
-    """Apply migrations up to `revision`. Returns (revision before, revision after)."""
-    before = current_revision(engine)
-    try:
-        command.upgrade(alembic_config(engine), revision)
-    except SQLAlchemyError as exc:
-        raise DatabaseError(f"migration failed: {getattr(exc, 'orig', None) or exc}") from exc
-    after = current_revision(engine)
+    """Apply migrations up to `revision`, under `migration_lock`. Returns (revision before, revision
+    after): a process that waited for another's upgrade finds the database there already."""
+    with migration_lock(engine):
+        before = current_revision(engine)
+        try:
+            command.upgrade(alembic_config(engine), revision)
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"migration failed: {getattr(exc, 'orig', None) or exc}") from exc
+        after = current_revision(engine)
     if before != after:
         log.info("database upgraded from %s to %s", before, after)
     return before, after
