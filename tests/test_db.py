@@ -20,7 +20,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from digitreader.db import Batch, Digit, Document, Field, Page
-from digitreader.db.migrate import alembic_config, current_revision, ensure_schema, head_revision, upgrade
+from digitreader.db.migrate import (
+    alembic_config,
+    current_revision,
+    ensure_schema,
+    head_revision,
+    sqlite_lock_path,
+    upgrade,
+)
 from digitreader.db.models import Base
 from digitreader.db.session import get_engine, make_engine, session_scope
 from digitreader.errors import DatabaseError
@@ -138,6 +145,19 @@ def test_a_new_sqlite_file_used_by_several_processes_at_once(tmp_path: Path) -> 
         engine = make_engine(f"sqlite:///{home / 'digitreader.sqlite'}")
         _check_schema(engine)
         engine.dispose()
+
+
+def test_a_lock_file_that_cannot_be_opened_is_a_database_error(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    lock = sqlite_lock_path(engine)
+    assert lock == tmp_path / "x.sqlite.migrate-lock"
+    lock.mkdir()  # not a file: open() fails, as it does in a folder the user cannot write to
+    with pytest.raises(DatabaseError, match="migration lock file") as info:
+        upgrade(engine)
+    assert info.value.exit_code == 6 and "writable" in (info.value.hint or "")
+    assert current_revision(engine) is None  # nothing was migrated without the lock
+    assert sqlite_lock_path(make_engine("sqlite://")) is None  # in memory: no file, no lock
+    engine.dispose()
 
 
 def test_duplicates_are_refused(settings: Settings) -> None:

@@ -103,7 +103,14 @@ def migration_lock(engine: Engine) -> Iterator[None]:
         except ImportError:  # pragma: no cover - not POSIX
             yield
             return
-        with open(lock_file, "a+b") as fh:
+        try:
+            fh = open(lock_file, "a+b")  # noqa: SIM115 - closed below, after the upgrade
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot open the migration lock file {lock_file}: {exc.strerror or exc}",
+                hint="the database's folder must be writable to create or upgrade its schema (DIGITREADER_HOME)",
+            ) from exc
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed, or the process ends
             yield
         return
