@@ -7,6 +7,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -19,7 +20,7 @@ from sqlalchemy import Engine, Table, create_engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from digitreader.db import Batch, Digit, Document, Field, Page
+from digitreader.db import Batch, Digit, Document, Field, ModelVersion, Page, store
 from digitreader.db.migrate import (
     alembic_config,
     current_revision,
@@ -115,17 +116,40 @@ def test_sqlite_created_on_first_use(settings: Settings) -> None:
     _check_schema(engine)
 
 
-# Each process imports what it needs, waits for the file GO, then uses the new database at once.
-_FIRST_USE = """
-import sys, time
+# Each process imports what it needs (and, for "model", gets the engine: the schema), says it is
+# ready, waits for the file GO, then at once: "schema" gets the engine on the new database (first
+# use: the schema is created); "model" registers model 9.9.9.
+_AT_ONCE = """
+import os, sys, time
 from pathlib import Path
-from digitreader.db.session import get_engine
+from digitreader.db import store
+from digitreader.db.session import get_engine, session_scope
 from digitreader.settings import Settings
-home, go = Path(sys.argv[1]), Path(sys.argv[2])
+home, go, what = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+settings = Settings(home=home, _env_file=None)
+engine = get_engine(settings) if what == "model" else None
+(go.parent / f"{go.name}.ready.{os.getpid()}").touch()
 while not go.exists():
     time.sleep(0.002)
-get_engine(Settings(home=home, _env_file=None))
+if what == "schema":
+    get_engine(settings)
+else:
+    with session_scope(engine=engine) as s:
+        store.ensure_model_version(s, "9.9.9", "ab" * 32)
 """
+
+
+def _at_once(home: Path, go: Path, what: str, processes: int = 4) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _AT_ONCE, str(home), str(go), what], stderr=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    while len(list(go.parent.glob(f"{go.name}.ready.*"))) < processes:  # all of them at the starting line
+        assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs if p.poll() is not None]
+        time.sleep(0.01)
+    go.touch()
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * processes, errors
 
 
 def test_a_new_sqlite_file_used_by_several_processes_at_once(tmp_path: Path) -> None:
@@ -134,16 +158,24 @@ def test_a_new_sqlite_file_used_by_several_processes_at_once(tmp_path: Path) -> 
     then find it at head. Without the lock the others failed ("table batches already exists",
     "database is locked": exit 6)."""
     for attempt in range(3):
-        home, go = tmp_path / f"home{attempt}", tmp_path / f"go{attempt}"
-        procs = [
-            subprocess.Popen([sys.executable, "-c", _FIRST_USE, str(home), str(go)], stderr=subprocess.PIPE, text=True)
-            for _ in range(4)
-        ]
-        go.touch()
-        errors = [p.communicate(timeout=120)[1] for p in procs]
-        assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+        home = tmp_path / f"home{attempt}"
+        _at_once(home, tmp_path / f"go{attempt}", "schema")
         engine = make_engine(f"sqlite:///{home / 'digitreader.sqlite'}")
         _check_schema(engine)
+        engine.dispose()
+
+
+def test_a_model_registered_by_several_processes_at_once(tmp_path: Path) -> None:
+    """`ensure_model_version` from processes that start together on one database (two `submit`s,
+    inference workers): one row, the others keep it. Without ON CONFLICT DO NOTHING all but one
+    failed on the unique version."""
+    for attempt in range(3):
+        home = tmp_path / f"home{attempt}"
+        _at_once(home, tmp_path / f"go{attempt}", "model")
+        engine = make_engine(f"sqlite:///{home / 'digitreader.sqlite'}")
+        with session_scope(engine=engine) as s:
+            rows = s.scalars(select(ModelVersion)).all()
+            assert [(m.version, m.status) for m in rows] == [("9.9.9", "active")]
         engine.dispose()
 
 
@@ -199,9 +231,10 @@ def test_unreachable_database_is_a_database_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_postgres_upgrades_at_once_wait_for_each_other(pg_url: str) -> None:
-    """`digitreader db upgrade` run twice at once on an empty server database (two operators, two
-    deploy jobs): one migrates, the other waits on the advisory lock and finds the schema at head."""
+def test_postgres_upgrades_and_registrations_at_once(pg_url: str) -> None:
+    """`digitreader db upgrade` run three times at once on an empty server database (operators, deploy
+    jobs): one migrates, the others wait on the advisory lock and find the schema at head. Then three
+    workers register the same model at once: one row, no error."""
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"digitreader_test_{secrets.token_hex(4)}"
     with admin.connect() as conn:
@@ -227,6 +260,26 @@ def test_postgres_upgrades_at_once_wait_for_each_other(pg_url: str) -> None:
         head = head_revision()
         assert sorted(results, key=str) == sorted([(None, head), (head, head), (head, head)], key=str), results
         _check_schema(engines[0])
+
+        # The same model registered by three inference workers at once: one row, no error.
+        registered: list[str | BaseException] = []
+
+        def register(engine: Engine) -> None:
+            barrier.wait()
+            try:
+                with session_scope(engine=engine) as s:
+                    registered.append(store.ensure_model_version(s, "9.9.9", "ab" * 32).version)
+            except BaseException as exc:  # reported by the assertion below
+                registered.append(exc)
+
+        threads = [threading.Thread(target=register, args=(e,)) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert registered == ["9.9.9"] * 3, registered
+        with session_scope(engine=engines[0]) as s:
+            assert [(m.version, m.status) for m in s.scalars(select(ModelVersion))] == [("9.9.9", "active")]
     finally:
         for e in engines:
             e.dispose()

@@ -393,23 +393,38 @@ def ensure_model_version(
     threshold: float | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> ModelVersion:
-    """Register a model the first time it is used; the first model registered becomes active."""
-    mv = session.scalars(select(ModelVersion).where(ModelVersion.version == version)).first()
+    """Register a model the first time it is used; the first model registered becomes active.
+
+    Safe against other processes registering the same version at the same moment (two `submit`s on
+    a new database, inference workers starting together): on SQLite and PostgreSQL the row is
+    inserted with ON CONFLICT DO NOTHING, so the one that comes second keeps the first one's row
+    instead of failing on the unique version."""
+    found = select(ModelVersion).where(ModelVersion.version == version)
+    mv = session.scalars(found).first()
     if mv is not None:
         return mv
     has_active = session.scalar(select(func.count()).where(ModelVersion.status == "active")) or 0
-    mv = ModelVersion(
-        version=version,
-        sha256=sha256,
-        path=str(path) if path is not None else None,
-        threshold=threshold,
-        metrics=metrics,
-        status="candidate" if has_active else "active",
-        created_at=utcnow(),
-    )
-    session.add(mv)
-    session.flush()
-    return mv
+    values = {
+        "version": version,
+        "sha256": sha256,
+        "path": str(path) if path is not None else None,
+        "threshold": threshold,
+        "metrics": metrics,
+        "status": "candidate" if has_active else "active",
+        "created_at": utcnow(),
+    }
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("sqlite", "postgresql"):
+        mv = ModelVersion(**values)
+        session.add(mv)
+        session.flush()
+        return mv
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    else:
+        from sqlalchemy.dialects.postgresql import insert as upsert  # type: ignore[assignment]
+    session.execute(upsert(ModelVersion).values(**values).on_conflict_do_nothing(index_elements=["version"]))
+    return session.scalars(found).one()
 
 
 def failures(session: Session, batch_id: int) -> list[Document]:
