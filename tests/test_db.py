@@ -16,7 +16,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, Table, create_engine, inspect, select, text
+from sqlalchemy import Engine, Table, create_engine, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -210,6 +210,45 @@ def test_duplicates_are_refused(settings: Settings) -> None:
     with session_scope(engine=engine) as s:
         assert s.scalar(select(Digit.label)) == 7
         assert len(s.scalars(select(Page)).all()) == 1
+
+
+def test_an_interrupted_batch_resumes_when_its_folder_also_holds_files_read_before(settings: Settings) -> None:
+    """A folder holding yesterday's scans (read by batch 1) beside today's: today's batch holds only
+    the new files; interrupted and submitted again, the same batch resumes (it used to start a new
+    batch with the files left, and leave today's interrupted for good)."""
+    engine = get_engine(settings)
+    a, b, c, d = (store.InputFile(f"/scans/{n}.png", n * 64, 1) for n in "abcd")
+
+    def finish(batch_id: int, done: set[str], interrupted: bool) -> None:
+        with session_scope(engine=engine) as s:
+            for doc in s.scalars(select(Document).where(Document.batch_id == batch_id)):
+                if doc.sha256 in done:
+                    doc.status = "done"
+            s.flush()
+            store.finish_batch(s, batch_id, interrupted=interrupted)
+
+    with session_scope(engine=engine) as s:
+        yesterday = store.register_batch(s, [a])
+    finish(yesterday.batch_id, {a.sha256}, interrupted=False)
+    with session_scope(engine=engine) as s:
+        today = store.register_batch(s, [a, b, c])
+    assert [p for _, p in today.todo] == [b.path, c.path] and [f.path for f in today.skipped] == [a.path]
+    finish(today.batch_id, {b.sha256}, interrupted=True)  # Ctrl-C after b
+
+    with session_scope(engine=engine) as s:
+        again = store.register_batch(s, [c, b, a])
+    assert again.resumed and again.batch_id == today.batch_id
+    assert [p for _, p in again.todo] == [c.path] and again.total == 2
+    assert [(f.path, f.reason, f.batch_id) for f in again.skipped] == [(a.path, "processed", yesterday.batch_id)]
+    finish(again.batch_id, {c.sha256}, interrupted=False)
+
+    # A new file in the folder is a new submission: a new batch for it alone.
+    with session_scope(engine=engine) as s:
+        plan = store.register_batch(s, [a, b, c, d])
+    assert not plan.resumed and plan.batch_id not in (yesterday.batch_id, today.batch_id)
+    assert [p for _, p in plan.todo] == [d.path]
+    with session_scope(engine=engine) as s:
+        assert s.scalar(select(func.count()).select_from(Document)) == 4  # each file once
 
 
 def test_cascade_delete_on_sqlite(settings: Settings) -> None:

@@ -78,9 +78,11 @@ def register_batch(
 
     - The same content twice in one submission is registered once.
     - Without `force`, a file whose content was already processed successfully (any batch) is
-      skipped, and an interrupted batch with exactly the same contents is resumed: its pending
-      documents are processed, the finished ones kept. So re-running a command after Ctrl-C or a
-      crash completes the same batch without duplicates.
+      skipped, and an interrupted batch of the same submission is resumed: one holding exactly these
+      contents, but for those other batches had read already (skipped when it was created, skipped
+      again). Its pending documents are processed, the finished ones kept. So re-running a command
+      after Ctrl-C or a crash completes the same batch without duplicates, also in a folder that
+      holds yesterday's scans beside today's.
     - With `force`, a new batch processes every file again (results of older batches are kept).
     """
     unique: dict[str, InputFile] = {}
@@ -92,6 +94,17 @@ def register_batch(
             unique[f.sha256] = f
     shas = set(unique)
 
+    # Contents already read successfully, with the latest batch that read each.
+    done_in: dict[str, int] = {}
+    if not force and shas:
+        done_in = dict(
+            session.execute(
+                select(Document.sha256, func.max(Document.batch_id))
+                .where(Document.sha256.in_(shas), Document.status.in_(DOCUMENT_FINISHED_OK))
+                .group_by(Document.sha256)
+            ).all()
+        )
+
     if not force and shas:
         resumable = session.scalars(
             select(Batch).where(Batch.status.in_(UNFINISHED_BATCH)).order_by(Batch.id.desc()).limit(20)
@@ -102,22 +115,21 @@ def register_batch(
                     Document.batch_id == batch.id
                 )
             ).all()
-            if {d.sha256 for d in docs} == shas:
+            batch_shas = {d.sha256 for d in docs}
+            # The same submission: the batch holds its files, but for those that other batches had
+            # read already when it was created (skipped then, and now).
+            if batch_shas and batch_shas <= shas and (shas - batch_shas) <= done_in.keys():
                 batch.status = "running"
                 todo: list[tuple[int, str]] = [(d.id, d.path) for d in docs if d.status in PENDING_DOCUMENT]
                 session.flush()
+                for sha in sorted(shas - batch_shas, key=lambda h: unique[h].path):
+                    skipped.append(SkippedFile(unique[sha].path, sha, "processed", done_in[sha]))
                 log.info("resuming batch %s: %d of %d documents left", batch.id, len(todo), len(docs))
                 return BatchPlan(batch.id, True, todo, len(docs), skipped)
 
-    if not force and shas:
-        done_rows = session.execute(
-            select(Document.sha256, func.max(Document.batch_id))
-            .where(Document.sha256.in_(shas), Document.status.in_(DOCUMENT_FINISHED_OK))
-            .group_by(Document.sha256)
-        ).all()
-        for sha, batch_id in done_rows:
-            f = unique.pop(sha)
-            skipped.append(SkippedFile(f.path, sha, "processed", batch_id))
+    for sha, batch_id in done_in.items():
+        f = unique.pop(sha)
+        skipped.append(SkippedFile(f.path, sha, "processed", batch_id))
 
     batch = Batch(
         status="running",
