@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -399,3 +401,51 @@ def test_postgres_end_to_end(pg_url: str, scans: Path, predictor: Any, tmp_path:
     again = process_batch([scans], settings, predictor=predictor)
     assert again.total == 0 and row_counts(settings) == before
     get_engine(settings).dispose()
+
+
+@pytest.mark.integration
+def test_postgres_one_document_stored_by_two_processes_at_once(
+    pg_url: str,  # noqa: F811
+    scans: Path,
+    predictor: Any,
+    tmp_path: Path,
+) -> None:
+    """Two re-runs of one interrupted batch store the same document at once: the second waits for
+    the first's transaction (the document's row lock) and replaces its rows. Without the lock the
+    second failed on the pages' unique (document, number) and the whole run stopped."""
+    from digitreader.db.store import InputFile, register_batch
+
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    path = (sorted(scans.glob("*.png")) or sorted(scans.glob("*.jp*g")))[0]
+    cut = segment_document(path, Settings(home=tmp_path, _env_file=None))  # type: ignore[call-arg]
+    results = assemble_document(cut, recognize_pages(predictor, cut.pages), 0.9)
+    with session_scope(engine=engine) as s:
+        doc_id = register_batch(s, [InputFile(str(path), "c" * 64, 1)], force=True).todo[0][0]
+    second = make_engine(pg_url)
+    first_stored, failures = threading.Event(), []
+
+    def store_second() -> None:
+        first_stored.wait(timeout=60)
+        try:
+            with session_scope(engine=second) as s:
+                store_document_results(s, doc_id, results, model_version="second")
+        except Exception as exc:  # reported by the assertion below
+            failures.append(exc)
+
+    other = threading.Thread(target=store_second)
+    other.start()
+    with session_scope(engine=engine) as s:
+        store_document_results(s, doc_id, results, model_version="first")
+        first_stored.set()
+        time.sleep(0.5)  # the other transaction runs into this one's rows before this one commits
+    other.join(timeout=120)
+    assert failures == []
+    with session_scope(engine=engine) as s:
+        pages = s.scalars(select(Page).where(Page.document_id == doc_id)).all()
+        assert len(pages) == len(results)
+        read = select(Digit.model_version).join(Field).where(Field.page_id.in_([p.id for p in pages]), ~Digit.blank)
+        models = set(s.scalars(read))
+        assert models == {"second"}  # the second replaced the first's rows
+    engine.dispose()
+    second.dispose()

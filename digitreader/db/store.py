@@ -169,6 +169,14 @@ def _box_list(box: Sequence[int] | None) -> list[int] | None:
     return None if box is None else [int(v) for v in box]
 
 
+def _lock_document(session: Session, document_id: int) -> None:
+    """Lock the document's row for this transaction (PostgreSQL: SELECT ... FOR UPDATE; SQLite lets
+    one writer at a time anyway), so that two processes storing the same document at once (two
+    re-runs of one interrupted batch) store it one after the other, the second replacing the first's
+    rows, instead of the second failing on the pages' unique (document, number)."""
+    session.execute(select(Document.id).where(Document.id == document_id).with_for_update())
+
+
 def store_document_results(
     session: Session,
     document_id: int,
@@ -182,6 +190,7 @@ def store_document_results(
 
     Idempotent (a second call replaces the first's rows). Returns the document's new status.
     """
+    _lock_document(session, document_id)
     session.execute(delete(Page).where(Page.document_id == document_id))
     page_rows = _page_rows(pages)
     for r in page_rows:
@@ -281,6 +290,7 @@ def store_document_failure(
     seconds: float | None = None,
 ) -> None:
     """Mark a document failed with its error (its earlier results, if any, are removed)."""
+    _lock_document(session, document_id)
     session.execute(delete(Page).where(Page.document_id == document_id))
     session.execute(
         update(Document)
