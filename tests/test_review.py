@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +17,7 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from digitreader.cli.main import main
-from digitreader.db import Correction, Digit, Document, Field, session_scope
+from digitreader.db import Correction, Digit, Document, Field, Page, session_scope
 from digitreader.db.session import dispose_engines
 from digitreader.errors import ExitCode, NotFoundError, UsageError
 from digitreader.export import export_json
@@ -226,6 +228,50 @@ def test_cli_list_label_undo(rsettings: Settings, processed: tuple[Path, int], m
 # ----------------------------------------------------------------------------------------- web
 
 
+def _two_reviewers_in_one_field(settings: Settings, batch: int) -> None:
+    """Two reviewers correct two digits of one field at the same moment: the second correction waits
+    for the first (`service._hold_document`), and the field's value holds both. Without the wait, on
+    PostgreSQL the second re-derived the value from the digits as they were before the first's commit
+    and wrote it over the first's: the digits said one thing, the field's value another ("309" for
+    digits 4, 0, 9). On SQLite the second correction's first write happened to come before its reads."""
+    with session_scope(settings) as s:
+        pairs: list[tuple[int, int]] = []  # (digit id, label) of the first field with two digits read
+        for f in s.scalars(select(Field).join(Page).join(Document).where(Document.batch_id == batch)):
+            pairs = [(d.id, d.label) for d in f.digits if d.crop is not None and d.label is not None]
+            if len(pairs) >= 2:
+                field_id = f.id
+                break
+    (d1, old1), (d2, old2) = pairs[:2]
+    new1, new2 = (old1 + 1) % 10, (old2 + 1) % 10
+    first_applied, errors = threading.Event(), []
+
+    def second() -> None:
+        first_applied.wait(timeout=60)
+        try:
+            with session_scope(settings) as s:
+                service.apply_correction(s, d2, new2, reviewer="b", source="web")
+        except Exception as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    other = threading.Thread(target=second)
+    other.start()
+    with session_scope(settings) as s:
+        service.apply_correction(s, d1, new1, reviewer="a", source="web")
+        first_applied.set()
+        time.sleep(0.5)  # the second correction starts before this one commits
+    other.join(timeout=120)
+    assert errors == []
+    with session_scope(settings) as s:
+        f = present(s.get(Field, field_id))
+        labels = {d.id: d.label for d in f.digits}
+        assert (labels[d1], labels[d2]) == (new1, new2)
+        assert f.value == "".join(str(d.label) for d in f.digits if not d.blank and d.label is not None)
+
+
+def test_two_reviewers_in_one_field_at_once(rsettings: Settings, processed: tuple[Path, int]) -> None:
+    _two_reviewers_in_one_field(rsettings, processed[1])
+
+
 def _client(settings: Settings, **kw: Any) -> TestClient:
     return TestClient(create_app(settings, **kw), base_url="http://127.0.0.1:8765")
 
@@ -335,3 +381,4 @@ def test_review_on_postgresql(pg_url: str, tmp_path: Path, data_dir: Path) -> No
         assert set(corrected.labels.tolist()) == {3}
         service.undo(s, reviewer="pg")
         assert service.queue_counts(s, batch_id=batch)["left"] == len(items) - 4
+    _two_reviewers_in_one_field(settings, batch)

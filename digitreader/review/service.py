@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from digitreader.db.models import Batch, Correction, Digit, Document, Field, Page, utcnow
@@ -270,6 +270,26 @@ class CorrectionResult:
         return asdict(self)
 
 
+def _hold_document(session: Session, digit_id: int) -> None:
+    """Take the write lock on the document of `digit_id` for this transaction, before anything of it
+    is read: a correction re-derives the field's value and the document's status from all their
+    digits, so two corrections in one field or document at once (two reviewers, two tabs) must run
+    one after the other, the second reading what the first wrote. A no-op UPDATE of the document's
+    row does it on both databases: PostgreSQL locks the row; SQLite takes its one write lock (reads
+    outside a write transaction would see the database before the other's commit)."""
+    doc_id = session.scalar(
+        select(Page.document_id)
+        .join(Field, Field.page_id == Page.id)
+        .join(Digit, Digit.field_id == Field.id)
+        .where(Digit.id == digit_id)
+    )
+    if doc_id is not None:
+        session.execute(
+            update(Document).where(Document.id == doc_id).values(status=Document.status),
+            execution_options={"synchronize_session": False},
+        )
+
+
 def _get_digit(session: Session, digit_id: int) -> Digit:
     d = session.get(Digit, digit_id, with_for_update=_locks(session))
     if d is None:
@@ -353,6 +373,7 @@ def apply_correction(
     """
     if label is not None and not (isinstance(label, int) and 0 <= label <= 9):
         raise UsageError(f"label {label!r} is not a digit 0-9 (None = not a digit / blank)")
+    _hold_document(session, digit_id)
     d = _get_digit(session, digit_id)
     if d.crop is None:
         raise UsageError(f"digit {digit_id} is an empty cell (nothing to review)")
@@ -422,6 +443,7 @@ def undo(session: Session, *, reviewer: str | None = None, correction_id: int | 
         corr = session.scalars(stmt).first()
         if corr is None:
             raise NotFoundError("nothing to undo" + (f" for {reviewer}" if reviewer else ""))
+    _hold_document(session, corr.digit_id)
     d = _get_digit(session, corr.digit_id)
     latest = max(c.id for c in d.corrections)
     if corr.id != latest:
