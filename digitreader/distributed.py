@@ -873,11 +873,8 @@ def submit_batch(
             mode="distributed",
             options={"inputs": [str(p) for p in paths], "cwd": os.getcwd()},
         )
-        for path, reason in unreadable:  # as in the embedded mode: failed documents of the batch
-            doc = Document(batch_id=plan.batch_id, path=path, sha256=f"unreadable:{path}"[:64], status="pending")
-            s.add(doc)
-            s.flush()
-            store.store_document_failure(s, doc.id, "unreadable", f"{path}: {reason}")
+        for path, reason in unreadable:  # failed documents of the batch
+            store.record_unreadable(s, plan.batch_id, path, reason)
             plan.total += 1
     # Committed: from here on every id we publish exists for the workers.
     sub = Submission(plan.batch_id, plan.resumed, plan.total, 0, plan.skipped, unreadable)

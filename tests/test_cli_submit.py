@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -211,3 +212,32 @@ def test_models_list_and_db_upgrade(isolated_env: Path) -> None:
     assert show["splitter"]["setting"] == "shipped" and show["splitter"]["sha256"] == splitter["sha256"]
     show = json.loads(_cli(["models", "show"], {**env, "DIGITREADER_SPLITTER": "reader"}).stdout)
     assert show["splitter"]["sha256"] == show["sha256"]
+
+
+def test_file_names_that_are_not_utf8(isolated_env: Path, scans: Path, tmp_path: Path) -> None:
+    """A scan whose file name is not valid UTF-8 (a name from an old Windows share or a zip archive)
+    is read like any other: stored and exported with each such byte as `\\xNN`, and `predict` prints
+    its path as escapes that give the name back. It used to stop the whole batch with an internal error
+    (the database refused the name), and `predict` crashed in OpenCV (segmentation fault)."""
+    first, second = [p for p in sorted(scans.iterdir()) if p.suffix in (".png", ".jpg", ".jpeg")][:2]
+    folder = tmp_path / "names"
+    folder.mkdir()
+    ok = folder / f"ok{first.suffix}"
+    shutil.copyfile(first, ok)
+    bad = os.fsencode(folder) + b"/scan-\xff\xfe" + os.fsencode(second.suffix)
+    try:
+        with open(bad, "wb") as fh:
+            fh.write(second.read_bytes())
+    except OSError:
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    env = _env(isolated_env, PYTHONIOENCODING="utf-8:strict")  # a terminal that cannot print the raw bytes
+    done = _cli(["submit", str(folder)], env)
+    assert done.returncode == 0, done.stderr
+    export = json.loads(_cli(["export", done.stdout.strip()], env).stdout)
+    docs = sorted(export["documents"], key=lambda d: d["path"])
+    assert [d["path"] for d in docs] == [str(ok), f"{folder}/scan-\\xff\\xfe{second.suffix}"]
+    assert all(d["status"] in ("done", "needs_review") and d["pages"] for d in docs)
+    pred = _cli(["predict", str(folder)], env)
+    assert pred.returncode == 0, pred.stderr
+    printed = [json.loads(line)["path"] for line in pred.stdout.splitlines()]
+    assert sorted(p.encode("utf-8", "surrogateescape") for p in printed) == sorted([os.fsencode(ok), bad])

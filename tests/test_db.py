@@ -235,10 +235,11 @@ def test_an_interrupted_batch_resumes_when_its_folder_also_holds_files_read_befo
     assert [p for _, p in today.todo] == [b.path, c.path] and [f.path for f in today.skipped] == [a.path]
     finish(today.batch_id, {b.sha256}, interrupted=True)  # Ctrl-C after b
 
+    moved = store.InputFile("/scans/today/c.png", c.sha256, 1)  # the folder was tidied up meanwhile
     with session_scope(engine=engine) as s:
-        again = store.register_batch(s, [c, b, a])
+        again = store.register_batch(s, [moved, b, a])
     assert again.resumed and again.batch_id == today.batch_id
-    assert [p for _, p in again.todo] == [c.path] and again.total == 2
+    assert [p for _, p in again.todo] == [moved.path] and again.total == 2  # opened where it is now
     assert [(f.path, f.reason, f.batch_id) for f in again.skipped] == [(a.path, "processed", yesterday.batch_id)]
     finish(again.batch_id, {c.sha256}, interrupted=False)
 
@@ -249,6 +250,12 @@ def test_an_interrupted_batch_resumes_when_its_folder_also_holds_files_read_befo
     assert [p for _, p in plan.todo] == [d.path]
     with session_scope(engine=engine) as s:
         assert s.scalar(select(func.count()).select_from(Document)) == 4  # each file once
+
+
+def test_db_text_escapes_what_is_not_utf8_and_nothing_else() -> None:
+    assert store.db_text("/scans/été 1.png") == "/scans/été 1.png"
+    assert store.db_text(os.fsdecode(b"/scans/scan-\xff\xfe.png")) == "/scans/scan-\\xff\\xfe.png"
+    assert store.db_text("lone \ud800 surrogate") == "lone \\ud800 surrogate"
 
 
 def test_cascade_delete_on_sqlite(settings: Settings) -> None:

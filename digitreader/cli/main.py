@@ -103,8 +103,21 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _never_fail_on_output() -> None:
+    """Write what the terminal's encoding cannot as escapes (`\\udcff`) instead of failing: a file
+    name that is not valid UTF-8 reaches Python with surrogates, and printing it (a path in
+    `predict`'s or `export`'s output, an error message) raised UnicodeEncodeError under a UTF-8
+    locale and lost the whole command's output."""
+    import io
+
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map errors to the documented exit codes."""
+    _never_fail_on_output()
     try:
         rc = app(args=argv, standalone_mode=False)
         # Without standalone mode, Typer *returns* the code of typer.Exit and of Ctrl-C (130).

@@ -35,6 +35,22 @@ UNFINISHED_BATCH = ("running", "interrupted")
 PENDING_DOCUMENT = ("pending", "processing")
 
 
+def db_text(text: str) -> str:
+    """`text` (a path, or a message naming one) as a database can store it. On Linux a file name is
+    bytes, and one that is not valid UTF-8 (names from an old Windows share or a zip archive) reaches
+    Python with surrogates that neither SQLite nor PostgreSQL accept: each such byte is written as
+    `\\xNN`, so "scan-\\xff.png" is stored and shown. Valid text is returned unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass(frozen=True)
 class InputFile:
     """A file to process, identified by its content."""
@@ -120,7 +136,11 @@ def register_batch(
             # read already when it was created (skipped then, and now).
             if batch_shas and batch_shas <= shas and (shas - batch_shas) <= done_in.keys():
                 batch.status = "running"
-                todo: list[tuple[int, str]] = [(d.id, d.path) for d in docs if d.status in PENDING_DOCUMENT]
+                # The files are opened where this submission found them (the stored path is for people:
+                # see db_text; and a folder moved since still resumes).
+                todo: list[tuple[int, str]] = [
+                    (d.id, unique[d.sha256].path) for d in docs if d.status in PENDING_DOCUMENT
+                ]
                 session.flush()
                 for sha in sorted(shas - batch_shas, key=lambda h: unique[h].path):
                     skipped.append(SkippedFile(unique[sha].path, sha, "processed", done_in[sha]))
@@ -141,15 +161,25 @@ def register_batch(
     )
     session.add(batch)
     session.flush()
+    files_left = list(unique.values())
     rows: list[dict[str, Any]] = [
-        {"batch_id": batch.id, "path": f.path, "sha256": f.sha256, "size_bytes": f.size_bytes, "status": "pending"}
-        for f in unique.values()
-    ]
+        {"batch_id": batch.id, "path": db_text(f.path), "sha256": f.sha256, "size_bytes": f.size_bytes,
+         "status": "pending"}
+        for f in files_left
+    ]  # fmt: skip
     todo = []
     if rows:
         ids = session.scalars(insert(Document).returning(Document.id, sort_by_parameter_order=True), rows).all()
-        todo = [(i, r["path"]) for i, r in zip(ids, rows, strict=True)]
+        todo = [(i, f.path) for i, f in zip(ids, files_left, strict=True)]  # the path to open, as given
     return BatchPlan(batch.id, False, todo, len(rows), skipped)
+
+
+def record_unreadable(session: Session, batch_id: int, path: str, reason: str) -> None:
+    """A file that could not even be read (permissions, gone): a failed document of the batch."""
+    doc = Document(batch_id=batch_id, path=db_text(path), sha256=f"unreadable:{db_text(path)}"[:64], status="pending")
+    session.add(doc)
+    session.flush()
+    store_document_failure(session, doc.id, "unreadable", f"{path}: {reason}")
 
 
 def _page_rows(pages: Sequence[PageResult]) -> list[dict[str, Any]]:
@@ -298,7 +328,7 @@ def store_document_failure(
         .values(
             status="failed",
             error_code=code[:32],
-            error_message=message,
+            error_message=db_text(message),
             page_count=page_count,
             finished_at=utcnow(),
             seconds=seconds,

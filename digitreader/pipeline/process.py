@@ -281,11 +281,8 @@ def process_batch(
             options={"inputs": [str(p) for p in paths], "precision": str(getattr(info, "precision", "fp32"))},
         )
         # Files that cannot even be read (permissions): recorded as failed documents of the batch.
-        for path, reason in unreadable:
-            doc = store.Document(batch_id=plan.batch_id, path=path, sha256=f"unreadable:{path}"[:64], status="pending")
-            s.add(doc)
-            s.flush()
-            store.store_document_failure(s, doc.id, "unreadable", f"{path}: {reason}")
+        for path, reason in unreadable:  # failed documents of the batch
+            store.record_unreadable(s, plan.batch_id, path, reason)
             plan.total += 1
     report = BatchReport(
         plan.batch_id,

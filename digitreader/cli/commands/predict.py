@@ -38,6 +38,7 @@ def iter_images(paths: list[Path]) -> Iterator[Path]:
 def read_digit(path: Path) -> np.ndarray:
     """An image file -> 28x28 MNIST-form crop; InputError for missing or unreadable files."""
     import cv2
+    import numpy as np
 
     from digitreader.pipeline.normalize import normalize_digit
 
@@ -45,7 +46,13 @@ def read_digit(path: Path) -> np.ndarray:
         raise InputError("no such file", path=path, code="unreadable")
     if path.stat().st_size == 0:
         raise InputError("empty file", path=path, code="empty_file")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    # Read the bytes here and decode them: cv2.imread crashes the process (OpenCV 5.1) on a file name
+    # that is not valid UTF-8, and Python opens any name.
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read it ({exc.strerror or exc})", path=path, code="unreadable") from exc
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise InputError("not a readable image (PNG, JPEG, BMP, TIFF, WebP, PNM)", path=path, code="unreadable")
     return normalize_digit(img)
