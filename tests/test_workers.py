@@ -513,6 +513,30 @@ def test_lost_messages_are_requeued(tmp_path: Path, pg_db: str, redis_url: str, 
     client.delete("pages")
 
 
+def test_a_file_name_that_is_not_utf8_fails_its_document_at_submit(
+    tmp_path: Path, redis_url: str, small_pages: list[Path]
+) -> None:
+    """The page workers open files by the name stored in the database, and a name that is not valid
+    UTF-8 is stored escaped: such a document fails at submit with a message saying why (and what to do);
+    the others are queued as usual."""
+    ok, other = variants(small_pages, 2, tmp_path / "scans")
+    bad = os.fsencode(tmp_path / "scans") + b"/scan-\xff.png"
+    try:
+        os.rename(other, bad)
+    except OSError:
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    settings = make_settings(base_env(tmp_path, f"sqlite:///{tmp_path / 'names.db'}", redis_url, None))
+    queued: list[int] = []
+    sub = dist.submit_batch([str(tmp_path / "scans")], settings, publish=queued.extend)
+    with session_scope(engine=get_engine(settings)) as s:
+        docs = {d.path: d for d in s.scalars(select(Document).where(Document.batch_id == sub.batch_id))}
+        shown = f"{tmp_path / 'scans'}/scan-\\xff.png"
+        assert sorted(docs) == sorted([str(ok), shown])
+        assert docs[shown].status == "failed" and docs[shown].error_code == "unreadable"
+        assert "not valid UTF-8" in (docs[shown].error_message or "") and "rename" in (docs[shown].error_message or "")
+        assert queued == [docs[str(ok)].id] and sub.queued == 1
+
+
 def test_a_long_document_is_cut_in_parts_by_the_page_pool(tmp_path: Path, redis_url: str, data_dir: Path) -> None:
     """A 5-page TIFF with parts of 2 pages: its page task queues three part tasks instead of
     segmenting it; the parts, run in any order (one of them twice, as a redelivery), are kept in
