@@ -335,6 +335,43 @@ def test_postgres_upgrades_and_registrations_at_once(pg_url: str) -> None:
 
 
 @pytest.mark.integration
+def test_postgres_batch_of_more_files_than_a_statement_has_parameters(pg_url: str) -> None:
+    """A batch of 70,000 files (a day's cheques) registers, and registers again as a resume, on
+    PostgreSQL, whose statements hold at most 65,535 parameters: the already-read query is asked in
+    chunks (`store.IN_CHUNK`). It used to fail with "number of parameters must be between 0 and 65535"."""
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    files = [store.InputFile(f"/cheques/{i}.png", f"{i:064x}", 1) for i in range(70_000)]
+    with session_scope(engine=engine) as s:
+        first = store.register_batch(s, files[:5], force=True)  # five of them read before
+        for doc_id, _ in first.todo:
+            s.execute(cast(Table, Document.__table__).update().where(Document.id == doc_id).values(status="done"))
+    with session_scope(engine=engine) as s:
+        plan = store.register_batch(s, files)
+    assert len(plan.todo) == 69_995 and len(plan.skipped) == 5 and not plan.resumed
+    with session_scope(engine=engine) as s:
+        s.execute(cast(Table, Batch.__table__).update().where(Batch.id == plan.batch_id).values(status="interrupted"))
+    with session_scope(engine=engine) as s:
+        again = store.register_batch(s, files)
+    assert again.resumed and again.batch_id == plan.batch_id and len(again.todo) == 69_995
+    engine.dispose()
+
+
+def test_already_read_files_are_found_across_chunks(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "IN_CHUNK", 3)
+    engine = get_engine(settings)
+    files = [store.InputFile(f"/scans/{i}.png", f"{i:064x}", 1) for i in range(10)]
+    with session_scope(engine=engine) as s:
+        first = store.register_batch(s, files[2:9:2], force=True)  # 2, 4, 6, 8: in three chunks
+        for doc_id, _ in first.todo:
+            s.execute(cast(Table, Document.__table__).update().where(Document.id == doc_id).values(status="done"))
+    with session_scope(engine=engine) as s:
+        plan = store.register_batch(s, files)
+    assert sorted(f.path for f in plan.skipped) == sorted(f.path for f in files[2:9:2])
+    assert sorted(p for _, p in plan.todo) == sorted(f.path for f in files if f not in files[2:9:2])
+
+
+@pytest.mark.integration
 def test_postgres_upgrade_from_empty(pg_url: str) -> None:
     engine = make_engine(pg_url)
     assert current_revision(engine) is None

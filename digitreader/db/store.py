@@ -35,6 +35,10 @@ UNFINISHED_BATCH = ("running", "interrupted")
 PENDING_DOCUMENT = ("pending", "processing")
 
 
+#: Values per IN (...) query: well under the 65,535 parameters a PostgreSQL statement may hold.
+IN_CHUNK = 10_000
+
+
 def db_text(text: str) -> str:
     """`text` (a path, or a message naming one) as a database can store it. On Linux a file name is
     bytes, and one that is not valid UTF-8 (names from an old Windows share or a zip archive) reaches
@@ -110,16 +114,19 @@ def register_batch(
             unique[f.sha256] = f
     shas = set(unique)
 
-    # Contents already read successfully, with the latest batch that read each.
+    # Contents already read successfully, with the latest batch that read each; asked in chunks, since
+    # a statement holds at most 65,535 parameters on PostgreSQL and a day's cheques can be more files.
     done_in: dict[str, int] = {}
     if not force and shas:
-        done_in = dict(
-            session.execute(
-                select(Document.sha256, func.max(Document.batch_id))
-                .where(Document.sha256.in_(shas), Document.status.in_(DOCUMENT_FINISHED_OK))
-                .group_by(Document.sha256)
-            ).all()
-        )
+        ordered = sorted(shas)
+        for i in range(0, len(ordered), IN_CHUNK):
+            done_in.update(
+                session.execute(
+                    select(Document.sha256, func.max(Document.batch_id))
+                    .where(Document.sha256.in_(ordered[i : i + IN_CHUNK]), Document.status.in_(DOCUMENT_FINISHED_OK))
+                    .group_by(Document.sha256)
+                ).all()
+            )
 
     if not force and shas:
         resumable = session.scalars(
