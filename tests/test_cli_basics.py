@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -92,3 +94,21 @@ def test_unknown_option_is_usage_error() -> None:
     proc = subprocess.run([sys.executable, "-m", "digitreader", "--no-such-flag"], capture_output=True, text=True)
     assert proc.returncode == ExitCode.USAGE
     assert proc.stdout == ""
+
+
+def test_verbose_logs_say_what_was_migrated_without_alembic_s_chatter(tmp_path: Path) -> None:
+    """With -v the first use of a new database logs one line of ours ("database upgraded from None to
+    ..."), not Alembic's announcements of its plugins and context (nine lines per process before);
+    with -vv Alembic's lines are there too."""
+    env = {**os.environ, "DIGITREADER_HOME": str(tmp_path / "v")}
+    env.pop("DIGITREADER_DATABASE_URL", None)
+    info = subprocess.run(
+        [sys.executable, "-m", "digitreader", "-v", "status"], env=env, capture_output=True, text=True
+    )
+    assert "database upgraded from None to" in info.stderr
+    assert "alembic" not in info.stderr, info.stderr
+    env["DIGITREADER_HOME"] = str(tmp_path / "vv")
+    debug = subprocess.run(
+        [sys.executable, "-m", "digitreader", "-vv", "status"], env=env, capture_output=True, text=True
+    )
+    assert "alembic.runtime.migration" in debug.stderr and "Running upgrade" in debug.stderr

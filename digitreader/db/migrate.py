@@ -18,14 +18,28 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from digitreader.errors import DatabaseError
+class _OnlyWhenDebugging(logging.Filter):
+    """Alembic announces its plugins and its context at INFO on every connection it configures (nine
+    lines on each command run with -v, and in each worker process); digitreader says what it migrated
+    itself ("database upgraded from ... to ..."). Alembic's own lines show with -vv (DEBUG)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+# Before alembic is imported: importing it announces its plugins.
+for _name in ("alembic.runtime.plugins", "alembic.runtime.migration"):
+    logging.getLogger(_name).addFilter(_OnlyWhenDebugging())
+
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
+from sqlalchemy import Engine, inspect, text  # noqa: E402
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError  # noqa: E402
+
+from digitreader.errors import DatabaseError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
