@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -67,6 +68,22 @@ def pg_url() -> Iterator[str]:
         from digitreader.db.session import dispose_engines
 
         dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """An empty PostgreSQL database of its own (for a test that must start from nothing while the
+    session's `pg_url` database is shared); dropped afterwards."""
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"digitreader_test_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
@@ -281,11 +298,11 @@ def test_postgres_upgrades_and_registrations_at_once(pg_url: str) -> None:
     """`digitreader db upgrade` run three times at once on an empty server database (operators, deploy
     jobs): one migrates, the others wait on the advisory lock and find the schema at head. Then three
     workers register the same model at once: one row, no error."""
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"digitreader_test_{secrets.token_hex(4)}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    with fresh_pg_database() as url:
+        _upgrades_and_registrations_at_once(url)
+
+
+def _upgrades_and_registrations_at_once(url: str) -> None:
     engines = [make_engine(url) for _ in range(3)]
     barrier = threading.Barrier(len(engines))
     results: list[tuple[str | None, str | None] | BaseException] = []
@@ -329,9 +346,6 @@ def test_postgres_upgrades_and_registrations_at_once(pg_url: str) -> None:
     finally:
         for e in engines:
             e.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.mark.integration
@@ -339,7 +353,12 @@ def test_postgres_batch_of_more_files_than_a_statement_has_parameters(pg_url: st
     """A batch of 70,000 files (a day's cheques) registers, and registers again as a resume, on
     PostgreSQL, whose statements hold at most 65,535 parameters: the already-read query is asked in
     chunks (`store.IN_CHUNK`). It used to fail with "number of parameters must be between 0 and 65535"."""
-    engine = make_engine(pg_url)
+    with fresh_pg_database() as url:
+        _a_batch_of_70_000_files(url)
+
+
+def _a_batch_of_70_000_files(url: str) -> None:
+    engine = make_engine(url)
     upgrade(engine)
     files = [store.InputFile(f"/cheques/{i}.png", f"{i:064x}", 1) for i in range(70_000)]
     with session_scope(engine=engine) as s:
