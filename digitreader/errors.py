@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     DATASET = 9  # a training/evaluation dataset is missing, truncated or fails its checksum
     NOT_FOUND = 10  # a batch, document, digit or model named on the command line does not exist
     INTERRUPTED = 130  # Ctrl-C
+    TERMINATED = 143  # SIGTERM (`kill`, `docker stop`, systemd, `timeout`): stopped as Ctrl-C stops it
 
 
 class DigitreaderError(Exception):

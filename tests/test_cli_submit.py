@@ -167,6 +167,54 @@ def _run_until_stored(args: list[str], env: dict[str, str], db: Path, at_least: 
     return batch, proc.returncode
 
 
+def _processes_of(home: Path) -> list[int]:
+    """The processes (pool processes, fork server, resource tracker) started with DIGITREADER_HOME=home."""
+    mine = f"DIGITREADER_HOME={home}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and mine in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
+def _assert_no_process_left(home: Path) -> None:
+    deadline = time.monotonic() + 20
+    while _processes_of(home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_of(home) == []
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_batch_as_ctrl_c_does(isolated_env: Path, scans: Path) -> None:
+    """`kill`, `docker stop`, systemd and `timeout` send SIGTERM: the documents in hand are finished,
+    the batch is marked interrupted, exit 143, and no pool process is left behind. Before, the process
+    died at once, the batch stayed "running" and the pool's processes waited forever."""
+    db = isolated_env / "digitreader.sqlite"
+    env = _env(isolated_env, DIGITREADER_WORKERS="2", DIGITREADER_BATCH_SIZE="8")
+    batch, rc = _run_until_stored(["submit", str(scans)], env, db, 1, signal.SIGTERM)
+    assert rc == ExitCode.TERMINATED
+    n, status = _stored(db, batch)
+    assert status == "interrupted" and n >= 1
+    _assert_no_process_left(isolated_env)
+    done = _cli(["submit", str(scans)], env)
+    assert done.returncode == 0 and done.stdout.strip() == str(batch) and "(resumed)" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_batch_leaves_no_pool_process(isolated_env: Path, scans: Path) -> None:
+    """SIGKILL (the OOM killer, `kill -9`) gives the batch's process no chance to clean up: its pool's
+    processes notice it is gone (`document.init_worker`'s watch) and end within a second or two.
+    Before, they waited forever to hand in their results, holding their memory and the pipes."""
+    db = isolated_env / "digitreader.sqlite"
+    env = _env(isolated_env, DIGITREADER_WORKERS="2", DIGITREADER_BATCH_SIZE="8")
+    batch, rc = _run_until_stored(["submit", str(scans)], env, db, 1, signal.SIGKILL)
+    assert rc == -signal.SIGKILL and _stored(db, batch)[1] == "running"
+    _assert_no_process_left(isolated_env)
+
+
 @pytest.mark.slow
 def test_interrupted_batch_resumes_without_duplicates(isolated_env: Path, scans: Path) -> None:
     db = isolated_env / "digitreader.sqlite"

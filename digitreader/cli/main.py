@@ -115,27 +115,56 @@ def _never_fail_on_output() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+_terminated = False
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (`kill`, `docker stop`, systemd, `timeout`) stops a command the way Ctrl-C does: the
+    pool finishes the documents in hand and shuts down, the batch is marked interrupted (a re-run
+    completes it), exit 143. Before, the process died at once: the batch stayed "running" and the
+    pool's processes were left behind. Commands that serve (`worker`, `review`) install their own."""
+    import signal
+    import threading
+
+    def stop(signum: int, frame: object) -> None:
+        global _terminated
+        _terminated = True
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
+def _interrupted() -> None:
+    if _terminated:
+        typer.echo("digitreader: terminated (SIGTERM)", err=True)
+        sys.exit(int(ExitCode.TERMINATED))
+    typer.echo("digitreader: interrupted", err=True)
+    sys.exit(int(ExitCode.INTERRUPTED))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map errors to the documented exit codes."""
     _never_fail_on_output()
+    _stop_on_sigterm()
     try:
         rc = app(args=argv, standalone_mode=False)
         # Without standalone mode, Typer *returns* the code of typer.Exit and of Ctrl-C (130).
+        if rc == ExitCode.INTERRUPTED:
+            _interrupted()
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except DigitreaderError as exc:
         typer.echo(f"digitreader: error: {exc}", err=True)
         sys.exit(int(exc.exit_code))
     except KeyboardInterrupt:
-        typer.echo("digitreader: interrupted", err=True)
-        sys.exit(int(ExitCode.INTERRUPTED))
+        _interrupted()
     except typer.Exit as exc:  # raised by commands that choose their own exit code
         sys.exit(exc.exit_code)
     except SystemExit:
         raise
     except typer.Abort:
-        typer.echo("digitreader: interrupted", err=True)
-        sys.exit(int(ExitCode.INTERRUPTED))
+        _interrupted()
     except TyperException as exc:  # usage errors: unknown option, bad value, missing argument
         show = getattr(exc, "show", None)
         if callable(show):

@@ -12,6 +12,7 @@ This module imports only what segmenting needs (no database), so a pool process 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -240,11 +241,45 @@ def join_parts(parts: Sequence[DocumentCut]) -> DocumentCut:
     return DocumentCut(parts[0].path, pages, None, None, len(pages), seconds, timings, strips=strips)
 
 
-def init_worker() -> None:
-    # One OpenCV thread per process: the pool already uses every core.
+#: How often a pool process checks that the process that started the pool is still there (seconds).
+PARENT_CHECK_SECONDS = 1.0
+
+
+def init_worker(parent_pid: int | None = None) -> None:
+    """Set up a segmentation pool process: one OpenCV thread (the pool already uses every core), and,
+    with `parent_pid` (the process whose pool this is), a watch that ends this process when that one
+    is gone. A pool process whose parent was killed (SIGKILL, the OOM killer) otherwise waited forever
+    to hand in its result, holding its memory: the fork server is its parent, not the batch's process."""
     try:
         import cv2
 
         cv2.setNumThreads(1)
     except Exception:  # pragma: no cover - cv2 always present in the runtime
         pass
+    if parent_pid is not None:
+        threading.Thread(target=_exit_without, args=(parent_pid,), name="parent-watch", daemon=True).start()
+
+
+def _exit_without(parent_pid: int) -> None:
+    while _alive(parent_pid):
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs. A killed process stays a zombie until its own parent reaps it, and
+    a zombie still answers kill(pid, 0): on Linux its state in /proc says it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (not Linux): ask the kernel, zombies included
+        try:
+            os.kill(pid, 0)  # no signal is sent
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, another user's (the pid was reused)
+            return True
+        return True

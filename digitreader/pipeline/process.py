@@ -212,7 +212,10 @@ def make_executor(workers: int) -> cf.Executor:
         return _InlineExecutor()
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     return cf.ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context(method), initializer=init_worker
+        max_workers=workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=init_worker,
+        initargs=(os.getpid(),),  # the pool's processes end if this one is killed
     )
 
 

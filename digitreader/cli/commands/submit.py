@@ -137,7 +137,7 @@ def submit(
     interrupted batch without duplicates.
 
     Exit code: 0 all documents read, 3 some failed, 4 all failed, 2 bad arguments, 5 no model,
-    6 database error, 130 interrupted.
+    6 database error, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM (a re-run completes the batch).
 
     Distributed mode (DIGITREADER_BROKER_URL set, or --queue): the batch is queued for the worker
     pools and its id printed at once (exit 7: broker unreachable); --wait follows it to the end.
