@@ -449,3 +449,39 @@ def test_postgres_one_document_stored_by_two_processes_at_once(
         assert models == {"second"}  # the second replaced the first's rows
     engine.dispose()
     second.dispose()
+
+
+def test_a_pool_process_tells_its_parent_gone_zombie_or_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`document._alive`, which a pool process asks every second about the batch's process: a killed
+    process not yet reaped (a zombie) is gone; without /proc (macOS) the kernel is asked instead, and
+    a running process is never taken for gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from digitreader.pipeline.document import _alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert _alive(os.getpid()) and _alive(child.pid)
+        child.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _alive(child.pid) and time.monotonic() < deadline:  # dead, not yet reaped: a zombie
+            time.sleep(0.01)
+        assert not _alive(child.pid) and child.poll() is not None
+        assert not _alive(child.pid)  # reaped
+        # As on a system without /proc: no folder, and no file in it.
+        real_open = open
+
+        def no_proc(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(path).startswith("/proc/"):
+                raise FileNotFoundError(path)
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os.path, "isdir", lambda p: False if str(p).startswith("/proc") else os.path.exists(p))
+        monkeypatch.setattr("builtins.open", no_proc)
+        assert _alive(os.getpid()) and not _alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()

@@ -269,17 +269,19 @@ def _exit_without(parent_pid: int) -> None:
 def _alive(pid: int) -> bool:
     """Whether process `pid` runs. A killed process stays a zombie until its own parent reaps it, and
     a zombie still answers kill(pid, 0): on Linux its state in /proc says it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-        return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (not Linux): ask the kernel, zombies included
+    if os.path.isdir("/proc/self"):
         try:
-            os.kill(pid, 0)  # no signal is sent
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+            return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
+        except FileNotFoundError:
             return False
-        except PermissionError:  # exists, another user's (the pid was reused)
-            return True
+        except (OSError, ValueError):  # unreadable: ask the kernel below
+            pass
+    try:  # no /proc (macOS): ask the kernel, zombies included
+        os.kill(pid, 0)  # no signal is sent
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's (the pid was reused)
         return True
+    return True
