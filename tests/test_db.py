@@ -205,7 +205,15 @@ def test_a_lock_file_that_cannot_be_opened_is_a_database_error(tmp_path: Path) -
         upgrade(engine)
     assert info.value.exit_code == 6 and "writable" in (info.value.hint or "")
     assert current_revision(engine) is None  # nothing was migrated without the lock
+    with pytest.raises(DatabaseError, match="migration lock file"):
+        ensure_schema(engine)  # a new file's first use needs the lock too
     assert sqlite_lock_path(make_engine("sqlite://")) is None  # in memory: no file, no lock
+    # A database already at head is still read where no lock file can be made (a read-only folder).
+    lock.rmdir()
+    upgrade(engine)
+    lock.unlink()
+    lock.mkdir()
+    ensure_schema(engine)
     engine.dispose()
 
 

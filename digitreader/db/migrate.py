@@ -105,28 +105,33 @@ def sqlite_lock_path(engine: Engine) -> Path | None:
 
 
 @contextlib.contextmanager
-def migration_lock(engine: Engine) -> Iterator[None]:
+def migration_lock(engine: Engine, *, required: bool = True) -> Iterator[bool]:
     """Held while the schema is upgraded: one process at a time upgrades a given database; the others
     wait for it. SQLite: an exclusive `flock` on `sqlite_lock_path` (POSIX; elsewhere no lock);
     PostgreSQL: a session advisory lock (`PG_LOCK_KEY`) on a connection of its own; other databases:
-    none."""
+    none. Yields True, or, with `required=False` where the SQLite lock file cannot be opened (a
+    read-only folder), False: the caller goes on without the lock (a database that needs no upgrade
+    can still be read)."""
     lock_file = sqlite_lock_path(engine)
     if lock_file is not None:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
-            yield
+            yield True
             return
         try:
             fh = open(lock_file, "a+b")  # noqa: SIM115 - closed below, after the upgrade
         except OSError as exc:
+            if not required:
+                yield False
+                return
             raise DatabaseError(
                 f"cannot open the migration lock file {lock_file}: {exc.strerror or exc}",
                 hint="the database's folder must be writable to create or upgrade its schema (DIGITREADER_HOME)",
             ) from exc
         with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed, or the process ends
-            yield
+            yield True
         return
     if engine.dialect.name == "postgresql":
         try:
@@ -135,38 +140,52 @@ def migration_lock(engine: Engine) -> Iterator[None]:
         except DBAPIError as exc:
             raise _unreachable(engine, exc) from exc
         try:
-            yield
+            yield True
         finally:
             with contextlib.suppress(SQLAlchemyError):
                 conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_LOCK_KEY})
             conn.close()
         return
-    yield
+    yield True
 
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
     """Apply migrations up to `revision`, under `migration_lock`. Returns (revision before, revision
     after): a process that waited for another's upgrade finds the database there already."""
     with migration_lock(engine):
-        before = current_revision(engine)
-        try:
-            command.upgrade(alembic_config(engine), revision)
-        except SQLAlchemyError as exc:
-            raise DatabaseError(f"migration failed: {getattr(exc, 'orig', None) or exc}") from exc
-        after = current_revision(engine)
+        return _upgrade(engine, revision)
+
+
+def _upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
+    before = current_revision(engine)
+    try:
+        command.upgrade(alembic_config(engine), revision)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"migration failed: {getattr(exc, 'orig', None) or exc}") from exc
+    after = current_revision(engine)
     if before != after:
         log.info("database upgraded from %s to %s", before, after)
     return before, after
 
 
 def ensure_schema(engine: Engine) -> None:
-    """SQLite: upgrade to head (first use of a new file creates the schema). Others: check only."""
+    """SQLite: upgrade to head (first use of a new file creates the schema). Others: check only.
+
+    On SQLite the first look is taken under `migration_lock` too: processes that open a new file at
+    the same moment (its first connections set WAL mode, which a file being created by another
+    process can refuse with "database is locked") take turns, and the later ones find the schema made."""
+    if engine.dialect.name == "sqlite":
+        with migration_lock(engine, required=False) as locked:
+            if current_revision(engine) == head_revision():
+                return
+            if locked:
+                _upgrade(engine)
+                return
+        upgrade(engine)  # without a lock file it cannot take: says so (DatabaseError)
+        return
     current = current_revision(engine)
     head = head_revision()
     if current == head:
-        return
-    if engine.dialect.name == "sqlite":
-        upgrade(engine)
         return
     if current is None and inspect(engine).get_table_names():
         raise DatabaseError(
