@@ -77,7 +77,7 @@ def int8_kind(flags: frozenset[str] | None = None, machine: str | None = None) -
         flags = cpu_flags()
     if not flags:
         return "unknown"
-    return "saturating" if saturating_int8_cpu(flags, machine) else "vnni"
+    return "vnni" if flags & VNNI_FLAGS else "saturating"
 
 
 def describe() -> dict[str, Any]:

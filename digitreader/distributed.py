@@ -878,10 +878,11 @@ def submit_batch(
             plan.total += 1
         # The page workers open each file by the name stored in the database, and a name that is not
         # valid UTF-8 is stored escaped (`store.db_text`): they could not find it. Failed here, clearly.
-        for doc_id, path in [(i, p) for i, p in plan.todo if store.db_text(p) != p]:
+        unnamed = {doc_id: path for doc_id, path in plan.todo if store.db_text(path) != path}
+        for doc_id, path in unnamed.items():
             why = "the file name is not valid UTF-8, and the workers find files by name"
             store.store_document_failure(s, doc_id, "unreadable", f"{path}: {why}: rename it, or use the embedded mode")
-        plan.todo = [(i, p) for i, p in plan.todo if store.db_text(p) == p]
+        plan.todo = [(doc_id, path) for doc_id, path in plan.todo if doc_id not in unnamed]
     # Committed: from here on every id we publish exists for the workers.
     sub = Submission(plan.batch_id, plan.resumed, plan.total, 0, plan.skipped, unreadable)
     ids = [doc_id for doc_id, _ in plan.todo]

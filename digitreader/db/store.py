@@ -44,12 +44,7 @@ def db_text(text: str) -> str:
     bytes, and one that is not valid UTF-8 (names from an old Windows share or a zip archive) reaches
     Python with surrogates that neither SQLite nor PostgreSQL accept: each such byte is written as
     `\\xNN`, so "scan-\\xff.png" is stored and shown. Valid text is returned unchanged."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    try:
+    try:  # valid text goes through unchanged
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate that is not an escaped byte
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -206,12 +201,17 @@ def _box_list(box: Sequence[int] | None) -> list[int] | None:
     return None if box is None else [int(v) for v in box]
 
 
-def _lock_document(session: Session, document_id: int) -> None:
-    """Lock the document's row for this transaction (PostgreSQL: SELECT ... FOR UPDATE; SQLite lets
-    one writer at a time anyway), so that two processes storing the same document at once (two
-    re-runs of one interrupted batch) store it one after the other, the second replacing the first's
-    rows, instead of the second failing on the pages' unique (document, number)."""
-    session.execute(select(Document.id).where(Document.id == document_id).with_for_update())
+def hold_document(session: Session, document_id: int) -> None:
+    """Take the write lock on a document for this transaction, before anything of it is read or
+    written, with a no-op UPDATE of its row: PostgreSQL locks the row, SQLite takes its one write lock
+    (its reads outside a write transaction would not wait for another's commit). Two processes that
+    store the same document at once (two re-runs of one interrupted batch) then store it one after the
+    other, the second replacing the first's rows, instead of the second failing on the pages' unique
+    (document, number); two review corrections in one document re-derive its fields in turn."""
+    session.execute(
+        update(Document).where(Document.id == document_id).values(status=Document.status),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def store_document_results(
@@ -227,7 +227,7 @@ def store_document_results(
 
     Idempotent (a second call replaces the first's rows). Returns the document's new status.
     """
-    _lock_document(session, document_id)
+    hold_document(session, document_id)
     session.execute(delete(Page).where(Page.document_id == document_id))
     page_rows = _page_rows(pages)
     for r in page_rows:
@@ -327,7 +327,7 @@ def store_document_failure(
     seconds: float | None = None,
 ) -> None:
     """Mark a document failed with its error (its earlier results, if any, are removed)."""
-    _lock_document(session, document_id)
+    hold_document(session, document_id)
     session.execute(delete(Page).where(Page.document_id == document_id))
     session.execute(
         update(Document)

@@ -30,10 +30,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from digitreader.db.models import Batch, Correction, Digit, Document, Field, Page, utcnow
+from digitreader.db.store import hold_document
 from digitreader.errors import NotFoundError, UsageError
 from digitreader.settings import Settings
 from digitreader.types import BBox
@@ -271,12 +272,9 @@ class CorrectionResult:
 
 
 def _hold_document(session: Session, digit_id: int) -> None:
-    """Take the write lock on the document of `digit_id` for this transaction, before anything of it
-    is read: a correction re-derives the field's value and the document's status from all their
-    digits, so two corrections in one field or document at once (two reviewers, two tabs) must run
-    one after the other, the second reading what the first wrote. A no-op UPDATE of the document's
-    row does it on both databases: PostgreSQL locks the row; SQLite takes its one write lock (reads
-    outside a write transaction would see the database before the other's commit)."""
+    """`store.hold_document` on the document of `digit_id`, before anything of it is read: a
+    correction re-derives the field's value and the document's status from all their digits, so two
+    corrections in one document at once (two reviewers, two tabs) must run one after the other."""
     doc_id = session.scalar(
         select(Page.document_id)
         .join(Field, Field.page_id == Page.id)
@@ -284,10 +282,7 @@ def _hold_document(session: Session, digit_id: int) -> None:
         .where(Digit.id == digit_id)
     )
     if doc_id is not None:
-        session.execute(
-            update(Document).where(Document.id == doc_id).values(status=Document.status),
-            execution_options={"synchronize_session": False},
-        )
+        hold_document(session, doc_id)
 
 
 def _get_digit(session: Session, digit_id: int) -> Digit:
