@@ -213,6 +213,60 @@ def test_a_killed_batch_leaves_no_pool_process(isolated_env: Path, scans: Path) 
     batch, rc = _run_until_stored(["submit", str(scans)], env, db, 1, signal.SIGKILL)
     assert rc == -signal.SIGKILL and _stored(db, batch)[1] == "running"
     _assert_no_process_left(isolated_env)
+    # `status` tells the clerk what the database cannot: no run holds the batch any more.
+    status = json.loads(_cli(["status", "--json"], env).stdout)
+    assert status["batch"] == batch and status["status"] == "interrupted"
+
+
+def _popen(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "digitreader", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first_run_ends", ["finishes", "is killed"])
+def test_a_second_run_of_the_same_submission_waits_for_the_first(
+    isolated_env: Path, scans: Path, first_run_ends: str
+) -> None:
+    """The same `submit` started again while the first still runs (a clerk's run beside the cron job)
+    waits for the first instead of reading every document a second time; when the first finishes,
+    there is nothing left for it; when the first is killed, it finishes the batch. Before, both read
+    every document (each stored twice, `attempts` 2)."""
+    db = isolated_env / "digitreader.sqlite"
+    env = _env(isolated_env, DIGITREADER_WORKERS="1", DIGITREADER_BATCH_SIZE="8")
+    args = ["submit", str(scans)]
+    first = _popen(args, env)
+    second: subprocess.Popen[str] | None = None
+    try:
+        assert first.stdout is not None
+        batch = int(first.stdout.readline().strip())  # registered, and holding its batch's lock
+        first.send_signal(signal.SIGSTOP)  # still running, but reading nothing meanwhile
+        assert json.loads(_cli(["status", "--json"], env).stdout)["status"] == "running"
+        second = _popen(args, env)
+        assert second.stderr is not None
+        waiting = second.stderr.readline()
+        assert f"batch {batch} is being read by another digitreader run" in waiting, waiting
+        if first_run_ends == "finishes":
+            first.send_signal(signal.SIGCONT)
+            out, err = first.communicate(timeout=120)
+            assert first.returncode == 0, err
+        else:
+            first.kill()
+            first.wait(timeout=30)
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 0, err
+        assert out.strip() == str(batch)  # the id of the batch it waited for, alone on stdout
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    with sqlite3.connect(db) as con:
+        assert con.execute("select count(*), count(distinct sha256), sum(attempts) from documents").fetchone() == (
+            6, 6, 6)  # fmt: skip
+        assert con.execute("select count(*), min(status) from batches").fetchone() == (1, "done")
+        assert con.execute("select count(*) from pages").fetchone()[0] == 8
+    assert json.loads(_cli(["status", "--json"], env).stdout)["status"] == "done"
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from digitreader.db import Batch, Digit, Document, Field, ModelVersion, Page, store
+from digitreader.db.locks import BatchLock, batch_in_progress
 from digitreader.db.migrate import (
     alembic_config,
     current_revision,
@@ -275,6 +276,150 @@ def test_an_interrupted_batch_resumes_when_its_folder_also_holds_files_read_befo
     assert [p for _, p in plan.todo] == [d.path]
     with session_scope(engine=engine) as s:
         assert s.scalar(select(func.count()).select_from(Document)) == 4  # each file once
+
+
+def _registrations_take_turns(engine: Engine) -> None:
+    """Two runs of one submission registering at the same moment: the second's registration waits for
+    the first's to commit (`hold_registration`), so it resumes the first's batch instead of making a
+    second batch of the same files, and, the batch being held (`claim`), it is told to wait (`busy`)
+    and leaves the batch as it is. Once the first run is over, the second takes over what is pending."""
+    files = [store.InputFile(f"/scans/{n}.png", n * 64, 1) for n in "ab"]
+    first_lock, second_lock = BatchLock(engine), BatchLock(engine)
+    second: list[store.BatchPlan | BaseException] = []
+
+    def register_second() -> None:
+        try:
+            with session_scope(engine=engine) as s:
+                second.append(store.register_batch(s, files, claim=second_lock.try_acquire))
+        except BaseException as exc:  # reported by the assertion below
+            second.append(exc)
+
+    try:
+        with session_scope(engine=engine) as s:
+            first = store.register_batch(s, files, claim=first_lock.try_acquire)
+            thread = threading.Thread(target=register_second)
+            thread.start()
+            thread.join(0.5)
+            assert thread.is_alive(), second  # waiting for this registration to commit
+            assert first_lock.batch_id == first.batch_id and not first.busy
+        thread.join(60)
+        [plan] = second
+        assert isinstance(plan, store.BatchPlan), plan
+        assert (plan.batch_id, plan.resumed, plan.busy) == (first.batch_id, True, True)
+        assert plan.todo == first.todo and second_lock.batch_id is None
+        with session_scope(engine=engine) as s:
+            assert s.scalar(select(func.count()).select_from(Batch)) == 1
+            assert s.scalar(select(func.count()).select_from(Document)) == 2
+        assert batch_in_progress(engine, first.batch_id) is True
+
+        # The first run stored one document, then was killed: its lock goes with it.
+        with session_scope(engine=engine) as s:
+            s.execute(cast(Table, Document.__table__).update().where(Document.id == first.todo[0][0])
+                      .values(status="done"))  # fmt: skip
+        first_lock.release()
+        assert batch_in_progress(engine, first.batch_id) is False
+        assert second_lock.try_acquire(first.batch_id)
+        with session_scope(engine=engine) as s:
+            assert store.take_over_batch(s, first.batch_id) == ({first.todo[1][0]}, "running")
+    finally:
+        first_lock.release()
+        second_lock.release()
+
+
+def test_registrations_of_one_submission_take_turns(settings: Settings) -> None:
+    _registrations_take_turns(get_engine(settings))
+
+
+@pytest.mark.integration
+def test_postgres_registrations_of_one_submission_take_turns(pg_url: str) -> None:
+    with fresh_pg_database() as url:
+        engine = make_engine(url)
+        try:
+            upgrade(engine)
+            _registrations_take_turns(engine)
+        finally:
+            engine.dispose()
+
+
+# Holds the lock on batch 7 of the database at argv[1] (after creating the schema), says so, sleeps.
+_HOLD_BATCH = """
+import sys, time
+from digitreader.db.locks import BatchLock
+from digitreader.db.migrate import upgrade
+from digitreader.db.session import make_engine
+engine = make_engine(sys.argv[1])
+upgrade(engine)
+lock = BatchLock(engine)
+assert lock.try_acquire(7)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _a_batch_lock_goes_with_its_process(url: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_BATCH, url], stdout=subprocess.PIPE, text=True)
+    engine = make_engine(url)
+    lock = BatchLock(engine)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        assert lock.enforced and not lock.try_acquire(7) and lock.batch_id is None
+        assert batch_in_progress(engine, 7) is True and batch_in_progress(engine, 8) is False
+        assert lock.try_acquire(8)  # another batch: its own lock
+        proc.kill()  # SIGKILL: no clean-up; the kernel (SQLite) or the server (PostgreSQL) lets go
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while not lock.try_acquire(7) and time.monotonic() < deadline:  # PostgreSQL: the backend ends
+            time.sleep(0.05)
+        assert lock.batch_id == 7  # and the lock on batch 8 was given back when 7 was taken
+        assert batch_in_progress(engine, 8) is False
+    finally:
+        proc.kill()
+        proc.wait()
+        lock.release()
+        engine.dispose()
+
+
+def test_a_batch_lock_goes_with_its_process(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.sqlite'}"
+    _a_batch_lock_goes_with_its_process(url)
+    assert (tmp_path / "x.sqlite.batch-lock").exists()
+
+
+@pytest.mark.integration
+def test_postgres_batch_lock_goes_with_its_process(pg_url: str) -> None:
+    with fresh_pg_database() as url:
+        _a_batch_lock_goes_with_its_process(url)
+
+
+def test_no_batch_lock_on_an_in_memory_database() -> None:
+    engine = make_engine("sqlite://")
+    lock = BatchLock(engine)
+    assert not lock.enforced and lock.try_acquire(1) and lock.try_acquire(1)
+    assert batch_in_progress(engine, 1) is None
+
+
+def test_a_resume_picks_its_batch_among_other_unfinished_ones(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several interrupted batches: the submission resumes the one that holds its files, not a newer
+    one holding a file it lacks, nor one whose other files were never read; the counts that pick it
+    are asked in chunks too (`_batches_within`)."""
+    monkeypatch.setattr(store, "IN_CHUNK", 2)
+    engine = get_engine(settings)
+    a, b, c, d = (store.InputFile(f"/scans/{n}.png", n * 64, 1) for n in "abcd")
+    plans = {}
+    # Oldest first: ours; then a batch of two of its files (c, never read, is not in it); then one
+    # holding a file this submission lacks (d).
+    for name, files in (("ours", [a, b, c]), ("fewer", [a, b]), ("more", [a, b, c, d])):
+        with session_scope(engine=engine) as s:
+            plans[name] = store.register_batch(s, files, force=True)
+            store.finish_batch(s, plans[name].batch_id, interrupted=True)
+    with session_scope(engine=engine) as s:
+        again = store.register_batch(s, [c, b, a])  # the same files, in another order
+    assert again.resumed and again.batch_id == plans["ours"].batch_id
+    assert sorted(p for _, p in again.todo) == [a.path, b.path, c.path]
+    with session_scope(engine=engine) as s:
+        assert s.scalar(select(func.count()).select_from(Batch)) == 3  # no new batch
 
 
 def test_db_text_escapes_what_is_not_utf8_and_nothing_else() -> None:

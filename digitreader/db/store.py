@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Table, delete, false, func, insert, select, text, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from digitreader.db.models import (
@@ -37,6 +39,9 @@ PENDING_DOCUMENT = ("pending", "processing")
 
 #: Values per IN (...) query: well under the 65,535 parameters a PostgreSQL statement may hold.
 IN_CHUNK = 10_000
+
+#: The PostgreSQL transaction advisory lock `hold_registration` takes (derived from the project's name).
+REGISTRATION_LOCK_KEY = zlib.crc32(b"digitreader.registration")
 
 
 def db_text(text: str) -> str:
@@ -76,6 +81,9 @@ class BatchPlan:
     todo: list[tuple[int, str]]  # (document id, path) still to process
     total: int  # documents in the batch
     skipped: list[SkippedFile] = field(default_factory=list)
+    # Another run holds the batch (`claim` said no): wait for its lock, then read what it left
+    # (`take_over_batch`); `todo` is what was pending when it was registered.
+    busy: bool = False
 
 
 def register_batch(
@@ -88,6 +96,7 @@ def register_batch(
     model_version: str | None = None,
     mode: str = "embedded",
     options: dict[str, Any] | None = None,
+    claim: Callable[[int], bool] | None = None,
 ) -> BatchPlan:
     """Create a batch for `files` (or resume an unfinished one holding exactly these files).
 
@@ -99,7 +108,12 @@ def register_batch(
       after Ctrl-C or a crash completes the same batch without duplicates, also in a folder that
       holds yesterday's scans beside today's.
     - With `force`, a new batch processes every file again (results of older batches are kept).
+    - `claim(batch_id)` (the embedded run's `locks.BatchLock.try_acquire`) is asked before a batch is
+      handed over; where another run holds the batch being resumed, the plan says `busy` and the
+      batch is left as it is. Registrations take turns (`hold_registration`), so two runs of one
+      submission started together make one batch, not two.
     """
+    hold_registration(session)
     unique: dict[str, InputFile] = {}
     skipped: list[SkippedFile] = []
     for f in files:
@@ -112,22 +126,20 @@ def register_batch(
     # Contents already read successfully, with the latest batch that read each; asked in chunks, since
     # a statement holds at most 65,535 parameters on PostgreSQL and a day's cheques can be more files.
     done_in: dict[str, int] = {}
-    if not force and shas:
-        ordered = sorted(shas)
-        for i in range(0, len(ordered), IN_CHUNK):
+    ordered = sorted(shas)
+    chunks = [ordered[i : i + IN_CHUNK] for i in range(0, len(ordered), IN_CHUNK)]
+    if not force:
+        for chunk in chunks:
             done_in.update(
                 session.execute(
                     select(Document.sha256, func.max(Document.batch_id))
-                    .where(Document.sha256.in_(ordered[i : i + IN_CHUNK]), Document.status.in_(DOCUMENT_FINISHED_OK))
+                    .where(Document.sha256.in_(chunk), Document.status.in_(DOCUMENT_FINISHED_OK))
                     .group_by(Document.sha256)
                 ).all()
             )
 
     if not force and shas:
-        resumable = session.scalars(
-            select(Batch).where(Batch.status.in_(UNFINISHED_BATCH)).order_by(Batch.id.desc()).limit(20)
-        ).all()
-        for batch in resumable:
+        for batch in _batches_within(session, chunks):
             docs = session.execute(
                 select(Document.id, Document.path, Document.sha256, Document.status).where(
                     Document.batch_id == batch.id
@@ -137,15 +149,19 @@ def register_batch(
             # The same submission: the batch holds its files, but for those that other batches had
             # read already when it was created (skipped then, and now).
             if batch_shas and batch_shas <= shas and (shas - batch_shas) <= done_in.keys():
-                batch.status = "running"
                 # The files are opened where this submission found them (the stored path is for people:
                 # see db_text; and a folder moved since still resumes).
                 todo: list[tuple[int, str]] = [
                     (d.id, unique[d.sha256].path) for d in docs if d.status in PENDING_DOCUMENT
                 ]
-                session.flush()
                 for sha in sorted(shas - batch_shas, key=lambda h: unique[h].path):
                     skipped.append(SkippedFile(unique[sha].path, sha, "processed", done_in[sha]))
+                if claim is not None and not claim(batch.id):
+                    log.info("batch %s is being read by another run: %d of %d documents left", batch.id,
+                             len(todo), len(docs))  # fmt: skip
+                    return BatchPlan(batch.id, True, todo, len(docs), skipped, busy=True)
+                batch.status = "running"
+                session.flush()
                 log.info("resuming batch %s: %d of %d documents left", batch.id, len(todo), len(docs))
                 return BatchPlan(batch.id, True, todo, len(docs), skipped)
 
@@ -173,7 +189,64 @@ def register_batch(
     if rows:
         ids = session.scalars(insert(Document).returning(Document.id, sort_by_parameter_order=True), rows).all()
         todo = [(i, f.path) for i, f in zip(ids, files_left, strict=True)]  # the path to open, as given
-    return BatchPlan(batch.id, False, todo, len(rows), skipped)
+    busy = claim is not None and not claim(batch.id)  # a new batch: only a moment's `status` could hold it
+    return BatchPlan(batch.id, False, todo, len(rows), skipped, busy=busy)
+
+
+def _batches_within(session: Session, chunks: Sequence[Sequence[str]]) -> list[Batch]:
+    """The latest unfinished batches (20 at most, newest first) whose every document has one of these
+    contents: the ones a submission of them may resume. Counted in the database, so that only those
+    batches' documents are loaded, not those of every unfinished batch of tens of thousands of files."""
+    recent = session.scalars(
+        select(Batch).where(Batch.status.in_(UNFINISHED_BATCH)).order_by(Batch.id.desc()).limit(20)
+    ).all()
+    if not recent:
+        return []
+    ids = [b.id for b in recent]
+    totals = dict(
+        session.execute(
+            select(Document.batch_id, func.count()).where(Document.batch_id.in_(ids)).group_by(Document.batch_id)
+        ).all()
+    )
+    inside: dict[int, int] = {}
+    for chunk in chunks:
+        for batch_id, n in session.execute(
+            select(Document.batch_id, func.count())
+            .where(Document.batch_id.in_(ids), Document.sha256.in_(chunk))
+            .group_by(Document.batch_id)
+        ).all():
+            inside[batch_id] = inside.get(batch_id, 0) + int(n)
+    return [b for b in recent if totals.get(b.id) and inside.get(b.id) == totals[b.id]]
+
+
+def hold_registration(session: Session) -> None:
+    """Registrations take turns, for the rest of this transaction: what one reads (batches to resume,
+    contents already read) is then what the one before it committed. PostgreSQL: a transaction
+    advisory lock; SQLite: its one write lock, taken by a no-op UPDATE (a read first would start from
+    a snapshot another registration can make stale)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REGISTRATION_LOCK_KEY})
+    elif dialect == "sqlite":
+        session.execute(
+            update(Batch).where(false()).values(status=Batch.status), execution_options={"synchronize_session": False}
+        )
+
+
+def take_over_batch(session: Session, batch_id: int) -> tuple[set[int], str]:
+    """After waiting for another run's lock on a batch: the ids of its documents still pending, and
+    its status. A batch with pending documents, or left running by a process that is gone, is marked
+    running again (this run finishes it); a finished batch is left as it is."""
+    batch = get_batch(session, batch_id)
+    pending = set(
+        session.scalars(
+            select(Document.id).where(Document.batch_id == batch_id, Document.status.in_(PENDING_DOCUMENT))
+        ).all()
+    )
+    if pending or batch.status in UNFINISHED_BATCH:
+        batch.status = "running"
+        session.flush()
+    return pending, batch.status
 
 
 def record_unreadable(session: Session, batch_id: int, path: str, reason: str) -> None:
@@ -426,9 +499,16 @@ def batch_status(session: Session, batch_id: int | None) -> dict[str, Any]:
     threshold, documents by status, the counts of `batch_stats`, and each failed document's error."""
     batch = get_batch(session, batch_id)
     counts = document_counts(session, batch.id)
+    status = batch.status
+    if status == "running" and batch.mode == "embedded":
+        from digitreader.db.locks import batch_in_progress
+
+        bind = session.get_bind()
+        if isinstance(bind, Engine) and batch_in_progress(bind, batch.id) is False:
+            status = "interrupted"  # marked running by a run that is gone (killed, or its machine stopped)
     return {
         "batch": batch.id,
-        "status": batch.status,
+        "status": status,
         "created_at": batch.created_at.isoformat() if batch.created_at else None,
         "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
         "seconds": batch.seconds,

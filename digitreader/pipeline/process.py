@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from digitreader.db import session_scope, store
+from digitreader.db.locks import BatchLock
 from digitreader.db.session import get_engine
 from digitreader.errors import DigitreaderError, UsageError
 from digitreader.hashing import sha256_file_and_size
@@ -268,54 +269,80 @@ def process_batch(
     thr = resolve_threshold(predictor, settings, threshold)
     info = predictor.info
     version = str(info.version)
+    precision = str(getattr(info, "precision", "fp32"))
     inputs, unreadable = hash_inputs(files)
     engine = get_engine(settings)
-    with session_scope(engine=engine) as s:
-        store.ensure_model_version(
-            s, version, str(info.sha256), path=getattr(info, "path", None), threshold=float(info.threshold)
-        )
-        plan = store.register_batch(
-            s,
-            inputs,
-            force=force,
-            template=str(template) if template is not None else None,
-            threshold=threshold if threshold is not None else settings.threshold,
+    # This run's lock on its batch (`db.locks`): another run of the same submission waits for it.
+    with BatchLock(engine) as lock:
+        with session_scope(engine=engine) as s:
+            store.ensure_model_version(
+                s, version, str(info.sha256), path=getattr(info, "path", None), threshold=float(info.threshold)
+            )
+            plan = store.register_batch(
+                s,
+                inputs,
+                force=force,
+                template=str(template) if template is not None else None,
+                threshold=threshold if threshold is not None else settings.threshold,
+                model_version=version,
+                options={"inputs": [str(p) for p in paths], "precision": precision},
+                claim=lock.try_acquire,
+            )
+            # Files that cannot even be read (permissions): failed documents of the batch. (A batch
+            # another run is reading had none: a batch with such a document is never resumed.)
+            for path, reason in unreadable if not plan.busy else ():
+                store.record_unreadable(s, plan.batch_id, path, reason)
+                plan.total += 1
+        report = BatchReport(
+            plan.batch_id,
+            resumed=plan.resumed,
+            total=plan.total,
+            skipped=plan.skipped,
+            unreadable=unreadable,
             model_version=version,
-            options={"inputs": [str(p) for p in paths], "precision": str(getattr(info, "precision", "fp32"))},
+            threshold=thr,
+            precision=precision,
         )
-        # Files that cannot even be read (permissions): recorded as failed documents of the batch.
-        for path, reason in unreadable:  # failed documents of the batch
-            store.record_unreadable(s, plan.batch_id, path, reason)
-            plan.total += 1
-    report = BatchReport(
-        plan.batch_id,
-        resumed=plan.resumed,
-        total=plan.total,
-        skipped=plan.skipped,
-        unreadable=unreadable,
-        model_version=version,
-        threshold=thr,
-        precision=str(getattr(info, "precision", "fp32")),
-    )
-    for path, reason in unreadable:
-        report.processed.append(DocumentReport(0, path, "failed", error_code="unreadable", error_message=reason))
-    hook.started(plan.batch_id, len(plan.todo), plan.total)
-    interrupted = False
-    try:
-        _run(plan.todo, settings, tmpl, predictor, thr, version, engine, report, hook)
-    except BaseException:
-        interrupted = True
-        raise
-    finally:
-        report.seconds = time.perf_counter() - t0
+        if plan.busy:
+            finished = _wait_for_other_run(plan, engine, lock, hook)
+            if finished is not None:  # the other run finished the batch: nothing left to read
+                report.status, report.seconds = finished, time.perf_counter() - t0
+                hook.started(plan.batch_id, 0, plan.total)
+                return report
+        for path, reason in unreadable:
+            report.processed.append(DocumentReport(0, path, "failed", error_code="unreadable", error_message=reason))
+        hook.started(plan.batch_id, len(plan.todo), plan.total)
+        interrupted = False
         try:
-            with session_scope(engine=engine) as s:
-                report.status = store.finish_batch(s, plan.batch_id, seconds=report.seconds, interrupted=interrupted)
-        except Exception:
-            if not interrupted:
-                raise
-            log.exception("could not mark batch %s interrupted", plan.batch_id)
+            _run(plan.todo, settings, tmpl, predictor, thr, version, engine, report, hook)
+        except BaseException:
+            interrupted = True
+            raise
+        finally:
+            report.seconds = time.perf_counter() - t0
+            try:
+                with session_scope(engine=engine) as s:
+                    report.status = store.finish_batch(
+                        s, plan.batch_id, seconds=report.seconds, interrupted=interrupted
+                    )
+            except Exception:
+                if not interrupted:
+                    raise
+                log.exception("could not mark batch %s interrupted", plan.batch_id)
     return report
+
+
+def _wait_for_other_run(plan: store.BatchPlan, engine: Any, lock: BatchLock, hook: ProgressHook) -> str | None:
+    """Another run is reading the batch of this submission: wait for its lock (Ctrl-C stops waiting and
+    leaves the batch to it), then take over what it left. Returns the batch's status when the other
+    run finished it, None when there is something left for this run (`plan.todo`, narrowed)."""
+    hook.waiting(plan.batch_id)
+    lock.acquire(plan.batch_id)
+    with session_scope(engine=engine) as s:
+        pending, status = store.take_over_batch(s, plan.batch_id)
+    plan.todo = [(doc_id, path) for doc_id, path in plan.todo if doc_id in pending]
+    log.info("batch %s: the other run is over; %d documents left", plan.batch_id, len(plan.todo))
+    return status if not pending and status not in store.UNFINISHED_BATCH else None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,10 @@ class ProgressHook:
 
     def started(self, batch_id: int, todo: int, total: int) -> None: ...
 
+    def waiting(self, batch_id: int) -> None:
+        """Another run is reading batch `batch_id` (the same submission); this one waits for it to end,
+        then reads what it left. `started` follows."""
+
     def part_done(self, document_id: int, done: int, parts: int) -> None:
         """`done` of the `parts` a long document is cut in are cut (`document.page_parts`); called for
         each but the last, and `document_done` follows when the document is stored."""

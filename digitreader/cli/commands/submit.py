@@ -47,6 +47,15 @@ class _Bar(ProgressHook):
         self.bar.start()
         self.task = self.bar.add_task(self.label(), total=todo)
 
+    def waiting(self, batch_id: int) -> None:
+        if not self.quiet:
+            err.print(
+                f"batch {batch_id} is being read by another digitreader run of these files; waiting for it "
+                "to end (Ctrl-C stops waiting and leaves the batch to it)",
+                highlight=False,
+                markup=False,
+            )
+
     def part_done(self, document_id: int, done: int, parts: int) -> None:
         # A long document moves the bar as its parts are cut; the last share comes when it is stored.
         share = done / (parts + 1)
