@@ -22,7 +22,6 @@ in the new model when it changed. Each stored digit records the version that rea
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import threading
@@ -420,11 +419,12 @@ def installed_models(settings: Settings) -> list[dict[str, Any]]:
     """Every model file we know of (`digitreader models list`): the shipped ones, DIGITREADER_MODEL_PATH
     and those only in the database, with metadata and where each comes from; `active` marks the one
     `submit` uses (DIGITREADER_MODEL_PATH, else the manifest's)."""
-    from digitreader.pipeline.recognize import MANIFEST, MODELS_DIR
+    from digitreader.pipeline.recognize import MODELS_DIR, read_manifest
 
     try:
-        manifest: dict[str, Any] = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
-    except ValueError:
+        manifest = read_manifest()
+    except ModelError as exc:  # listed all the same: each file says what is wrong with it
+        log.warning("%s", exc)
         manifest = {}
     # A model's int8 file (`training.quantize`) is the same model in another precision: listed with it.
     files = sorted(f for f in MODELS_DIR.glob("*.onnx") if not f.name.endswith(".int8.onnx"))

@@ -256,6 +256,7 @@ def test_a_second_run_of_the_same_submission_waits_for_the_first(
         out, err = second.communicate(timeout=120)
         assert second.returncode == 0, err
         assert out.strip() == str(batch)  # the id of the batch it waited for, alone on stdout
+        assert f"batch {batch} (resumed after another run of these files): done" in err
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

@@ -304,6 +304,7 @@ def process_batch(
             precision=precision,
         )
         if plan.busy:
+            report.waited = True
             finished = _wait_for_other_run(plan, engine, lock, hook)
             if finished is not None:  # the other run finished the batch: nothing left to read
                 report.status, report.seconds = finished, time.perf_counter() - t0

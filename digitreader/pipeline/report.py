@@ -29,6 +29,7 @@ class BatchReport:
 
     batch_id: int
     resumed: bool = False
+    waited: bool = False  # another run of the same submission held the batch; this one waited for it
     total: int = 0  # documents in the batch
     processed: list[DocumentReport] = field(default_factory=list)  # this run
     skipped: list[SkippedFile] = field(default_factory=list)

@@ -90,8 +90,9 @@ def _summary(rep: BatchReport) -> str:
     failed = len(rep.failed)
     share = f" ({100.0 * rep.flagged / rep.digits:.1f} %)" if rep.digits else ""
     rate = f", {rep.pages / rep.seconds:.1f} pages/s" if rep.seconds > 0 and rep.pages else ""
+    how = " (resumed after another run of these files)" if rep.waited else " (resumed)" if rep.resumed else ""
     lines = [
-        f"batch {rep.batch_id}{' (resumed)' if rep.resumed else ''}: {rep.status}",
+        f"batch {rep.batch_id}{how}: {rep.status}",
         f"  documents {len(rep.processed)} ({done} done, {review} need review, {failed} failed)"
         + (f", {len(rep.skipped)} skipped" if rep.skipped else ""),
         f"  pages {rep.pages}, digits {rep.digits}, flagged {rep.flagged}{share}",
