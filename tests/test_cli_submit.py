@@ -299,6 +299,43 @@ def test_interrupted_batch_resumes_without_duplicates(isolated_env: Path, scans:
     assert score(export)["digit_accuracy"] >= 0.85
 
 
+@pytest.mark.slow
+def test_a_hot_folder_submitted_again_while_the_last_run_reads_it(
+    isolated_env: Path, scans: Path, tmp_path: Path, data_dir: Path
+) -> None:
+    """The folder submitted again, with a new scan in it, while the last run is still reading it: the
+    new batch reads only the new scan and says it skipped those the other run is reading. Before,
+    it read them all again."""
+    from digitreader.synth import generate
+
+    extra = tmp_path / "extra"
+    generate(extra, pages=1, seed=43, fmt="png", kind="form", data_dir=data_dir)
+    db = isolated_env / "digitreader.sqlite"
+    env = _env(isolated_env, DIGITREADER_WORKERS="1", DIGITREADER_BATCH_SIZE="8")
+    first = _popen(["submit", str(scans)], env)
+    try:
+        assert first.stdout is not None
+        batch = int(first.stdout.readline().strip())
+        first.send_signal(signal.SIGSTOP)
+        second = _cli(["submit", str(scans), str(extra)], env)
+        assert second.returncode == 0, second.stderr
+        assert int(second.stdout) != batch
+        assert f"skipped 6 being read by another run now (batch {batch})" in second.stderr
+        first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    with sqlite3.connect(db) as con:
+        assert con.execute("select count(*), count(distinct sha256), sum(attempts) from documents").fetchone() == (
+            7, 7, 7)  # fmt: skip
+        assert con.execute("select batch_id, count(*) from documents group by 1 order by 1").fetchall() == [
+            (batch, 6), (int(second.stdout), 1)]  # fmt: skip
+        assert {r[0] for r in con.execute("select status from batches")} == {"done"}
+
+
 def test_models_list_and_db_upgrade(isolated_env: Path) -> None:
     env = _env(isolated_env)
     up = _cli(["db", "upgrade"], env)

@@ -68,7 +68,9 @@ class InputFile:
 class SkippedFile:
     path: str
     sha256: str
-    reason: str  # "processed" (already done in batch `batch_id`) or "duplicate" (same content twice)
+    # "processed" (already done in batch `batch_id`), "in_progress" (pending in batch `batch_id`, which
+    # another run is reading now) or "duplicate" (same content twice in this submission)
+    reason: str
     batch_id: int | None = None
 
 
@@ -97,6 +99,7 @@ def register_batch(
     mode: str = "embedded",
     options: dict[str, Any] | None = None,
     claim: Callable[[int], bool] | None = None,
+    held_elsewhere: Callable[[int], bool] | None = None,
 ) -> BatchPlan:
     """Create a batch for `files` (or resume an unfinished one holding exactly these files).
 
@@ -112,6 +115,9 @@ def register_batch(
       handed over; where another run holds the batch being resumed, the plan says `busy` and the
       batch is left as it is. Registrations take turns (`hold_registration`), so two runs of one
       submission started together make one batch, not two.
+    - `held_elsewhere(batch_id)` (`locks.batch_in_progress`): a new batch leaves out the files still
+      pending in an unfinished batch that another run is reading now (skipped, "in_progress"): a
+      hot folder submitted again while the last run still reads it gets only what is new.
     """
     hold_registration(session)
     unique: dict[str, InputFile] = {}
@@ -168,6 +174,10 @@ def register_batch(
     for sha, batch_id in done_in.items():
         f = unique.pop(sha)
         skipped.append(SkippedFile(f.path, sha, "processed", batch_id))
+    if held_elsewhere is not None and not force and unique:
+        for sha, batch_id in _being_read(session, sorted(unique), held_elsewhere).items():
+            f = unique.pop(sha)
+            skipped.append(SkippedFile(f.path, sha, "in_progress", batch_id))
 
     batch = Batch(
         status="running",
@@ -217,6 +227,26 @@ def _batches_within(session: Session, chunks: Sequence[Sequence[str]]) -> list[B
         ).all():
             inside[batch_id] = inside.get(batch_id, 0) + int(n)
     return [b for b in recent if totals.get(b.id) and inside.get(b.id) == totals[b.id]]
+
+
+def _being_read(session: Session, shas: Sequence[str], held_elsewhere: Callable[[int], bool]) -> dict[str, int]:
+    """Of these contents, those pending in an unfinished batch that another run holds: {sha: batch}."""
+    pending: dict[str, int] = {}
+    for i in range(0, len(shas), IN_CHUNK):
+        pending.update(
+            session.execute(
+                select(Document.sha256, func.max(Document.batch_id))
+                .join(Batch, Batch.id == Document.batch_id)
+                .where(
+                    Document.sha256.in_(shas[i : i + IN_CHUNK]),
+                    Document.status.in_(PENDING_DOCUMENT),
+                    Batch.status.in_(UNFINISHED_BATCH),
+                )
+                .group_by(Document.sha256)
+            ).all()
+        )
+    held = {b for b in set(pending.values()) if held_elsewhere(b)}
+    return {sha: b for sha, b in pending.items() if b in held}
 
 
 def hold_registration(session: Session) -> None:

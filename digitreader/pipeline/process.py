@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from digitreader.db import session_scope, store
-from digitreader.db.locks import BatchLock
+from digitreader.db.locks import BatchLock, batch_in_progress
 from digitreader.db.session import get_engine
 from digitreader.errors import DigitreaderError, UsageError
 from digitreader.hashing import sha256_file_and_size
@@ -287,6 +287,7 @@ def process_batch(
                 model_version=version,
                 options={"inputs": [str(p) for p in paths], "precision": precision},
                 claim=lock.try_acquire,
+                held_elsewhere=lambda batch_id: batch_in_progress(engine, batch_id) is True,
             )
             # Files that cannot even be read (permissions): failed documents of the batch. (A batch
             # another run is reading had none: a batch with such a document is never resumed.)

@@ -110,6 +110,10 @@ def _summary(rep: BatchReport) -> str:
             f"  skipped {len(processed)} already processed (batch {', '.join(map(str, batches))}); "
             "use --force to read them again"
         )
+    busy = [s for s in rep.skipped if s.reason == "in_progress"]
+    if busy:
+        batches = sorted({s.batch_id for s in busy if s.batch_id is not None})
+        lines.append(f"  skipped {len(busy)} being read by another run now (batch {', '.join(map(str, batches))})")
     if dups:
         lines.append(f"  skipped {len(dups)} duplicate file(s) (same content as another file of this batch)")
     if rep.failed:
