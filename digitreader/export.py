@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from digitreader.db.models import Correction, Digit, Document, Field, Page
-from digitreader.db.store import get_batch
+from digitreader.db.store import current_status, get_batch
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def export_json(session: Session, batch_id: int) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "batch": batch.id,
-        "status": batch.status,
+        "status": current_status(session, batch),
         "created_at": batch.created_at.isoformat() if batch.created_at else None,
         "model_version": batch.model_version,
         "model_precision": (batch.options or {}).get("precision"),  # fp32 or int8: the file that read

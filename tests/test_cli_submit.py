@@ -216,6 +216,7 @@ def test_a_killed_batch_leaves_no_pool_process(isolated_env: Path, scans: Path) 
     # `status` tells the clerk what the database cannot: no run holds the batch any more.
     status = json.loads(_cli(["status", "--json"], env).stdout)
     assert status["batch"] == batch and status["status"] == "interrupted"
+    assert json.loads(_cli(["export", str(batch)], env).stdout)["status"] == "interrupted"
 
 
 def _popen(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

@@ -524,21 +524,26 @@ def batch_stats(session: Session, batch_id: int) -> dict[str, int]:
     }
 
 
+def current_status(session: Session, batch: Batch) -> str:
+    """The batch's status as it stands: "interrupted" for an embedded batch still marked running whose
+    run is gone (killed, or its machine stopped: no process holds its `locks.BatchLock`)."""
+    if batch.status == "running" and batch.mode == "embedded":
+        from digitreader.db.locks import batch_in_progress
+
+        bind = session.get_bind()
+        if isinstance(bind, Engine) and batch_in_progress(bind, batch.id) is False:
+            return "interrupted"
+    return batch.status
+
+
 def batch_status(session: Session, batch_id: int | None) -> dict[str, Any]:
     """Where a batch stands (`digitreader status`; None: the latest batch): its status, model and
     threshold, documents by status, the counts of `batch_stats`, and each failed document's error."""
     batch = get_batch(session, batch_id)
     counts = document_counts(session, batch.id)
-    status = batch.status
-    if status == "running" and batch.mode == "embedded":
-        from digitreader.db.locks import batch_in_progress
-
-        bind = session.get_bind()
-        if isinstance(bind, Engine) and batch_in_progress(bind, batch.id) is False:
-            status = "interrupted"  # marked running by a run that is gone (killed, or its machine stopped)
     return {
         "batch": batch.id,
-        "status": status,
+        "status": current_status(session, batch),
         "created_at": batch.created_at.isoformat() if batch.created_at else None,
         "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
         "seconds": batch.seconds,
