@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     DEPENDENCY = 8  # an optional extra is not installed (e.g. training without torch)
     DATASET = 9  # a training/evaluation dataset is missing, truncated or fails its checksum
     NOT_FOUND = 10  # a batch, document, digit or model named on the command line does not exist
+    BUSY = 11  # another run is reading these files now (`submit --if-busy exit`)
     INTERRUPTED = 130  # Ctrl-C
     TERMINATED = 143  # SIGTERM (`kill`, `docker stop`, systemd, `timeout`): stopped as Ctrl-C stops it
 
@@ -77,6 +78,21 @@ class ModelError(DigitreaderError):
 
     exit_code = ExitCode.MODEL
     code = "model"
+
+
+class BusyError(DigitreaderError):
+    """Another run is reading the batch of these files, and the caller asked not to wait for it."""
+
+    exit_code = ExitCode.BUSY
+    code = "busy"
+
+    def __init__(self, batch_id: int) -> None:
+        super().__init__(
+            f"batch {batch_id} is being read by another digitreader run of these files",
+            hint=f"let it finish (digitreader status {batch_id}), or run the command again without --if-busy exit "
+            "to wait for it",
+        )
+        self.batch_id = batch_id
 
 
 class DatabaseError(DigitreaderError):

@@ -243,6 +243,10 @@ def test_a_second_run_of_the_same_submission_waits_for_the_first(
         batch = int(first.stdout.readline().strip())  # registered, and holding its batch's lock
         first.send_signal(signal.SIGSTOP)  # still running, but reading nothing meanwhile
         assert json.loads(_cli(["status", "--json"], env).stdout)["status"] == "running"
+        # A cron job that must not pile up behind a long run: exit 11 at once, touching nothing.
+        busy = _cli([*args, "--if-busy", "exit"], env)
+        assert busy.returncode == ExitCode.BUSY == 11 and busy.stdout.strip() == str(batch)
+        assert f"batch {batch} is being read by another digitreader run" in busy.stderr
         second = _popen(args, env)
         assert second.stderr is not None
         waiting = second.stderr.readline()

@@ -37,7 +37,7 @@ import numpy as np
 from digitreader.db import session_scope, store
 from digitreader.db.locks import BatchLock, batch_in_progress
 from digitreader.db.session import get_engine
-from digitreader.errors import DigitreaderError, UsageError
+from digitreader.errors import BusyError, DigitreaderError, UsageError
 from digitreader.hashing import sha256_file_and_size
 from digitreader.pipeline.assemble import PageResult, Probs, assemble_page, count_crops
 from digitreader.pipeline.document import (
@@ -249,8 +249,12 @@ def process_batch(
     force: bool = False,
     predictor: Any = None,
     hook: ProgressHook | None = None,
+    wait_if_busy: bool = True,
 ) -> BatchReport:
     """Process documents into the database (the embedded pipeline). Returns the batch report.
+
+    Another run reading the batch of these files (`db.locks`) is waited for; with `wait_if_busy`
+    False, `BusyError` is raised instead and nothing is done.
 
     Raises `UsageError` (bad paths, no files), `ModelError` (no model), `DatabaseError`; a bad
     document never raises: it is recorded as failed. KeyboardInterrupt leaves the batch
@@ -305,6 +309,8 @@ def process_batch(
             precision=precision,
         )
         if plan.busy:
+            if not wait_if_busy:
+                raise BusyError(plan.batch_id)
             report.waited = True
             finished = _wait_for_other_run(plan, engine, lock, hook)
             if finished is not None:  # the other run finished the batch: nothing left to read

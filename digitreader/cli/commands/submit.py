@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from pathlib import Path
 
 import typer
 from rich.progress import TaskID
 
 from digitreader.cli.output import err, progress
-from digitreader.errors import DigitreaderError, ExitCode, InputError
+from digitreader.errors import BusyError, DigitreaderError, ExitCode, InputError
 from digitreader.pipeline.report import BatchReport, DocumentReport, ProgressHook
 from digitreader.settings import get_settings
 
@@ -21,6 +22,11 @@ class PartialBatchError(DigitreaderError):
 
     exit_code = ExitCode.PARTIAL
     code = "partial"
+
+
+class IfBusy(StrEnum):
+    wait = "wait"
+    exit = "exit"
 
 
 class _Bar(ProgressHook):
@@ -141,6 +147,12 @@ def submit(
         "worker pools (the default when a broker is set) and return at once.",
     ),
     wait: bool = typer.Option(False, "--wait", help="Distributed: show progress until the batch is done."),
+    if_busy: IfBusy = typer.Option(
+        IfBusy.wait,
+        "--if-busy",
+        help="When another run is reading these files: 'wait' for it, then read what it leaves, or "
+        "'exit' at once with code 11 (for cron jobs that must not pile up).",
+    ),
 ) -> None:
     """Read the handwritten digits of scans (PNG, JPEG, TIFF, BMP, PDF) into a new batch.
 
@@ -148,10 +160,13 @@ def submit(
     flagged, failed, seconds) go to stderr. A file that cannot be read is recorded as failed with
     its reason and the batch goes on. Files whose content was already processed are skipped
     (--force reads them again); re-running the same command after Ctrl-C or a crash finishes the
-    interrupted batch without duplicates.
+    interrupted batch without duplicates. Started while another run reads the same files, it waits
+    for that run and reads only what it leaves; files another run is reading are skipped by a new
+    batch (a hot folder submitted again).
 
     Exit code: 0 all documents read, 3 some failed, 4 all failed, 2 bad arguments, 5 no model,
-    6 database error, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM (a re-run completes the batch).
+    6 database error, 11 another run is reading these files (--if-busy exit), 130 interrupted
+    (Ctrl-C), 143 stopped by SIGTERM (a re-run completes the batch).
 
     Distributed mode (DIGITREADER_BROKER_URL set, or --queue): the batch is queued for the worker
     pools and its id printed at once (exit 7: broker unreachable); --wait follows it to the end.
@@ -168,7 +183,11 @@ def submit(
 
     hook = _Bar(quiet)
     try:
-        rep = process_batch(paths, settings, template=template, threshold=threshold, force=force, hook=hook)
+        rep = process_batch(paths, settings, template=template, threshold=threshold, force=force, hook=hook,
+                            wait_if_busy=if_busy is IfBusy.wait)  # fmt: skip
+    except BusyError as exc:
+        typer.echo(str(exc.batch_id))  # the batch that holds these files, alone on stdout as always
+        raise
     finally:
         hook.stop()
     if not quiet:
