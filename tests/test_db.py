@@ -391,6 +391,26 @@ def test_postgres_batch_lock_goes_with_its_process(pg_url: str) -> None:
         _a_batch_lock_goes_with_its_process(url)
 
 
+def test_a_filesystem_without_record_locks_goes_on_without_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where the filesystem refuses record locks (ENOLCK: some network shares), a run goes on as on a
+    database without such locks, saying so, instead of taking every batch for held and waiting for
+    ever."""
+    import errno
+    import fcntl
+
+    def no_locks(*args: object) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    lock = BatchLock(make_engine(f"sqlite:///{tmp_path / 'x.sqlite'}"))
+    assert lock.enforced
+    assert lock.try_acquire(3) and lock.batch_id == 3 and not lock.enforced
+    assert "no batch locks" in caplog.text
+    lock.release()
+
+
 def test_no_batch_lock_on_an_in_memory_database() -> None:
     engine = make_engine("sqlite://")
     lock = BatchLock(engine)

@@ -22,6 +22,7 @@ now, or was left by a process that is gone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -132,7 +133,14 @@ class BatchLock:
             for attempt in range(_TRIES):
                 try:
                     fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, batch_id)
-                except OSError:
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                        # No record locks here (ENOLCK: some network filesystems): go on without
+                        # them, as on a database that has none, rather than wait for ever.
+                        log.warning("no batch locks on %s (%s): runs of one batch are not kept apart",
+                                    self._path, exc.strerror or exc)  # fmt: skip
+                        self._kind = "none"
+                        return True
                     if attempt + 1 < _TRIES:
                         time.sleep(0.02)
                     continue
