@@ -409,6 +409,7 @@ def test_a_filesystem_without_record_locks_goes_on_without_them(
     assert lock.try_acquire(3) and lock.batch_id == 3 and not lock.enforced
     assert "no batch locks" in caplog.text
     lock.release()
+    assert batch_in_progress(lock.engine, 3) is None  # unknown: `status` shows what is stored
 
 
 def test_no_batch_lock_on_an_in_memory_database() -> None:

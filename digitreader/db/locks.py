@@ -226,4 +226,6 @@ def batch_in_progress(engine: Engine, batch_id: int) -> bool | None:
         return None  # the lock file cannot be opened (a read-only folder): unknown
     if got:
         lock.release()
+    if not lock.enforced:
+        return None  # the filesystem has no record locks: unknown
     return not got
