@@ -96,7 +96,15 @@ def test_usage_errors(isolated_env: Path, tmp_path: Path) -> None:
 
 
 def test_help_explains_with_examples() -> None:
-    for cmd in (["submit"], ["status"], ["export"], ["models", "list"], ["models", "show"], ["db", "upgrade"]):
+    for cmd in (
+        ["submit"],
+        ["status"],
+        ["batches"],
+        ["export"],
+        ["models", "list"],
+        ["models", "show"],
+        ["db", "upgrade"],
+    ):
         res = runner.invoke(app, [*cmd, "--help"])
         assert res.exit_code == 0 and "Example" in res.stdout, cmd
 
@@ -134,6 +142,19 @@ def test_subprocess_partial_and_all_failed(isolated_env: Path, scans: Path, tmp_
                if d["status"] == "failed")  # fmt: skip
     only_bad = _cli(["submit", str(folder / "bad")], env)
     assert only_bad.returncode == ExitCode.INPUT  # every document failed
+    # `batches` lists both, newest first, with their documents by status; --status keeps one kind.
+    listed = json.loads(_cli(["batches", "--json"], env).stdout)
+    n_bad = len(expected)
+    assert [(b["batch"], b["status"], b["documents"]) for b in listed] == [
+        (int(batch) + 1, "failed", {"total": n_bad, "failed": n_bad}),
+        (int(batch), "partial", {"total": n_bad + 1, "failed": n_bad, ok[0]["status"]: 1}),
+    ]
+    assert listed[1]["pages"] == 1 and listed[0]["pages"] == 0
+    partial = json.loads(_cli(["batches", "--status", "partial", "--json"], env).stdout)
+    assert [b["batch"] for b in partial] == [int(batch)]
+    table = _cli(["batches"], env).stdout.splitlines()
+    assert table[0].split()[:3] == ["batch", "created", "status"] and len(table) == 3
+    assert table[2].split()[0] == batch and "partial" in table[2].split()
 
 
 def _stored(db: Path, batch: int) -> tuple[int, str | None]:
@@ -216,6 +237,8 @@ def test_a_killed_batch_leaves_no_pool_process(isolated_env: Path, scans: Path) 
     # `status` tells the clerk what the database cannot: no run holds the batch any more.
     status = json.loads(_cli(["status", "--json"], env).stdout)
     assert status["batch"] == batch and status["status"] == "interrupted"
+    listed = json.loads(_cli(["batches", "--status", "interrupted", "--json"], env).stdout)
+    assert [(b["batch"], b["status"]) for b in listed] == [(batch, "interrupted")]
     assert json.loads(_cli(["export", str(batch)], env).stdout)["status"] == "interrupted"
 
 

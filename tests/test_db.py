@@ -478,6 +478,39 @@ def test_a_new_batch_leaves_out_what_another_run_is_reading(settings: Settings) 
         lock.release()
 
 
+def _list_batches(engine: Engine) -> None:
+    with session_scope(engine=engine) as s:
+        first = _sample_document(s).batch  # one done document, one page, its digit flagged below
+        first.status = "done"
+        plan = store.register_batch(s, [store.InputFile(f"/x/{n}.png", n * 64, 1) for n in "ab"])
+        s.execute(cast(Table, Digit.__table__).update().values(needs_review=True))
+    with session_scope(engine=engine) as s:
+        listed = store.list_batches(s)
+        assert [(b["batch"], b["documents"], b["pages"], b["flagged_digits"]) for b in listed] == [
+            (plan.batch_id, {"total": 2, "pending": 2}, 0, 0),
+            (first.id, {"total": 1, "done": 1}, 1, 1),
+        ]
+        # Marked running, held by no run: interrupted, and listed as such.
+        assert [b["batch"] for b in store.list_batches(s, status="interrupted")] == [plan.batch_id]
+        assert [b["batch"] for b in store.list_batches(s, status="done")] == [first.id]
+        assert [b["batch"] for b in store.list_batches(s, limit=1)] == [plan.batch_id]
+
+
+def test_list_batches(settings: Settings) -> None:
+    _list_batches(get_engine(settings))
+
+
+@pytest.mark.integration
+def test_postgres_list_batches(pg_url: str) -> None:
+    with fresh_pg_database() as url:
+        engine = make_engine(url)
+        try:
+            upgrade(engine)
+            _list_batches(engine)
+        finally:
+            engine.dispose()
+
+
 def test_db_text_escapes_what_is_not_utf8_and_nothing_else() -> None:
     assert store.db_text("/scans/été 1.png") == "/scans/été 1.png"
     assert store.db_text(os.fsdecode(b"/scans/scan-\xff\xfe.png")) == "/scans/scan-\\xff\\xfe.png"

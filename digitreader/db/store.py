@@ -536,6 +536,63 @@ def current_status(session: Session, batch: Batch) -> str:
     return batch.status
 
 
+def list_batches(session: Session, *, limit: int = 20, status: str | None = None) -> list[dict[str, Any]]:
+    """The latest batches, newest first (`digitreader batches`): each one's status as it stands
+    (`current_status`), documents by status, pages stored and flagged digits. `status` keeps only
+    the batches in that status ("interrupted" includes those still marked running whose run is gone)."""
+    query = select(Batch).order_by(Batch.id.desc())
+    if status is not None:
+        stored = (status, "running") if status == "interrupted" else (status,)
+        query = query.where(Batch.status.in_(stored))
+    rows: list[tuple[Batch, str]] = []
+    # (Batches stored as interrupted or running are few: those are read until `limit` are found.)
+    for batch in session.scalars(query if status == "interrupted" else query.limit(limit)):
+        now = current_status(session, batch)
+        if status is None or now == status:
+            rows.append((batch, now))
+        if len(rows) == limit:
+            break
+    ids = [b.id for b, _ in rows]
+    by_status: dict[int, dict[str, int]] = {i: {} for i in ids}
+    pages: dict[int, int] = {}
+    flagged: dict[int, int] = {}
+    if ids:
+        for batch_id, doc_status, n, page_count in session.execute(
+            select(Document.batch_id, Document.status, func.count(), func.sum(Document.page_count))
+            .where(Document.batch_id.in_(ids))
+            .group_by(Document.batch_id, Document.status)
+        ):
+            by_status[batch_id][doc_status] = int(n)
+            if doc_status in DOCUMENT_FINISHED_OK:
+                pages[batch_id] = pages.get(batch_id, 0) + int(page_count or 0)
+        flagged = dict(
+            session.execute(
+                select(Document.batch_id, func.count())
+                .select_from(Digit)
+                .join(Field, Digit.field_id == Field.id)
+                .join(Page, Field.page_id == Page.id)
+                .join(Document, Page.document_id == Document.id)
+                .where(Document.batch_id.in_(ids), Digit.needs_review.is_(True))
+                .group_by(Document.batch_id)
+            ).all()
+        )
+    return [
+        {
+            "batch": b.id,
+            "status": now,
+            "mode": b.mode,
+            "created_at": b.created_at.isoformat() if b.created_at else None,
+            "finished_at": b.finished_at.isoformat() if b.finished_at else None,
+            "seconds": b.seconds,
+            "documents": {"total": sum(by_status[b.id].values()), **by_status[b.id]},
+            "pages": pages.get(b.id, 0),
+            "flagged_digits": int(flagged.get(b.id, 0)),
+            "model_version": b.model_version,
+        }
+        for b, now in rows
+    ]
+
+
 def batch_status(session: Session, batch_id: int | None) -> dict[str, Any]:
     """Where a batch stands (`digitreader status`; None: the latest batch): its status, model and
     threshold, documents by status, the counts of `batch_stats`, and each failed document's error."""
