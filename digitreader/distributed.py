@@ -51,7 +51,13 @@ from digitreader.db import Batch, Document, session_scope, store
 from digitreader.db.session import get_engine
 from digitreader.errors import BrokerError, DatabaseError, UsageError
 from digitreader.pipeline.document import DocumentCut, join_parts, page_parts, segment_document
-from digitreader.pipeline.process import assemble_document, collect_inputs, hash_inputs, recognize_pages
+from digitreader.pipeline.process import (
+    assemble_document,
+    collect_inputs,
+    hash_inputs,
+    recognize_pages,
+    unsettled,
+)
 from digitreader.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -839,6 +845,7 @@ class Submission:
     queued: int
     skipped: list[store.SkippedFile] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    unsettled: list[str] = field(default_factory=list)  # modified too recently (settle_seconds): left for later
     status: str = "running"
 
 
@@ -860,6 +867,8 @@ def submit_batch(
     files = collect_inputs(paths)
     if template is not None and not Path(template).is_file():
         raise UsageError(f"no such template file: {template}")
+    too_new = unsettled(files, settings.settle_seconds)
+    files = [p for p in files if p not in too_new]
     inputs, unreadable = hash_inputs(files)
     engine = get_engine(settings)
     with session_scope(engine=engine) as s:
@@ -884,7 +893,8 @@ def submit_batch(
             store.store_document_failure(s, doc_id, "unreadable", f"{path}: {why}: rename it, or use the embedded mode")
         plan.todo = [(doc_id, path) for doc_id, path in plan.todo if doc_id not in unnamed]
     # Committed: from here on every id we publish exists for the workers.
-    sub = Submission(plan.batch_id, plan.resumed, plan.total, 0, plan.skipped, unreadable)
+    sub = Submission(plan.batch_id, plan.resumed, plan.total, 0, plan.skipped, unreadable,
+                     sorted(str(p) for p in too_new))  # fmt: skip
     ids = [doc_id for doc_id, _ in plan.todo]
     if ids:
         (publish or publish_documents(settings))(ids)

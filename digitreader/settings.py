@@ -69,6 +69,12 @@ class Settings(BaseSettings):
 
     # Work.
     workers: int = Field(default=0, ge=0, description="Processes for segmentation (0 = one per core).")
+    settle_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="submit leaves out files modified less than this many seconds ago (a scanner still "
+        "writing them into a hot folder); the next run reads them. 0: read every file.",
+    )
     document_time_limit: float = Field(
         default=300.0, gt=0, description="Seconds one document (embedded: each part of a long one) may take."
     )

@@ -93,6 +93,39 @@ def test_usage_errors(isolated_env: Path, tmp_path: Path) -> None:
     assert _cli(["submit", str(tmp_path), "--threshold", "2"], env).returncode == ExitCode.USAGE
     missing = _cli(["export", "12345"], env)
     assert missing.returncode == ExitCode.NOT_FOUND and "does not exist" in missing.stderr
+    # A FIFO named like a scan (reading it would block): refused by name, and passed over in a folder.
+    fifo_dir = tmp_path / "fifo"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / "scan.png")
+    fifo = _cli(["submit", str(fifo_dir / "scan.png")], env)
+    assert fifo.returncode == ExitCode.USAGE and "not a regular file or folder" in fifo.stderr
+    folder = _cli(["submit", str(fifo_dir)], env)
+    assert folder.returncode == ExitCode.USAGE and "no scans found" in folder.stderr
+
+
+@pytest.mark.slow
+def test_settle_leaves_files_still_being_written_for_the_next_run(
+    isolated_env: Path, scans: Path, tmp_path: Path
+) -> None:
+    """`--settle 60`: a scan modified a moment ago (a scanner still writing it into a hot folder) is
+    left for the next run and the summary says so; once it is older, the next run reads it."""
+    folder = tmp_path / "hot"
+    folder.mkdir()
+    old, new = (folder / p.name for p in sorted(scans.glob("*.jp*g"))[:2])
+    for dst in (old, new):
+        shutil.copy(scans / dst.name, dst)
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    env = _env(isolated_env)
+    first = _cli(["submit", str(folder), "--settle", "60"], env)
+    assert first.returncode == 0, first.stderr
+    assert "left 1 modified in the last 60 s for the next run" in first.stderr
+    export = json.loads(_cli(["export", first.stdout.strip()], env).stdout)
+    assert [d["path"] for d in export["documents"]] == [str(old)]
+    os.utime(new, (time.time() - 120, time.time() - 120))
+    second = _cli(["submit", str(folder)], {**env, "DIGITREADER_SETTLE_SECONDS": "60"})
+    assert second.returncode == 0, second.stderr
+    export = json.loads(_cli(["export", second.stdout.strip()], env).stdout)
+    assert [d["path"] for d in export["documents"]] == [str(new)]
 
 
 def test_help_explains_with_examples() -> None:

@@ -537,6 +537,20 @@ def test_a_file_name_that_is_not_utf8_fails_its_document_at_submit(
         assert queued == [docs[str(ok)].id] and sub.queued == 1
 
 
+def test_submit_leaves_out_files_still_being_written(tmp_path: Path, redis_url: str, small_pages: list[Path]) -> None:
+    """DIGITREADER_SETTLE_SECONDS: a file modified a moment ago (a scanner still writing it into a hot
+    folder) is left for the next submission, in the distributed mode as in the embedded one."""
+    old, new = variants(small_pages, 2, tmp_path / "scans")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    env = base_env(tmp_path, f"sqlite:///{tmp_path / 'settle.db'}", redis_url, None)
+    settings = make_settings({**env, "DIGITREADER_SETTLE_SECONDS": "60"})
+    queued: list[int] = []
+    sub = dist.submit_batch([str(tmp_path / "scans")], settings, publish=queued.extend)
+    assert sub.unsettled == [str(new)] and sub.total == 1 and len(queued) == 1
+    with session_scope(engine=get_engine(settings)) as s:
+        assert [d.path for d in s.scalars(select(Document).where(Document.batch_id == sub.batch_id))] == [str(old)]
+
+
 def test_a_long_document_is_cut_in_parts_by_the_page_pool(tmp_path: Path, redis_url: str, data_dir: Path) -> None:
     """A 5-page TIFF with parts of 2 pages: its page task queues three part tasks instead of
     segmenting it; the parts, run in any order (one of them twice, as a redelivery), are kept in

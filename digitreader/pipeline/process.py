@@ -62,6 +62,22 @@ SCAN_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".p
 # ----------------------------------------------------------------------------------------- inputs
 
 
+def unsettled(files: Sequence[Path], seconds: float, now: float | None = None) -> set[Path]:
+    """Of `files`, those modified less than `seconds` ago: a scanner may still be writing them (a hot
+    folder), and read now they would fail as truncated. None when `seconds` is 0."""
+    if seconds <= 0:
+        return set()
+    now = time.time() if now is None else now
+    out = set()
+    for p in files:
+        try:
+            if now - p.stat().st_mtime < seconds:
+                out.add(p)
+        except OSError:
+            continue  # gone or unreadable: hashing says why
+    return out
+
+
 def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
     """Files named by `paths`: files as given, folders searched recursively for scans, globs expanded.
 
@@ -99,6 +115,8 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
                 raise UsageError(f"no files match {raw}")
             for q in matches:
                 add(q)
+        elif p.exists():  # a FIFO, a socket, a device: reading it could block or never end
+            raise UsageError(f"not a regular file or folder: {raw}", hint="name the scan files, or their folder")
         else:
             raise UsageError(f"no such file or folder: {raw}")
     return out
@@ -271,6 +289,10 @@ def process_batch(
     if predictor is None:
         predictor = load_predictor(settings)
     thr = resolve_threshold(predictor, settings, threshold)
+    too_new = unsettled(files, settings.settle_seconds)
+    if too_new:
+        log.info("%d file(s) modified in the last %g s left for the next run", len(too_new), settings.settle_seconds)
+        files = [p for p in files if p not in too_new]
     info = predictor.info
     version = str(info.version)
     precision = str(getattr(info, "precision", "fp32"))
@@ -304,6 +326,7 @@ def process_batch(
             total=plan.total,
             skipped=plan.skipped,
             unreadable=unreadable,
+            unsettled=sorted(str(p) for p in too_new),
             model_version=version,
             threshold=thr,
             precision=precision,
@@ -598,4 +621,5 @@ __all__ = [
     "process_document",
     "recognize_pages",
     "segment_document",
+    "unsettled",
 ]

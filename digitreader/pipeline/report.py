@@ -34,6 +34,7 @@ class BatchReport:
     processed: list[DocumentReport] = field(default_factory=list)  # this run
     skipped: list[SkippedFile] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # could not even be hashed
+    unsettled: list[str] = field(default_factory=list)  # modified too recently (settle_seconds): left for later
     status: str = "running"
     seconds: float = 0.0
     model_version: str | None = None

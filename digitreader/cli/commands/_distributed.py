@@ -39,6 +39,9 @@ def submit_distributed(
         skipped = f", {len(sub.skipped)} skipped (already processed or duplicate)" if sub.skipped else ""
         err.print(f"batch {sub.batch_id}{' (resumed)' if sub.resumed else ''}: queued {sub.queued} of "
                   f"{sub.total} document(s){skipped}", highlight=False, markup=False)  # fmt: skip
+        if sub.unsettled:
+            err.print(f"  left {len(sub.unsettled)} modified in the last {settings.settle_seconds:g} s for the next "
+                      "run (still being written?)", highlight=False, markup=False)  # fmt: skip
         if sub.queued and not wait:
             err.print(f"  follow it with: digitreader status {sub.batch_id}", highlight=False, markup=False)
         _warn_without_workers(settings)

@@ -90,7 +90,7 @@ def _short(r: DocumentReport) -> str:
     return msg[len(prefix) :] if msg.startswith(prefix) else msg
 
 
-def _summary(rep: BatchReport) -> str:
+def _summary(rep: BatchReport, settle: float = 0.0) -> str:
     done = sum(1 for d in rep.processed if d.status == "done")
     review = sum(1 for d in rep.processed if d.status == "needs_review")
     failed = len(rep.failed)
@@ -120,6 +120,10 @@ def _summary(rep: BatchReport) -> str:
     if busy:
         batches = sorted({s.batch_id for s in busy if s.batch_id is not None})
         lines.append(f"  skipped {len(busy)} being read by another run now (batch {', '.join(map(str, batches))})")
+    if rep.unsettled:
+        lines.append(
+            f"  left {len(rep.unsettled)} modified in the last {settle:g} s for the next run (still being written?)"
+        )
     if dups:
         lines.append(f"  skipped {len(dups)} duplicate file(s) (same content as another file of this batch)")
     if rep.failed:
@@ -147,6 +151,14 @@ def submit(
         "worker pools (the default when a broker is set) and return at once.",
     ),
     wait: bool = typer.Option(False, "--wait", help="Distributed: show progress until the batch is done."),
+    settle: float | None = typer.Option(
+        None,
+        "--settle",
+        min=0.0,
+        help="Leave out files modified less than SECONDS ago (a scanner still writing them into a hot "
+        "folder); the next run reads them. Default: DIGITREADER_SETTLE_SECONDS (0).",
+        metavar="SECONDS",
+    ),
     if_busy: IfBusy = typer.Option(
         IfBusy.wait,
         "--if-busy",
@@ -174,6 +186,8 @@ def submit(
     Example:  BATCH=$(digitreader submit scans/) && digitreader export "$BATCH" --format csv
     """
     settings = get_settings()
+    if settle is not None:
+        settings = settings.model_copy(update={"settle_seconds": settle})
     if queue or settings.distributed:  # distributed mode (README "Distributed mode")
         from digitreader.cli.commands._distributed import submit_distributed
 
@@ -191,7 +205,7 @@ def submit(
     finally:
         hook.stop()
     if not quiet:
-        err.print(_summary(rep), highlight=False, markup=False)
+        err.print(_summary(rep, settings.settle_seconds), highlight=False, markup=False)
     failed = sum(1 for d in rep.processed if d.status == "failed") if not rep.resumed else None
     if rep.status == "failed":  # every document of the batch failed
         raise InputError(f"every document of batch {rep.batch_id} failed", code="batch_failed",
