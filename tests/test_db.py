@@ -494,6 +494,14 @@ def _list_batches(engine: Engine) -> None:
         assert [b["batch"] for b in store.list_batches(s, status="interrupted")] == [plan.batch_id]
         assert [b["batch"] for b in store.list_batches(s, status="done")] == [first.id]
         assert [b["batch"] for b in store.list_batches(s, limit=1)] == [plan.batch_id]
+    with session_scope(engine=engine) as s:  # a run that found nothing new: listed only on request
+        empty = store.register_batch(s, [store.InputFile("/x/a.png", "a" * 64, 1)], force=True)
+        s.execute(cast(Table, Document.__table__).delete().where(Document.batch_id == empty.batch_id))
+        store.finish_batch(s, empty.batch_id)
+    with session_scope(engine=engine) as s:
+        assert [b["batch"] for b in store.list_batches(s)] == [plan.batch_id, first.id]
+        listed = store.list_batches(s, empty=True)
+        assert [(b["batch"], b["documents"]) for b in listed][0] == (empty.batch_id, {"total": 0})
 
 
 def test_list_batches(settings: Settings) -> None:

@@ -536,11 +536,16 @@ def current_status(session: Session, batch: Batch) -> str:
     return batch.status
 
 
-def list_batches(session: Session, *, limit: int = 20, status: str | None = None) -> list[dict[str, Any]]:
+def list_batches(
+    session: Session, *, limit: int = 20, status: str | None = None, empty: bool = False
+) -> list[dict[str, Any]]:
     """The latest batches, newest first (`digitreader batches`): each one's status as it stands
     (`current_status`), documents by status, pages stored and flagged digits. `status` keeps only
-    the batches in that status ("interrupted" includes those still marked running whose run is gone)."""
+    the batches in that status ("interrupted" includes those still marked running whose run is gone).
+    Batches without documents (a hot folder submitted again with nothing new) only with `empty`."""
     query = select(Batch).order_by(Batch.id.desc())
+    if not empty:
+        query = query.where(select(Document.id).where(Document.batch_id == Batch.id).exists())
     if status is not None:
         stored = (status, "running") if status == "interrupted" else (status,)
         query = query.where(Batch.status.in_(stored))

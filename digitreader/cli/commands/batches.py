@@ -52,11 +52,15 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def batches(
     limit: int = typer.Option(20, "--limit", "-n", min=1, help="How many batches, newest first."),
     status: BatchState | None = typer.Option(None, "--status", help="Only the batches in this status."),
+    show_all: bool = typer.Option(
+        False, "--all", "-a", help="Also the batches without documents (a run that found nothing new)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (a list) instead of a table."),
 ) -> None:
     """List the latest batches: status, documents (done, needing review, failed, pending), pages,
     flagged digits and seconds, one line each. A batch still marked running whose run is gone
-    (killed) shows as interrupted: run its submit command again to finish it.
+    (killed) shows as interrupted: run its submit command again to finish it. Batches without
+    documents (a run that found nothing new in its folder) are left out unless --all.
 
     Example:  digitreader batches --status partial   (batches where some documents failed)
     """
@@ -64,7 +68,7 @@ def batches(
     from digitreader.db.store import list_batches
 
     with session_scope(get_settings()) as s:
-        rows = list_batches(s, limit=limit, status=str(status) if status is not None else None)
+        rows = list_batches(s, limit=limit, status=str(status) if status is not None else None, empty=show_all)
     if as_json:
         print_json(rows)
     elif rows:
