@@ -45,9 +45,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session
 
 from digitreader import registry
 from digitreader.db import Batch, Document, session_scope, store
+from digitreader.db.locks import batch_in_progress
 from digitreader.db.session import get_engine
 from digitreader.errors import BrokerError, DatabaseError, UsageError
 from digitreader.pipeline.document import DocumentCut, join_parts, page_parts, segment_document
@@ -881,6 +883,7 @@ def submit_batch(
             model_version=None,  # set by the inference pool (its model)
             mode="distributed",
             options={"inputs": [str(p) for p in paths], "cwd": os.getcwd()},
+            held_elsewhere=lambda batch_id: _being_read(s, engine, batch_id),
         )
         for path, reason in unreadable:  # failed documents of the batch
             store.record_unreadable(s, plan.batch_id, path, reason)
@@ -902,6 +905,16 @@ def submit_batch(
         log.info("batch %s: queued %d document(s) on %r", plan.batch_id, len(ids), PAGES_QUEUE)
     sub.status = finish_if_complete(engine, plan.batch_id) or "running"
     return sub
+
+
+def _being_read(session: Session, engine: Engine, batch_id: int) -> bool:
+    """Whether an unfinished batch's pending documents are someone's already: a running distributed
+    batch's are queued for the page pool (a hot folder queued again gets only its new files), an
+    embedded batch's belong to the run that holds its lock (`locks.batch_in_progress`)."""
+    batch = session.get(Batch, batch_id)
+    if batch is not None and batch.mode == "distributed":
+        return batch.status == "running"
+    return batch_in_progress(engine, batch_id) is True
 
 
 def publish_documents(settings: Settings) -> Callable[[Sequence[int]], None]:

@@ -551,6 +551,31 @@ def test_submit_leaves_out_files_still_being_written(tmp_path: Path, redis_url: 
         assert [d.path for d in s.scalars(select(Document).where(Document.batch_id == sub.batch_id))] == [str(old)]
 
 
+def test_a_hot_folder_queued_again_gets_only_its_new_files(
+    tmp_path: Path, redis_url: str, small_pages: list[Path]
+) -> None:
+    """`submit --queue` of a folder again, with a new scan in it, while the page pool still has the
+    last batch's documents: the new batch holds the new scan only (before, the pending ones were
+    queued a second time, as documents of the new batch). The same folder queued again, nothing new
+    in it, resumes the running batch as before."""
+    first_files = variants(small_pages, 2, tmp_path / "scans")
+    settings = make_settings(base_env(tmp_path, f"sqlite:///{tmp_path / 'hot.db'}", redis_url, None))
+    first = dist.submit_batch([str(tmp_path / "scans")], settings, publish=lambda ids: None)  # not read yet
+    assert first.queued == 2
+    again = dist.submit_batch([str(tmp_path / "scans")], settings, publish=lambda ids: None)
+    assert again.batch_id == first.batch_id and again.resumed
+    new = tmp_path / "scans" / "later.png"
+    shutil.move(variants(small_pages, 3, tmp_path / "more")[2], new)  # a third content
+    queued: list[int] = []
+    sub = dist.submit_batch([str(tmp_path / "scans")], settings, publish=queued.extend)
+    assert sub.batch_id != first.batch_id and sub.total == 1 and len(queued) == 1
+    assert sorted((f.path, f.reason, f.batch_id) for f in sub.skipped) == sorted(
+        (str(p), "in_progress", first.batch_id) for p in first_files
+    )
+    with session_scope(engine=get_engine(settings)) as s:
+        assert [d.path for d in s.scalars(select(Document).where(Document.batch_id == sub.batch_id))] == [str(new)]
+
+
 def test_a_long_document_is_cut_in_parts_by_the_page_pool(tmp_path: Path, redis_url: str, data_dir: Path) -> None:
     """A 5-page TIFF with parts of 2 pages: its page task queues three part tasks instead of
     segmenting it; the parts, run in any order (one of them twice, as a redelivery), are kept in

@@ -36,7 +36,10 @@ def submit_distributed(
     sub = dist.submit_batch(paths, settings, template=template, threshold=threshold, force=force)
     typer.echo(str(sub.batch_id))
     if not quiet:
-        skipped = f", {len(sub.skipped)} skipped (already processed or duplicate)" if sub.skipped else ""
+        busy = sum(1 for f in sub.skipped if f.reason == "in_progress")
+        skipped = (f", {len(sub.skipped) - busy} skipped (already processed or duplicate)"
+                   if len(sub.skipped) > busy else "")  # fmt: skip
+        skipped += f", {busy} skipped (being read by another batch now)" if busy else ""
         err.print(f"batch {sub.batch_id}{' (resumed)' if sub.resumed else ''}: queued {sub.queued} of "
                   f"{sub.total} document(s){skipped}", highlight=False, markup=False)  # fmt: skip
         if sub.unsettled:
