@@ -103,6 +103,21 @@ def test_usage_errors(isolated_env: Path, tmp_path: Path) -> None:
     assert folder.returncode == ExitCode.USAGE and "no scans found" in folder.stderr
 
 
+def test_unsettled_files(tmp_path: Path) -> None:
+    from digitreader.pipeline.process import unsettled
+
+    now = time.time()
+    ages = {"old": 3600, "fresh": 5, "skewed": -5, "wrong_clock": -365 * 86400}
+    files = {}
+    for name, age in ages.items():
+        files[name] = tmp_path / f"{name}.png"
+        files[name].write_bytes(b"x")
+        os.utime(files[name], (now - age, now - age))
+    got = unsettled([*files.values(), tmp_path / "gone.png"], 60, now=now)
+    assert got == {files["fresh"], files["skewed"]}
+    assert unsettled(list(files.values()), 0, now=now) == set()
+
+
 @pytest.mark.slow
 def test_settle_leaves_files_still_being_written_for_the_next_run(
     isolated_env: Path, scans: Path, tmp_path: Path

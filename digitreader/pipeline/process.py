@@ -64,14 +64,16 @@ SCAN_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".p
 
 def unsettled(files: Sequence[Path], seconds: float, now: float | None = None) -> set[Path]:
     """Of `files`, those modified less than `seconds` ago: a scanner may still be writing them (a hot
-    folder), and read now they would fail as truncated. None when `seconds` is 0."""
+    folder), and read now they would fail as truncated. None when `seconds` is 0. A time as far in
+    the future (a share whose clock is ahead) counts as just now; one further ahead is a wrong clock
+    (a file copied from a device set to another year), not a write in progress, and is read."""
     if seconds <= 0:
         return set()
     now = time.time() if now is None else now
     out = set()
     for p in files:
         try:
-            if now - p.stat().st_mtime < seconds:
+            if abs(now - p.stat().st_mtime) < seconds:
                 out.add(p)
         except OSError:
             continue  # gone or unreadable: hashing says why
