@@ -344,6 +344,57 @@ def test_a_long_document_is_cut_in_parts_and_joined(
         assert stored == 0
 
 
+def test_a_run_waiting_for_another_shows_its_progress_then_takes_over(
+    settings: Settings, scans: Path, predictor: Any
+) -> None:
+    """A run of a submission whose batch another run holds waits, telling its hook how far the other
+    run is (documents finished of the batch's), then reads only what that run left."""
+    from digitreader.db import store
+    from digitreader.db.locks import BatchLock
+    from digitreader.pipeline.process import hash_inputs
+    from digitreader.pipeline.report import ProgressHook
+
+    engine = get_engine(settings)
+    inputs, _ = hash_inputs(collect_inputs([scans]))
+    other = BatchLock(engine)  # the other run: it registered the batch and holds it
+    with session_scope(engine=engine) as s:
+        plan = store.register_batch(s, inputs, claim=other.try_acquire)
+
+    class Hook(ProgressHook):
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, int]] = []
+
+        def waiting(self, batch_id: int, finished: int, total: int) -> None:
+            assert batch_id == plan.batch_id
+            self.seen.append((finished, total))
+
+    hook = Hook()
+    result: list[Any] = []
+    runner = threading.Thread(target=lambda: result.append(process_batch([scans], settings, predictor=predictor,
+                                                                         hook=hook)))  # fmt: skip
+    try:
+        runner.start()
+        deadline = time.monotonic() + 60
+        while not hook.seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hook.seen[0] == (0, 6)
+        with session_scope(engine=engine) as s:  # the other run reads two documents meanwhile
+            for doc_id, path in plan.todo[:2]:
+                store.store_document_failure(s, doc_id, "not_an_image", f"{path}: (the other run)")
+        while (2, 6) not in hook.seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (2, 6) in hook.seen and runner.is_alive()
+    finally:
+        other.release()  # the other run is over
+        runner.join(120)
+    [report] = result
+    assert report.batch_id == plan.batch_id and report.waited and len(report.processed) == 4
+    assert report.status == "partial"  # the other run's two failures are the batch's
+    with session_scope(engine=engine) as s:
+        docs = s.scalars(select(Document).where(Document.batch_id == plan.batch_id)).all()
+        assert sorted(d.attempts for d in docs) == [1] * 6
+
+
 def test_storing_a_document_twice_replaces_it(settings: Settings, scans: Path, predictor: Any) -> None:
     path = sorted(scans.glob("*.png")) or sorted(scans.glob("*.jp*g"))
     cut = segment_document(path[0], settings)

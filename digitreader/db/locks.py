@@ -28,6 +28,7 @@ import os
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,11 +115,18 @@ class BatchLock:
             self.batch_id = batch_id
         return got
 
-    def acquire(self, batch_id: int, poll: float = 0.25) -> None:
+    def acquire(
+        self, batch_id: int, poll: float = 0.25, tick: Callable[[], None] | None = None, every: float = 1.0
+    ) -> None:
         """Wait until the lock on `batch_id` is free, and take it. Polls, so that Ctrl-C and SIGTERM
-        (which the CLI turns into KeyboardInterrupt) stop the wait."""
+        (which the CLI turns into KeyboardInterrupt) stop the wait; `tick` is called about every
+        `every` seconds meanwhile (to show how far the other run is)."""
+        last = time.monotonic()
         while not self.try_acquire(batch_id):
             time.sleep(poll)
+            if tick is not None and time.monotonic() - last >= every:
+                tick()
+                last = time.monotonic()
 
     def _try_sqlite(self, batch_id: int) -> bool:
         import fcntl

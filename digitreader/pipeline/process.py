@@ -369,8 +369,15 @@ def _wait_for_other_run(plan: store.BatchPlan, engine: Any, lock: BatchLock, hoo
     """Another run is reading the batch of this submission: wait for its lock (Ctrl-C stops waiting and
     leaves the batch to it), then take over what it left. Returns the batch's status when the other
     run finished it, None when there is something left for this run (`plan.todo`, narrowed)."""
-    hook.waiting(plan.batch_id)
-    lock.acquire(plan.batch_id)
+
+    def tick() -> None:
+        with session_scope(engine=engine) as s:
+            counts = store.document_counts(s, plan.batch_id)
+        total = sum(counts.values())
+        hook.waiting(plan.batch_id, total - sum(counts.get(k, 0) for k in store.PENDING_DOCUMENT), total)
+
+    tick()
+    lock.acquire(plan.batch_id, tick=tick)
     with session_scope(engine=engine) as s:
         pending, status = store.take_over_batch(s, plan.batch_id)
     plan.todo = [(doc_id, path) for doc_id, path in plan.todo if doc_id in pending]

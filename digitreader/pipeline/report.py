@@ -63,9 +63,10 @@ class ProgressHook:
 
     def started(self, batch_id: int, todo: int, total: int) -> None: ...
 
-    def waiting(self, batch_id: int) -> None:
+    def waiting(self, batch_id: int, finished: int, total: int) -> None:
         """Another run is reading batch `batch_id` (the same submission); this one waits for it to end,
-        then reads what it left. `started` follows."""
+        then reads what it left. Called when the wait begins, then about every second with the
+        batch's documents finished so far (read or failed) of `total`. `started` follows."""
 
     def part_done(self, document_id: int, done: int, parts: int) -> None:
         """`done` of the `parts` a long document is cut in are cut (`document.page_parts`); called for

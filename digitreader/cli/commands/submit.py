@@ -39,6 +39,7 @@ class _Bar(ProgressHook):
         self.task: TaskID | None = None
         self.shown: dict[int, float] = {}  # document id -> the share of it the bar shows already
         self.batch_id = 0
+        self.waited: TaskID | None = None  # the other run's bar, while this one waits for it
         self.pages = self.flagged = self.failed = 0
 
     def label(self) -> str:
@@ -49,18 +50,25 @@ class _Bar(ProgressHook):
 
     def started(self, batch_id: int, todo: int, total: int) -> None:
         typer.echo(str(batch_id))  # the batch id, alone on stdout, as soon as it exists
+        if self.waited is not None:
+            self.bar.remove_task(self.waited)
         self.batch_id = batch_id
         self.bar.start()
         self.task = self.bar.add_task(self.label(), total=todo)
 
-    def waiting(self, batch_id: int) -> None:
-        if not self.quiet:
-            err.print(
-                f"batch {batch_id} is being read by another digitreader run of these files; waiting for it "
-                "to end (Ctrl-C stops waiting and leaves the batch to it)",
-                highlight=False,
-                markup=False,
-            )
+    def waiting(self, batch_id: int, finished: int, total: int) -> None:
+        # The other run's progress, on a bar of its own until this run starts.
+        if self.waited is None:
+            if not self.quiet:
+                err.print(
+                    f"batch {batch_id} is being read by another digitreader run of these files; waiting for "
+                    "it to end (Ctrl-C stops waiting and leaves the batch to it)",
+                    highlight=False,
+                    markup=False,
+                )
+            self.bar.start()
+            self.waited = self.bar.add_task(f"batch {batch_id}: another run", total=total)
+        self.bar.update(self.waited, completed=finished, total=total)
 
     def part_done(self, document_id: int, done: int, parts: int) -> None:
         # A long document moves the bar as its parts are cut; the last share comes when it is stored.
