@@ -90,6 +90,18 @@ def fresh_pg_database() -> Iterator[str]:
         admin.dispose()
 
 
+@contextlib.contextmanager
+def fresh_pg_engine() -> Iterator[Engine]:
+    """An engine on an empty PostgreSQL database of its own (`fresh_pg_database`), upgraded to head."""
+    with fresh_pg_database() as url:
+        engine = make_engine(url)
+        try:
+            upgrade(engine)
+            yield engine
+        finally:
+            engine.dispose()
+
+
 def _sample_document(session: Session) -> Document:
     batch = Batch()
     doc = Document(batch=batch, path="a.png", sha256="0" * 64, status="done", page_count=1)
@@ -332,13 +344,8 @@ def test_registrations_of_one_submission_take_turns(settings: Settings) -> None:
 
 @pytest.mark.integration
 def test_postgres_registrations_of_one_submission_take_turns(pg_url: str) -> None:
-    with fresh_pg_database() as url:
-        engine = make_engine(url)
-        try:
-            upgrade(engine)
-            _registrations_take_turns(engine)
-        finally:
-            engine.dispose()
+    with fresh_pg_engine() as engine:
+        _registrations_take_turns(engine)
 
 
 # Holds the lock on batch 7 of the database at argv[1] (after creating the schema), says so, sleeps.
@@ -510,13 +517,8 @@ def test_list_batches(settings: Settings) -> None:
 
 @pytest.mark.integration
 def test_postgres_list_batches(pg_url: str) -> None:
-    with fresh_pg_database() as url:
-        engine = make_engine(url)
-        try:
-            upgrade(engine)
-            _list_batches(engine)
-        finally:
-            engine.dispose()
+    with fresh_pg_engine() as engine:
+        _list_batches(engine)
 
 
 def test_db_text_escapes_what_is_not_utf8_and_nothing_else() -> None:
