@@ -321,7 +321,8 @@ def test_a_second_run_of_the_same_submission_waits_for_the_first(
         second = _popen(args, env)
         assert second.stderr is not None
         waiting = second.stderr.readline()
-        assert f"batch {batch} is being read by another digitreader run" in waiting, waiting
+        assert f"batch {batch} is being read by another digitreader run of these files (process {first.pid})" in (
+            waiting), waiting  # fmt: skip
         if first_run_ends == "finishes":
             first.send_signal(signal.SIGCONT)
             out, err = first.communicate(timeout=120)

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from digitreader.db import Batch, Digit, Document, Field, ModelVersion, Page, store
-from digitreader.db.locks import BatchLock, batch_in_progress
+from digitreader.db.locks import BatchLock, batch_in_progress, holder
 from digitreader.db.migrate import (
     alembic_config,
     current_revision,
@@ -371,6 +371,7 @@ def _a_batch_lock_goes_with_its_process(url: str) -> None:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
         assert lock.enforced and not lock.try_acquire(7) and lock.batch_id is None
         assert batch_in_progress(engine, 7) is True and batch_in_progress(engine, 8) is False
+        assert holder(engine, 7) == f"process {proc.pid}" and holder(engine, 9) is None  # who, for people
         assert lock.try_acquire(8)  # another batch: its own lock
         proc.kill()  # SIGKILL: no clean-up; the kernel (SQLite) or the server (PostgreSQL) lets go
         proc.wait(timeout=30)

@@ -364,7 +364,7 @@ def test_a_run_waiting_for_another_shows_its_progress_then_takes_over(
         def __init__(self) -> None:
             self.seen: list[tuple[int, int]] = []
 
-        def waiting(self, batch_id: int, finished: int, total: int) -> None:
+        def waiting(self, batch_id: int, finished: int, total: int, holder: str | None = None) -> None:
             assert batch_id == plan.batch_id
             self.seen.append((finished, total))
 

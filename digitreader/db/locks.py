@@ -25,6 +25,9 @@ import contextlib
 import errno
 import logging
 import os
+import socket
+import struct
+import sys
 import threading
 import time
 import zlib
@@ -160,6 +163,8 @@ class BatchLock:
         try:
             if self._conn is None:
                 self._conn = self.engine.connect()
+                self._conn.execute(text("SELECT set_config('application_name', :n, false)"),
+                                   {"n": _application_name()})  # fmt: skip
             got = bool(
                 self._conn.execute(
                     text("SELECT pg_try_advisory_lock(:cls, :id)"), {"cls": BATCH_LOCK_CLASS, "id": batch_id}
@@ -206,6 +211,53 @@ class BatchLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def holder(engine: Engine, batch_id: int) -> str | None:
+    """Who holds `batch_id`'s lock, for people ("process 1234", "process 1234 on host-b"); None when
+    nobody does, or where it cannot be told (SQLite off Linux, another database)."""
+    path = sqlite_batch_lock_path(engine)
+    if path is not None:
+        if not sys.platform.startswith("linux"):
+            return None
+        import fcntl
+
+        try:
+            with _files_lock:
+                fd = _descriptor(path)
+            # struct flock on Linux: short type, short whence, off_t start, off_t len, pid_t pid.
+            probe = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, batch_id, 1, 0)
+            l_type, _, _, _, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, probe))
+        except (OSError, DatabaseError):
+            return None
+        return f"process {pid}" if l_type != fcntl.F_UNLCK and pid > 0 else None
+    if engine.dialect.name == "postgresql":
+        try:
+            with engine.connect() as conn:
+                name = conn.execute(
+                    text(
+                        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                        "WHERE l.locktype = 'advisory' AND l.classid = :cls AND l.objid = :id AND l.objsubid = 2 "
+                        "AND l.granted"
+                    ),
+                    {"cls": BATCH_LOCK_CLASS, "id": batch_id},
+                ).scalar()
+        except DBAPIError:
+            return None
+        return _describe(name) if name else None
+    return None
+
+
+def _application_name() -> str:
+    """What the lock's PostgreSQL connection calls itself, for `holder` to read back."""
+    return f"digitreader:{os.getpid()}@{socket.gethostname()}"[:63]
+
+
+def _describe(application_name: str) -> str | None:
+    who, _, host = application_name.removeprefix("digitreader:").partition("@")
+    if not application_name.startswith("digitreader:") or not who.isdigit():
+        return None
+    return f"process {who}" + (f" on {host}" if host and host != socket.gethostname() else "")
 
 
 def batch_in_progress(engine: Engine, batch_id: int) -> bool | None:

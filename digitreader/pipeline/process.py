@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from digitreader.db import session_scope, store
-from digitreader.db.locks import BatchLock, batch_in_progress
+from digitreader.db.locks import BatchLock, batch_in_progress, holder
 from digitreader.db.session import get_engine
 from digitreader.errors import BusyError, DigitreaderError, UsageError
 from digitreader.hashing import sha256_file_and_size
@@ -369,12 +369,13 @@ def _wait_for_other_run(plan: store.BatchPlan, engine: Any, lock: BatchLock, hoo
     """Another run is reading the batch of this submission: wait for its lock (Ctrl-C stops waiting and
     leaves the batch to it), then take over what it left. Returns the batch's status when the other
     run finished it, None when there is something left for this run (`plan.todo`, narrowed)."""
+    who = holder(engine, plan.batch_id)
 
     def tick() -> None:
         with session_scope(engine=engine) as s:
             counts = store.document_counts(s, plan.batch_id)
         total = sum(counts.values())
-        hook.waiting(plan.batch_id, total - sum(counts.get(k, 0) for k in store.PENDING_DOCUMENT), total)
+        hook.waiting(plan.batch_id, total - sum(counts.get(k, 0) for k in store.PENDING_DOCUMENT), total, who)
 
     tick()
     lock.acquire(plan.batch_id, tick=tick)

@@ -63,10 +63,11 @@ class ProgressHook:
 
     def started(self, batch_id: int, todo: int, total: int) -> None: ...
 
-    def waiting(self, batch_id: int, finished: int, total: int) -> None:
+    def waiting(self, batch_id: int, finished: int, total: int, holder: str | None = None) -> None:
         """Another run is reading batch `batch_id` (the same submission); this one waits for it to end,
         then reads what it left. Called when the wait begins, then about every second with the
-        batch's documents finished so far (read or failed) of `total`. `started` follows."""
+        batch's documents finished so far (read or failed) of `total`; `holder` says who that run is
+        ("process 1234"), where it can be told. `started` follows."""
 
     def part_done(self, document_id: int, done: int, parts: int) -> None:
         """`done` of the `parts` a long document is cut in are cut (`document.page_parts`); called for

@@ -56,15 +56,17 @@ class _Bar(ProgressHook):
         self.bar.start()
         self.task = self.bar.add_task(self.label(), total=todo)
 
-    def waiting(self, batch_id: int, finished: int, total: int) -> None:
+    def waiting(self, batch_id: int, finished: int, total: int, holder: str | None = None) -> None:
         # The other run's progress, on a bar of its own until this run starts.
         if self.waited is None:
             if not self.quiet:
+                who = f" ({holder})" if holder else ""
                 err.print(
-                    f"batch {batch_id} is being read by another digitreader run of these files; waiting for "
-                    "it to end (Ctrl-C stops waiting and leaves the batch to it)",
+                    f"batch {batch_id} is being read by another digitreader run of these files{who}; waiting "
+                    "for it to end (Ctrl-C stops waiting and leaves the batch to it)",
                     highlight=False,
                     markup=False,
+                    soft_wrap=True,  # one line, whatever the width: for people and for grep alike
                 )
             self.bar.start()
             self.waited = self.bar.add_task(f"batch {batch_id}: another run", total=total)
