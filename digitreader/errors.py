@@ -86,9 +86,10 @@ class BusyError(DigitreaderError):
     exit_code = ExitCode.BUSY
     code = "busy"
 
-    def __init__(self, batch_id: int) -> None:
+    def __init__(self, batch_id: int, holder: str | None = None) -> None:
         super().__init__(
-            f"batch {batch_id} is being read by another digitreader run of these files",
+            f"batch {batch_id} is being read by another digitreader run of these files"
+            + (f" ({holder})" if holder else ""),
             hint=f"let it finish (digitreader status {batch_id}), or run the command again without --if-busy exit "
             "to wait for it",
         )

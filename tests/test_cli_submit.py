@@ -317,7 +317,8 @@ def test_a_second_run_of_the_same_submission_waits_for_the_first(
         # A cron job that must not pile up behind a long run: exit 11 at once, touching nothing.
         busy = _cli([*args, "--if-busy", "exit"], env)
         assert busy.returncode == ExitCode.BUSY == 11 and busy.stdout.strip() == str(batch)
-        assert f"batch {batch} is being read by another digitreader run" in busy.stderr
+        assert f"batch {batch} is being read by another digitreader run of these files (process {first.pid})" in (
+            busy.stderr)  # fmt: skip
         second = _popen(args, env)
         assert second.stderr is not None
         waiting = second.stderr.readline()

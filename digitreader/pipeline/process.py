@@ -335,7 +335,7 @@ def process_batch(
         )
         if plan.busy:
             if not wait_if_busy:
-                raise BusyError(plan.batch_id)
+                raise BusyError(plan.batch_id, holder(engine, plan.batch_id))
             report.waited = True
             finished = _wait_for_other_run(plan, engine, lock, hook)
             if finished is not None:  # the other run finished the batch: nothing left to read
