@@ -883,7 +883,7 @@ def submit_batch(
             model_version=None,  # set by the inference pool (its model)
             mode="distributed",
             options={"inputs": [str(p) for p in paths], "cwd": os.getcwd()},
-            held_elsewhere=lambda batch_id: _being_read(s, engine, batch_id),
+            held_elsewhere=lambda batch_id: _held_elsewhere(s, engine, batch_id),
         )
         for path, reason in unreadable:  # failed documents of the batch
             store.record_unreadable(s, plan.batch_id, path, reason)
@@ -907,7 +907,7 @@ def submit_batch(
     return sub
 
 
-def _being_read(session: Session, engine: Engine, batch_id: int) -> bool:
+def _held_elsewhere(session: Session, engine: Engine, batch_id: int) -> bool:
     """Whether an unfinished batch's pending documents are someone's already: a running distributed
     batch's are queued for the page pool (a hot folder queued again gets only its new files), an
     embedded batch's belong to the run that holds its lock (`locks.batch_in_progress`)."""

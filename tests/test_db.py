@@ -102,6 +102,17 @@ def fresh_pg_engine() -> Iterator[Engine]:
             engine.dispose()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def either_engine(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Engine]:
+    """The test once on a SQLite file, once on an empty PostgreSQL database at head."""
+    if request.param == "sqlite":
+        yield get_engine(settings)
+        return
+    request.getfixturevalue("pg_url")  # PostgreSQL there, or skipped (failed on CI)
+    with fresh_pg_engine() as engine:
+        yield engine
+
+
 def _sample_document(session: Session) -> Document:
     batch = Batch()
     doc = Document(batch=batch, path="a.png", sha256="0" * 64, status="done", page_count=1)
@@ -338,14 +349,8 @@ def _registrations_take_turns(engine: Engine) -> None:
         second_lock.release()
 
 
-def test_registrations_of_one_submission_take_turns(settings: Settings) -> None:
-    _registrations_take_turns(get_engine(settings))
-
-
-@pytest.mark.integration
-def test_postgres_registrations_of_one_submission_take_turns(pg_url: str) -> None:
-    with fresh_pg_engine() as engine:
-        _registrations_take_turns(engine)
+def test_registrations_of_one_submission_take_turns(either_engine: Engine) -> None:
+    _registrations_take_turns(either_engine)
 
 
 # Holds the lock on batch 7 of the database at argv[1] (after creating the schema), says so, sleeps.
@@ -512,14 +517,8 @@ def _list_batches(engine: Engine) -> None:
         assert [(b["batch"], b["documents"]) for b in listed][0] == (empty.batch_id, {"total": 0})
 
 
-def test_list_batches(settings: Settings) -> None:
-    _list_batches(get_engine(settings))
-
-
-@pytest.mark.integration
-def test_postgres_list_batches(pg_url: str) -> None:
-    with fresh_pg_engine() as engine:
-        _list_batches(engine)
+def test_list_batches(either_engine: Engine) -> None:
+    _list_batches(either_engine)
 
 
 def test_db_text_escapes_what_is_not_utf8_and_nothing_else() -> None:

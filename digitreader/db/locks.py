@@ -233,19 +233,30 @@ def holder(engine: Engine, batch_id: int) -> str | None:
         return f"process {pid}" if l_type != fcntl.F_UNLCK and pid > 0 else None
     if engine.dialect.name == "postgresql":
         try:
-            with engine.connect() as conn:
-                name = conn.execute(
-                    text(
-                        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                        "WHERE l.locktype = 'advisory' AND l.classid = :cls AND l.objid = :id AND l.objsubid = 2 "
-                        "AND l.granted"
-                    ),
-                    {"cls": BATCH_LOCK_CLASS, "id": batch_id},
-                ).scalar()
-        except DBAPIError:
+            name = _pg_lock_owner(engine, batch_id)
+        except DatabaseError:
             return None
         return _describe(name) if name else None
     return None
+
+
+def _pg_lock_owner(engine: Engine, batch_id: int) -> str | None:
+    """The `application_name` of the session holding `batch_id`'s advisory lock ("" when it has none),
+    None when no session holds it. Asked of pg_locks, so that asking never stands in a run's way."""
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT coalesce(a.application_name, '') FROM pg_locks l "
+                    "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.classid = :cls AND l.objid = :id AND l.objsubid = 2 "
+                    "AND l.granted"
+                ),
+                {"cls": BATCH_LOCK_CLASS, "id": batch_id},
+            ).first()
+    except DBAPIError as exc:
+        raise DatabaseError(f"cannot ask for batch {batch_id}'s lock: {exc.orig}") from exc
+    return None if row is None else str(row[0])
 
 
 def _application_name() -> str:
@@ -267,19 +278,7 @@ def batch_in_progress(engine: Engine, batch_id: int) -> bool | None:
     if not lock.enforced:
         return None
     if lock._kind == "postgresql":
-        # Asked of pg_locks, so that asking never stands in a run's way.
-        try:
-            with engine.connect() as conn:
-                held = conn.execute(
-                    text(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :cls "
-                        "AND objid = :id AND objsubid = 2 AND granted"
-                    ),
-                    {"cls": BATCH_LOCK_CLASS, "id": batch_id},
-                ).scalar()
-        except DBAPIError as exc:
-            raise DatabaseError(f"cannot ask for batch {batch_id}'s lock: {exc.orig}") from exc
-        return bool(held)
+        return _pg_lock_owner(engine, batch_id) is not None
     try:
         got = lock.try_acquire(batch_id)
     except DatabaseError:

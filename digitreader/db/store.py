@@ -18,6 +18,7 @@ from sqlalchemy import Table, delete, false, func, insert, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from digitreader.db.locks import batch_in_progress
 from digitreader.db.models import (
     DOCUMENT_FINISHED_OK,
     Batch,
@@ -132,8 +133,7 @@ def register_batch(
     # Contents already read successfully, with the latest batch that read each; asked in chunks, since
     # a statement holds at most 65,535 parameters on PostgreSQL and a day's cheques can be more files.
     done_in: dict[str, int] = {}
-    ordered = sorted(shas)
-    chunks = [ordered[i : i + IN_CHUNK] for i in range(0, len(ordered), IN_CHUNK)]
+    chunks = _chunks(shas)
     if not force:
         for chunk in chunks:
             done_in.update(
@@ -175,7 +175,7 @@ def register_batch(
         f = unique.pop(sha)
         skipped.append(SkippedFile(f.path, sha, "processed", batch_id))
     if held_elsewhere is not None and not force and unique:
-        for sha, batch_id in _being_read(session, sorted(unique), held_elsewhere).items():
+        for sha, batch_id in _being_read(session, _chunks(unique), held_elsewhere).items():
             f = unique.pop(sha)
             skipped.append(SkippedFile(f.path, sha, "in_progress", batch_id))
 
@@ -229,16 +229,24 @@ def _batches_within(session: Session, chunks: Sequence[Sequence[str]]) -> list[B
     return [b for b in recent if totals.get(b.id) and inside.get(b.id) == totals[b.id]]
 
 
-def _being_read(session: Session, shas: Sequence[str], held_elsewhere: Callable[[int], bool]) -> dict[str, int]:
+def _chunks(shas: Iterable[str]) -> list[list[str]]:
+    """Contents in sorted chunks of `IN_CHUNK`, for IN (...) queries."""
+    ordered = sorted(shas)
+    return [ordered[i : i + IN_CHUNK] for i in range(0, len(ordered), IN_CHUNK)]
+
+
+def _being_read(
+    session: Session, chunks: Sequence[Sequence[str]], held_elsewhere: Callable[[int], bool]
+) -> dict[str, int]:
     """Of these contents, those pending in an unfinished batch that another run holds: {sha: batch}."""
     pending: dict[str, int] = {}
-    for i in range(0, len(shas), IN_CHUNK):
+    for chunk in chunks:
         pending.update(
             session.execute(
                 select(Document.sha256, func.max(Document.batch_id))
                 .join(Batch, Batch.id == Document.batch_id)
                 .where(
-                    Document.sha256.in_(shas[i : i + IN_CHUNK]),
+                    Document.sha256.in_(chunk),
                     Document.status.in_(PENDING_DOCUMENT),
                     Batch.status.in_(UNFINISHED_BATCH),
                 )
@@ -528,8 +536,6 @@ def current_status(session: Session, batch: Batch) -> str:
     """The batch's status as it stands: "interrupted" for an embedded batch still marked running whose
     run is gone (killed, or its machine stopped: no process holds its `locks.BatchLock`)."""
     if batch.status == "running" and batch.mode == "embedded":
-        from digitreader.db.locks import batch_in_progress
-
         bind = session.get_bind()
         if isinstance(bind, Engine) and batch_in_progress(bind, batch.id) is False:
             return "interrupted"
