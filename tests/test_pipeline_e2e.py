@@ -536,3 +536,23 @@ def test_a_pool_process_tells_its_parent_gone_zombie_or_reaped(monkeypatch: pyte
     finally:
         child.kill()
         child.wait()
+
+
+def test_pool_processes_start_with_what_segmenting_needs_loaded() -> None:
+    """The pool's fork server imports the segmentation modules (and the digitreader modules of this
+    process) once, so that a pool process starts with them loaded instead of importing them all itself
+    before its first document. Asked of a pool process with a builtin, so that nothing of this test's
+    own module is imported there."""
+    from digitreader.pipeline.document import WORKER_MODULES
+    from digitreader.pipeline.process import make_executor, pool_preload
+
+    preload = pool_preload()
+    assert set(WORKER_MODULES) <= set(preload) and "digitreader.pipeline.process" in preload
+    assert not any(m.endswith("__main__") for m in preload[1:])  # never a `python -m` entry point
+    executor = make_executor(2)
+    try:
+        loaded = set(executor.submit(eval, "list(__import__('sys').modules)").result(timeout=120))
+    finally:
+        executor.shutdown()
+    assert set(WORKER_MODULES) <= loaded
+    assert "digitreader.pipeline.cut" in loaded and "digitreader.pipeline.process" in loaded

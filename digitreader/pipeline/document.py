@@ -33,6 +33,17 @@ from digitreader.types import BBox, PageCut
 #: part size is `settings.part_pages`, DIGITREADER_PART_PAGES).
 MULTI_PAGE_SUFFIXES = (".pdf", ".tif", ".tiff")
 
+#: The modules segmenting a document needs beyond this one's (imported on first use, so that this
+#: module alone stays light): a pool's fork server imports them ahead (`process.pool_preload`).
+WORKER_MODULES = (
+    "cv2",
+    "onnxruntime",
+    "digitreader.pipeline.load",
+    "digitreader.pipeline.png",
+    "digitreader.pipeline.segment",
+    "digitreader.pipeline.recognize",
+)
+
 #: Field strips: the field's box grown by this share of its height on every side (clamped to the page),
 #: scaled down to at most STRIP_HEIGHT pixels high and STRIP_MAX_WIDTH wide, JPEG at STRIP_QUALITY.
 STRIP_MARGIN = 0.25
