@@ -81,6 +81,10 @@ def test_submit_status_export_in_process(isolated_env: Path, scans: Path, tmp_pa
     # A second submit skips everything already read; --force reads it again.
     again = runner.invoke(app, ["submit", str(scans)])
     assert again.exit_code == 0 and "skipped 6 already processed" in again.stderr
+    # `status` still shows the batch that read them, not the empty one the second submit made.
+    latest = runner.invoke(app, ["status"]).stdout
+    assert f"batch {batch}:" in latest and "documents: 6" in latest
+    assert "the 1 later batch had nothing new to read" in latest
     assert runner.invoke(app, ["export", "999"]).exception.__class__ is NotFoundError
 
 

@@ -515,6 +515,12 @@ def _list_batches(engine: Engine) -> None:
         assert [b["batch"] for b in store.list_batches(s)] == [plan.batch_id, first.id]
         listed = store.list_batches(s, empty=True)
         assert [(b["batch"], b["documents"]) for b in listed][0] == (empty.batch_id, {"total": 0})
+        # `digitreader status` with no batch: the latest that read something, and how many empty ones came
+        # after it; asked by its id, the empty batch itself.
+        latest = store.batch_status(s, None)
+        assert (latest["batch"], latest["newer_empty"], latest["documents"]["total"]) == (plan.batch_id, 1, 2)
+        assert store.batch_status(s, empty.batch_id)["documents"] == {"total": 0}
+        assert store.batch_status(s, empty.batch_id)["newer_empty"] == 0
 
 
 def test_list_batches(either_engine: Engine) -> None:

@@ -551,7 +551,7 @@ def list_batches(
     Batches without documents (a hot folder submitted again with nothing new) only with `empty`."""
     query = select(Batch).order_by(Batch.id.desc())
     if not empty:
-        query = query.where(select(Document.id).where(Document.batch_id == Batch.id).exists())
+        query = query.where(_has_documents())
     if status is not None:
         stored = (status, "running") if status == "interrupted" else (status,)
         query = query.where(Batch.status.in_(stored))
@@ -604,10 +604,26 @@ def list_batches(
     ]
 
 
+def _has_documents() -> Any:
+    return select(Document.id).where(Document.batch_id == Batch.id).exists()
+
+
 def batch_status(session: Session, batch_id: int | None) -> dict[str, Any]:
-    """Where a batch stands (`digitreader status`; None: the latest batch): its status, model and
-    threshold, documents by status, the counts of `batch_stats`, and each failed document's error."""
-    batch = get_batch(session, batch_id)
+    """Where a batch stands (`digitreader status`): its status, model and threshold, documents by
+    status, the counts of `batch_stats`, and each failed document's error.
+
+    None: the latest batch with documents, and in `newer_empty` how many batches without any came
+    after it (a hot folder submitted again with nothing new makes one each time, and the batch a
+    clerk asks about is the last one that read something); the latest batch when none has documents."""
+    newer_empty = 0
+    if batch_id is None:
+        batch = session.scalars(select(Batch).where(_has_documents()).order_by(Batch.id.desc()).limit(1)).first()
+        if batch is None:
+            batch = get_batch(session)
+        else:
+            newer_empty = int(session.scalar(select(func.count()).where(Batch.id > batch.id)) or 0)
+    else:
+        batch = get_batch(session, batch_id)
     counts = document_counts(session, batch.id)
     return {
         "batch": batch.id,
@@ -623,6 +639,7 @@ def batch_status(session: Session, batch_id: int | None) -> dict[str, Any]:
         "failures": [
             {"path": d.path, "code": d.error_code, "message": d.error_message} for d in failures(session, batch.id)
         ],
+        "newer_empty": newer_empty,
     }
 
 

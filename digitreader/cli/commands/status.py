@@ -25,6 +25,11 @@ def _text(st: dict[str, Any]) -> str:
         f"pages: {st['pages']}, fields: {st['fields']} ({st['flagged_fields']} need review), "
         f"digits: {st['digits']}, flagged digits: {st['flagged_digits']}{share}, blank cells: {st['blank_cells']}",
     ]
+    if st.get("newer_empty"):
+        n = st["newer_empty"]
+        lines.append(
+            f"the {n} later batch{'es' if n > 1 else ''} had nothing new to read (digitreader batches --all lists them)"
+        )
     if st["status"] == "interrupted":
         lines.append("interrupted: run the same submit command again to finish it")
     if st["failures"]:
@@ -34,7 +39,10 @@ def _text(st: dict[str, Any]) -> str:
 
 
 def status(
-    batch: int | None = typer.Argument(None, help="Batch id (default: the latest batch)."),
+    batch: int | None = typer.Argument(
+        None,
+        help="Batch id (default: the latest batch that read something; a run finding nothing new makes an empty one).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Show a batch: documents by status, pages, digits, flagged digits, and why documents failed.
