@@ -10,7 +10,7 @@ export DIGITREADER_DATA_DIR ?= $(abspath ../shared/datasets)
 
 # An editable install leaves the project's own modules uncompiled, and with PYTHONDONTWRITEBYTECODE set
 # (as on CI) every process would compile them again (~60 ms each: the CLI, the pool's fork server).
-COMPILE = $(PY) -m compileall -q digitreader workers training >/dev/null
+COMPILE = $(PY) -m compileall -q digitreader workers training
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -25,6 +25,7 @@ import glob
 import logging
 import multiprocessing
 import os
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -65,7 +66,7 @@ SCAN_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".p
 
 def unsettled(files: Sequence[Path], seconds: float, now: float | None = None) -> set[Path]:
     """Of `files`, those modified less than `seconds` ago: a scanner may still be writing them (a hot
-    folder), and read now they would fail as truncated. None when `seconds` is 0. A time as far in
+    folder), and read now they would fail as truncated. None of them when `seconds` is 0. A time as far in
     the future (a share whose clock is ahead) counts as just now; one further ahead is a wrong clock
     (a file copied from a device set to another year), not a write in progress, and is read."""
     if seconds <= 0:
@@ -233,12 +234,10 @@ def pool_preload() -> list[str]:
     """What the pool's fork server imports before it forks the pool's processes: the segmentation
     modules (`document.WORKER_MODULES`) and the digitreader modules this process has loaded (with
     them, what its main module needs: a pool process imports the main module again before its first
-    task). Imported once there, not once in each pool process: about 0.7 s of CPU a process.
+    task). Imported once there, not once in each pool process: about 0.5 s of CPU a process.
     `__main__` first, as multiprocessing's own default (Python 3.11's fork server never acts on it)."""
-    import sys
-
-    mine = sorted(m for m in list(sys.modules) if m.startswith("digitreader.") and not m.endswith("__main__"))
-    return ["__main__", *WORKER_MODULES, *mine]
+    mine = {m for m in list(sys.modules) if m.startswith("digitreader.") and not m.endswith("__main__")}
+    return ["__main__", *WORKER_MODULES, *sorted(mine - set(WORKER_MODULES))]
 
 
 def _pool_context() -> Any:
