@@ -53,6 +53,7 @@ from digitreader.db.locks import batch_in_progress
 from digitreader.db.session import get_engine
 from digitreader.errors import BrokerError, DatabaseError, UsageError
 from digitreader.pipeline.document import DocumentCut, join_parts, page_parts, segment_document
+from digitreader.pipeline.hashcache import HashCache
 from digitreader.pipeline.process import (
     assemble_document,
     collect_inputs,
@@ -871,8 +872,10 @@ def submit_batch(
         raise UsageError(f"no such template file: {template}")
     too_new = unsettled(files, settings.settle_seconds)
     files = [p for p in files if p not in too_new]
-    inputs, unreadable = hash_inputs(files)
     engine = get_engine(settings)
+    cache = HashCache.load(engine, files, trust=not force)
+    inputs, unreadable = hash_inputs(files, cache=cache)
+    cache.save(engine)
     with session_scope(engine=engine) as s:
         plan = store.register_batch(
             s,

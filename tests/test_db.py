@@ -37,7 +37,17 @@ from digitreader.errors import DatabaseError
 from digitreader.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("DIGITREADER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TABLES = {"batches", "documents", "pages", "fields", "digits", "model_versions", "corrections", "alembic_version"}
+TABLES = {
+    "batches",
+    "documents",
+    "pages",
+    "fields",
+    "digits",
+    "model_versions",
+    "corrections",
+    "file_hashes",
+    "alembic_version",
+}
 
 
 def _pg_available() -> bool:

@@ -104,6 +104,21 @@ class Document(Base):
     )
 
 
+class FileHash(Base):
+    """What a file held when it was last hashed: its SHA-256 while the file at `path` keeps the stat
+    `stamp` (size, modification and change times, device, inode). A later submit that finds the file
+    with the same stamp does not read it again (`pipeline.hashcache`: rsync's quick check). A cache:
+    a row deleted only costs hashing the file again."""
+
+    __tablename__ = "file_hashes"
+
+    path: Mapped[str] = mapped_column(Text, primary_key=True)  # absolute, as `db_text` stores it
+    stamp: Mapped[str] = mapped_column(String(120))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    hashed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
 class Page(Base):
     __tablename__ = "pages"
     __table_args__ = (UniqueConstraint("document_id", "number"),)

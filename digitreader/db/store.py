@@ -25,6 +25,7 @@ from digitreader.db.models import (
     Digit,
     Document,
     Field,
+    FileHash,
     ModelVersion,
     Page,
     utcnow,
@@ -40,6 +41,12 @@ PENDING_DOCUMENT = ("pending", "processing")
 
 #: Values per IN (...) query: well under the 65,535 parameters a PostgreSQL statement may hold.
 IN_CHUNK = 10_000
+
+#: A file hash not renewed in this many days is forgotten (`save_file_hashes`): the table holds about a
+#: year of a hot folder's files, not every file ever submitted; a file forgotten is only hashed again.
+FILE_HASH_DAYS = 365
+#: Rows per statement when saving file hashes (5 values each: under SQLite's 32,766 parameters).
+FILE_HASH_CHUNK = 2_000
 
 #: The PostgreSQL transaction advisory lock `hold_registration` takes (derived from the project's name).
 REGISTRATION_LOCK_KEY = zlib.crc32(b"digitreader.registration")
@@ -269,6 +276,51 @@ def hold_registration(session: Session) -> None:
         session.execute(
             update(Batch).where(false()).values(status=Batch.status), execution_options={"synchronize_session": False}
         )
+
+
+def known_file_hashes(session: Session, paths: Iterable[str]) -> dict[str, tuple[str, str, int]]:
+    """The files among `paths` (absolute, as `db_text` gives them) hashed before: {path: (stamp, sha256,
+    size)}, the stamp being the file's stat when it was hashed (`pipeline.hashcache`)."""
+    out: dict[str, tuple[str, str, int]] = {}
+    for chunk in _chunks(paths):
+        rows = session.execute(
+            select(FileHash.path, FileHash.stamp, FileHash.sha256, FileHash.size_bytes).where(FileHash.path.in_(chunk))
+        ).all()
+        out.update((r.path, (r.stamp, r.sha256, int(r.size_bytes))) for r in rows)
+    return out
+
+
+def save_file_hashes(session: Session, rows: Sequence[tuple[str, str, str, int]]) -> None:
+    """Remember files just hashed, [(path, stamp, sha256, size)], replacing what was known of each path;
+    and forget the hashes older than `FILE_HASH_DAYS`. On SQLite and PostgreSQL an upsert, in path
+    order, so that two runs saving the same files at once neither fail nor deadlock."""
+    now = utcnow()
+    session.execute(delete(FileHash).where(FileHash.hashed_at < now - dt.timedelta(days=FILE_HASH_DAYS)))
+    if not rows:
+        return
+    latest = {r[0]: r for r in rows}  # a path twice: the last hash of it
+    values = [
+        {"path": p, "stamp": st, "sha256": sha, "size_bytes": size, "hashed_at": now}
+        for p, st, sha, size in (latest[k] for k in sorted(latest))
+    ]
+    dialect = session.get_bind().dialect.name
+    for i in range(0, len(values), FILE_HASH_CHUNK):
+        chunk = values[i : i + FILE_HASH_CHUNK]
+        if dialect in ("sqlite", "postgresql"):
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert as upsert
+            else:
+                from sqlalchemy.dialects.postgresql import insert as upsert  # type: ignore[assignment]
+            stmt = upsert(FileHash).values(chunk)
+            session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["path"],
+                    set_={c: stmt.excluded[c] for c in ("stamp", "sha256", "size_bytes", "hashed_at")},
+                )
+            )
+        else:
+            session.execute(delete(FileHash).where(FileHash.path.in_([v["path"] for v in chunk])))
+            session.execute(insert(FileHash), chunk)
 
 
 def take_over_batch(session: Session, batch_id: int) -> tuple[set[int], str]:

@@ -2,7 +2,8 @@
 
 Steps (each usable on its own):
 
-- `collect_inputs(paths)` -> files (folders recursive, globs) and `hash_inputs` -> `InputFile`s
+- `collect_inputs(paths)` -> files (folders recursive, globs) and `hash_inputs` -> `InputFile`s (a file
+  unchanged since it was last hashed is not read again: `hashcache.py`)
 - `segment_document(path, settings, template)` -> `DocumentCut` (`document.py`, here too): load ->
   segment every page, and cut each field's strip of the page (`field_strips`: small JPEGs the
   review page shows). Never raises for a bad document: the `InputError` (or an unexpected error)
@@ -51,6 +52,7 @@ from digitreader.pipeline.document import (
     page_parts,
     segment_document,
 )
+from digitreader.pipeline.hashcache import HashCache
 from digitreader.pipeline.report import BatchReport, DocumentReport, ProgressHook
 from digitreader.settings import Settings
 from digitreader.types import PageCut
@@ -130,17 +132,19 @@ file_sha256 = sha256_file_and_size
 
 
 def hash_inputs(
-    paths: Sequence[Path], threads: int | None = None
+    paths: Sequence[Path], threads: int | None = None, cache: HashCache | None = None
 ) -> tuple[list[store.InputFile], list[tuple[str, str]]]:
     """Hash every file. Returns (files, unreadable) where unreadable is [(path, reason)], in input order.
 
     On `threads` threads (default: one per core): hashlib and file reads release the GIL, so a batch
-    of large scans is hashed several times faster than one file after the other.
+    of large scans is hashed several times faster than one file after the other. With a `cache`
+    (`hashcache.HashCache`), a file unchanged since it was hashed before is not read again.
     """
+    sha256 = cache.sha256 if cache is not None else file_sha256
 
     def one(p: Path) -> tuple[str, int] | OSError:
         try:
-            return file_sha256(p)
+            return sha256(p)
         except OSError as exc:
             return exc
 
@@ -315,7 +319,13 @@ def process_batch(
     t0 = time.perf_counter()
     hook = hook or ProgressHook()
     files = collect_inputs(paths)
-    if worker_count(settings, len(files)) > 1:
+    too_new = unsettled(files, settings.settle_seconds)
+    if too_new:
+        log.info("%d file(s) modified in the last %g s left for the next run", len(too_new), settings.settle_seconds)
+        files = [p for p in files if p not in too_new]
+    engine = get_engine(settings)
+    cache = HashCache.load(engine, files, trust=not force)
+    if worker_count(settings, len(files) - len(cache.hits)) > 1:  # new files: most of them will be read
         start_pool_server()  # its imports overlap loading the model and hashing the files
     tmpl = None
     if template is not None:
@@ -325,15 +335,11 @@ def process_batch(
     if predictor is None:
         predictor = load_predictor(settings)
     thr = resolve_threshold(predictor, settings, threshold)
-    too_new = unsettled(files, settings.settle_seconds)
-    if too_new:
-        log.info("%d file(s) modified in the last %g s left for the next run", len(too_new), settings.settle_seconds)
-        files = [p for p in files if p not in too_new]
     info = predictor.info
     version = str(info.version)
     precision = str(getattr(info, "precision", "fp32"))
-    inputs, unreadable = hash_inputs(files)
-    engine = get_engine(settings)
+    inputs, unreadable = hash_inputs(files, cache=cache)
+    cache.save(engine)
     # This run's lock on its batch (`db.locks`): another run of the same submission waits for it.
     with BatchLock(engine) as lock:
         with session_scope(engine=engine) as s:

@@ -152,7 +152,9 @@ def submit(
     threshold: float | None = typer.Option(
         None, "--threshold", min=0.0, max=1.0, help="Review threshold on confidence (default: the model's)."
     ),
-    force: bool = typer.Option(False, "--force", help="Read files again even if their content was processed before."),
+    force: bool = typer.Option(
+        False, "--force", help="Read files again even if their content was read before (and hash each file again)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (errors only)."),
     queue: bool = typer.Option(
         False,
