@@ -54,8 +54,9 @@ def submit(folder: Path, home: Path, pythonpath: str | None) -> dict[str, float]
         env["PYTHONPATH"] = pythonpath
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "digitreader", "submit", "-q", str(folder)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # Run in the checkout's folder: `python -m` puts the working folder first on the module path.
+    proc = subprocess.Popen([sys.executable, "-m", "digitreader", "submit", "-q", str(folder.resolve())], env=env,
+                            cwd=pythonpath or ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     _, err = proc.communicate()
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
