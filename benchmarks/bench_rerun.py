@@ -55,8 +55,10 @@ def submit(folder: Path, home: Path, pythonpath: str | None) -> dict[str, float]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     # Run in the checkout's folder: `python -m` puts the working folder first on the module path.
-    proc = subprocess.Popen([sys.executable, "-m", "digitreader", "submit", "-q", str(folder.resolve())], env=env,
-                            cwd=pythonpath or ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    args = [sys.executable, "-m", "digitreader", "submit", "-q", str(folder.resolve())]
+    proc = subprocess.Popen(
+        args, env=env, cwd=pythonpath or ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     _, err = proc.communicate()
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -112,3 +112,18 @@ def test_verbose_logs_say_what_was_migrated_without_alembic_s_chatter(tmp_path: 
         [sys.executable, "-m", "digitreader", "-vv", "status"], env=env, capture_output=True, text=True
     )
     assert "alembic.runtime.migration" in debug.stderr and "Running upgrade" in debug.stderr
+
+
+def test_failure_line_says_the_path_once() -> None:
+    from digitreader.cli.output import failure_line
+
+    assert failure_line("a.png", "empty_file", "a.png: the file is empty (0 bytes)") == (
+        "a.png: empty_file: the file is empty (0 bytes)"
+    )
+    assert failure_line("s/b.pdf", "truncated", "s/b.pdf (page 2): cannot decode the image") == (
+        "s/b.pdf: truncated: page 2: cannot decode the image"
+    )
+    # A message that does not start with the path, or none, is kept as it is.
+    assert failure_line("c.png", "unreadable", "Permission denied") == "c.png: unreadable: Permission denied"
+    assert failure_line("c.png", "timeout", None) == "c.png: timeout"
+    assert failure_line("c.png", "x", "c.png.bak: other file") == "c.png: x: c.png.bak: other file"

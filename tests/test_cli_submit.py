@@ -187,6 +187,14 @@ def test_subprocess_partial_and_all_failed(isolated_env: Path, scans: Path, tmp_
     assert batch.isdigit()
     st = json.loads(_cli(["status", batch, "--json"], env).stdout)
     assert {Path(f["path"]).name: f["code"] for f in st["failures"]} == expected
+    # As text: one line per failure, `PATH: CODE: why`, the path said once (the stored message names
+    # the file too), a page's error with its page.
+    text = _cli(["status", batch], env).stdout.splitlines()
+    lines = {Path(f["path"]).name: [ln for ln in text if f["path"] in ln] for f in st["failures"]}
+    assert all(len(ls) == 1 and ls[0].count(str(folder)) == 1 for ls in lines.values()), text
+    assert all(f": {code}: " in lines[name][0] for name, code in expected.items())
+    assert ": empty_file: the file is empty" in lines["zero.png"][0]
+    assert ": truncated: page 1: " in lines["truncated.png"][0]
     export = json.loads(_cli(["export", batch], env).stdout)
     ok = [d for d in export["documents"] if d["status"] != "failed"]
     assert len(ok) == 1 and ok[0]["pages"][0]["fields"]

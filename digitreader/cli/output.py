@@ -36,3 +36,18 @@ def progress(transient: bool = False, disable: bool = False) -> Progress:
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def failure_line(path: str, code: str | None, message: str | None) -> str:
+    """A failed document in one line, `PATH: CODE: MESSAGE`, its message without the path it starts
+    with: the loaders' errors name their file ("a.png: the file is empty (0 bytes)"), and one of a
+    page keeps the page ("a.pdf (page 2): ..." -> "a.pdf: truncated: page 2: ...")."""
+    msg = message or ""
+    if msg.startswith(path):
+        rest = msg[len(path) :]
+        page, sep, tail = rest[2:].partition("): ")
+        if rest.startswith(": "):
+            msg = rest[2:]
+        elif rest.startswith(" (page ") and sep:
+            msg = f"{page}: {tail}"
+    return f"{path}: {code}: {msg}" if msg else f"{path}: {code}"

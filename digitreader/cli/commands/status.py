@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from digitreader.cli.output import print_json
+from digitreader.cli.output import failure_line, print_json
 from digitreader.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def _text(st: dict[str, Any]) -> str:
         lines.append("interrupted: run the same submit command again to finish it")
     if st["failures"]:
         lines.append(f"failures ({len(st['failures'])}):")
-        lines += [f"  {f['path']}: {f['code']}: {f['message']}" for f in st["failures"]]
+        lines += [f"  {failure_line(f['path'], f['code'], f['message'])}" for f in st["failures"]]
     return "\n".join(lines)
 
 

@@ -7,9 +7,10 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import TaskID
 
-from digitreader.cli.output import err, progress
+from digitreader.cli.output import err, failure_line, progress
 from digitreader.errors import BusyError, DigitreaderError, ExitCode, InputError
 from digitreader.pipeline.report import BatchReport, DocumentReport, ProgressHook
 from digitreader.settings import get_settings
@@ -86,18 +87,11 @@ class _Bar(ProgressHook):
         if self.task is not None:
             self.bar.update(self.task, advance=1.0 - self.shown.pop(report.document_id, 0.0), description=self.label())
         if report.status == "failed" and not self.quiet:
-            self.bar.console.print(
-                f"[red]failed[/red] {report.path}: {report.error_code}: {_short(report)}", highlight=False, markup=True
-            )
+            line = failure_line(report.path, report.error_code, report.error_message)
+            self.bar.console.print(f"[red]failed[/red] {escape(line)}", highlight=False, markup=True)
 
     def stop(self) -> None:
         self.bar.stop()
-
-
-def _short(r: DocumentReport) -> str:
-    msg = r.error_message or ""
-    prefix = f"{r.path}: "
-    return msg[len(prefix) :] if msg.startswith(prefix) else msg
 
 
 def _summary(rep: BatchReport, settle: float = 0.0) -> str:
@@ -138,7 +132,7 @@ def _summary(rep: BatchReport, settle: float = 0.0) -> str:
         lines.append(f"  skipped {len(dups)} duplicate file(s) (same content as another file of this batch)")
     if rep.failed:
         lines.append(f"  failures ({len(rep.failed)}):")
-        lines += [f"    {d.path}: {d.error_code}: {_short(d)}" for d in rep.failed[:20]]
+        lines += [f"    {failure_line(d.path, d.error_code, d.error_message)}" for d in rep.failed[:20]]
         if len(rep.failed) > 20:
             lines.append(f"    ... and {len(rep.failed) - 20} more: digitreader status {rep.batch_id}")
     return "\n".join(lines)
