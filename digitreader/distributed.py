@@ -860,8 +860,10 @@ def submit_batch(
     threshold: float | None = None,
     force: bool = False,
     publish: Callable[[Sequence[int]], None] | None = None,
+    on_hashed: Callable[[int, int], None] | None = None,
 ) -> Submission:
     """Register a batch in the database, commit, then queue one page task per document.
+    `on_hashed(done, total)`: as each file new to the hash cache is read to be hashed (`hash_inputs`).
 
     Same inputs, dedup and resume rules as the embedded `process_batch` (`store.register_batch`).
     Raises `UsageError` (bad paths), `DatabaseError`, `BrokerError` (the broker is unreachable:
@@ -874,7 +876,7 @@ def submit_batch(
     files = [p for p in files if p not in too_new]
     engine = get_engine(settings)
     cache = HashCache.load(engine, files, trust=not force)
-    inputs, unreadable = hash_inputs(files, cache=cache)
+    inputs, unreadable = hash_inputs(files, cache=cache, progress=on_hashed)
     cache.save(engine)
     with session_scope(engine=engine) as s:
         plan = store.register_batch(

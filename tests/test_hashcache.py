@@ -20,6 +20,7 @@ from digitreader.db.session import session_scope
 from digitreader.pipeline import hashcache
 from digitreader.pipeline.hashcache import HashCache, cache_key
 from digitreader.pipeline.process import hash_inputs
+from digitreader.settings import Settings
 from tests.test_db import either_engine, fresh_pg_engine, pg_url  # noqa: F401  (fixtures)
 
 
@@ -202,3 +203,48 @@ def test_a_folder_submitted_again_is_not_read_again(
 
     forced = runner.invoke(app, ["submit", "-q", "--force", str(scans)])
     assert forced.exit_code == 0 and len(reads.paths) == n
+
+
+def test_progress_while_new_files_are_read_to_be_hashed(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A large folder new to the cache is read whole before the batch is made: the hook (the CLI's bar)
+    hears of each file read; a second run, which reads none, says nothing of hashing."""
+    import shutil
+
+    from digitreader.cli.commands.submit import _Bar
+    from digitreader.pipeline.process import process_batch
+    from digitreader.pipeline.report import ProgressHook
+
+    monkeypatch.setattr(hashcache, "RACY_SECONDS", 0.0)
+    scans = tmp_path / "scans"
+    shutil.copytree(Path(__file__).parents[1] / "examples" / "scans", scans)
+    n = len(list(scans.glob("*.truth.json")))
+
+    class Heard(ProgressHook):
+        def __init__(self) -> None:
+            self.events: list[tuple[str, int, int]] = []
+
+        def hashing(self, done: int, total: int) -> None:
+            self.events.append(("hashing", done, total))
+
+        def started(self, batch_id: int, todo: int, total: int) -> None:
+            self.events.append(("started", todo, total))
+
+    first = Heard()
+    process_batch([scans], settings, hook=first)
+    assert first.events == [*(("hashing", k, n) for k in range(1, n + 1)), ("started", n, n)]
+    again = Heard()
+    process_batch([scans], settings, hook=again)
+    assert again.events == [("started", 0, 0)]
+
+    # The CLI's bar: a task while files are read, gone when the batch starts.
+    bar = _Bar(quiet=False)
+    bar.hashing(1, 3)
+    assert [t.description for t in bar.bar.tasks] == ["reading new files to hash them"]
+    bar.hashing(3, 3)
+    assert bar.bar.tasks[0].completed == 3
+    bar.started(7, 2, 2)
+    assert [t.description for t in bar.bar.tasks] == ["batch 7: 0 pages"]
+    bar.stop()
+    assert capsys.readouterr().out == "7\n"

@@ -551,6 +551,35 @@ def test_submit_leaves_out_files_still_being_written(tmp_path: Path, redis_url: 
         assert [d.path for d in s.scalars(select(Document).where(Document.batch_id == sub.batch_id))] == [str(old)]
 
 
+def test_a_folder_queued_again_is_not_read_again(
+    tmp_path: Path, redis_url: str, small_pages: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`submit --queue` uses the hash cache as the embedded submit does: the files new to it are read
+    (`on_hashed` hears of each: the CLI's bar), and queued again unchanged, none is read."""
+    from digitreader.pipeline import hashcache
+
+    monkeypatch.setattr(hashcache, "RACY_SECONDS", 0.0)  # the files were written just now
+    variants(small_pages, 2, tmp_path / "scans")
+    settings = make_settings(base_env(tmp_path, f"sqlite:///{tmp_path / 'cache.db'}", redis_url, None))
+    heard: list[tuple[int, int]] = []
+    first = dist.submit_batch([str(tmp_path / "scans")], settings, publish=lambda ids: None,
+                              on_hashed=lambda done, total: heard.append((done, total)))  # fmt: skip
+    assert heard == [(1, 2), (2, 2)] and first.queued == 2
+    read: list[str | Path] = []
+    real = hashcache.sha256_file_and_size
+
+    def counted(path: str | Path) -> tuple[str, int]:
+        read.append(path)
+        return real(path)
+
+    monkeypatch.setattr(hashcache, "sha256_file_and_size", counted)
+    heard.clear()
+    again = dist.submit_batch([str(tmp_path / "scans")], settings, publish=lambda ids: None,
+                              on_hashed=lambda done, total: heard.append((done, total)))  # fmt: skip
+    assert again.batch_id == first.batch_id and again.resumed
+    assert read == [] and heard == []
+
+
 def test_a_hot_folder_queued_again_gets_only_its_new_files(
     tmp_path: Path, redis_url: str, small_pages: list[Path]
 ) -> None:

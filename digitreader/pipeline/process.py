@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -132,21 +133,35 @@ file_sha256 = sha256_file_and_size
 
 
 def hash_inputs(
-    paths: Sequence[Path], threads: int | None = None, cache: HashCache | None = None
+    paths: Sequence[Path],
+    threads: int | None = None,
+    cache: HashCache | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[store.InputFile], list[tuple[str, str]]]:
     """Hash every file. Returns (files, unreadable) where unreadable is [(path, reason)], in input order.
 
     On `threads` threads (default: one per core): hashlib and file reads release the GIL, so a batch
     of large scans is hashed several times faster than one file after the other. With a `cache`
     (`hashcache.HashCache`), a file unchanged since it was hashed before is not read again.
+    `progress(done, total)` is called (from the hashing threads) as each file that is read is done.
     """
     sha256 = cache.sha256 if cache is not None else file_sha256
+    hits = cache.hits if cache is not None else {}
+    to_read = sum(1 for p in paths if p not in hits)
+    done = 0
+    count = threading.Lock()
 
     def one(p: Path) -> tuple[str, int] | OSError:
+        nonlocal done
         try:
             return sha256(p)
         except OSError as exc:
             return exc
+        finally:
+            if progress is not None and p not in hits:
+                with count:
+                    done += 1
+                    progress(done, to_read)
 
     n = max(1, min(threads or os.cpu_count() or 1, len(paths)))
     if n == 1:
@@ -338,7 +353,7 @@ def process_batch(
     info = predictor.info
     version = str(info.version)
     precision = str(getattr(info, "precision", "fp32"))
-    inputs, unreadable = hash_inputs(files, cache=cache)
+    inputs, unreadable = hash_inputs(files, cache=cache, progress=hook.hashing)
     cache.save(engine)
     # This run's lock on its batch (`db.locks`): another run of the same submission waits for it.
     with BatchLock(engine) as lock:

@@ -61,6 +61,11 @@ class BatchReport:
 class ProgressHook:
     """Called by `process_batch` as it goes (the CLI draws a progress bar from it)."""
 
+    def hashing(self, done: int, total: int) -> None:
+        """Files read to be hashed before the batch is made: `done` of the `total` that are new to the
+        hash cache (`hashcache.py`; files known there are not read). Called from the hashing threads as
+        each file is read, then `started` follows. Not called when no file needs reading."""
+
     def started(self, batch_id: int, todo: int, total: int) -> None: ...
 
     def waiting(self, batch_id: int, finished: int, total: int, holder: str | None = None) -> None:

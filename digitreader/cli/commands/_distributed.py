@@ -33,7 +33,15 @@ def submit_distributed(
     if not settings.broker_url:
         raise UsageError("--queue needs a broker: DIGITREADER_BROKER_URL is not set",
                          hint="e.g. export DIGITREADER_BROKER_URL=redis://127.0.0.1:6379/0")  # fmt: skip
-    sub = dist.submit_batch(paths, settings, template=template, threshold=threshold, force=force)
+    # Files new to the hash cache are read whole first: minutes for a large folder on a share.
+    reading = progress(transient=True, disable=quiet or not err.is_terminal)
+    with reading:
+        task = reading.add_task("reading new files to hash them", total=None, visible=False)
+
+        def hashed(done: int, total: int) -> None:
+            reading.update(task, completed=done, total=total, visible=True)
+
+        sub = dist.submit_batch(paths, settings, template=template, threshold=threshold, force=force, on_hashed=hashed)
     typer.echo(str(sub.batch_id))
     if not quiet:
         busy = sum(1 for f in sub.skipped if f.reason == "in_progress")

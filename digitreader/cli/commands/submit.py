@@ -41,6 +41,7 @@ class _Bar(ProgressHook):
         self.shown: dict[int, float] = {}  # document id -> the share of it the bar shows already
         self.batch_id = 0
         self.waited: TaskID | None = None  # the other run's bar, while this one waits for it
+        self.hashed: TaskID | None = None  # files read to be hashed, before the batch is made
         self.pages = self.flagged = self.failed = 0
 
     def label(self) -> str:
@@ -49,8 +50,21 @@ class _Bar(ProgressHook):
         counts += [f"{self.failed} failed"] if self.failed else []
         return f"batch {self.batch_id}: {', '.join(counts)}"
 
+    def hashing(self, done: int, total: int) -> None:
+        # Files new to the hash cache are read whole first: minutes for a large folder on a share.
+        if self.hashed is None:
+            self.bar.start()
+            self.hashed = self.bar.add_task("reading new files to hash them", total=total)
+        self.bar.update(self.hashed, completed=done, total=total)
+
+    def _done_hashing(self) -> None:
+        if self.hashed is not None:
+            self.bar.remove_task(self.hashed)
+            self.hashed = None
+
     def started(self, batch_id: int, todo: int, total: int) -> None:
         typer.echo(str(batch_id))  # the batch id, alone on stdout, as soon as it exists
+        self._done_hashing()
         if self.waited is not None:
             self.bar.remove_task(self.waited)
         self.batch_id = batch_id
@@ -60,6 +74,7 @@ class _Bar(ProgressHook):
     def waiting(self, batch_id: int, finished: int, total: int, holder: str | None = None) -> None:
         # The other run's progress, on a bar of its own until this run starts.
         if self.waited is None:
+            self._done_hashing()
             if not self.quiet:
                 who = f" ({holder})" if holder else ""
                 err.print(
