@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from digitreader.db.models import Correction, Digit, Document, Field, Page
+from digitreader.db.models import Correction, Digit, Document, Field, Page, iso_utc
 from digitreader.db.store import current_status, get_batch
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def digit_json(d: Digit) -> dict[str, Any]:
         out["corrected"] = {
             "label": corr.new_label,
             "by": corr.reviewer,
-            "at": corr.created_at.isoformat() if corr.created_at else None,
+            "at": iso_utc(corr.created_at),
         }
     return out
 
@@ -134,7 +134,7 @@ def export_json(session: Session, batch_id: int) -> dict[str, Any]:
         "schema": SCHEMA,
         "batch": batch.id,
         "status": current_status(session, batch),
-        "created_at": batch.created_at.isoformat() if batch.created_at else None,
+        "created_at": iso_utc(batch.created_at),
         "model_version": batch.model_version,
         "model_precision": (batch.options or {}).get("precision"),  # fp32 or int8: the file that read
         "threshold": batch.threshold,

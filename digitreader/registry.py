@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from digitreader.db import session_scope
-from digitreader.db.models import Correction, Digit, ModelVersion, utcnow
+from digitreader.db.models import Correction, Digit, ModelVersion, iso_utc, utcnow
 from digitreader.errors import DatasetError, DigitreaderError, ModelError, NotFoundError, UsageError
 from digitreader.hashing import sha256_file
 from digitreader.pipeline.recognize import int8_path, onnx_metadata
@@ -401,8 +401,8 @@ def rollback(settings: Settings) -> dict[str, Any]:
 def list_models(session: Session) -> list[dict[str, Any]]:
     return [
         {"version": m.version, "status": m.status, "sha256": m.sha256, "path": m.path, "parent": m.parent_version,
-         "metrics": m.metrics, "promoted_at": m.promoted_at.isoformat() if m.promoted_at else None,
-         "created_at": m.created_at.isoformat() if m.created_at else None, "gate": m.gate}
+         "metrics": m.metrics, "promoted_at": iso_utc(m.promoted_at),
+         "created_at": iso_utc(m.created_at), "gate": m.gate}
         for m in session.scalars(select(ModelVersion).order_by(ModelVersion.id))
     ]  # fmt: skip
 

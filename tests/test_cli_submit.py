@@ -4,6 +4,7 @@ subprocesses (exit codes, stdout holding only data, a batch killed mid-way and r
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import os
@@ -215,6 +216,13 @@ def test_subprocess_partial_and_all_failed(isolated_env: Path, scans: Path, tmp_
     table = _cli(["batches"], env).stdout.splitlines()
     assert table[0].split()[:3] == ["batch", "created", "status"] and len(table) == 3
     assert table[2].split()[0] == batch and "partial" in table[2].split()
+    # JSON gives UTC with its offset; the text, this machine's local time (here UTC+5:30).
+    created = dt.datetime.fromisoformat(listed[1]["created_at"])
+    assert created.utcoffset() == dt.timedelta(0)
+    local = (created + dt.timedelta(hours=5, minutes=30)).replace(tzinfo=None)
+    assert local.strftime("%Y-%m-%d %H:%M") in _cli(["batches"], {**env, "TZ": "XYZ-5:30"}).stdout.splitlines()[2]
+    shown = _cli(["status", batch], {**env, "TZ": "XYZ-5:30"}).stdout.splitlines()[0]
+    assert f"(created {local:%Y-%m-%d %H:%M:%S}" in shown
 
 
 def _stored(db: Path, batch: int) -> tuple[int, str | None]:

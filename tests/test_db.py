@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import secrets
 import subprocess
@@ -531,6 +532,14 @@ def _list_batches(engine: Engine) -> None:
         assert (latest["batch"], latest["newer_empty"], latest["documents"]["total"]) == (plan.batch_id, 1, 2)
         assert store.batch_status(s, empty.batch_id)["documents"] == {"total": 0}
         assert store.batch_status(s, empty.batch_id)["newer_empty"] == 0
+        # Times in UTC with the offset, whatever the backend gives back: SQLite without an offset, a
+        # PostgreSQL server in its session's zone.
+        if engine.dialect.name == "postgresql":
+            s.execute(text("SET LOCAL TIME ZONE 'Asia/Kolkata'"))
+        shown = [b[k] for b in [*store.list_batches(s, empty=True), latest] for k in ("created_at", "finished_at")]
+        times = [dt.datetime.fromisoformat(t) for t in shown if t is not None]
+        assert len(times) >= 5 and all(t.utcoffset() == dt.timedelta(0) for t in times), shown
+        assert all(abs(t - store.utcnow()) < dt.timedelta(minutes=10) for t in times), shown
 
 
 def test_list_batches(either_engine: Engine) -> None:

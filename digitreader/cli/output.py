@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from typing import Any
@@ -51,3 +52,14 @@ def failure_line(path: str, code: str | None, message: str | None) -> str:
         elif rest.startswith(" (page ") and sep:
             msg = f"{page}: {tail}"
     return f"{path}: {code}: {msg}" if msg else f"{path}: {code}"
+
+
+def local_time(iso: str | None, *, seconds: bool = False) -> str:
+    """A time from the JSON (ISO 8601, UTC) as people read it: this machine's local time,
+    "2026-12-06 17:15" (with seconds: "2026-12-06 17:15:47"). The JSON keeps UTC with its offset."""
+    if not iso:
+        return ""
+    t = dt.datetime.fromisoformat(iso)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")

@@ -50,6 +50,16 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def iso_utc(value: dt.datetime | None) -> str | None:
+    """A stored time as ISO 8601 with its offset, in UTC ("2026-12-06T16:15:47.315202+00:00"), for JSON.
+    The database keeps UTC: SQLite gives it back without an offset, PostgreSQL in its session's zone."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).isoformat()
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}

@@ -28,6 +28,7 @@ from digitreader.db.models import (
     FileHash,
     ModelVersion,
     Page,
+    iso_utc,
     utcnow,
 )
 from digitreader.errors import NotFoundError
@@ -644,8 +645,8 @@ def list_batches(
             "batch": b.id,
             "status": now,
             "mode": b.mode,
-            "created_at": b.created_at.isoformat() if b.created_at else None,
-            "finished_at": b.finished_at.isoformat() if b.finished_at else None,
+            "created_at": iso_utc(b.created_at),
+            "finished_at": iso_utc(b.finished_at),
             "seconds": b.seconds,
             "documents": {"total": sum(by_status[b.id].values()), **by_status[b.id]},
             "pages": pages.get(b.id, 0),
@@ -680,8 +681,8 @@ def batch_status(session: Session, batch_id: int | None) -> dict[str, Any]:
     return {
         "batch": batch.id,
         "status": current_status(session, batch),
-        "created_at": batch.created_at.isoformat() if batch.created_at else None,
-        "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
+        "created_at": iso_utc(batch.created_at),
+        "finished_at": iso_utc(batch.finished_at),
         "seconds": batch.seconds,
         "model_version": batch.model_version,
         "model_precision": (batch.options or {}).get("precision"),  # fp32 or int8: the file that read

@@ -33,7 +33,7 @@ import numpy as np
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from digitreader.db.models import Batch, Correction, Digit, Document, Field, Page, utcnow
+from digitreader.db.models import Batch, Correction, Digit, Document, Field, Page, iso_utc, utcnow
 from digitreader.db.store import hold_document
 from digitreader.errors import NotFoundError, UsageError
 from digitreader.settings import Settings
@@ -588,7 +588,7 @@ def digit_context(session: Session, digit_id: int) -> dict[str, Any]:
                      "page": f.page.number},
         "corrections": [
             {"id": c.id, "old_label": c.old_label, "new_label": c.new_label, "reviewer": c.reviewer,
-             "at": c.created_at.isoformat() if c.created_at else None, "source": c.source}
+             "at": iso_utc(c.created_at), "source": c.source}
             for c in d.corrections
         ],
     }  # fmt: skip

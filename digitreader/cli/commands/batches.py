@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from digitreader.cli.output import print_json
+from digitreader.cli.output import local_time, print_json
 from digitreader.settings import get_settings
 
 
@@ -27,7 +27,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             (
                 str(r["batch"]),
-                (r["created_at"] or "")[:16].replace("T", " "),
+                local_time(r["created_at"]),
                 r["status"],
                 str(d["total"]),
                 str(d.get("done", 0)),
@@ -60,7 +60,8 @@ def batches(
     """List the latest batches: status, documents (done, needing review, failed, pending), pages,
     flagged digits and seconds, one line each. A batch still marked running whose run is gone
     (killed) shows as interrupted: run its submit command again to finish it. Batches without
-    documents (a run that found nothing new in its folder) are left out unless --all.
+    documents (a run that found nothing new in its folder) are left out unless --all. Times are this
+    machine's local time; --json gives them in UTC (ISO 8601 with the offset).
 
     Example:  digitreader batches --status partial   (batches where some documents failed)
     """

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from digitreader.cli.output import failure_line, print_json
+from digitreader.cli.output import failure_line, local_time, print_json
 from digitreader.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ def _text(st: dict[str, Any]) -> str:
     by = ", ".join(f"{k} {v}" for k, v in sorted(docs.items()) if k != "total")
     share = f" ({100.0 * st['flagged_digits'] / st['digits']:.1f} %)" if st["digits"] else ""
     lines = [
-        f"batch {st['batch']}: {st['status']} (created {st['created_at']}"
+        f"batch {st['batch']}: {st['status']} (created {local_time(st['created_at'], seconds=True)}"
         + (f", {st['seconds']:.1f} s" if st["seconds"] else "")
         + ")",
         f"documents: {docs['total']}" + (f" ({by})" if by else ""),
@@ -48,7 +48,8 @@ def status(
     """Show a batch: documents by status, pages, digits, flagged digits, and why documents failed.
 
     With DIGITREADER_BROKER_URL set it also shows the queues (messages waiting, delivered but not
-    acknowledged) and the live workers with their pools and running tasks.
+    acknowledged) and the live workers with their pools and running tasks. Times are this machine's
+    local time; --json gives them in UTC (ISO 8601 with the offset).
 
     Example:  digitreader status 12 --json
     """
