@@ -127,3 +127,40 @@ def test_failure_line_says_the_path_once() -> None:
     assert failure_line("c.png", "unreadable", "Permission denied") == "c.png: unreadable: Permission denied"
     assert failure_line("c.png", "timeout", None) == "c.png: timeout"
     assert failure_line("c.png", "x", "c.png.bak: other file") == "c.png: x: c.png.bak: other file"
+
+
+_LOADED = """
+import sys
+from digitreader.cli.main import main
+sys.argv = ["digitreader", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+heavy = ("alembic", "numpy", "cv2", "onnxruntime", "celery")
+print("loaded:", *(m for m in heavy if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_reading_commands_start_light(tmp_path: Path) -> None:
+    """`status`, `batches` and `export` only read the database: once it exists at the schema's head they
+    load neither Alembic nor numpy, OpenCV, onnxruntime or Celery (each is a part of a second of a
+    command's start)."""
+    env = {**os.environ, "DIGITREADER_HOME": str(tmp_path / "home")}
+    env.pop("DIGITREADER_DATABASE_URL", None)
+    env.pop("DIGITREADER_BROKER_URL", None)
+
+    def loaded(*args: str) -> str:
+        res = subprocess.run([sys.executable, "-c", _LOADED, *args], env=env, capture_output=True, text=True)
+        return [ln for ln in res.stderr.splitlines() if ln.startswith("loaded:")][-1].removeprefix("loaded:").strip()
+
+    assert "alembic" in loaded("batches")  # the first command makes the database
+    from digitreader.db import session_scope, store
+    from digitreader.db.session import get_engine
+    from digitreader.settings import Settings
+
+    engine = get_engine(Settings(home=tmp_path / "home", _env_file=None))  # type: ignore[call-arg]
+    with session_scope(engine=engine) as s:  # a batch to show and export
+        store.register_batch(s, [store.InputFile("/scans/a.png", "a" * 64, 1)])
+    for args in (["status"], ["batches"], ["batches", "--json"], ["export", "1"]):
+        assert loaded(*args) == "", args

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, delete, false, func, insert, select, text, update
 from sqlalchemy.engine import Engine
@@ -32,7 +32,9 @@ from digitreader.db.models import (
     utcnow,
 )
 from digitreader.errors import NotFoundError
-from digitreader.pipeline.assemble import PageResult
+
+if TYPE_CHECKING:  # numpy's import is not needed to read batches (`status`, `batches`, `export`)
+    from digitreader.pipeline.assemble import PageResult
 
 log = logging.getLogger(__name__)
 
