@@ -58,8 +58,8 @@ from digitreader.pipeline.process import (
     assemble_document,
     collect_inputs,
     hash_inputs,
+    leave_unsettled,
     recognize_pages,
-    unsettled,
 )
 from digitreader.settings import Settings
 
@@ -872,8 +872,7 @@ def submit_batch(
     files = collect_inputs(paths)
     if template is not None and not Path(template).is_file():
         raise UsageError(f"no such template file: {template}")
-    too_new = unsettled(files, settings.settle_seconds)
-    files = [p for p in files if p not in too_new]
+    files, too_new = leave_unsettled(files, settings.settle_seconds)
     engine = get_engine(settings)
     cache = HashCache.load(engine, files, trust=not force)
     inputs, unreadable = hash_inputs(files, cache=cache, progress=on_hashed)

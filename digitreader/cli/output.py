@@ -46,11 +46,11 @@ def failure_line(path: str, code: str | None, message: str | None) -> str:
     msg = message or ""
     if msg.startswith(path):
         rest = msg[len(path) :]
-        page, sep, tail = rest[2:].partition("): ")
         if rest.startswith(": "):
             msg = rest[2:]
-        elif rest.startswith(" (page ") and sep:
-            msg = f"{page}: {tail}"
+        elif rest.startswith(" (page "):
+            page, sep, tail = rest[2:].partition("): ")
+            msg = f"{page}: {tail}" if sep else msg
     return f"{path}: {code}: {msg}" if msg else f"{path}: {code}"
 
 

@@ -295,12 +295,13 @@ def known_file_hashes(session: Session, paths: Iterable[str]) -> dict[str, tuple
 
 def save_file_hashes(session: Session, rows: Sequence[tuple[str, str, str, int]]) -> None:
     """Remember files just hashed, [(path, stamp, sha256, size)], replacing what was known of each path;
-    and forget the hashes older than `FILE_HASH_DAYS`. On SQLite and PostgreSQL an upsert, in path
-    order, so that two runs saving the same files at once neither fail nor deadlock."""
-    now = utcnow()
-    session.execute(delete(FileHash).where(FileHash.hashed_at < now - dt.timedelta(days=FILE_HASH_DAYS)))
+    and forget the hashes older than `FILE_HASH_DAYS` (when the table grows: a run that hashed nothing
+    writes nothing). On SQLite and PostgreSQL an upsert, in path order, so that two runs saving the same
+    files at once neither fail nor deadlock."""
     if not rows:
         return
+    now = utcnow()
+    session.execute(delete(FileHash).where(FileHash.hashed_at < now - dt.timedelta(days=FILE_HASH_DAYS)))
     latest = {r[0]: r for r in rows}  # a path twice: the last hash of it
     values = [
         {"path": p, "stamp": st, "sha256": sha, "size_bytes": size, "hashed_at": now}

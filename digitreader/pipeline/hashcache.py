@@ -92,7 +92,9 @@ class HashCache:
         return digest, size
 
     def save(self, engine: Any) -> None:
-        """Remember the files hashed since the last save (one transaction)."""
+        """Remember the files hashed since the last save (one transaction; none when there are none)."""
         rows, self.hashed = self.hashed, []
+        if not rows:
+            return
         with session_scope(engine=engine) as s:
             store.save_file_hashes(s, rows)

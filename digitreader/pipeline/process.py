@@ -85,6 +85,14 @@ def unsettled(files: Sequence[Path], seconds: float, now: float | None = None) -
     return out
 
 
+def leave_unsettled(files: Sequence[Path], seconds: float) -> tuple[list[Path], set[Path]]:
+    """`files` without those modified in the last `seconds` (`unsettled`), and those, left for the next run."""
+    too_new = unsettled(files, seconds)
+    if too_new:
+        log.info("%d file(s) modified in the last %g s left for the next run", len(too_new), seconds)
+    return [p for p in files if p not in too_new], too_new
+
+
 def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
     """Files named by `paths`: files as given, folders searched recursively for scans, globs expanded.
 
@@ -333,11 +341,7 @@ def process_batch(
     """
     t0 = time.perf_counter()
     hook = hook or ProgressHook()
-    files = collect_inputs(paths)
-    too_new = unsettled(files, settings.settle_seconds)
-    if too_new:
-        log.info("%d file(s) modified in the last %g s left for the next run", len(too_new), settings.settle_seconds)
-        files = [p for p in files if p not in too_new]
+    files, too_new = leave_unsettled(collect_inputs(paths), settings.settle_seconds)
     engine = get_engine(settings)
     cache = HashCache.load(engine, files, trust=not force)
     if worker_count(settings, len(files) - len(cache.hits)) > 1:  # new files: most of them will be read
@@ -686,5 +690,6 @@ __all__ = [
     "process_document",
     "recognize_pages",
     "segment_document",
+    "leave_unsettled",
     "unsettled",
 ]

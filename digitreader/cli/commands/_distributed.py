@@ -33,15 +33,14 @@ def submit_distributed(
     if not settings.broker_url:
         raise UsageError("--queue needs a broker: DIGITREADER_BROKER_URL is not set",
                          hint="e.g. export DIGITREADER_BROKER_URL=redis://127.0.0.1:6379/0")  # fmt: skip
-    # Files new to the hash cache are read whole first: minutes for a large folder on a share.
-    reading = progress(transient=True, disable=quiet or not err.is_terminal)
-    with reading:
-        task = reading.add_task("reading new files to hash them", total=None, visible=False)
+    from digitreader.cli.commands.submit import _Bar
 
-        def hashed(done: int, total: int) -> None:
-            reading.update(task, completed=done, total=total, visible=True)
-
-        sub = dist.submit_batch(paths, settings, template=template, threshold=threshold, force=force, on_hashed=hashed)
+    reading = _Bar(quiet)  # its bar while files new to the hash cache are read (`_Bar.hashing`)
+    try:
+        sub = dist.submit_batch(paths, settings, template=template, threshold=threshold, force=force,
+                                on_hashed=reading.hashing)  # fmt: skip
+    finally:
+        reading.stop()
     typer.echo(str(sub.batch_id))
     if not quiet:
         busy = sum(1 for f in sub.skipped if f.reason == "in_progress")

@@ -193,8 +193,8 @@ def submit(
     flagged, failed, seconds) go to stderr. A file that cannot be read is recorded as failed with
     its reason and the batch goes on. Files whose content was already processed are skipped
     (--force reads them again), and a file unchanged since it was last hashed (the same size, times
-    and inode) is not even read to know its content; re-running the same command after Ctrl-C or a crash finishes the
-    interrupted batch without duplicates. Started while another run reads the same files, it waits
+    and inode) is not even read to know its content; re-running the same command after Ctrl-C or a
+    crash finishes the interrupted batch without duplicates. Started while another run reads the same files, it waits
     for that run and reads only what it leaves; files another run is reading are skipped by a new
     batch (a hot folder submitted again).
 
