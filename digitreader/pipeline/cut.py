@@ -36,6 +36,11 @@ from digitreader.pipeline.split import (
 )
 from digitreader.types import BBox, DigitSlot, FieldCut, FieldRegion, PreparedPage
 
+try:  # box-line removal in C (_cut.c), built at install; without a C compiler, the same in Python
+    from digitreader.pipeline import _cut
+except ImportError:  # pragma: no cover - depends on the install
+    _cut = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 EMPTY = np.zeros((28, 28), np.uint8)
@@ -82,7 +87,24 @@ def remove_lines(
     """The window's ink without the box lines bordering its interior; crossing strokes are kept.
     `ticks`: a box cell, whose bottom line may be a tick row's (`_remove_ticks`). `pen`: the box
     lines' thickness measured along the whole field (`_field_pen`), for a top or bottom line whose
-    opposite line this cell does not show."""
+    opposite line this cell does not show.
+
+    Done in C (`_cut.c`, the same steps and pixels as `_remove_lines_py`) where it was built."""
+    if _cut is None:
+        return _remove_lines_py(win, max_t, level, ticks, pen)
+    ink = np.ascontiguousarray(win.ink, dtype=bool)
+    out = ink.copy()
+    h, w = ink.shape
+    x0, y0, x1, y1 = (int(v) for v in win.inner)
+    pen_c = -1 if pen is None else pen
+    _cut.remove_lines(ink.view(np.uint8), out.view(np.uint8), h, w, x0, y0, x1, y1, max_t, level, ticks, pen_c)
+    return out
+
+
+def _remove_lines_py(
+    win: _Window, max_t: int, level: float = 0.6, ticks: bool = False, pen: int | None = None
+) -> np.ndarray:
+    """`remove_lines` in Python: how it works, step by step (`_cut.c` follows it)."""
     ink = win.ink
     x0, y0, x1, y1 = win.inner
     h, w = ink.shape
