@@ -28,6 +28,11 @@ from digitreader.pipeline.prepare import ink_levels, median
 from digitreader.settings import Settings
 from digitreader.types import BBox, FieldRegion, PreparedPage
 
+try:  # the line image in C (_fields.c), built at install; without a C compiler, OpenCV's morphology
+    from digitreader.pipeline import _fields
+except ImportError:  # pragma: no cover - depends on the install
+    _fields = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 LINE_COVER = 0.8  # a row is a box line when this fraction of the structure's width is inked
@@ -46,11 +51,25 @@ class _Geom:
 
 def line_image(ink: np.ndarray, g: _Geom, bridge: int = 3) -> np.ndarray:
     """Horizontal and vertical line pieces of the ink (uint8 0/255); gaps under `bridge` pixels along
-    a line are closed first."""
+    a line are closed first.
+
+    Done in C (`_fields.c`: the same pixels as `_line_image_cv`, by runs of ink) where it was built."""
+    len_h, len_v = g.mm(3.0), g.mm(1.8)
+    if _fields is None:
+        return _line_image_cv(ink, bridge, len_h, len_v)
+    mask = np.ascontiguousarray(ink, dtype=np.uint8)
+    out = np.empty_like(mask)
+    _fields.line_image(mask, out, mask.shape[0], mask.shape[1], bridge, len_h, len_v)
+    return out
+
+
+def _line_image_cv(ink: np.ndarray, bridge: int, len_h: int, len_v: int) -> np.ndarray:
+    """`line_image` with OpenCV's morphology: a closing by `bridge` pixels, then an opening by `len_h`
+    (`len_v`) pixels, along the rows (columns); the two joined."""
     bridge_h = cv2.morphologyEx(ink, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (bridge, 1)))
-    horiz = cv2.morphologyEx(bridge_h, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (g.mm(3.0), 1)))
+    horiz = cv2.morphologyEx(bridge_h, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (len_h, 1)))
     bridge_v = cv2.morphologyEx(ink, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (1, bridge)))
-    vert = cv2.morphologyEx(bridge_v, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, g.mm(1.8))))
+    vert = cv2.morphologyEx(bridge_v, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, len_v)))
     return cv2.bitwise_or(horiz, vert)
 
 
