@@ -1,4 +1,4 @@
-/* digitreader.pipeline._cut: box-line removal of one cell or string window (the C half of cut.py).
+/* digitreader.pipeline._cut: the C half of cut.py, for box cells and string windows.
  *
  * `remove_lines(ink, out, height, width, x0, y0, x1, y1, max_t, level, ticks, pen)` does what
  * cut._remove_lines_py does, step for step, on a C-contiguous uint8 window `ink` (0/1), writing the
@@ -6,13 +6,18 @@
  * the interior (x0, y0)-(x1, y1) are found by their coverage (`level`), narrowed to the lines' own
  * rows where a stroke runs along them (`_line_cores`), taken out, the ticks of a tick row taken out
  * when `ticks` (`_remove_ticks`), and the pixels of a line put back where ink continues on both
- * sides of it. `pen` < 0 stands for None. cut.py's docstrings explain each rule; the names here
- * are theirs.
+ * sides of it. `pen` < 0 stands for None.
  *
- * Why C: a page of A4 forms has about fifty cells, and the Python version makes some forty small
- * numpy calls per cell, ~0.25 ms of interpreter and call overhead for a few thousand pixels of work.
- * tests/test_cut_native.py checks that both give the same pixels on generated pages and on random
- * windows.
+ * `cell_mask(...)` does what cut._cell_mask does for a box cell: the faint strokes touching its ink
+ * grown back (`_grow_faint`), `remove_lines`, the pieces that are the cell's own kept
+ * (`_digit_components`) and the blank test (`_has_tall_piece`, normalize.is_blank), with their
+ * constants (BLANK_EXTENT 0.25, ...). cut.py's docstrings explain each rule; the names here are
+ * theirs.
+ *
+ * Why C: a page of A4 forms has about fifty cells, and the Python version makes some sixty small
+ * numpy and OpenCV calls per cell, each costing more in overhead than its few thousand pixels of
+ * work. tests/test_cut_native.py checks that both versions give the same pixels and decisions on
+ * generated pages and on random windows: a rule changed in one and not the other fails there.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -243,6 +248,176 @@ static void remove_lines(const uint8_t *ink, uint8_t *out, int h, int w, int x0,
         while (next_band(tick, w, &i, &b0, &b1)) put_back_cols(ink, out, h, w, b0, b1, cross);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * A box cell's digit mask: cut._cell_mask (faint strokes grown back, lines removed, the cell's own
+ * pieces kept, the blank test) in one call.
+ */
+
+typedef struct {
+    int x0, y0, x1, y1, area; /* bounding box [x0, x1) x [y0, y1) */
+} Comp;
+
+/* 8-connected pieces of the nonzero pixels of an h x w rectangle of `m` (rows `stride` apart):
+ * `lab` (h * w, the rectangle's) gets each pixel's piece, 1..n, or 0 for paper; `comps[1..n]` their
+ * boxes and areas; `stack` has room for h * w ints. Returns n. The numbering differs from OpenCV's,
+ * which nothing here depends on: every rule looks at a piece's box, area and pixels. */
+static int label8(const uint8_t *m, int h, int w, Py_ssize_t stride, int32_t *lab, Comp *comps, int *stack) {
+    int n = 0;
+    memset(lab, 0, sizeof(int32_t) * (size_t)h * (size_t)w);
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            if (!m[y * stride + x] || lab[y * w + x]) continue;
+            Comp c = {x, y, x + 1, y + 1, 0};
+            int top = 0;
+            n++;
+            lab[y * w + x] = n;
+            stack[top++] = y * w + x;
+            while (top) {
+                int i = stack[--top], py = i / w, px = i % w;
+                c.area++;
+                if (px < c.x0) c.x0 = px;
+                if (px >= c.x1) c.x1 = px + 1;
+                if (py < c.y0) c.y0 = py;
+                if (py >= c.y1) c.y1 = py + 1;
+                for (int dy = -1; dy <= 1; dy++) {
+                    int qy = py + dy;
+                    if (qy < 0 || qy >= h) continue;
+                    for (int dx = -1; dx <= 1; dx++) {
+                        int qx = px + dx;
+                        if (qx < 0 || qx >= w || !m[qy * stride + qx] || lab[qy * w + qx]) continue;
+                        lab[qy * w + qx] = n;
+                        stack[top++] = qy * w + qx;
+                    }
+                }
+            }
+            comps[n] = c;
+        }
+    return n;
+}
+
+/* normalize.is_blank of the r0..r1 x c0..c1 rectangle of `mask` (w wide), at BLANK_EXTENT. */
+static int is_blank(const uint8_t *mask, int w, int r0, int r1, int c0, int c1, int32_t *lab, Comp *comps,
+                    int *stack) {
+    int bh = r1 - r0, bw = c1 - c0;
+    if (bh <= 0 || bw <= 0) return 1;
+    int n = label8(mask + (Py_ssize_t)r0 * w + c0, bh, bw, w, lab, comps, stack);
+    if (n == 0) return 1;
+    double extent = 0.0, total = 0.0;
+    for (int i = 1; i <= n; i++) {
+        double eh = (double)(comps[i].y1 - comps[i].y0) / (double)bh;
+        double ew = (double)(comps[i].x1 - comps[i].x0) / (double)bw;
+        double e = eh > ew ? eh : ew;
+        if (e > extent) extent = e;
+        total += comps[i].area;
+    }
+    if (extent >= 0.25) return 0;
+    double area = total / (double)((Py_ssize_t)bh * bw);
+    return area < 0.02 || extent < 0.125;
+}
+
+/* `_cell_mask`: the digit mask of a cell's window into `out` (h x w, 0/1); returns whether the cell
+ * is blank. `weak`: the page's weak ink level; (ix0, iy0)-(ix1, iy1) the cell's interior in the
+ * window (not negative); cw x ch the cell's size. */
+static int cell_mask(const uint8_t *ink, const uint8_t *gray, int h, int w, double weak, int ix0, int iy0, int ix1,
+                     int iy1, int cw, int ch, int max_t, int pen, uint8_t *out, uint8_t *grown, uint8_t *tmp,
+                     int32_t *lab, Comp *comps, int *stack, uint8_t *scratch, int *ints, uint8_t *keep) {
+    Py_ssize_t size = (Py_ssize_t)h * w;
+    /* Faint strokes touching the ink (`_grow_faint`): the weak pieces holding an ink pixel, unless
+     * the window has one weak piece or none. */
+    for (Py_ssize_t i = 0; i < size; i++) tmp[i] = (double)gray[i] < weak;
+    int n = label8(tmp, h, w, w, lab, comps, stack);
+    memcpy(grown, ink, (size_t)size);
+    if (n >= 2) {
+        memset(keep, 0, (size_t)n + 1);
+        for (Py_ssize_t i = 0; i < size; i++)
+            if (ink[i]) keep[lab[i]] = 1;
+        keep[0] = 0;
+        for (Py_ssize_t i = 0; i < size; i++)
+            if (keep[lab[i]]) grown[i] = 1;
+    }
+    /* The box lines out (`remove_lines` with ticks). */
+    memcpy(tmp, grown, (size_t)size);
+    remove_lines(grown, tmp, h, w, ix0, iy0, ix1, iy1, max_t, 0.6, 1, pen, scratch, ints);
+    /* The cell's own pieces (`_digit_components`). */
+    n = label8(tmp, h, w, w, lab, comps, stack);
+    int r0 = imin(iy0, h), r1 = imax(imin(iy1, h), r0), c0 = imin(ix0, w), c1 = imax(imin(ix1, w), c0);
+    int *inside = stack; /* free again: pixels of each piece inside the interior */
+    memset(inside, 0, sizeof(int) * (size_t)(n + 1));
+    for (int y = r0; y < r1; y++)
+        for (int x = c0; x < c1; x++) inside[lab[y * w + x]]++;
+    int min_area = (int)(0.0015 * (double)cw * (double)ch);
+    if (min_area < 2) min_area = 2;
+    double band_x = 0.14 * (double)cw, band_y = 0.14 * (double)ch;
+    memset(keep, 0, (size_t)n + 1);
+    int tall = 0, ih = imax(iy1 - iy0, 1), iw = imax(ix1 - ix0, 1);
+    for (int i = 1; i <= n; i++) {
+        int px = comps[i].x0, py = comps[i].y0, pw = comps[i].x1 - px, ph = comps[i].y1 - py, area = comps[i].area;
+        if (area < min_area) continue;
+        int near_lr = (double)px >= (double)ix1 - band_x || (double)(px + pw) <= (double)ix0 + band_x;
+        int near_tb = (double)py >= (double)iy1 - band_y || (double)(py + ph) <= (double)iy0 + band_y;
+        double coef = (double)ph >= 0.5 * (double)(iy1 - iy0) ? 0.08 : 0.1;
+        int thin_lr = (double)area <= coef * (double)cw * (double)ph;
+        if ((near_lr && thin_lr) || (near_tb && (double)area <= 0.1 * (double)ch * (double)pw)) continue;
+        int columns = imin(px + pw, ix1) - imax(px, ix0);
+        if ((double)inside[i] >= 0.5 * (double)area ||
+            ((double)inside[i] >= 0.2 * (double)area && (double)columns >= 0.7 * (double)pw)) {
+            keep[i] = 1;
+            /* `_has_tall_piece`: wholly inside and a quarter of the interior's height or width. */
+            double eh = (double)ph / (double)ih, ew = (double)pw / (double)iw;
+            if (px >= ix0 && py >= iy0 && px + pw <= ix1 && py + ph <= iy1 && (eh > ew ? eh : ew) >= 0.25) tall = 1;
+        }
+    }
+    keep[0] = 0;
+    for (Py_ssize_t i = 0; i < size; i++) out[i] = keep[lab[i]];
+    return tall ? 0 : is_blank(out, w, r0, r1, c0, c1, lab, comps, stack);
+}
+
+static PyObject *py_cell_mask(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer ink, gray, dst;
+    int h, w, ix0, iy0, ix1, iy1, cw, ch, max_t, pen;
+    double weak;
+    if (!PyArg_ParseTuple(args, "y*y*w*iidiiiiiiii", &ink, &gray, &dst, &h, &w, &weak, &ix0, &iy0, &ix1, &iy1, &cw,
+                          &ch, &max_t, &pen))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t size = (Py_ssize_t)h * w;
+    if (h < 0 || w < 0 || ink.len != size || gray.len != size || dst.len != size || max_t < 0) {
+        PyErr_SetString(PyExc_ValueError, "cell_mask: ink, gray and out must each hold height * width bytes");
+        goto done;
+    }
+    if (ix0 < 0 || iy0 < 0) {
+        PyErr_SetString(PyExc_ValueError, "cell_mask: the interior must not start left of or above the window");
+        goto done;
+    }
+    int len = imax(imax(h, w), 1);
+    size_t cells = (size_t)(size > 0 ? size : 1);
+    uint8_t *bytes = PyMem_Malloc(3 * cells + 1 + 6 * (size_t)len); /* grown, tmp, keep (cells + 1), scratch */
+    int32_t *lab = PyMem_Malloc(sizeof(int32_t) * cells);
+    Comp *comps = PyMem_Malloc(sizeof(Comp) * (cells + 1));
+    int *stack = PyMem_Malloc(sizeof(int) * (cells + 1));
+    int *ints = PyMem_Malloc(sizeof(int) * (size_t)(len + 2));
+    int blank = 1;
+    if (!bytes || !lab || !comps || !stack || !ints) {
+        PyErr_NoMemory();
+    } else if (size > 0) {
+        uint8_t *grown = bytes, *tmp = bytes + cells, *keep = bytes + 2 * cells, *scratch = bytes + 3 * cells + 1;
+        blank = cell_mask((const uint8_t *)ink.buf, (const uint8_t *)gray.buf, h, w, weak, ix0, iy0, ix1, iy1, cw, ch,
+                          max_t, pen, (uint8_t *)dst.buf, grown, tmp, lab, comps, stack, scratch, ints, keep);
+    }
+    PyMem_Free(bytes);
+    PyMem_Free(lab);
+    PyMem_Free(comps);
+    PyMem_Free(stack);
+    PyMem_Free(ints);
+    if (!PyErr_Occurred()) result = PyBool_FromLong(blank);
+done:
+    PyBuffer_Release(&ink);
+    PyBuffer_Release(&gray);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
 static PyObject *py_remove_lines(PyObject *self, PyObject *args) {
     Py_buffer src, dst;
     int h, w, x0, y0, x1, y1, max_t, ticks, pen;
@@ -284,6 +459,9 @@ done:
 static PyMethodDef methods[] = {
     {"remove_lines", py_remove_lines, METH_VARARGS,
      "remove_lines(ink, out, height, width, x0, y0, x1, y1, max_t, level, ticks, pen): cut._remove_lines_py in C."},
+    {"cell_mask", py_cell_mask, METH_VARARGS,
+     "cell_mask(ink, gray, out, height, width, weak, x0, y0, x1, y1, cell_w, cell_h, max_t, pen) -> blank: "
+     "cut._cell_mask in C."},
     {NULL, NULL, 0, NULL},
 };
 

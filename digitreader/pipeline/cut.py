@@ -340,16 +340,47 @@ def _field_pen(prepared: PreparedPage, cells: tuple[BBox, ...], max_t: int, leve
     return min(out) if out else None
 
 
-def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float, pen: int | None = None) -> DigitSlot:
-    x, y, w, h = cell
-    win = _grow_faint(prepared, _window(prepared, cell, 0.22 * w, 0.3 * h))
-    digit = remove_lines(win, max_t=_max_line(ppm), ticks=True, pen=pen)
+def _cell_mask(
+    prepared: PreparedPage, win: _Window, cell: BBox, max_t: int, pen: int | None
+) -> tuple[np.ndarray, bool]:
+    """A box cell's digit (its window's mask, bool) and whether the cell is blank: faint strokes grown
+    back (`_grow_faint`), the box lines taken out (`remove_lines`), the pieces that are the cell's own
+    kept (`_digit_components`), then the blank test. `_cut.cell_mask` does the same in C."""
+    win = _grow_faint(prepared, win)
+    digit = remove_lines(win, max_t=max_t, ticks=True, pen=pen)
     ix0, iy0, ix1, iy1 = win.inner
     _, labels, stats = label_pieces(digit.view(np.uint8))
     keep = _digit_components(labels, stats, win.inner, cell)
     mask = keep[labels]
+    blank = not _has_tall_piece(stats, keep, win.inner, BLANK_EXTENT) and is_blank(mask[iy0:iy1, ix0:ix1])
+    return mask, blank
+
+
+def _cell_mask_native(
+    prepared: PreparedPage, win: _Window, cell: BBox, max_t: int, pen: int | None
+) -> tuple[np.ndarray, bool] | None:
+    """`_cell_mask` in C (`_cut.cell_mask`), or None where it does not apply (no C extension, a
+    page without grey levels, an interior starting outside its window)."""
+    ix0, iy0, ix1, iy1 = (int(v) for v in win.inner)
+    if _cut is None or prepared.levels is None or ix0 < 0 or iy0 < 0:
+        return None
+    h, w = win.ink.shape
+    ink = np.ascontiguousarray(win.ink, dtype=bool).view(np.uint8)
+    gray = np.ascontiguousarray(prepared.gray[win.y0 : win.y0 + h, win.x0 : win.x0 + w])
+    out = np.empty((h, w), np.uint8)
+    _, _, cw, ch = (int(v) for v in cell)
+    pen_c = -1 if pen is None else pen
+    blank = _cut.cell_mask(ink, gray, out, h, w, prepared.levels[1], ix0, iy0, ix1, iy1, cw, ch, max_t, pen_c)
+    return out.view(bool), blank
+
+
+def _cell_slot(prepared: PreparedPage, cell: BBox, position: int, ppm: float, pen: int | None = None) -> DigitSlot:
+    x, y, w, h = cell
+    win = _window(prepared, cell, 0.22 * w, 0.3 * h)
+    max_t = _max_line(ppm)
+    mask, blank = _cell_mask_native(prepared, win, cell, max_t, pen) or _cell_mask(prepared, win, cell, max_t, pen)
     box = map_box(prepared.to_original, cell, prepared.width, prepared.height)
-    if not _has_tall_piece(stats, keep, win.inner, BLANK_EXTENT) and is_blank(mask[iy0:iy1, ix0:ix1]):
+    if blank:
         return DigitSlot(position=position, bbox=box, crop=EMPTY.copy(), blank=True)
     return DigitSlot(position=position, bbox=box, crop=_crop(prepared, win, mask), blank=False)
 
