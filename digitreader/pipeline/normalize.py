@@ -10,6 +10,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+try:  # masked crops in C (_normalize.c), built at install; without a C compiler, OpenCV's here
+    from digitreader.pipeline import _normalize
+except ImportError:  # pragma: no cover - depends on the install
+    _normalize = None  # type: ignore[assignment]
+
 SIZE = 28
 BOX = 20
 #: `is_blank`: a cell holds a digit when a piece of ink spans this fraction of its height or width.
@@ -93,7 +98,23 @@ def normalize_ink(ink: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray
 
     `mask`, when given, says which pixels belong to the digit (e.g. after box lines and other
     components were removed); ink outside it (grown by one pixel to keep anti-aliasing) is dropped.
+
+    A uint8 crop with a mask (every crop that segmentation cuts) is done in C (`_normalize.c`: the
+    same steps, within one grey level of `_normalize_ink_cv`, about 20 times faster) where it was built.
     """
+    if mask is not None and _normalize is not None and ink.dtype == np.uint8 and ink.ndim == 2:
+        if mask.shape != ink.shape:
+            raise ValueError(f"normalize_ink: the mask is {mask.shape}, the crop {ink.shape}")
+        out = np.empty((SIZE, SIZE), np.uint8)
+        m = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+        if _normalize.normalize_masked(np.ascontiguousarray(ink), m, out, ink.shape[0], ink.shape[1]):
+            return out
+    return _normalize_ink_cv(ink, mask)
+
+
+def _normalize_ink_cv(ink: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """`normalize_ink` with numpy and OpenCV: every crop without the C extension, and crops without a
+    mask, of another type, or over 60 times larger than 20 pixels."""
     ink_f = ink.astype(np.float32)
     if mask is not None:
         m = mask.astype(bool)
