@@ -36,9 +36,9 @@ def test_random_crops_within_one_grey_level() -> None:
         h, w = int(rng.integers(1, 140)), int(rng.integers(1, 140))
         if rng.random() < 0.1:  # a dash or a stroke: extreme aspect ratios
             h = int(rng.integers(1, 4))
-        ink = (rng.random((h, w)) * 255).astype(np.uint8)
+        ink: np.ndarray = (rng.random((h, w)) * 255).astype(np.uint8)
         if rng.random() < 0.5:
-            ink = cv2.GaussianBlur(ink, (5, 5), 0)
+            ink = np.asarray(cv2.GaussianBlur(ink, (5, 5), 0), np.uint8)
         if rng.random() < 0.3:
             ink = (ink // 4).astype(np.uint8)  # faint: stretched to a peak of 255
         mask = rng.random((h, w)) < rng.random()
