@@ -41,6 +41,13 @@ _ROW3 = np.ones((3, 1), np.uint8)
 _COL3 = np.ones((1, 3), np.uint8)
 
 
+def _cover(a: np.ndarray, axis: int) -> np.ndarray:
+    """`a.mean(axis)` of a non-empty 0/1 uint8 array (the fraction covered in each row, axis=1, or
+    column, axis=0): the same float64 values (exact sums over the count) without numpy's overhead."""
+    counts = cv2.reduce(a, axis, cv2.REDUCE_SUM, dtype=cv2.CV_32S)
+    return counts.ravel() / a.shape[axis]
+
+
 @dataclass(frozen=True)
 class _Geom:
     ppm: float  # prepared-page pixels per mm
@@ -135,7 +142,7 @@ class _Found:
 def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     """A frame (closed box structure) in one connected piece of the line image, or None."""
     h, w = sub.shape
-    rows = cv2.dilate(sub, _ROW3).mean(axis=1)  # sub is 0/1
+    rows = _cover(cv2.dilate(sub, _ROW3), 1)  # sub is 0/1
     hl = [r for r in _runs(rows >= LINE_COVER)]
     if len(hl) < 2:
         return None
@@ -152,7 +159,7 @@ def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     if float((rows[top[1] : bottom[0]] >= 0.95).mean()) > 0.85:
         return None  # solid inside: a filled block
     band = sub[top[1] : bottom[0]]
-    cols = cv2.dilate(band, _COL3).mean(axis=0)
+    cols = _cover(cv2.dilate(band, _COL3), 0)
     walls = _runs(cols >= WALL_COVER)
     walls = [wl for wl in walls if wl[1] - wl[0] <= g.mm(3.0) + 2]  # two walls of touching squares: wide
     # Two squares that nearly touch give two walls with a sliver of paper between: one separator,
@@ -190,7 +197,7 @@ def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
 def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     """A tick row (base line with short ticks rising from it) in one piece of the line image, or None."""
     h, w = sub.shape
-    rows = cv2.dilate(sub, _ROW3).mean(axis=1)  # sub is 0/1
+    rows = _cover(cv2.dilate(sub, _ROW3), 1)  # sub is 0/1
     hl = _runs(rows >= LINE_COVER)
     if not hl:
         return None
@@ -201,7 +208,7 @@ def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     if base[0] < probe:
         return None
     band = sub[base[0] - probe : base[0]]
-    cols = band.mean(axis=0)
+    cols = _cover(band, 0)
     ticks = [t for t in _runs(cols >= 0.9) if t[1] - t[0] <= g.mm(1.2)]
     if len(ticks) < 3:
         return None
@@ -327,20 +334,24 @@ def _structures(lines: np.ndarray, g: _Geom, ticks: bool = True) -> tuple[list[_
     found: list[_Found] = []
     squares: list[_Found] = []
     rejected: list[BBox] = []
+    # The sizes every piece is held against, in pixels (a page has hundreds of pieces, most of them
+    # letters and strokes left out at the first test).
+    min_w, max_h, cell_h, long_w = g.mm(2.5), g.mm(40), g.mm(4.5), g.mm(10)
+    min_area, cell_w = g.mm(6), g.mm(3.5)
     for cnt in contours:
         x, y, w, h = cv2.boundingRect(cnt)
-        if w < g.mm(2.5) or h > g.mm(40) or (h < g.mm(4.5) and w < g.mm(10)):
+        if w < min_w or h > max_h or (h < cell_h and w < long_w):
             continue
         inside = np.zeros((h, w), np.uint8)
         cv2.drawContours(inside, [cnt], -1, 1, thickness=-1, offset=(-x, -y))
         sub = cv2.bitwise_and(inside, lines[y : y + h, x : x + w])  # 0/1: 1 & 255 = 1
         area = int(cv2.countNonZero(sub))
-        if area < g.mm(6):
+        if area < min_area:
             continue
         # Cheap tests first: a frame is at least a cell tall and its outline alone has about
         # (w + h) * 2 pixels; a tick row is long and mostly line.
-        frame_like = h >= g.mm(4.5) and w >= g.mm(3.5) and area >= 1.5 * (w + h)
-        ticks_like = ticks and w >= g.mm(10) and area >= 0.8 * w
+        frame_like = h >= cell_h and w >= cell_w and area >= 1.5 * (w + h)
+        ticks_like = ticks and w >= long_w and area >= 0.8 * w
         if not (frame_like or ticks_like):
             continue
         fd = _frame(sub, x, y, g) if frame_like else None
