@@ -4,7 +4,7 @@ tests skip: this is where a build that lost one is noticed."""
 
 from __future__ import annotations
 
-from digitreader.pipeline import cut, fields, normalize, png
+from digitreader.pipeline import cut, fields, normalize, png, prepare
 
 
 def test_every_c_extension_is_built() -> None:
@@ -12,3 +12,4 @@ def test_every_c_extension_is_built() -> None:
     assert cut._cut is not None
     assert fields._fields is not None
     assert normalize._normalize is not None
+    assert prepare._prepare is not None

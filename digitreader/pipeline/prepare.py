@@ -22,6 +22,11 @@ import numpy as np
 from digitreader.settings import Settings
 from digitreader.types import PageImage, PreparedPage
 
+try:  # the skew's projection profiles in C (_prepare.c), built at install; without it, numpy's
+    from digitreader.pipeline import _prepare
+except ImportError:  # pragma: no cover - depends on the install
+    _prepare = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 #: Working resolution (dots per inch) for the page-level estimates (skew, background).
@@ -63,7 +68,22 @@ def flatten(gray: np.ndarray, ppm: float) -> np.ndarray:
 
 
 def _profile_scores(xc: np.ndarray, yc: np.ndarray, angles: np.ndarray, n_bins: int) -> np.ndarray:
-    """Sharpness (sum of squared bin counts) of the ink's projection profile at each angle, in one pass."""
+    """Sharpness (sum of squared bin counts) of the ink's projection profile at each angle.
+
+    In C (`_prepare.c`: the same float32 steps, so the same bins and scores) where it was built."""
+    if _prepare is None:
+        return _profile_scores_np(xc, yc, angles, n_bins)
+    rad = [math.radians(a) for a in angles.tolist()]
+    cos = np.array([math.cos(a) for a in rad], np.float32)
+    sin = np.array([math.sin(a) for a in rad], np.float32)
+    out = np.empty(len(rad), np.float64)
+    x, y = np.ascontiguousarray(xc, np.float32), np.ascontiguousarray(yc, np.float32)
+    _prepare.profile_scores(x, y, cos, sin, n_bins, out)
+    return out
+
+
+def _profile_scores_np(xc: np.ndarray, yc: np.ndarray, angles: np.ndarray, n_bins: int) -> np.ndarray:
+    """`_profile_scores` with numpy, all angles in one pass."""
     rad = [math.radians(a) for a in angles.tolist()]
     cos = np.array([math.cos(a) for a in rad], np.float32)[:, None]
     sin = np.array([math.sin(a) for a in rad], np.float32)[:, None]
