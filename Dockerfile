@@ -26,25 +26,30 @@ RUN if ! command -v python3.11 >/dev/null 2>&1; then \
 
 WORKDIR /app
 # Dependencies first (a code change does not reinstall them).
-# (Every file pyproject.toml names must be here: the C source of the PNG unfilter, and the migrations
-# it installs as data files, without which building the wheel fails. With no compiler in this layer
-# the optional extension is skipped, then built with the code below. tests/test_compose.py checks
-# that this layer has them.)
+# (Every file pyproject.toml names must be here: the C sources of the stages' C halves, and the
+# migrations it installs as data files, without which building the wheel fails. With no compiler in
+# this layer the optional extensions are skipped, then built with the code below.
+# tests/test_compose.py checks that this layer has them.)
 COPY pyproject.toml README.md ./
 COPY digitreader/pipeline/_png.c ./digitreader/pipeline/_png.c
+COPY digitreader/pipeline/_prepare.c ./digitreader/pipeline/_prepare.c
+COPY digitreader/pipeline/_fields.c ./digitreader/pipeline/_fields.c
+COPY digitreader/pipeline/_cut.c ./digitreader/pipeline/_cut.c
+COPY digitreader/pipeline/_normalize.c ./digitreader/pipeline/_normalize.c
 COPY migrations ./migrations
 RUN mkdir -p digitreader workers training && touch digitreader/__init__.py workers/__init__.py training/__init__.py \
     && pip install ".[${FLAVOUR}]" && pip uninstall -y digitreader
 # The code; editable, so `digitreader db upgrade` finds migrations/ (copied above) beside the package.
 COPY digitreader ./digitreader
 COPY workers ./workers
-# A C compiler (and Python's headers where the base image lacks them) only while the PNG unfilter
-# (digitreader/pipeline/_png.c) is built; the build is checked, then the compiler is removed.
+# A C compiler (and Python's headers where the base image lacks them) only while the stages' C halves
+# (digitreader/pipeline/_*.c: pipeline/native.py) are built; the build is checked, then the compiler
+# is removed.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev \
         $(python -c 'import os, sysconfig; print("" if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else "python3.11-dev")') \
     && pip install --no-deps -e ".[${FLAVOUR}]" \
-    && python -c "from digitreader.pipeline import png; assert png.available(), 'PNG unfilter not built'" \
+    && python -c "from digitreader.pipeline import native; m = native.missing(); assert not m, f'not built: {m}'" \
     && { apt-get purge -y --auto-remove gcc libc6-dev python3.11-dev || true; } \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/digitreader digitreader \

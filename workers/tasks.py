@@ -69,6 +69,9 @@ def warm_up() -> None:
     try:
         import digitreader.pipeline.load
         import digitreader.pipeline.segment  # noqa: F401
+        from digitreader.pipeline import native
+
+        native.warn_missing()  # a worker built without a stage's C half: said once a process
 
         dist.claim_job(get_engine(_settings), 0)
         get_deliveries().client.ping()

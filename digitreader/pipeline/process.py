@@ -42,6 +42,7 @@ from digitreader.db.locks import BatchLock, batch_in_progress, holder
 from digitreader.db.session import get_engine
 from digitreader.errors import BusyError, DigitreaderError, UsageError
 from digitreader.hashing import sha256_file_and_size
+from digitreader.pipeline import native
 from digitreader.pipeline.assemble import PageResult, Probs, assemble_page, count_crops
 from digitreader.pipeline.document import (
     WORKER_MODULES,
@@ -357,6 +358,7 @@ def process_batch(
     info = predictor.info
     version = str(info.version)
     precision = str(getattr(info, "precision", "fp32"))
+    native.warn_missing()
     inputs, unreadable = hash_inputs(files, cache=cache, progress=hook.hashing)
     cache.save(engine)
     # This run's lock on its batch (`db.locks`): another run of the same submission waits for it.
