@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -54,6 +55,16 @@ class _Geom:
 
     def mm(self, v: float) -> int:
         return max(1, int(round(v * self.ppm)))
+
+    @cached_property
+    def frame_mm(self) -> tuple[int, int, int, int, int, int]:
+        """The lengths `_frame` holds a piece against, for its C half."""
+        return self.mm(1.5), self.mm(4.5), self.mm(30), self.mm(3.0), self.mm(0.8), self.mm(2.0)
+
+    @cached_property
+    def ticks_mm(self) -> tuple[int, int, int, int, int, int]:
+        """The lengths `_ticks` holds a piece against, for its C half (two unused)."""
+        return self.mm(1.5), self.mm(1.3), self.mm(1.2), self.mm(4.0), 0, 0
 
 
 def line_image(ink: np.ndarray, g: _Geom, bridge: int = 3) -> np.ndarray:
@@ -140,7 +151,18 @@ class _Found:
 
 
 def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
-    """A frame (closed box structure) in one connected piece of the line image, or None."""
+    """A frame (closed box structure) in one connected piece of the line image (0/1), or None.
+
+    Done in C (`_fields.frame`: the same steps and arithmetic as `_frame_py`) where it was built."""
+    if _fields is None:
+        return _frame_py(sub, x0, y0, g)
+    h, w = sub.shape
+    found = _fields.frame(np.ascontiguousarray(sub, np.uint8), h, w, x0, y0, g.frame_mm)
+    return None if found is None else _Found(*found)
+
+
+def _frame_py(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
+    """`_frame` in Python: how it works, step by step (`_fields.c` follows it)."""
     h, w = sub.shape
     rows = _cover(cv2.dilate(sub, _ROW3), 1)  # sub is 0/1
     hl = [r for r in _runs(rows >= LINE_COVER)]
@@ -195,7 +217,18 @@ def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
 
 
 def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
-    """A tick row (base line with short ticks rising from it) in one piece of the line image, or None."""
+    """A tick row (base line with short ticks rising from it) in one piece of the line image (0/1),
+    or None. Done in C (`_fields.ticks`: the same steps and arithmetic as `_ticks_py`) where it was
+    built."""
+    if _fields is None:
+        return _ticks_py(sub, x0, y0, g)
+    h, w = sub.shape
+    found = _fields.ticks(np.ascontiguousarray(sub, np.uint8), h, w, x0, y0, g.ticks_mm)
+    return None if found is None else _Found(*found)
+
+
+def _ticks_py(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
+    """`_ticks` in Python: how it works, step by step (`_fields.c` follows it)."""
     h, w = sub.shape
     rows = _cover(cv2.dilate(sub, _ROW3), 1)  # sub is 0/1
     hl = _runs(rows >= LINE_COVER)
