@@ -465,6 +465,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cut", "Box-line removal of a cut window.", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cut", "Box-line removal and box cells' masks.", -1, methods};
 
 PyMODINIT_FUNC PyInit__cut(void) { return PyModule_Create(&module); }

@@ -590,6 +590,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fields", "The line image of a page.", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fields", "The line image of a page and its pieces.", -1,
+                                    methods};
 
 PyMODINIT_FUNC PyInit__fields(void) { return PyModule_Create(&module); }
