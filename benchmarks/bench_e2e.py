@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from digitreader import cpu  # noqa: E402
 from digitreader.db import session_scope  # noqa: E402
 from digitreader.db.session import get_engine  # noqa: E402
+from digitreader.pipeline import native  # noqa: E402
 from digitreader.settings import Settings  # noqa: E402
 from digitreader.synth.score import best_match  # noqa: E402
 
@@ -295,6 +296,7 @@ def run_e2e(scans: Path, *, decode: bool = True, sweep: tuple[float, ...] = SWEE
     cores = st.workers or os.cpu_count() or 1
     result: dict[str, Any] = {
         "machine": f"{cpu.summary()}, Python {platform.python_version()}",
+        "c_halves_missing": native.missing(),  # the stages that ran in Python (pipeline/native.py)
         "pages": report.pages,
         "documents": len(report.processed),
         "model_version": report.model_version,

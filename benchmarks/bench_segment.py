@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 
 from digitreader import cpu
+from digitreader.pipeline import native
 from digitreader.pipeline.cut import cut_field
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.load import load_pages
@@ -121,6 +122,7 @@ def main() -> None:
         "ms_per_a4_page": a4_ms,
         "ms_total_a4_mean": round(statistics.mean(a4), 1) if a4 else None,
         "machine": f"{cpu.summary()}, Python {platform.python_version()}, opencv {cv2.__version__}, 1 thread",
+        "c_halves_missing": native.missing(),  # the stages that ran in Python (pipeline/native.py)
     }
     print(json.dumps(result, indent=1))
     r = result

@@ -42,6 +42,7 @@ def test_e2e_and_error_list_score_a_run_alike(bench_scans: Path, bench_modules: 
     assert result["digit_accuracy_pct"] > 90  # the shipped reader on clean generated pages
     assert result["decode_only_ms_per_page"] > 0 and result["ratio_per_page_core_to_decode"] > 0
     assert [s["threshold"] for s in result["threshold_sweep"]] == [0.97]
+    assert result["c_halves_missing"] == []  # the numbers are those of the C halves (pipeline/native.py)
 
     # The error list of a second run (bench_errors.run: the same pipeline, a fresh database) names
     # exactly the digits the end-to-end score counts wrong, and the fields it counts inexact.
