@@ -12,6 +12,10 @@ mostly inside it (so a neighbour's digit that pokes in is ignored).
 A string field's window is cut out of the page the same way, its box lines taken out, and its ink
 split into one piece per digit by the split stage (`split.py`: geometry, then the splitter model's
 second opinion).
+
+Box-line removal and a box cell's whole mask have a C half (`_cut.c`: `remove_lines`, `cell_mask`),
+used where it was built; the Python here (`_remove_lines_py`, `_cell_mask`) is how they work, and
+the reference `tests/test_cut_native.py` holds the C to.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ form such structures. Cell walls are regularized (equal widths), so a digit stro
 span a cell is not taken for a wall. Boxes printed so light that noise breaks their lines (faint
 grey on a patterned cheque) get a second pass with wider gaps bridged, only on pages where a piece
 of faint lines formed no frame. Fields come out ordered top-to-bottom, left-to-right.
+
+The line image and the examination of its pieces (`_frame`, `_ticks`) have a C half (`_fields.c`),
+used where it was built; the Python here (`_line_image_cv`, `_frame_py`, `_ticks_py`) is how they
+work, and the reference `tests/test_fields_native.py` holds the C to.
 """
 
 from __future__ import annotations
