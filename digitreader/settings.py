@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     max_redeliveries: int = Field(default=3, ge=1, description="Distributed: deliveries before a document fails.")
     # Tests only: a page worker exits hard (os._exit) on documents whose file name matches this
     # glob, to prove the redelivery cap. Never set it in production.
-    test_crash_on: str | None = Field(default=None, description="TESTS ONLY: page worker crashes on matching names.")
+    test_crash_on: str | None = Field(
+        default=None, description="TESTS ONLY: a page worker (or embedded pool process) crashes on matching names."
+    )
 
     # Review page.
     review_token: str | None = Field(default=None, description="Token required when review binds off loopback.")

@@ -556,3 +556,27 @@ def test_pool_processes_start_with_what_segmenting_needs_loaded() -> None:
         executor.shutdown()
     assert set(WORKER_MODULES) <= loaded
     assert "digitreader.pipeline.cut" in loaded and "digitreader.pipeline.process" in loaded
+
+
+def test_a_document_that_kills_its_pool_process_fails_alone(tmp_path: Path, scans: Path, predictor: Any) -> None:
+    """A pool process that dies (a crash in a C half, the OOM killer) breaks the whole pool, and every
+    document in flight then reports it. Only the document that kills it must fail (worker_lost): the
+    others in flight are read again, one at a time in a process of their own, and stored."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in sorted(scans.iterdir()):
+        if f.suffix in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pdf"):
+            shutil.copy(f, folder / f.name)
+    good = sorted(p.name for p in folder.iterdir())
+    poison = folder / "poison.jpg"  # a copy of a good page, with other content: not a duplicate
+    poison.write_bytes((folder / good[0]).read_bytes() + b"\\0")
+    settings = Settings(home=tmp_path / "home", workers=2, test_crash_on="poison*", _env_file=None)  # type: ignore[call-arg]
+    report = process_batch([folder], settings, predictor=predictor)
+    assert report.status == "partial"
+    with session_scope(settings) as s:
+        docs = {Path(d.path).name: d for d in s.scalars(select(Document)).all()}
+    assert docs["poison.jpg"].status == "failed" and docs["poison.jpg"].error_code == "worker_lost"
+    assert "poison.jpg" in (docs["poison.jpg"].error_message or "")
+    assert len(good) >= 4
+    assert all(docs[n].status in ("done", "needs_review") for n in good)  # read, not blamed
+    assert [Path(d.path).name for d in report.failed] == ["poison.jpg"]

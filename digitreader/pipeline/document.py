@@ -12,6 +12,8 @@ This module imports only what segmenting needs (no database), so a pool process 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import multiprocessing
 import os
 import signal
 import threading
@@ -141,6 +143,11 @@ def _deadline(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _in_pool() -> bool:
+    """Whether this is a pool process (not the batch's own process, which inline mode runs in)."""
+    return multiprocessing.parent_process() is not None
+
+
 def segment_document(
     path: str | Path,
     settings: Settings,
@@ -160,6 +167,8 @@ def segment_document(
     from digitreader.pipeline.load import load_pages
     from digitreader.pipeline.segment import segment_page
 
+    if settings.test_crash_on and _in_pool() and fnmatch.fnmatch(Path(path).name, settings.test_crash_on):
+        os._exit(70)  # DIGITREADER_TEST_CRASH_ON, tests only: a pool process dying as a crash in C would
     t0 = time.perf_counter()
     timings: dict[str, float] = {"decode": 0.0, "segment": 0.0}
     cuts: list[PageCut] = []

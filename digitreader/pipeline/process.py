@@ -542,45 +542,80 @@ def _run(
     def submit(job: _Job) -> cf.Future[DocumentCut]:
         return executor.submit(segment_document, job.path, settings, template, limit, model_file(), job.pages)
 
+    def alone(job: _Job) -> DocumentCut:
+        """A document that was in flight when a pool process died, read again in a process of its own:
+        the one that kills it too is the culprit and fails (`worker_lost`); the others are read."""
+        solo = cf.ProcessPoolExecutor(
+            max_workers=1, mp_context=_pool_context(), initializer=init_worker, initargs=(os.getpid(),)
+        )
+        try:
+            return solo.submit(segment_document, job.path, settings, template, limit, model_file(), job.pages).result()
+        except cf.process.BrokenProcessPool:
+            msg = (f"{job.path}: the segmentation process died reading this document, alone as when with others "
+                   f"(a crash, or the out-of-memory killer)")  # fmt: skip
+            return DocumentCut(job.path, (), "worker_lost", msg)
+        except Exception as exc:  # pickling errors and the like: this document only
+            return DocumentCut(job.path, (), "internal", f"{job.path}: {exc!r}", traceback=traceback.format_exc())
+        finally:
+            solo.shutdown(wait=True, cancel_futures=True)
+
+    def take(job: _Job, part: DocumentCut) -> None:
+        """A document's (or part's) cut: stored as failed, or buffered for recognition."""
+        nonlocal buffered
+        cut = parts.add(job, part)
+        if cut is None:
+            return  # the document's other parts are still being cut
+        if cut.failed:
+            _store_failure(job.doc_id, cut, engine, report, hook)
+        else:
+            buffer.append((job.doc_id, cut))
+            buffered += cut.crops
+
     try:
         in_flight: dict[cf.Future[DocumentCut], _Job] = {}
+        # Jobs to submit before the next from the queue: refused by a pool that had just broken.
+        again: list[_Job] = []
         exhausted = False  # every document submitted: from then on, read each one as soon as it is cut
 
         def fill() -> None:
             nonlocal exhausted
             while len(in_flight) < max_in_flight:
-                nxt = next(queue, None)
+                nxt = again.pop(0) if again else next(queue, None)
                 if nxt is None:
                     exhausted = True
                     return
-                in_flight[submit(nxt)] = nxt
+                try:
+                    in_flight[submit(nxt)] = nxt
+                except cf.process.BrokenProcessPool:  # a pool process died: submitted after the recovery
+                    again.insert(0, nxt)
+                    return
 
         fill()
-        while in_flight:
-            done, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
+        while in_flight or again:
+            done = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)[0] if in_flight else set()
+            suspects: list[_Job] = []
             for fut in done:
                 job = in_flight.pop(fut)
-                path = job.path
                 try:
                     part = fut.result()
-                except cf.process.BrokenProcessPool as exc:
-                    part = DocumentCut(path, (), "worker_lost", f"{path}: the segmentation process died ({exc})")
+                except cf.process.BrokenProcessPool:
+                    suspects.append(job)  # this one, or another in flight, killed a pool process
+                    continue
                 except Exception as exc:  # pickling errors and the like: this document only
-                    part = DocumentCut(path, (), "internal", f"{path}: {exc!r}", traceback=traceback.format_exc())
-                cut = parts.add(job, part)
-                if cut is None:
-                    continue  # the document's other parts are still being cut
-                if cut.failed:
-                    _store_failure(job.doc_id, cut, engine, report, hook)
-                else:
-                    buffer.append((job.doc_id, cut))
-                    buffered += cut.crops
+                    part = DocumentCut(
+                        job.path, (), "internal", f"{job.path}: {exc!r}", traceback=traceback.format_exc()
+                    )
+                take(job, part)
             if isinstance(executor, cf.ProcessPoolExecutor) and getattr(executor, "_broken", False):
+                # A pool process died (a crash, the out-of-memory killer): the whole pool is lost, and
+                # every document in it reports so. Each is read again alone, to find the one that
+                # kills it; then a new pool takes the rest.
                 executor.shutdown(wait=False, cancel_futures=True)
+                suspects += in_flight.values()
+                in_flight.clear()
+                for job in suspects:
+                    take(job, alone(job))
                 executor = make_executor(workers)
-                for fut, job in list(in_flight.items()):
-                    in_flight.pop(fut)
-                    in_flight[submit(job)] = job
             if pooled:
                 fill()  # before the flush: the workers keep segmenting while this process reads and stores
             if buffered >= settings.batch_size or (exhausted and buffer):
