@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from digitreader.pipeline.normalize import BLANK_EXTENT, is_blank, label_pieces, normalize_ink
-from digitreader.pipeline.prepare import map_box
+from digitreader.pipeline.prepare import cover, map_box
 from digitreader.pipeline.split import (
     DigitScorer,
     Piece,
@@ -71,12 +71,6 @@ def _line_runs(hit: list[bool], lo: int, hi: int) -> list[int]:
     return [i for i in range(max(lo, 0), min(hi, len(hit))) if hit[i]]
 
 
-def _cover(ink: np.ndarray, axis: int) -> np.ndarray:
-    """Fraction of inked pixels in each row (axis=1) or column (axis=0): ink.mean(axis), cheaper."""
-    counts = cv2.reduce(ink.view(np.uint8), axis, cv2.REDUCE_SUM, dtype=cv2.CV_32S)
-    return counts.ravel() / ink.shape[axis]
-
-
 def _grow1(flags: np.ndarray) -> np.ndarray:
     """A 1-D bool array dilated by one element on each side."""
     out = flags.copy()
@@ -115,8 +109,8 @@ def _remove_lines_py(
     cx0, cx1, cy0, cy1 = max(x0, 0), min(x1, w), max(y0, 0), min(y1, h)
     if cx1 <= cx0 or cy1 <= cy0:
         return ink.copy()
-    row_hit = (_cover(ink[:, cx0:cx1], 1) >= level).tolist()
-    col_hit = (_cover(ink[cy0:cy1, :], 0) >= level).tolist()
+    row_hit = (cover(ink[:, cx0:cx1], 1) >= level).tolist()
+    col_hit = (cover(ink[cy0:cy1, :], 0) >= level).tolist()
     rows = _line_runs(row_hit, y0 - max_t, y0 + 2) + _line_runs(row_hit, y1 - 2, y1 + max_t)
     cols = _line_runs(col_hit, x0 - max_t, x0 + 2) + _line_runs(col_hit, x1 - 2, x1 + max_t)
     row_bands = _bands(rows)
@@ -160,7 +154,7 @@ def _remove_ticks(
     k = max(3, (y1 - y0) // 6)
     if y1 - k < 0 or y1 > h:
         return []
-    low = _cover(ink[y1 - k : y1, :], 0) >= 0.9
+    low = cover(ink[y1 - k : y1, :], 0) >= 0.9
     hits = _line_runs(low.tolist(), x0 - max_t, x0 + 1) + _line_runs(low.tolist(), x1 - 1, x1 + max_t)
     bands = [b for b in _bands([c for c in hits if c not in walls]) if len(b) <= max_t]
     if not bands:

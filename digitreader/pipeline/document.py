@@ -168,7 +168,7 @@ def segment_document(
     from digitreader.pipeline.segment import segment_page
 
     if settings.test_crash_on and _in_pool() and fnmatch.fnmatch(Path(path).name, settings.test_crash_on):
-        os._exit(70)  # DIGITREADER_TEST_CRASH_ON, tests only: a pool process dying as a crash in C would
+        os._exit(70)  # DIGITREADER_TEST_CRASH_ON, tests only: the pool process dies, as a crash would kill it
     t0 = time.perf_counter()
     timings: dict[str, float] = {"decode": 0.0, "segment": 0.0}
     cuts: list[PageCut] = []

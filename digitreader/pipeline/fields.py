@@ -23,13 +23,15 @@ work, and the reference `tests/test_fields_native.py` holds the C to.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import cv2
 import numpy as np
 
-from digitreader.pipeline.prepare import ink_levels, median
+from digitreader.pipeline.prepare import cover, ink_levels, median
 from digitreader.settings import Settings
 from digitreader.types import BBox, FieldRegion, PreparedPage
 
@@ -44,13 +46,6 @@ LINE_COVER = 0.8  # a row is a box line when this fraction of the structure's wi
 WALL_COVER = 0.92  # a column is a cell wall when this fraction of the cell height is inked
 _ROW3 = np.ones((3, 1), np.uint8)
 _COL3 = np.ones((1, 3), np.uint8)
-
-
-def _cover(a: np.ndarray, axis: int) -> np.ndarray:
-    """`a.mean(axis)` of a non-empty 0/1 uint8 array (the fraction covered in each row, axis=1, or
-    column, axis=0): the same float64 values (exact sums over the count) without numpy's overhead."""
-    counts = cv2.reduce(a, axis, cv2.REDUCE_SUM, dtype=cv2.CV_32S)
-    return counts.ravel() / a.shape[axis]
 
 
 @dataclass(frozen=True)
@@ -160,15 +155,20 @@ def _frame(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     Done in C (`_fields.frame`: the same steps and arithmetic as `_frame_py`) where it was built."""
     if _fields is None:
         return _frame_py(sub, x0, y0, g)
+    return _piece_in_c(_fields.frame, sub, x0, y0, g.frame_mm)
+
+
+def _piece_in_c(examine: Callable[..., Any], sub: np.ndarray, x0: int, y0: int, mm: tuple[int, ...]) -> _Found | None:
+    """A piece examined by `_fields.frame` or `_fields.ticks`: (kind, bbox, cells) or None."""
     h, w = sub.shape
-    found = _fields.frame(np.ascontiguousarray(sub, np.uint8), h, w, x0, y0, g.frame_mm)
+    found = examine(np.ascontiguousarray(sub, np.uint8), h, w, x0, y0, mm)
     return None if found is None else _Found(*found)
 
 
 def _frame_py(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     """`_frame` in Python: how it works, step by step (`_fields.c` follows it)."""
     h, w = sub.shape
-    rows = _cover(cv2.dilate(sub, _ROW3), 1)  # sub is 0/1
+    rows = cover(cv2.dilate(sub, _ROW3), 1)  # sub is 0/1
     hl = [r for r in _runs(rows >= LINE_COVER)]
     if len(hl) < 2:
         return None
@@ -185,7 +185,7 @@ def _frame_py(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     if float((rows[top[1] : bottom[0]] >= 0.95).mean()) > 0.85:
         return None  # solid inside: a filled block
     band = sub[top[1] : bottom[0]]
-    cols = _cover(cv2.dilate(band, _COL3), 0)
+    cols = cover(cv2.dilate(band, _COL3), 0)
     walls = _runs(cols >= WALL_COVER)
     walls = [wl for wl in walls if wl[1] - wl[0] <= g.mm(3.0) + 2]  # two walls of touching squares: wide
     # Two squares that nearly touch give two walls with a sliver of paper between: one separator,
@@ -226,15 +226,13 @@ def _ticks(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     built."""
     if _fields is None:
         return _ticks_py(sub, x0, y0, g)
-    h, w = sub.shape
-    found = _fields.ticks(np.ascontiguousarray(sub, np.uint8), h, w, x0, y0, g.ticks_mm)
-    return None if found is None else _Found(*found)
+    return _piece_in_c(_fields.ticks, sub, x0, y0, g.ticks_mm)
 
 
 def _ticks_py(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     """`_ticks` in Python: how it works, step by step (`_fields.c` follows it)."""
     h, w = sub.shape
-    rows = _cover(cv2.dilate(sub, _ROW3), 1)  # sub is 0/1
+    rows = cover(cv2.dilate(sub, _ROW3), 1)  # sub is 0/1
     hl = _runs(rows >= LINE_COVER)
     if not hl:
         return None
@@ -245,7 +243,7 @@ def _ticks_py(sub: np.ndarray, x0: int, y0: int, g: _Geom) -> _Found | None:
     if base[0] < probe:
         return None
     band = sub[base[0] - probe : base[0]]
-    cols = _cover(band, 0)
+    cols = cover(band, 0)
     ticks = [t for t in _runs(cols >= 0.9) if t[1] - t[0] <= g.mm(1.2)]
     if len(ticks) < 3:
         return None

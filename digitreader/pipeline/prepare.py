@@ -123,6 +123,13 @@ def median(values: np.ndarray | list[float] | list[int]) -> float:
     return float(v[mid]) if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
 
 
+def cover(mask: np.ndarray, axis: int) -> np.ndarray:
+    """`mask.mean(axis)` of a non-empty 0/1 mask (bool or uint8): the share covered in each row (axis=1)
+    or column (axis=0), the same float64 values (exact sums over the count) without numpy's overhead."""
+    counts = cv2.reduce(mask.view(np.uint8), axis, cv2.REDUCE_SUM, dtype=cv2.CV_32S)
+    return counts.ravel() / mask.shape[axis]
+
+
 def _weighted_median(values: np.ndarray, counts: np.ndarray) -> float:
     """np.median of the sample holding each of the sorted `values` `counts` times (the same number)."""
     n = int(counts.sum())

@@ -289,15 +289,21 @@ def start_pool_server() -> None:
 
 
 def make_executor(workers: int) -> cf.Executor:
-    if workers <= 1:
-        return _InlineExecutor()
-    context = _pool_context()
+    return _process_pool(workers) if workers > 1 else _InlineExecutor()
+
+
+def _process_pool(workers: int) -> cf.ProcessPoolExecutor:
     return cf.ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=context,
+        mp_context=_pool_context(),
         initializer=init_worker,
         initargs=(os.getpid(),),  # the pool's processes end if this one is killed
     )
+
+
+def _internal_failure(path: str, exc: BaseException) -> DocumentCut:
+    """A document whose cut did not come back from the pool (pickling errors and the like)."""
+    return DocumentCut(path, (), "internal", f"{path}: {exc!r}", traceback=traceback.format_exc())
 
 
 def load_predictor(settings: Settings) -> Any:
@@ -539,23 +545,22 @@ def _run(
 
     executor = make_executor(workers)
 
-    def submit(job: _Job) -> cf.Future[DocumentCut]:
-        return executor.submit(segment_document, job.path, settings, template, limit, model_file(), job.pages)
+    def submit(job: _Job, to: cf.Executor | None = None) -> cf.Future[DocumentCut]:
+        pool = executor if to is None else to
+        return pool.submit(segment_document, job.path, settings, template, limit, model_file(), job.pages)
 
     def alone(job: _Job) -> DocumentCut:
         """A document that was in flight when a pool process died, read again in a process of its own:
         the one that kills it too is the culprit and fails (`worker_lost`); the others are read."""
-        solo = cf.ProcessPoolExecutor(
-            max_workers=1, mp_context=_pool_context(), initializer=init_worker, initargs=(os.getpid(),)
-        )
+        solo = _process_pool(1)
         try:
-            return solo.submit(segment_document, job.path, settings, template, limit, model_file(), job.pages).result()
+            return submit(job, solo).result()
         except cf.process.BrokenProcessPool:
             msg = (f"{job.path}: the segmentation process died reading this document, alone as when with others "
                    f"(a crash, or the out-of-memory killer)")  # fmt: skip
             return DocumentCut(job.path, (), "worker_lost", msg)
         except Exception as exc:  # pickling errors and the like: this document only
-            return DocumentCut(job.path, (), "internal", f"{job.path}: {exc!r}", traceback=traceback.format_exc())
+            return _internal_failure(job.path, exc)
         finally:
             solo.shutdown(wait=True, cancel_futures=True)
 
@@ -602,9 +607,7 @@ def _run(
                     suspects.append(job)  # this one, or another in flight, killed a pool process
                     continue
                 except Exception as exc:  # pickling errors and the like: this document only
-                    part = DocumentCut(
-                        job.path, (), "internal", f"{job.path}: {exc!r}", traceback=traceback.format_exc()
-                    )
+                    part = _internal_failure(job.path, exc)
                 take(job, part)
             if isinstance(executor, cf.ProcessPoolExecutor) and getattr(executor, "_broken", False):
                 # A pool process died (a crash, the out-of-memory killer): the whole pool is lost, and
