@@ -71,8 +71,25 @@ def page() -> np.ndarray:
     return np.clip(img.astype(np.int16) + rng.integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
 
 
+@pytest.fixture(params=[True, False], ids=["lanes", "plain"])
+def lanes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both ways _png.c unfilters: with its SSE2 lanes (where built with SSE2, as on every x86-64), and
+    in plain C alone (`unfilter(..., lanes=False)`, as on a CPU without SSE2): the same bytes."""
+    from digitreader.pipeline import _png
+
+    if not request.param:
+
+        class Plain:
+            @staticmethod
+            def unfilter(buf: bytearray, height: int, stride: int, bpp: int) -> None:
+                _png.unfilter(buf, height, stride, bpp, False)
+
+        monkeypatch.setattr(png, "_png", Plain)
+    return bool(request.param)
+
+
 @pytest.mark.parametrize("filters", [[0], [1], [2], [3], [4], [4, 1, 2, 3, 0], [2, 4, 3, 1, 0, 4]])
-def test_every_row_filter_gives_the_pixels_back(page: np.ndarray, filters: list[int]) -> None:
+def test_every_row_filter_gives_the_pixels_back(page: np.ndarray, filters: list[int], lanes: bool) -> None:
     data = write_png(page, filters)
     ref = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     assert ref is not None and np.array_equal(ref, page)  # a valid PNG
@@ -80,16 +97,33 @@ def test_every_row_filter_gives_the_pixels_back(page: np.ndarray, filters: list[
     assert out is not None and out.dtype == np.uint8 and np.array_equal(out, page)
 
 
-@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 97])
-@pytest.mark.parametrize("filters", [[4], [4, 4, 1], [4, 4, 4, 2], [4, 4, 4, 4, 3], [4, 4, 4, 4, 4, 4, 4, 0]])
-def test_runs_of_paeth_rows_decoded_together(width: int, filters: list[int]) -> None:
-    # Runs of Paeth rows are decoded up to four at a time, each row a pixel behind the one above
-    # (_png.c, paeth_wave): every run length, and pages narrower than the run, on noise that takes
-    # each of the predictor's three choices.
-    img = np.random.default_rng(width).integers(0, 256, (23, width), dtype=np.uint8)
+PAETH_RUNS = [[4], [4, 4, 1], [4, 4, 4, 2], [4, 4, 4, 4, 3], [4] * 7 + [0], [4] * 8 + [1], [4] * 9 + [2],
+              [4] * 16 + [0], [4] * 17 + [3]]  # fmt: skip
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 97])
+@pytest.mark.parametrize("filters", PAETH_RUNS)
+def test_runs_of_paeth_rows_decoded_together(width: int, filters: list[int], lanes: bool) -> None:
+    # Runs of Paeth rows are decoded together, each row a pixel behind the one above: up to eight in
+    # one vector with the lanes (_png.c, paeth_simd, eight columns a block), up to four without them
+    # (paeth_wave). Every run length below, at and past eight, pages narrower than the run and
+    # around a block's width, on noise that takes each of the predictor's three choices.
+    img = np.random.default_rng(width).integers(0, 256, (41, width), dtype=np.uint8)
     img[5:9] = 200  # flat rows too: ties between the choices
+    img[20:30, : width // 2] = 0
     out = png.decode_png(write_png(img, filters))
     assert out is not None and np.array_equal(out, img)
+
+
+@pytest.mark.parametrize("width", [1, 15, 16, 17, 31, 32, 33, 97])
+def test_sub_rows_across_vector_blocks(width: int, lanes: bool) -> None:
+    # Sub rows are a running sum, done sixteen bytes at a time with the lanes (sub_row_simd): the
+    # sum carried from block to block and into the bytes after the last whole block; the first row
+    # (whose Paeth is a Sub) too.
+    img = np.random.default_rng(width + 100).integers(0, 256, (9, width), dtype=np.uint8)
+    for filters in ([1], [4, 1], [1, 2]):
+        out = png.decode_png(write_png(img, filters))
+        assert out is not None and np.array_equal(out, img)
 
 
 def test_pages_one_after_another_share_the_stream_buffer(page: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,7 +152,7 @@ def test_rgb_rows_unfilter_per_pixel(page: np.ndarray, filters: list[int]) -> No
     assert np.abs(grey.astype(int) - ref.astype(int)).max() <= 1  # rounding of the grey conversion
 
 
-def test_opencv_written_pages_decode_identically(page: np.ndarray) -> None:
+def test_opencv_written_pages_decode_identically(page: np.ndarray, lanes: bool) -> None:
     big = cv2.resize(page, (page.shape[1] * 9, page.shape[0] * 7), interpolation=cv2.INTER_CUBIC)
     ok, buf = cv2.imencode(".png", big)  # libpng's own adaptive choice of filters
     assert ok

@@ -3,10 +3,11 @@
 A 300-dpi A4 page is ~8.7 million pixels; decoding it is the largest single cost of a page. OpenCV
 (libpng + zlib) spends most of that time inflating the data and undoing the row filters. Here the
 data is inflated with libdeflate (the `deflate` package, about twice as fast as zlib) and the rows
-are unfiltered in place by a small C loop (`_png.c`, which decodes runs of Paeth rows four at a
-time): the same pixels as OpenCV's for greyscale (RGB is converted to grey by `cv2.cvtColor`, within
-one grey level of libpng's own conversion). On a 300-dpi A4 page, inflating takes about 23 ms and
-unfiltering 10 here; OpenCV takes 60-90 ms for the whole.
+are unfiltered in place by a small C loop (`_png.c`: runs of Paeth rows eight at a time in SSE2
+lanes, Sub rows sixteen bytes at a time; four Paeth rows at a time in plain C elsewhere): the same
+pixels as OpenCV's for greyscale (RGB is converted to grey by `cv2.cvtColor`, within one grey level of
+libpng's own conversion). On a 300-dpi A4 page, inflating takes about 23-28 ms and unfiltering 4-5
+(17 before the SSE2 lanes); OpenCV takes 60-90 ms for the whole.
 
 `decode_png(data)` returns None for anything else (palette, 16-bit, alpha, interlaced, a damaged
 stream, or the C part not built): the loader then decodes the file with OpenCV as before, and
