@@ -36,6 +36,7 @@ COPY digitreader/pipeline/_prepare.c ./digitreader/pipeline/_prepare.c
 COPY digitreader/pipeline/_fields.c ./digitreader/pipeline/_fields.c
 COPY digitreader/pipeline/_cut.c ./digitreader/pipeline/_cut.c
 COPY digitreader/pipeline/_normalize.c ./digitreader/pipeline/_normalize.c
+COPY digitreader/pipeline/_split.c ./digitreader/pipeline/_split.c
 COPY migrations ./migrations
 RUN mkdir -p digitreader workers training && touch digitreader/__init__.py workers/__init__.py training/__init__.py \
     && pip install ".[${FLAVOUR}]" && pip uninstall -y digitreader

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitreader.pipeline import cut, fields, native, normalize, png, prepare
+from digitreader.pipeline import cut, fields, native, normalize, png, prepare, split
 from digitreader.pipeline.load import load_pages
 from digitreader.pipeline.segment import segment_page
 from digitreader.settings import Settings
@@ -21,7 +21,7 @@ def test_every_c_extension_is_built() -> None:
     assert native.missing() == []
     assert png.available()  # _png, with libdeflate
     assert cut._cut is not None and fields._fields is not None
-    assert normalize._normalize is not None and prepare._prepare is not None
+    assert normalize._normalize is not None and prepare._prepare is not None and split._split is not None
 
 
 def test_a_missing_c_half_is_named_and_warned_about(
@@ -50,7 +50,8 @@ def test_pages_segment_alike_without_the_c_halves(
     files = generate(tmp_path, pages=4, seed=95, kind="mixed", style="rough", data_dir=data_dir)
     pages = [p for f in files for p in load_pages(f, Settings())]
     with_c = [segment_page(p) for p in pages]
-    for module, name in ((cut, "_cut"), (fields, "_fields"), (normalize, "_normalize"), (prepare, "_prepare")):
+    halves = ((cut, "_cut"), (fields, "_fields"), (normalize, "_normalize"), (prepare, "_prepare"), (split, "_split"))
+    for module, name in halves:
         monkeypatch.setattr(module, name, None)
     without = [segment_page(p) for p in pages]
     strings = split_differ = 0

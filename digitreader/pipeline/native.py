@@ -1,8 +1,9 @@
 """Which of the stages' C halves this install has.
 
-Five stages have a C half beside their Python (optional extensions built at install, `pyproject.toml`):
+Six stages have a C half beside their Python (optional extensions built at install, `pyproject.toml`):
 `_png` (PNG decoding, with libdeflate), `_prepare` (the skew's projection profiles), `_fields` (the
-line image), `_cut` (box-line removal, a box cell's mask) and `_normalize` (crops to the MNIST form).
+line image), `_cut` (box-line removal, a box cell's mask), `_split` (a string piece's pen width) and
+`_normalize` (crops to the MNIST form).
 Without one, its stage runs its Python version: the same results (crops within one grey level),
 slower. `missing()` says which are absent, for the batch's warning, the Dockerfile's build check and
 the tests.
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 _warned = False
 
 #: The C halves, by module name (in `digitreader.pipeline`).
-C_HALVES = ("_png", "_prepare", "_fields", "_cut", "_normalize")
+C_HALVES = ("_png", "_prepare", "_fields", "_cut", "_split", "_normalize")
 
 
 def missing() -> list[str]:
