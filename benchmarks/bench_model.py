@@ -12,13 +12,18 @@ import argparse
 import logging
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from digitreader.pipeline.recognize import Predictor
-from digitreader.settings import Settings
+# The digitreader of this checkout (a worktree of another commit too), not the installed one.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from digitreader.pipeline.recognize import Predictor  # noqa: E402
+from digitreader.settings import Settings  # noqa: E402
 
 log = logging.getLogger(__name__)
 

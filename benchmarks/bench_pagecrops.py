@@ -20,8 +20,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from digitreader.pipeline.recognize import MODELS_DIR, Predictor
-from training.pagecrops import DIGIT, KINDS, NEGATIVE_KINDS, page_crops
+# The digitreader of this checkout (a worktree of another commit too), not the installed one.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from digitreader.pipeline.recognize import MODELS_DIR, Predictor  # noqa: E402
+from training.pagecrops import DIGIT, KINDS, NEGATIVE_KINDS, page_crops  # noqa: E402
 
 
 def _share(hits: np.ndarray, digits: int = 4) -> float | None:

@@ -26,17 +26,21 @@ from pathlib import Path
 
 import cv2
 
-from digitreader import cpu
-from digitreader.pipeline import native
-from digitreader.pipeline.cut import cut_field
-from digitreader.pipeline.fields import find_fields
-from digitreader.pipeline.load import load_pages
-from digitreader.pipeline.prepare import prepare_page
-from digitreader.pipeline.segment import check_page, segment_page
-from digitreader.settings import Settings
-from digitreader.synth import generate, load_truth
-from digitreader.synth.score import score_page, summary
-from digitreader.types import PageCut
+# The digitreader of this checkout (a worktree of another commit too), not the installed one.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from digitreader import cpu  # noqa: E402
+from digitreader.pipeline import native  # noqa: E402
+from digitreader.pipeline.cut import cut_field  # noqa: E402
+from digitreader.pipeline.fields import find_fields  # noqa: E402
+from digitreader.pipeline.load import load_pages  # noqa: E402
+from digitreader.pipeline.prepare import prepare_page  # noqa: E402
+from digitreader.pipeline.segment import check_page, segment_page  # noqa: E402
+from digitreader.settings import Settings  # noqa: E402
+from digitreader.synth import generate, load_truth  # noqa: E402
+from digitreader.synth.score import score_page, summary  # noqa: E402
+from digitreader.types import PageCut  # noqa: E402
 
 
 def main() -> None:
