@@ -20,7 +20,7 @@
  * each step needs only the step before it (left: the same lane; above: the lane before, a step ago;
  * above-left: the lane before, two steps ago). The rows go in and out through a scratch block where
  * row j is shifted j bytes right, transposed eight columns at a time. The same bytes as the scalar
- * wave, about four times faster on a scanned page. Sub rows (a running sum) go sixteen bytes at a time
+ * wave, about three times faster on a scanned page. Sub rows (a running sum) go sixteen bytes at a time
  * (`sub_row_simd`).
  */
 #define PY_SSIZE_T_CLEAN
@@ -144,6 +144,7 @@ static void paeth_simd(uint8_t *dst, const uint8_t *prev, const uint8_t *src, Py
     }
     for (int j = 0; j < k; j++) memcpy(dst + j * stride, skew + j * w + j, (size_t)stride);
 }
+
 /* A Sub row (bpp 1), sixteen bytes at a time: each block's running sum in four shifted adds, plus the
  * last byte decoded before it. Returns how many bytes it decoded (a multiple of 16; the rest are left
  * to the scalar loop). `dst` lies at or before `src`, as in place: each block is read before written. */
@@ -164,9 +165,10 @@ static Py_ssize_t sub_row_simd(uint8_t *dst, const uint8_t *src, Py_ssize_t n) {
 }
 #endif
 
-/* Decodes the run of Paeth rows starting at row y (bpp 1, y > 0): up to PAETH_ROWS of them at once,
- * their filtered bytes first copied to `scratch` (PAETH_ROWS * stride bytes) because in place an
- * output row overlaps the end of the input row above it. Returns how many rows it decoded. */
+/* Decodes the run of Paeth rows starting at row y (bpp 1, y > 0): up to PAETH_LANES of them at once in
+ * vector lanes where there is `skew` (SSE2), else up to PAETH_ROWS in the scalar wave; either way their
+ * filtered bytes are first copied to scratch (`skew`, or `scratch`: PAETH_ROWS * stride bytes) because
+ * in place an output row overlaps the end of the input row above it. Returns how many rows it decoded. */
 static Py_ssize_t paeth_rows(uint8_t *buf, Py_ssize_t y, Py_ssize_t height, Py_ssize_t stride, uint8_t *scratch,
                              uint8_t *skew) {
     uint8_t *dst = buf + y * stride;
