@@ -127,7 +127,7 @@ def main() -> None:
     from digitreader.pipeline.recognize import MODELS_DIR, read_manifest
     from digitreader.settings import Settings, get_settings
     from digitreader.synth import generate
-    from training.corrections import HardStyleDigits, RetrainConfig, _load_weights, retrain, save_weights
+    from training.corrections import HardStyleDigits, RetrainConfig, load_weights, retrain, save_weights
     from training.data import load_mnist
     from training.export import onnx_logits
     from training.fit import predict_logits
@@ -142,7 +142,7 @@ def main() -> None:
     timings: dict[str, float] = {}
 
     shipped = MODELS_DIR / read_manifest()["model"]
-    model, arch = _load_weights(Path(args.init_from))
+    model, arch = load_weights(Path(args.init_from))
     x = load_mnist("test", settings.data_dir).images[:512]
     diff = float(np.abs(predict_logits(model, x, device=torch.device("cpu")) - onnx_logits(shipped, x)).max())
     if diff > 1e-4:

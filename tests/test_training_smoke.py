@@ -185,7 +185,7 @@ def test_train_cli_missing_data_and_bad_options(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ensemble_of_two_runs(smoke_run: Path, data_dir: Path, tmp_path: Path) -> None:
     # A second member: an untrained drnet saved in a run's checkpoint format.
-    from training.corrections import _load_weights
+    from training.corrections import load_weights
     from training.ensemble import build_ensemble
 
     other = tmp_path / "other"
@@ -214,8 +214,102 @@ def test_ensemble_of_two_runs(smoke_run: Path, data_dir: Path, tmp_path: Path) -
     meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
     assert meta["arch"] == "drnet+drnet" and json.loads(meta["members"]) == [smoke_run.name, "other"]
     # The joined checkpoint reloads as an ensemble, also for fine-tuning on corrections.
-    model, arch = _load_weights(out)
+    model, arch = load_weights(out)
     assert arch == "drnet+drnet" and isinstance(model, archs.Ensemble) and len(model.members) == 2
+
+
+def _manual_cascade(z_first: np.ndarray, z_all: np.ndarray, gate: float, t_first: float, t_all: float) -> np.ndarray:
+    """What a cascade answers, from its parts' raw logits: the first's (over t_first) where it is sure."""
+    sure = calibrate.softmax(z_first, t_first).max(1) >= gate
+    return np.where(sure[:, None], z_first / t_first, z_all / t_all)
+
+
+def test_cascade_asks_the_second_opinion_only_when_unsure(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    model = archs.build("drnet>drnet+drnet-wide", 11).eval()
+    assert isinstance(model, archs.Cascade) and (model.n_first, model.n_second) == (1, 2)
+    model.t_first.fill_(0.05)  # untrained logits are close together: a low temperature spreads them
+    model.t_all.fill_(0.7)
+    x = torch.rand(64, 1, 28, 28)
+    with torch.no_grad():
+        z_first, z_all = (t.numpy() for t in model.raw_logits(x))
+        second = model.second
+        assert isinstance(second, archs.Ensemble)
+        parts = [m(x).numpy() for m in (model.first, *second.members)]
+    # all the members weighed alike: the first counts once, the second's two members once each
+    assert np.abs(z_all - np.mean(parts, axis=0)).max() < 1e-5
+    conf = calibrate.softmax(z_first, 0.05).max(1)
+    gate = float(np.median(conf))
+    model.gate.fill_(gate)
+    with torch.no_grad():
+        got = model(x).numpy()
+    want = _manual_cascade(z_first, z_all, gate, 0.05, 0.7)
+    assert 0 < (conf < gate).sum() < len(x)  # both ways are taken
+    assert np.abs(got - want).max() < 1e-5
+    # Exported: one file, the same answers (the unsure rows gathered, read, scattered back), any batch size.
+    path = export.export_onnx(model, tmp_path / "c.onnx", {"arch": "drnet>drnet+drnet-wide"})
+    assert not list(tmp_path.glob("*.data"))
+    images = (x.numpy()[:, 0] * 255).round().astype(np.uint8)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(images).float().div(255).unsqueeze(1)).numpy()
+    assert np.abs(export.onnx_logits(path, images) - ref).max() < 1e-4
+    import onnxruntime as ort
+
+    empty = np.zeros((0, 1, 28, 28), np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {export.INPUT_NAME: empty})[0].shape == (0, 11)
+    for g in (0.0, 1.0):  # nobody asked, everybody asked
+        model.gate.fill_(g)
+        path = export.export_onnx(model, tmp_path / f"c{g}.onnx", {})
+        with torch.no_grad():
+            ref = model(torch.from_numpy(images).float().div(255).unsqueeze(1)).numpy()
+        assert np.abs(export.onnx_logits(path, images) - ref).max() < 1e-4
+        assert np.abs(ref - (z_first / 0.05 if g == 0.0 else z_all / 0.7)).max() < 1e-3
+    # In training mode (fine-tuning) every crop goes through all the members.
+    model.train()
+    torch.manual_seed(1)  # the same dropout both times
+    trained_on = model(x)
+    torch.manual_seed(1)
+    assert torch.allclose(trained_on, model.raw_logits(x)[1], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_cascade_of_runs(smoke_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    from digitreader.pipeline.recognize import Predictor
+    from digitreader.settings import Settings
+    from training.cascade import build_cascade
+    from training.corrections import load_weights
+
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.manual_seed(11)
+    untrained = archs.build("drnet-wide", 11).eval()
+    cfg = TrainConfig(arch="drnet-wide", epochs=1, data_dir=str(data_dir), out=str(other), version="other")
+    torch.save({"config": cfg.__dict__, "epoch": 0, "model": untrained.state_dict(), "history": []},
+               other / "checkpoint.pt")  # fmt: skip
+    out = tmp_path / "cascade"
+    report = build_cascade(smoke_run, [smoke_run, other], out, "cascade-test", gate=0.99)
+    assert report["arch"] == "drnet>drnet+drnet-wide"
+    assert report["parity_max_abs_diff"] <= export.PARITY_TOLERANCE
+    # The checkpoint keeps the fitted temperatures, and reloads as a cascade (also for fine-tuning).
+    model, arch = load_weights(out)
+    assert arch == "drnet>drnet+drnet-wide" and isinstance(model, archs.Cascade)
+    assert float(model.gate) == pytest.approx(0.99) and float(model.t_first) != 1.0 and float(model.t_all) != 1.0
+    # The exported graph answers as the cascade does, computed from the parts' own logits.
+    images = load_mnist("test", data_dir).images[:512]
+    z_first = export.onnx_logits(smoke_run / "model.onnx", images)
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    with torch.no_grad():
+        z_all = (2 * z_first + untrained(x).numpy()) / 3
+    want = _manual_cascade(z_first, z_all, 0.99, float(model.t_first), float(model.t_all))
+    sure = calibrate.softmax(z_first, float(model.t_first)).max(1) >= 0.99
+    assert 0 < sure.sum() < len(images)
+    assert np.abs(export.onnx_logits(out / "model.onnx", images) - want).max() < 1e-3
+    # The service reads it like any model.
+    predictor = Predictor.load(out / "model.onnx", Settings(precision="fp32"))
+    assert predictor.info.arch == "drnet>drnet+drnet-wide"
+    rec = predictor.predict(images[:64])
+    assert rec.probs.shape == (64, 11) and np.allclose(rec.probs.sum(1), 1, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -188,14 +188,68 @@ class Ensemble(nn.Module):
         return torch.stack([m(x) for m in self.members]).mean(0)
 
 
+class Cascade(nn.Module):
+    """A reader and a second opinion asked only when the reader is unsure.
+
+    `first` reads every crop. The crops whose calibrated confidence, softmax(logits / t_first).max(),
+    is under `gate` are read again by `second`, and for those the answer is the mean of all the
+    members' logits (each member of `first` and of `second` weighed alike: an ensemble of them all)
+    divided by `t_all`. Every row of the output is thus a calibrated logit of the model that read it;
+    the temperature fitted on top of it by `training.run.finalize` comes out close to 1.
+
+    Most crops are read by `first` alone, so the cascade costs little more than `first`: the second
+    opinion runs on the few unsure crops (NonZero, Gather and ScatterND in the exported graph: still one
+    ONNX file). In training mode (fine-tuning on corrections) every crop goes through both and the
+    output is the mean of all the members' logits; `fit_temperatures` must be run again afterwards.
+    Its architecture name is the two parts' joined by ">" (e.g. "drnet+drnet-wide>drnet-deep+drnet-deep");
+    the gate and the two temperatures are buffers, kept in the state dict.
+    """
+
+    gate: torch.Tensor
+    t_first: torch.Tensor
+    t_all: torch.Tensor
+
+    def __init__(self, first: nn.Module, second: nn.Module, gate: float = 0.99) -> None:
+        super().__init__()
+        self.first = first
+        self.second = second
+        self.n_first = len(first.members) if isinstance(first, Ensemble) else 1
+        self.n_second = len(second.members) if isinstance(second, Ensemble) else 1
+        self.register_buffer("gate", torch.tensor(float(gate)))
+        self.register_buffer("t_first", torch.tensor(1.0))
+        self.register_buffer("t_all", torch.tensor(1.0))
+
+    def _all(self, z_first: torch.Tensor, z_second: torch.Tensor) -> torch.Tensor:
+        return (self.n_first * z_first + self.n_second * z_second) / (self.n_first + self.n_second)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z1 = self.first(x)
+        if self.training:
+            return self._all(z1, self.second(x))
+        c1 = z1 / self.t_first
+        unsure = torch.nonzero(torch.softmax(c1, 1).amax(1) < self.gate).squeeze(1)
+        z2 = self.second(x.index_select(0, unsure))
+        return c1.index_copy(0, unsure, self._all(z1.index_select(0, unsure), z2) / self.t_all)
+
+    def raw_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first's logits, all members' mean logits) of every crop, uncalibrated (for fitting)."""
+        z1 = self.first(x)
+        return z1, self._all(z1, self.second(x))
+
+
 def is_known(arch: str) -> bool:
-    """A single architecture of ARCHS, or an ensemble of them ("a+b")."""
-    return all(part in ARCHS for part in arch.split("+"))
+    """A single architecture of ARCHS, an ensemble of them ("a+b"), or a cascade of two ("a+b>c+d")."""
+    parts = arch.split(">")
+    return len(parts) <= 2 and all(part in ARCHS for p in parts for part in p.split("+"))
 
 
 def build(arch: str, num_classes: int = 11) -> nn.Module:
     if not is_known(arch):
-        raise KeyError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)} (or an ensemble a+b)")
+        raise KeyError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)} "
+                       "(or an ensemble a+b, or a cascade a+b>c)")  # fmt: skip
+    if ">" in arch:
+        first, second = arch.split(">")
+        return Cascade(build(first, num_classes), build(second, num_classes))
     if "+" in arch:
         return Ensemble([ARCHS[part].build(num_classes) for part in arch.split("+")])
     return ARCHS[arch].build(num_classes)

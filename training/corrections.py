@@ -134,7 +134,7 @@ class RetrainConfig:
     report: bool = True  # full evaluation report (plots, tables) like a normal run; False: calibrate+export only
 
 
-def _load_weights(path: Path) -> tuple[nn.Module, str]:
+def load_weights(path: Path) -> tuple[nn.Module, str]:
     """A model from a weights file ({"arch", "model"}), a training checkpoint, or a run folder."""
     p = path / "checkpoint.pt" if path.is_dir() else path
     if not p.is_file():
@@ -228,6 +228,10 @@ def export_light(
     nd = generate_nondigits(VAL_SIZE // 5, NONDIGIT_VAL_SEED)
     x = np.concatenate([val_x, nd])
     y = np.concatenate([val_y, np.full(len(nd), 10, np.int64)])
+    if isinstance(model, archs.Cascade):  # fine-tuning moved its members: fit its gate's temperatures again
+        from training.cascade import fit_temperatures
+
+        fit_temperatures(model, x, y)
     logits = predict_logits(model, x, device=torch.device("cpu"))
     if logits.shape[1] == 10:
         keep = y < 10
@@ -282,7 +286,9 @@ def train_epoch_distilled(
         loss = loss_fn(logits, yb)
         if teacher is not None and alpha > 0 and bool(kb.any()):
             with torch.no_grad():
-                soft = torch.softmax(teacher(xb[kb]) / temperature, 1)
+                # a cascade teaches with what it trains on: all its members' mean logits, not the gated answer
+                taught = teacher.raw_logits(xb[kb])[1] if isinstance(teacher, archs.Cascade) else teacher(xb[kb])
+                soft = torch.softmax(taught / temperature, 1)
             kd = nn.functional.kl_div(torch.log_softmax(logits[kb] / temperature, 1), soft, reduction="batchmean")
             loss = loss + alpha * temperature**2 * kd
         loss.backward()
@@ -316,7 +322,7 @@ def retrain(cfg: RetrainConfig, settings: Settings, *, progress: ProgressFn | No
     if len(train_y) == 0:
         raise UsageError("no corrected digits to train on yet", hint="review flagged digits first: digitreader review")
     weights, parent = base_weights(settings, cfg.init_from)
-    model, arch = _load_weights(weights)
+    model, arch = load_weights(weights)
     if model(torch.zeros(2, 1, 28, 28)).shape[1] != 11 and (train_y == 10).any():
         keep = train_y != 10  # a 10-class model cannot learn "not a digit"
         train_x, train_y = train_x[keep], train_y[keep]

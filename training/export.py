@@ -76,8 +76,18 @@ def parity(model: nn.Module, path: Path, images: np.ndarray) -> float:
     return float(np.abs(ref - got).max())
 
 
-def throughput(path: Path, batch: int, seconds: float = 2.0, threads: int = 1) -> float:
-    """Digits per second of the ONNX model with onnxruntime on CPU (`threads` intra-op threads).
+def _speed_batch(batch: int, images: np.ndarray | None) -> np.ndarray:
+    """The batch a speed is measured on: `batch` real digits (uint8 (N, 28, 28)) when given, which a
+    cascade (`archs.Cascade`) needs (on noise its reader is unsure of every crop), else noise."""
+    if images is not None and len(images):
+        return (np.resize(images, (batch, 28, 28)).astype(np.float32) / 255.0)[:, None]
+    return np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
+
+
+def throughput(path: Path, batch: int, seconds: float = 2.0, threads: int = 1,
+               images: np.ndarray | None = None) -> float:  # fmt: skip
+    """Digits per second of the ONNX model with onnxruntime on CPU (`threads` intra-op threads), on
+    `images` (real digits) when given.
 
     The best of several short windows within `seconds`: on a machine shared with other jobs the
     best window is the closest to the model's own speed (the mean mostly measures the neighbours).
@@ -90,7 +100,7 @@ def throughput(path: Path, batch: int, seconds: float = 2.0, threads: int = 1) -
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
+    x = _speed_batch(batch, images)
     for _ in range(5):
         sess.run(None, {INPUT_NAME: x})
     best, start = 0.0, time.perf_counter()
@@ -103,7 +113,7 @@ def throughput(path: Path, batch: int, seconds: float = 2.0, threads: int = 1) -
     return best
 
 
-def throughput_cpu(path: Path, batch: int, seconds: float = 2.0) -> float:
+def throughput_cpu(path: Path, batch: int, seconds: float = 2.0, images: np.ndarray | None = None) -> float:
     """Digits per CPU-second of this process with one onnxruntime thread: the one-core speed, which
     other jobs on a shared machine do not change (they change the wall time, not the CPU time)."""
     import time
@@ -114,7 +124,7 @@ def throughput_cpu(path: Path, batch: int, seconds: float = 2.0) -> float:
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
+    x = _speed_batch(batch, images)
     for _ in range(5):
         sess.run(None, {INPUT_NAME: x})
     n, c0, t0 = 0, time.process_time(), time.perf_counter()

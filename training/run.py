@@ -338,6 +338,10 @@ def finalize(out: Path, *, model: nn.Module | None = None, splits: Splits | None
     if progress:
         progress("finalize", 0, 1, {})
     val_x, val_y = val_set(splits)
+    if isinstance(model, archs.Cascade):  # its gate's and its answer's temperatures, on the same crops
+        from training.cascade import fit_temperatures
+
+        fit_temperatures(model, val_x, val_y)
     val_logits = predict_logits(model, val_x, device=torch.device("cpu"))
     if val_logits.shape[1] == 10:  # a 10-class reference model: non-digits cannot be represented
         keep = val_y < 10
