@@ -182,19 +182,23 @@ def test_train_cli_missing_data_and_bad_options(tmp_path: Path) -> None:
     assert proc.returncode == ExitCode.USAGE and "no checkpoint" in proc.stderr
 
 
+def _untrained_run(out: Path, arch: str, data_dir: Path) -> tuple[Path, torch.nn.Module]:
+    """An untrained network saved as a finished run (a run folder with its checkpoint.pt)."""
+    out.mkdir()
+    torch.manual_seed(11)
+    model = archs.build(arch, 11).eval()
+    cfg = TrainConfig(arch=arch, epochs=1, data_dir=str(data_dir), out=str(out), version="other")
+    torch.save({"config": cfg.__dict__, "epoch": 0, "model": model.state_dict(), "history": []}, out / "checkpoint.pt")
+    return out, model
+
+
 @pytest.mark.slow
 def test_ensemble_of_two_runs(smoke_run: Path, data_dir: Path, tmp_path: Path) -> None:
     # A second member: an untrained drnet saved in a run's checkpoint format.
     from training.corrections import load_weights
     from training.ensemble import build_ensemble
 
-    other = tmp_path / "other"
-    other.mkdir()
-    torch.manual_seed(11)
-    untrained = archs.build("drnet", 11).eval()
-    cfg = TrainConfig(arch="drnet", epochs=1, data_dir=str(data_dir), out=str(other), version="other")
-    torch.save({"config": cfg.__dict__, "epoch": 0, "model": untrained.state_dict(), "history": []},
-               other / "checkpoint.pt")  # fmt: skip
+    other, untrained = _untrained_run(tmp_path / "other", "drnet", data_dir)
     out = tmp_path / "ens"
     report = build_ensemble([smoke_run, other], out, "ens-test")
     assert report["arch"] == "drnet+drnet"
@@ -280,13 +284,7 @@ def test_cascade_of_runs(smoke_run: Path, data_dir: Path, tmp_path: Path) -> Non
     from training.cascade import build_cascade
     from training.corrections import load_weights
 
-    other = tmp_path / "other"
-    other.mkdir()
-    torch.manual_seed(11)
-    untrained = archs.build("drnet-wide", 11).eval()
-    cfg = TrainConfig(arch="drnet-wide", epochs=1, data_dir=str(data_dir), out=str(other), version="other")
-    torch.save({"config": cfg.__dict__, "epoch": 0, "model": untrained.state_dict(), "history": []},
-               other / "checkpoint.pt")  # fmt: skip
+    other, untrained = _untrained_run(tmp_path / "other", "drnet-wide", data_dir)
     out = tmp_path / "cascade"
     report = build_cascade(smoke_run, [smoke_run, other], out, "cascade-test", gate=0.99)
     assert report["arch"] == "drnet>drnet+drnet-wide"
