@@ -1,15 +1,16 @@
 """Join a reader and a second opinion into one model (`archs.Cascade`), exported as one ONNX file.
 
-    python -m training.cascade digitreader/models/default.pt --second runs/deep-s4 runs/deep-s3 \\
+    python -m training.cascade runs/pc40-ens-x43 --second runs/deep-s4 runs/deep-s3 \\
         --gate 0.99 --out runs/cascade --model-version 1.4.0
 
-The first model (a weights file such as `digitreader/models/default.pt`, or a run folder) reads every
-crop; the crops it reads with a calibrated confidence under `--gate` are read again by the second (one
-run, or several joined as an ensemble), and for those the mean of all the members' logits is the
-answer. The two temperatures the gate and the answer use are fitted on the validation split, then
-the cascade is calibrated, exported and reported like any run (`training.run.finalize`). Its
-`checkpoint.pt` holds all the weights, so `training.ship` and `digitreader train --with-corrections`
-treat it like any run. The gate and the members are chosen before looking at the MNIST test set.
+The first model (a finished run folder, or a weights file such as 1.3.0's `default.pt`; not a
+cascade, so not the shipped 1.4.0's) reads every crop; the crops it reads with a calibrated
+confidence under `--gate` are read again by the second (one run, or several joined as an ensemble),
+and for those the mean of all the members' logits is the answer. The two temperatures the gate and
+the answer use are fitted on the validation split, then the cascade is calibrated, exported and
+reported like any run (`training.run.finalize`). Its `checkpoint.pt` holds all the weights and the
+fitted temperatures, so `training.ship` and `digitreader train --with-corrections` treat it like any
+run. The gate and the members are chosen before looking at the MNIST test set.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def fit_temperatures(model: Cascade, images: np.ndarray, labels: np.ndarray, bat
 def join(
     first: Path, second: list[Path], out: Path, version: str, gate: float
 ) -> tuple[Cascade, TrainConfig, list[dict[str, float]]]:
-    """Load the two parts and write OUT/checkpoint.pt (temperatures are fitted by `finalize`)."""
+    """Load the two parts into one cascade (its temperatures are fitted by `finalize`); its config
+    (the architecture joined with ">") and the report's curves."""
     from training.corrections import load_weights
 
     if not 0.0 < gate <= 1.0:
@@ -79,24 +81,21 @@ def join(
     cfg = dataclasses.replace(base, arch=f"{head_arch}>{tail_arch}", out=str(out), version=version,
                               epochs=max(c.epochs or 0 for _, c, _ in loaded))  # fmt: skip
     history = loaded[0][2]  # the report's curves: the first second-opinion run's (each run keeps its own report)
-    members = {"first": str(first), "second": [str(r) for r in second], "gate": gate}
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": dataclasses.asdict(cfg), "epoch": len(history) - 1, "model": model.state_dict(),
-                "history": history, "members": members}, out / "checkpoint.pt")  # fmt: skip
-    (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "members": members}, indent=2) + "\n")
     return model, cfg, history
 
 
 def build_cascade(first: Path, second: list[Path], out: Path, version: str, gate: float) -> dict[str, Any]:
-    """Join, fit the temperatures, calibrate, export and report; returns the report (report.json)."""
+    """Join, fit the temperatures, calibrate, export and report; write OUT/checkpoint.pt (with the
+    fitted temperatures) and config.json; returns the report (report.json)."""
     model, cfg, history = join(first, second, out, version, gate)
+    out.mkdir(parents=True, exist_ok=True)
     result = finalize(out, model=model, run=(cfg, history),
                       extra_meta={"cascade": {"first": first.name, "second": [r.name for r in second],
                                               "gate": gate}})  # fmt: skip
-    # finalize fitted the two temperatures: keep them in the checkpoint too
-    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
-    ckpt["model"] = model.state_dict()
-    torch.save(ckpt, out / "checkpoint.pt")
+    members = {"first": str(first), "second": [str(r) for r in second], "gate": gate}
+    torch.save({"config": dataclasses.asdict(cfg), "epoch": len(history) - 1, "model": model.state_dict(),
+                "history": history, "members": members}, out / "checkpoint.pt")  # fmt: skip
+    (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "members": members}, indent=2) + "\n")
     return result
 
 
