@@ -238,7 +238,11 @@ def _stored(db: Path, batch: int) -> tuple[int, str | None]:
 
 
 def _run_until_stored(args: list[str], env: dict[str, str], db: Path, at_least: int, sig: int) -> tuple[int, int]:
-    """Start submit, wait until `at_least` documents are stored, send `sig`; (batch id, return code)."""
+    """Start submit, wait until `at_least` documents are stored, send `sig`; (batch id, return code).
+
+    The process is frozen (SIGSTOP) as soon as enough are stored, and the signal is sent while it is
+    frozen, with documents still to store: however late this poll comes on a busy machine, the batch
+    cannot finish first (before, a late poll let it finish: the Ctrl-C'd run exited 0)."""
     # SIGINT as from a terminal's Ctrl-C (a shell running us in the background may have ignored it).
     proc = subprocess.Popen([sys.executable, "-m", "digitreader", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
@@ -248,12 +252,30 @@ def _run_until_stored(args: list[str], env: dict[str, str], db: Path, at_least: 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if _stored(db, batch)[0] >= at_least:
+            proc.send_signal(signal.SIGSTOP)
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the batch finished before it could be interrupted"
+    _wait_frozen(proc.pid)
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+        total = con.execute("select count(*) from documents where batch_id=?", (batch,)).fetchone()[0]
+    assert _stored(db, batch)[0] < total, "the batch stored every document before it could be interrupted"
     proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
     proc.communicate(timeout=120)
     return batch, proc.returncode
+
+
+def _wait_frozen(pid: int) -> None:
+    """Until the process is stopped by SIGSTOP (state T in /proc/PID/stat): the signal takes effect
+    asynchronously, and a commit finishing meanwhile would change what is counted."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2] == "T":
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop")
 
 
 def _processes_of(home: Path) -> list[int]:
@@ -290,6 +312,62 @@ def test_sigterm_stops_a_batch_as_ctrl_c_does(isolated_env: Path, scans: Path) -
     _assert_no_process_left(isolated_env)
     done = _cli(["submit", str(scans)], env)
     assert done.returncode == 0 and done.stdout.strip() == str(batch) and "(resumed)" in done.stderr
+
+
+_CTRL_C_AFTER_A_CALL = """
+import importlib, signal, sys
+target, match = sys.argv[1:3]
+module, _, attr = target.partition(":")
+owner = importlib.import_module(module)
+*path, name = attr.split(".")
+for part in path:
+    owner = getattr(owner, part)
+real = getattr(owner, name)
+def after_call(*args, **kwargs):
+    result = real(*args, **kwargs)
+    if not getattr(after_call, "done", False) and match in repr(args):
+        after_call.done = True
+        signal.raise_signal(signal.SIGINT)  # a Ctrl-C just as the call returns
+    return result
+setattr(owner, name, after_call)
+from digitreader.cli.main import main
+main(sys.argv[3:])
+"""
+
+
+@pytest.mark.parametrize(
+    ("at", "match", "stored", "status"),
+    [
+        ("digitreader.pipeline.process:segment_document", "", 0, "interrupted"),
+        ("sqlalchemy.engine.default:DefaultDialect.do_execute", "INSERT INTO pages", 1, "interrupted"),
+        ("digitreader.db.store:finish_batch", "", 6, "done"),
+    ],
+    ids=["reading-the-first-document", "storing-a-document", "closing-the-batch"],
+)
+def test_ctrl_c_at_awkward_moments(
+    isolated_env: Path, scans: Path, at: str, match: str, stored: int, status: str
+) -> None:
+    """A Ctrl-C in an inline batch (a single document, or DIGITREADER_WORKERS=1: read in the batch's own
+    process) gives exit 130 and a batch the next run finishes, wherever it lands. Before:
+    - just after the first document was read: "internal error", exit 1 (the pool's `except` clause
+      named `cf.process`, a submodule nothing had imported yet);
+    - just after a statement that writes a document's pages: SQLite's write lock stayed held (the
+      statement, its RETURNING rows unread, was kept by the KeyboardInterrupt's traceback), and 30 s
+      later the batch was left "running" ("database is locked");
+    - as the finished batch was being closed: the closing update rolled back, the batch "running".
+    The document being stored when it comes is now stored first, and the Ctrl-C acted on after."""
+    db = isolated_env / "digitreader.sqlite"
+    env = _env(isolated_env, DIGITREADER_WORKERS="1")
+    cmd = [sys.executable, "-c", _CTRL_C_AFTER_A_CALL, at, match, "submit", str(scans)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == ExitCode.INTERRUPTED, res.stderr
+    assert "internal error" not in res.stderr and "digitreader: interrupted" in res.stderr
+    assert "could not mark batch" not in res.stderr, res.stderr
+    batch = int(res.stdout.strip())
+    assert _stored(db, batch) == (stored, status)
+    again = _cli(["submit", str(scans)], env)
+    assert again.returncode == 0 and _stored(db, batch) == (6, "done")
+    assert (again.stdout.strip() == str(batch)) == (status == "interrupted")  # resumed, or a new empty batch
 
 
 @pytest.mark.slow

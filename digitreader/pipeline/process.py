@@ -22,15 +22,18 @@ document intact, and re-running the same command resumes the batch without dupli
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import glob
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -288,6 +291,9 @@ def start_pool_server() -> None:
         forkserver.ensure_running()
 
 
+# `BrokenProcessPool` is imported by name above: `cf.process` exists only once something has imported
+# the submodule, and an `except cf.process.BrokenProcessPool` clause evaluated before that turned a
+# Ctrl-C into an AttributeError ("internal error", exit 1) while the first document was read inline.
 def make_executor(workers: int) -> cf.Executor:
     return _process_pool(workers) if workers > 1 else _InlineExecutor()
 
@@ -415,13 +421,17 @@ def process_batch(
         interrupted = False
         try:
             _run(plan.todo, settings, tmpl, predictor, thr, version, engine, report, hook)
-        except BaseException:
+        except BaseException as exc:
             interrupted = True
+            # The frames it came from may still hold a statement SQLite has not finished (a cursor with
+            # rows of a RETURNING left to fetch), and with it the database's write lock: let them go,
+            # so that the batch can be marked interrupted below.
+            traceback.clear_frames(exc.__traceback__)
             raise
         finally:
             report.seconds = time.perf_counter() - t0
             try:
-                with session_scope(engine=engine) as s:
+                with _signals_held(), session_scope(engine=engine) as s:
                     report.status = store.finish_batch(
                         s, plan.batch_id, seconds=report.seconds, interrupted=interrupted
                     )
@@ -430,6 +440,34 @@ def process_batch(
                     raise
                 log.exception("could not mark batch %s interrupted", plan.batch_id)
     return report
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back while the block runs (one of the run's write transactions), then
+    delivered to the handlers they would have reached: a Ctrl-C stops a batch between transactions,
+    never inside one. Inside one, it left the batch "running" where it should be "interrupted":
+    - raised just after a statement had written, it left the statement's cursor referenced by the
+      KeyboardInterrupt's traceback, and SQLite's connection, closed by SQLAlchemy, alive holding its
+      write lock until that was dropped: the batch could not be marked interrupted ("database is
+      locked" after the 30 s busy timeout);
+    - raised as a finished batch was being closed, it rolled the closing update back.
+    (The next run of the same files resumed such a batch all the same.) A Ctrl-C while SQLite waits
+    for another process's lock waits with it, up to that timeout. Only the main thread receives
+    signals; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM)
+    came: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: came.append(signum)) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
+        for sig in dict.fromkeys(came):
+            signal.raise_signal(sig)
 
 
 def _wait_for_other_run(plan: store.BatchPlan, engine: Any, lock: BatchLock, hook: ProgressHook) -> str | None:
@@ -446,7 +484,7 @@ def _wait_for_other_run(plan: store.BatchPlan, engine: Any, lock: BatchLock, hoo
 
     tick()
     lock.acquire(plan.batch_id, tick=tick)
-    with session_scope(engine=engine) as s:
+    with _signals_held(), session_scope(engine=engine) as s:
         pending, status = store.take_over_batch(s, plan.batch_id)
     plan.todo = [(doc_id, path) for doc_id, path in plan.todo if doc_id in pending]
     log.info("batch %s: the other run is over; %d documents left", plan.batch_id, len(plan.todo))
@@ -555,7 +593,7 @@ def _run(
         solo = _process_pool(1)
         try:
             return submit(job, solo).result()
-        except cf.process.BrokenProcessPool:
+        except BrokenProcessPool:
             msg = (f"{job.path}: the segmentation process died reading this document, alone as when with others "
                    f"(a crash, or the out-of-memory killer)")  # fmt: skip
             return DocumentCut(job.path, (), "worker_lost", msg)
@@ -591,7 +629,7 @@ def _run(
                     return
                 try:
                     in_flight[submit(nxt)] = nxt
-                except cf.process.BrokenProcessPool:  # a pool process died: submitted after the recovery
+                except BrokenProcessPool:  # a pool process died: submitted after the recovery
                     again.insert(0, nxt)
                     return
 
@@ -603,7 +641,7 @@ def _run(
                 job = in_flight.pop(fut)
                 try:
                     part = fut.result()
-                except cf.process.BrokenProcessPool:
+                except BrokenProcessPool:
                     suspects.append(job)  # this one, or another in flight, killed a pool process
                     continue
                 except Exception as exc:  # pickling errors and the like: this document only
@@ -634,7 +672,7 @@ def _store_failure(doc_id: int, cut: DocumentCut, engine: Any, report: BatchRepo
         log.warning("document %s failed unexpectedly:\n%s", cut.path, cut.traceback)
     else:
         log.info("document %s failed: %s", cut.path, cut.error_message)
-    with session_scope(engine=engine) as s:
+    with _signals_held(), session_scope(engine=engine) as s:
         store.store_document_failure(
             s,
             doc_id,
@@ -678,7 +716,7 @@ def _recognize_and_store(
             continue
         timings = dict(cut.timings)
         timings["recognize"] = rec_seconds * cut.crops / total_crops
-        with session_scope(engine=engine) as s:
+        with _signals_held(), session_scope(engine=engine) as s:
             status = store.store_document_results(
                 s,
                 doc_id,
