@@ -466,8 +466,8 @@ def _signals_held() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
-        for sig in dict.fromkeys(came):
-            signal.raise_signal(sig)
+        for signum in dict.fromkeys(came):  # each once, in the order they came
+            signal.raise_signal(signum)
 
 
 def _wait_for_other_run(plan: store.BatchPlan, engine: Any, lock: BatchLock, hook: ProgressHook) -> str | None:
