@@ -336,35 +336,38 @@ main(sys.argv[3:])
 
 
 @pytest.mark.parametrize(
-    ("at", "match", "stored", "status"),
+    ("at", "match", "workers", "stored", "status"),
     [
-        ("digitreader.pipeline.process:segment_document", "", 0, "interrupted"),
-        ("sqlalchemy.engine.default:DefaultDialect.do_execute", "INSERT INTO pages", 1, "interrupted"),
-        ("digitreader.db.store:finish_batch", "", 6, "done"),
+        ("digitreader.pipeline.process:segment_document", "", 1, 0, "interrupted"),
+        ("sqlalchemy.engine.default:DefaultDialect.do_execute", "INSERT INTO pages", 1, 1, "interrupted"),
+        ("digitreader.db.store:finish_batch", "", 1, 6, "done"),
+        ("multiprocessing.process:BaseProcess.start", "", 2, 0, "interrupted"),
     ],
-    ids=["reading-the-first-document", "storing-a-document", "closing-the-batch"],
+    ids=["reading-the-first-document", "storing-a-document", "closing-the-batch", "starting-a-pool-process"],
 )
 def test_ctrl_c_at_awkward_moments(
-    isolated_env: Path, scans: Path, at: str, match: str, stored: int, status: str
+    isolated_env: Path, scans: Path, at: str, match: str, workers: int, stored: int, status: str
 ) -> None:
-    """A Ctrl-C in an inline batch (a single document, or DIGITREADER_WORKERS=1: read in the batch's own
-    process) gives exit 130 and a batch the next run finishes, wherever it lands. Before:
-    - just after the first document was read: "internal error", exit 1 (the pool's `except` clause
-      named `cf.process`, a submodule nothing had imported yet);
+    """A Ctrl-C gives exit 130 and a batch the next run finishes, wherever it lands. Before:
+    - just after the first document was read inline (one document, or DIGITREADER_WORKERS=1): "internal
+      error", exit 1 (the pool's `except` clause named `cf.process`, a submodule nothing had imported);
     - just after a statement that writes a document's pages: SQLite's write lock stayed held (the
       statement, its RETURNING rows unread, was kept by the KeyboardInterrupt's traceback), and 30 s
       later the batch was left "running" ("database is locked");
-    - as the finished batch was being closed: the closing update rolled back, the batch "running".
+    - as the finished batch was being closed: the closing update rolled back, the batch "running";
+    - just after a segmentation process had started, before its pool noted it: the run never ended
+      (the pool's shutdown waited for a process that would never be told to stop).
     The document being stored when it comes is now stored first, and the Ctrl-C acted on after."""
     db = isolated_env / "digitreader.sqlite"
-    env = _env(isolated_env, DIGITREADER_WORKERS="1")
+    env = _env(isolated_env, DIGITREADER_WORKERS=str(workers))
     cmd = [sys.executable, "-c", _CTRL_C_AFTER_A_CALL, at, match, "submit", str(scans)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)  # a run that hangs fails
     assert res.returncode == ExitCode.INTERRUPTED, res.stderr
     assert "internal error" not in res.stderr and "digitreader: interrupted" in res.stderr
     assert "could not mark batch" not in res.stderr, res.stderr
     batch = int(res.stdout.strip())
     assert _stored(db, batch) == (stored, status)
+    _assert_no_process_left(isolated_env)
     again = _cli(["submit", str(scans)], env)
     assert again.returncode == 0 and _stored(db, batch) == (6, "done")
     assert (again.stdout.strip() == str(batch)) == (status == "interrupted")  # resumed, or a new empty batch

@@ -585,7 +585,11 @@ def _run(
 
     def submit(job: _Job, to: cf.Executor | None = None) -> cf.Future[DocumentCut]:
         pool = executor if to is None else to
-        return pool.submit(segment_document, job.path, settings, template, limit, model_file(), job.pages)
+        # Held: submitting may start a pool process, and a Ctrl-C between its start and the pool's
+        # note of it left a process the pool did not know of; it took one of the pool's stop
+        # messages, and the pool's shutdown then waited forever for the process it was meant for.
+        with _signals_held():
+            return pool.submit(segment_document, job.path, settings, template, limit, model_file(), job.pages)
 
     def alone(job: _Job) -> DocumentCut:
         """A document that was in flight when a pool process died, read again in a process of its own:
@@ -663,8 +667,20 @@ def _run(
                 flush()
             fill()
         flush()
+    except BaseException:
+        _stop_pool(executor)
+        raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop_pool(executor: cf.Executor) -> None:
+    """A run stopped (Ctrl-C, SIGTERM, an error): its pool's processes are ended now (SIGTERM), not
+    waited for. What they are segmenting would not be stored, and a pool whose bookkeeping a Ctrl-C
+    upset may never see them stop by themselves. The pool then shuts down as one broken by a crash."""
+    if isinstance(executor, cf.ProcessPoolExecutor):
+        for proc in list((getattr(executor, "_processes", None) or {}).values()):  # no public way before 3.14
+            proc.terminate()
 
 
 def _store_failure(doc_id: int, cut: DocumentCut, engine: Any, report: BatchReport, hook: ProgressHook) -> None:
