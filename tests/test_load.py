@@ -190,3 +190,31 @@ def test_jpeg_decoded_reduced_keeps_the_page_size(orientation: int, tmp_path: Pa
     Image.fromarray(upright).save(p150, quality=95, dpi=(150, 150))
     (kept,) = list(load_pages(p150, settings, max_reduction=4))
     assert kept.reduction == 1 and kept.gray.shape == (701, 499)
+
+
+@pytest.mark.filterwarnings("ignore:.*(EXIF|Truncated File Read).*")  # Pillow's, on the cut directories
+@pytest.mark.parametrize("compression", ["tiff_deflate", None])
+def test_a_multipage_tiff_cut_anywhere_is_truncated_or_whole(
+    compression: str | None, tmp_path: Path, settings: Settings
+) -> None:
+    """A 3-page TIFF cut short at every length from its signature on (every byte of the small Deflate
+    file, about 500 cuts of the uncompressed one): the document is either read whole, 3 pages, or fails "truncated" (with
+    count_pages the same). Before: cut in a page's directory, Pillow's page count raised TypeError
+    ("Missing dimensions": an internal error) or SyntaxError, or ended early without a word, and the
+    file was read as 1 or 2 pages, "done"; cut in the header, it was "not a supported image"."""
+    frames = [Image.fromarray(_page()) for _ in range(3)]
+    whole = tmp_path / "three.tif"
+    frames[0].save(whole, save_all=True, append_images=frames[1:], compression=compression)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.tif"
+    outcomes = set()
+    for size in range(4, len(data), max(1, len(data) // 500)):  # from its 4-byte signature on
+        cut.write_bytes(data[:size])
+        for read in (lambda: len(list(load_pages(cut, settings))), lambda: count_pages(cut, settings)):
+            try:
+                outcome = f"{read()} pages"
+            except InputError as exc:
+                outcome = exc.code
+            assert outcome in ("3 pages", "truncated"), (size, outcome)
+            outcomes.add(outcome)
+    assert "truncated" in outcomes

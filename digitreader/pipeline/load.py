@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import mmap
+import struct
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,19 @@ def _sniff(path: Path, settings: Settings) -> bytes:
     return head
 
 
+def _supported_kind(head: bytes) -> str | None:
+    """The supported image format a file's first bytes announce (PNG, JPEG, TIFF, BMP), or None."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+        return "TIFF"
+    if head.startswith(b"BM") and len(head) >= 10 and head[6:10] == bytes(4):  # its reserved bytes: zero
+        return "BMP"
+    return None
+
+
 def _describe(head: bytes) -> str:
     if head.startswith((b"PK\x03\x04",)):
         return "a ZIP archive (e.g. a Word or OpenDocument file)"
@@ -84,7 +98,7 @@ def count_pages(path: str | Path, settings: Settings) -> int:
         finally:
             doc.close()
     with _open_image(p, head) as im:
-        return int(getattr(im, "n_frames", 1))
+        return _frame_count(p, im)
 
 
 def load_pages(
@@ -122,6 +136,13 @@ def _open_image(path: Path, head: bytes) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise InputError(f"the image is too large to decode safely ({exc})", path=path, code="too_large") from exc
     except UnidentifiedImageError as exc:
+        kind = _supported_kind(head)
+        if kind is not None:  # before, "not a supported image (the content looks like an unknown binary format)"
+            raise InputError(
+                f"a {kind} file that cannot be opened: cut short or damaged before its first page",
+                path=path,
+                code="truncated",
+            ) from exc
         raise InputError(
             f"not a supported image or PDF (the content looks like {_describe(head)})",
             path=path,
@@ -247,7 +268,7 @@ def _image_pages(
 ) -> Iterator[PageImage]:
     im = _open_image(path, head)
     with im:
-        n = int(getattr(im, "n_frames", 1))
+        n = _frame_count(path, im)
         indices = range(n) if span is None else range(max(0, span.start), min(n, span.stop))
         if n == 1 and 0 in indices:
             _check_size(im.width, im.height, settings, path, 1)
@@ -273,6 +294,56 @@ def _image_pages(
         yield from _frames(path, im, indices, settings)
 
 
+#: What Pillow raises on a TIFF page directory it cannot make sense of: cut short, its tags pointing
+#: past the end of the file ("Missing dimensions" is a TypeError), or damaged.
+_DIRECTORY_ERRORS = (EOFError, OSError, TypeError, SyntaxError, KeyError, ValueError, struct.error)
+
+
+def _frame_count(path: Path, im: Image.Image) -> int:
+    """The pages of an image file. Pillow counts a TIFF's pages by walking its chain of page
+    directories; in a file cut short or damaged there, the walk failed with whatever it met (a
+    TypeError, "internal error") or ended early without a word (a 3-page file read as 1 page, "done").
+    Either is now the document's "truncated" error."""
+    try:
+        n = int(getattr(im, "n_frames", 1))
+    except _DIRECTORY_ERRORS as exc:
+        raise InputError(f"cannot count its pages ({exc})", path=path, code="truncated") from exc
+    broken = _tiff_chain_break(path) if im.format == "TIFF" else None
+    if broken is not None:
+        raise InputError(f"the file is cut short or damaged: {broken}", path=path, code="truncated")
+    return n
+
+
+def _tiff_chain_break(path: Path, limit: int = 100_000) -> str | None:
+    """Where a classic TIFF's chain of page directories leaves the file (a directory, or the link to
+    the next one, past its end), or None when it ends within it. Only the directories' heads and
+    links are read. BigTIFF and anything odd (a loop, a bad header) are left to Pillow."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            order = {b"II": "<", b"MM": ">"}.get(head[:2])
+            if order is None or len(head) < 8 or struct.unpack(order + "H", head[2:4])[0] != 42:
+                return None
+            offset = struct.unpack(order + "I", head[4:8])[0]
+            seen: set[int] = set()
+            while offset and len(seen) < limit and offset not in seen:
+                seen.add(offset)
+                page = len(seen)
+                if offset + 2 > size:
+                    return f"page {page}'s directory lies past its end (at byte {offset:,} of {size:,})"
+                fh.seek(offset)
+                entries = struct.unpack(order + "H", fh.read(2))[0]
+                link = offset + 2 + 12 * entries
+                if link + 4 > size:
+                    return f"page {page}'s directory ends past its end (at byte {link + 4:,} of {size:,})"
+                fh.seek(link)
+                offset = struct.unpack(order + "I", fh.read(4))[0]
+    except OSError:
+        return None  # unreadable: opening it has already said so, or decoding will
+    return None
+
+
 def _tiff_bytes(path: Path, stack: contextlib.ExitStack) -> mmap.mmap | None:
     """The file mapped into memory (a multi-page TIFF is not read whole), or None when it cannot be."""
     try:
@@ -292,7 +363,7 @@ def _frames(path: Path, im: Image.Image, indices: range, settings: Settings) -> 
             try:
                 if index:
                     im.seek(index)
-            except (EOFError, OSError) as exc:
+            except _DIRECTORY_ERRORS as exc:
                 raise InputError(f"cannot reach this page ({exc})", path=path, page=number, code="truncated") from exc
             _check_size(im.width, im.height, settings, path, number)
             try:
