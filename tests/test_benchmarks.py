@@ -3,6 +3,8 @@ pipeline changes, and their two ways of scoring a run must agree (no timings are
 
 from __future__ import annotations
 
+import importlib
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,3 +171,45 @@ def test_precision_benchmark_runs_both_precisions(tmp_path: Path, data_dir: Path
         run = result["pipeline"][precision]
         assert len(run["pages_per_s"]) == 1 and run["truth_digits"] > 50 and run["digit_accuracy_pct"] > 90
     assert "round 1 int8" in capsys.readouterr().err
+
+
+def _bench(name: str) -> Any:
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.mark.slow
+def test_stress_stops_finds_each_stopped_batch_finished_by_the_next_run(
+    bench_scans: Path,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Three Ctrl-Cs at random moments of a pooled run: each run ends, its exit code and its batch's
+    status agree, and the same command finishes the batch (no duplicates, every page stored)."""
+    stress = _bench("stress_stops")
+    monkeypatch.setenv("DIGITREADER_DATA_DIR", str(data_dir))
+    rc = stress.main([str(bench_scans), "--rounds", "3", "--workers", "2", "--seed", "5"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["broken"] == [] and rc == 0
+    assert sum(report["outcomes"].values()) == 3 and report["clean"]["documents"] == 3
+
+
+@pytest.mark.slow
+def test_stress_inputs_reads_each_damaged_scan_or_names_what_is_wrong(
+    bench_scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stress = _bench("stress_inputs")
+    sources = stress._sources(bench_scans)
+    assert stress.damaged(sources, 7) == stress.damaged(sources, 7)  # a mutation is made again from its number
+    assert stress.damaged(sources, 7)[2] != stress.damaged(sources, 8)[2]
+    monkeypatch.setenv("DIGITREADER_HOME", str(tmp_path / "home"))
+    rc = stress.main([str(bench_scans), "--count", "12", "--batch", "6", "--seed", "40"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["internal"] == [] and report["crashed"] == [] and rc == 0
+    assert sum(report["outcomes"].values()) == 12
+    assert any(not k.endswith(": read") for k in report["outcomes"])  # some damage was noticed

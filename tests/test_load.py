@@ -198,10 +198,11 @@ def test_a_multipage_tiff_cut_anywhere_is_truncated_or_whole(
     compression: str | None, tmp_path: Path, settings: Settings
 ) -> None:
     """A 3-page TIFF cut short at every length from its signature on (every byte of the small Deflate
-    file, about 500 cuts of the uncompressed one): the document is either read whole, 3 pages, or fails "truncated" (with
-    count_pages the same). Before: cut in a page's directory, Pillow's page count raised TypeError
-    ("Missing dimensions": an internal error) or SyntaxError, or ended early without a word, and the
-    file was read as 1 or 2 pages, "done"; cut in the header, it was "not a supported image"."""
+    file, about 500 cuts of the uncompressed one): the document is either read whole, 3 pages, or
+    fails "truncated" (with count_pages the same). Before: cut in a page's directory, Pillow's page
+    count raised TypeError ("Missing dimensions": an internal error) or SyntaxError, or ended early
+    without a word, and the file was read as 1 or 2 pages, "done"; cut in the header, it was "not a
+    supported image"."""
     frames = [Image.fromarray(_page()) for _ in range(3)]
     whole = tmp_path / "three.tif"
     frames[0].save(whole, save_all=True, append_images=frames[1:], compression=compression)

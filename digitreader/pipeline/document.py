@@ -266,16 +266,22 @@ PARENT_CHECK_SECONDS = 1.0
 
 
 def init_worker(parent_pid: int | None = None) -> None:
-    """Set up a segmentation pool process: one OpenCV thread (the pool already uses every core), and,
-    with `parent_pid` (the process whose pool this is), a watch that ends this process when that one
-    is gone. A pool process whose parent was killed (SIGKILL, the OOM killer) otherwise waited forever
-    to hand in its result, holding its memory: the fork server is its parent, not the batch's process."""
+    """Set up a segmentation pool process: one OpenCV thread (the pool already uses every core), Ctrl-C
+    ignored (the batch's process stops the pool), and, with `parent_pid` (the process whose pool this
+    is), a watch that ends this process when that one is gone. A pool process whose parent was killed
+    (SIGKILL, the OOM killer) otherwise waited forever to hand in its result, holding its memory: the
+    fork server is its parent, not the batch's process."""
     try:
         import cv2
 
         cv2.setNumThreads(1)
     except Exception:  # pragma: no cover - cv2 always present in the runtime
         pass
+    # A terminal's Ctrl-C reaches every process of its foreground group: the batch's process stops the
+    # pool itself, and tells this one when. Before, a pool process stopped wherever the Ctrl-C found it
+    # (reading a document, waiting for the next, sending a result back), and the pool had to make
+    # sense of what it left.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if parent_pid is not None:
         threading.Thread(target=_exit_without, args=(parent_pid,), name="parent-watch", daemon=True).start()
 

@@ -667,20 +667,11 @@ def _run(
                 flush()
             fill()
         flush()
-    except BaseException:
-        _stop_pool(executor)
-        raise
     finally:
+        # Also after a Ctrl-C: the pool's processes finish the document in hand (what they send back is
+        # not stored) and stop when told. Ending them at once instead (SIGTERM) could cut one off in
+        # the middle of sending its result, and the pool's reader then waited forever for the rest.
         executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _stop_pool(executor: cf.Executor) -> None:
-    """A run stopped (Ctrl-C, SIGTERM, an error): its pool's processes are ended now (SIGTERM), not
-    waited for. What they are segmenting would not be stored, and a pool whose bookkeeping a Ctrl-C
-    upset may never see them stop by themselves. The pool then shuts down as one broken by a crash."""
-    if isinstance(executor, cf.ProcessPoolExecutor):
-        for proc in list((getattr(executor, "_processes", None) or {}).values()):  # no public way before 3.14
-            proc.terminate()
 
 
 def _store_failure(doc_id: int, cut: DocumentCut, engine: Any, report: BatchReport, hook: ProgressHook) -> None:

@@ -1,0 +1,185 @@
+"""Ctrl-C and SIGTERM at random moments of `digitreader submit`: does every stop leave a batch that the
+same command finishes, without duplicates, and does every run end?
+
+    .venv/bin/python benchmarks/stress_stops.py FOLDER --rounds 100 --workers 2 --signal INT
+    .venv/bin/python benchmarks/stress_stops.py FOLDER --rounds 60 --workers 1 --signal TERM --latest 0.7
+
+FOLDER holds a few scans (e.g. `digitreader synth /tmp/stops --pages 8`). A clean run first (in a home
+of its own) says how many documents and pages the folder holds and how long a run takes after it
+prints its batch id. Then, each round, in a fresh home: `submit FOLDER` is started, and once it has
+printed its batch id the signal is sent after a random delay (uniform between --earliest and
+--latest seconds, by default up to the clean run's length). Then the round checks:
+- the stopped run ended within --timeout seconds (a run that does not is killed and counted "hung");
+- its exit code and its batch's status agree: 130 (Ctrl-C) or 143 (SIGTERM) with the batch
+  "interrupted"; 0, or death by the signal itself (it came as Python was exiting), with "done";
+- the same command again exits 0, and then the database holds each file once, every document read,
+  every batch "done", and the clean run's number of pages.
+
+One JSON object on stdout: the outcomes counted (exit code, batch status) and the rounds that broke a
+rule, with the stopped run's stderr. Exit status 1 when any round did. Under load (another process
+busy on every core) the moments that matter last longer and are hit more often.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+EXPECTED = {int(signal.SIGINT): 130, int(signal.SIGTERM): 143}
+
+
+def _env(home: Path, workers: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITREADER_") or k == "DIGITREADER_DATA_DIR"}
+    env.update(DIGITREADER_HOME=str(home), DIGITREADER_WORKERS=str(workers), PYTHONUNBUFFERED="1")
+    return env
+
+
+def _submit(folder: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "digitreader", "submit", str(folder)], env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def _state(db: Path) -> dict[str, Any]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        docs = con.execute("select count(*), count(distinct sha256), coalesce(sum(page_count), 0) from documents")
+        n, distinct, pages = docs.fetchone()
+        unread = con.execute("select count(*) from documents where status not in ('done','needs_review')").fetchone()
+        batches = [r[0] for r in con.execute("select status from batches order by id")]
+        stored_pages = con.execute("select count(*) from pages").fetchone()[0]
+    return {"documents": n, "distinct": distinct, "pages": pages, "stored_pages": stored_pages,
+            "unread": unread[0], "batches": batches}  # fmt: skip
+
+
+def clean_run(folder: Path, workers: int, timeout: float) -> dict[str, Any]:
+    """The folder read once without a stop: its documents, pages, and seconds after the batch id."""
+    home = Path(tempfile.mkdtemp(prefix="stops-clean-"))
+    try:
+        env = _env(home, workers)
+        proc = subprocess.Popen([sys.executable, "-m", "digitreader", "submit", str(folder)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        t = time.monotonic()
+        _, err = proc.communicate(timeout=timeout)
+        seconds = time.monotonic() - t
+        if proc.returncode != 0:
+            raise SystemExit(f"the clean run failed ({proc.returncode}):\n{err}")
+        state = _state(home / "digitreader.sqlite")
+        return {"documents": state["documents"], "pages": state["pages"], "seconds": seconds}
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _as_from_a_terminal() -> None:
+    """A process group of its own, as a shell gives a foreground job, with Ctrl-C at its default."""
+    os.setpgrp()
+    _sigint_default()
+
+
+def one_round(
+    folder: Path, workers: int, sig: int, delay: float, clean: dict[str, Any], timeout: float, group: bool
+) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="stops-"))
+    try:
+        env = _env(home, workers)
+        # SIGINT as from a terminal (a shell running this in the background may have ignored it).
+        proc = subprocess.Popen([sys.executable, "-m", "digitreader", "submit", str(folder)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_as_from_a_terminal if group else _sigint_default)  # fmt: skip
+        assert proc.stdout is not None
+        proc.stdout.readline()  # the batch id: the batch exists
+        time.sleep(delay)
+        if group:  # to every process of the run, as a terminal's Ctrl-C or systemd's stop sends it
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            return {"delay": delay, "rc": "hung", "status": None, "broken": ["the stopped run did not end"], "err": err}
+        db = home / "digitreader.sqlite"
+        status = _state(db)["batches"]
+        rc = proc.returncode
+        broken = []
+        first = status[0] if status else None
+        if rc == EXPECTED[int(sig)]:
+            if first != "interrupted":
+                broken.append(f"exit {rc} but the batch is {first!r}")
+        elif rc in (0, -sig):
+            if first != "done":
+                broken.append(f"exit {rc} but the batch is {first!r}")
+        else:
+            broken.append(f"exit {rc}")
+        again = _submit(folder, env, timeout)
+        after = _state(db)
+        if again.returncode != 0:
+            broken.append(f"the same command again exited {again.returncode}: {again.stderr[-500:]}")
+        if after["documents"] != clean["documents"] or after["distinct"] != clean["documents"]:
+            broken.append(f"{after['documents']} documents ({after['distinct']} files) after, not {clean['documents']}")
+        if after["unread"] or set(after["batches"]) != {"done"}:
+            broken.append(f"unfinished after the second run: {after}")
+        if after["pages"] != clean["pages"] or after["stored_pages"] != clean["pages"]:
+            broken.append(f"{after['stored_pages']} pages stored after, not {clean['pages']}")
+        return {
+            "delay": round(delay, 3),
+            "rc": rc,
+            "status": first,
+            "broken": broken,
+            "err": err[-4000:] if broken else "",
+        }
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=2, help="DIGITREADER_WORKERS (1: read in the run's own process)")
+    ap.add_argument("--signal", choices=["INT", "TERM"], default="INT")
+    ap.add_argument("--earliest", type=float, default=0.0, help="seconds after the batch id, at the earliest")
+    ap.add_argument("--latest", type=float, default=None, help="at the latest (default: the clean run's length)")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds a run may take before it counts as hung")
+    ap.add_argument("--group", action="store_true", help="signal the run's whole process group (a terminal's Ctrl-C)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    sig = signal.Signals[f"SIG{args.signal}"]
+    rng = random.Random(args.seed)
+    clean = clean_run(args.folder, args.workers, args.timeout)
+    latest = clean["seconds"] if args.latest is None else args.latest
+    outcomes: collections.Counter[str] = collections.Counter()
+    broken = []
+    for i in range(args.rounds):
+        delay = rng.uniform(args.earliest, latest)
+        r = one_round(args.folder, args.workers, sig, delay, clean, args.timeout, args.group)
+        outcomes[f"{r['rc']} {r['status']}"] += 1
+        if r["broken"]:
+            broken.append({"round": i, **r})
+        print(f"round {i + 1}/{args.rounds}: exit {r['rc']}, batch {r['status']}"
+              + (f"  BROKEN: {'; '.join(r['broken'])}" if r["broken"] else ""), file=sys.stderr)  # fmt: skip
+    report = {"signal": sig.name, "group": args.group, "workers": args.workers, "rounds": args.rounds, "clean": clean,
+              "delays": [args.earliest, latest], "outcomes": dict(outcomes), "broken": broken}  # fmt: skip
+    print(json.dumps(report, indent=1))
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
