@@ -342,8 +342,15 @@ main(sys.argv[3:])
         ("sqlalchemy.engine.default:DefaultDialect.do_execute", "INSERT INTO pages", 1, 1, "interrupted"),
         ("digitreader.db.store:finish_batch", "", 1, 6, "done"),
         ("multiprocessing.process:BaseProcess.start", "", 2, 0, "interrupted"),
+        ("digitreader.cli.commands.submit:_Bar.started", "", 2, 0, "interrupted"),
     ],
-    ids=["reading-the-first-document", "storing-a-document", "closing-the-batch", "starting-a-pool-process"],
+    ids=[
+        "reading-the-first-document",
+        "storing-a-document",
+        "closing-the-batch",
+        "starting-a-pool-process",
+        "showing-the-batch-id",
+    ],
 )
 def test_ctrl_c_at_awkward_moments(
     isolated_env: Path, scans: Path, at: str, match: str, workers: int, stored: int, status: str
@@ -356,7 +363,8 @@ def test_ctrl_c_at_awkward_moments(
       later the batch was left "running" ("database is locked");
     - as the finished batch was being closed: the closing update rolled back, the batch "running";
     - just after a segmentation process had started, before its pool noted it: the run never ended
-      (the pool's shutdown waited for a process that would never be told to stop).
+      (the pool's shutdown waited for a process that would never be told to stop);
+    - just after the batch id was shown: the batch was left "running".
     The document being stored when it comes is now stored first, and the Ctrl-C acted on after."""
     db = isolated_env / "digitreader.sqlite"
     env = _env(isolated_env, DIGITREADER_WORKERS=str(workers))

@@ -417,9 +417,11 @@ def process_batch(
                 return report
         for path, reason in unreadable:
             report.processed.append(DocumentReport(0, path, "failed", error_code="unreadable", error_message=reason))
-        hook.started(plan.batch_id, len(plan.todo), plan.total)
         interrupted = False
         try:
+            # Inside: a Ctrl-C as the batch id is shown (the moment a user or a script sees the batch
+            # start) left the batch "running" instead of "interrupted".
+            hook.started(plan.batch_id, len(plan.todo), plan.total)
             _run(plan.todo, settings, tmpl, predictor, thr, version, engine, report, hook)
         except BaseException as exc:
             interrupted = True
