@@ -325,6 +325,7 @@ for part in path:
 real = getattr(owner, name)
 def after_call(*args, **kwargs):
     result = real(*args, **kwargs)
+    print(f"returned from {name}", file=sys.stderr, flush=True)
     if not getattr(after_call, "done", False) and match in repr(args):
         after_call.done = True
         signal.raise_signal(signal.SIGINT)  # a Ctrl-C just as the call returns
@@ -379,6 +380,18 @@ def test_ctrl_c_at_awkward_moments(
     again = _cli(["submit", str(scans)], env)
     assert again.returncode == 0 and _stored(db, batch) == (6, "done")
     assert (again.stdout.strip() == str(batch)) == (status == "interrupted")  # resumed, or a new empty batch
+
+
+def test_ctrl_c_stops_a_long_document_read_inline_at_once(isolated_env: Path, scans: Path) -> None:
+    """A single long document is read in the batch's own process: a Ctrl-C after its first page stops
+    it there, not once the whole document is read (the pool's hold on submitting must not hold this)."""
+    env = _env(isolated_env, DIGITREADER_WORKERS="1")
+    at = "digitreader.pipeline.segment:segment_page"  # imported from there as each document is read
+    cmd = [sys.executable, "-c", _CTRL_C_AFTER_A_CALL, at, "", "submit", str(scans / "multi")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == ExitCode.INTERRUPTED, res.stderr
+    assert res.stderr.count("returned from segment_page") == 1  # of the file's 3 pages
+    assert _stored(isolated_env / "digitreader.sqlite", int(res.stdout)) == (0, "interrupted")
 
 
 @pytest.mark.slow

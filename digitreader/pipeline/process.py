@@ -587,10 +587,12 @@ def _run(
 
     def submit(job: _Job, to: cf.Executor | None = None) -> cf.Future[DocumentCut]:
         pool = executor if to is None else to
-        # Held: submitting may start a pool process, and a Ctrl-C between its start and the pool's
-        # note of it left a process the pool did not know of; it took one of the pool's stop
-        # messages, and the pool's shutdown then waited forever for the process it was meant for.
-        with _signals_held():
+        # Held for a pool: submitting may start a pool process, and a Ctrl-C between its start and
+        # the pool's note of it left a process the pool did not know of; it took one of the pool's
+        # stop messages, and the pool's shutdown then waited forever for the process it was meant
+        # for. (Not inline, where submitting reads the whole document: a Ctrl-C stops that at once.)
+        held = _signals_held() if isinstance(pool, cf.ProcessPoolExecutor) else contextlib.nullcontext()
+        with held:
             return pool.submit(segment_document, job.path, settings, template, limit, model_file(), job.pages)
 
     def alone(job: _Job) -> DocumentCut:
