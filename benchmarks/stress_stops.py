@@ -11,7 +11,9 @@ printed its batch id the signal is sent after a random delay (uniform between --
 --latest seconds, by default up to the clean run's length). Then the round checks:
 - the stopped run ended within --timeout seconds (a run that does not is killed and counted "hung");
 - its exit code and its batch's status agree: 130 (Ctrl-C) or 143 (SIGTERM) with the batch
-  "interrupted"; 0, or death by the signal itself (it came as Python was exiting), with "done";
+  "interrupted", or "done" with every document read (the signal came as the batch was being closed,
+  and was acted on once it was); 0, or death by the signal itself (it came as Python was exiting),
+  with "done";
 - the same command again exits 0, and then the database holds each file once, every document read,
   every batch "done", and the clean run's number of pages.
 
@@ -116,13 +118,15 @@ def one_round(
             _, err = proc.communicate()
             return {"delay": delay, "rc": "hung", "status": None, "broken": ["the stopped run did not end"], "err": err}
         db = home / "digitreader.sqlite"
-        status = _state(db)["batches"]
+        stopped = _state(db)
+        status = stopped["batches"]
         rc = proc.returncode
         broken = []
         first = status[0] if status else None
         if rc == EXPECTED[int(sig)]:
-            if first != "interrupted":
-                broken.append(f"exit {rc} but the batch is {first!r}")
+            # "done": the signal came as the finished batch was being closed, and was acted on after.
+            if first not in ("interrupted", "done") or (first == "done" and stopped["unread"]):
+                broken.append(f"exit {rc} but the batch is {first!r} ({stopped['unread']} documents unread)")
         elif rc in (0, -sig):
             if first != "done":
                 broken.append(f"exit {rc} but the batch is {first!r}")
