@@ -121,8 +121,8 @@ _terminated = False
 def _stop_on_sigterm() -> None:
     """SIGTERM (`kill`, `docker stop`, systemd, `timeout`) stops a command the way Ctrl-C does: a
     document being written is committed first, the pool's processes are stopped, the batch is marked
-    interrupted (a re-run completes it), exit 143. Before, the process died at once: the batch stayed "running" and the
-    pool's processes were left behind. Commands that serve (`worker`, `review`) install their own."""
+    interrupted (a re-run completes it), exit 143. Before, the process died at once: the batch stayed
+    "running" and the pool's processes were left behind. Commands that serve (`worker`, `review`) install their own."""
     import signal
     import threading
 

@@ -305,9 +305,12 @@ def _frame_count(path: Path, im: Image.Image) -> int:
     TypeError, "internal error") or ended early without a word (a 3-page file read as 1 page, "done").
     Either is now the document's "truncated" error."""
     try:
-        n = int(getattr(im, "n_frames", 1))
+        with warnings.catch_warnings():  # Pillow warns of each directory it cannot read; the error says it
+            warnings.simplefilter("ignore", UserWarning)
+            n = int(getattr(im, "n_frames", 1))
     except _DIRECTORY_ERRORS as exc:
-        raise InputError(f"cannot count its pages ({exc})", path=path, code="truncated") from exc
+        message = f"a page's directory is cut short or damaged (Pillow: {exc})"
+        raise InputError(message, path=path, code="truncated") from exc
     broken = _tiff_chain_break(path) if im.format == "TIFF" else None
     if broken is not None:
         raise InputError(f"the file is cut short or damaged: {broken}", path=path, code="truncated")

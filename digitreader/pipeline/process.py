@@ -446,9 +446,10 @@ def process_batch(
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM held back while the block runs (one of the run's write transactions), then
-    delivered to the handlers they would have reached: a Ctrl-C stops a batch between transactions,
-    never inside one. Inside one, it left the batch "running" where it should be "interrupted":
+    """Ctrl-C and SIGTERM held back while the block runs (one of the run's write transactions, or a
+    submission to its pool), then delivered to the handlers they would have reached: a Ctrl-C stops
+    a batch between transactions, never inside one. Inside one, it left the batch "running" where it
+    should be "interrupted":
     - raised just after a statement had written, it left the statement's cursor referenced by the
       KeyboardInterrupt's traceback, and SQLite's connection, closed by SQLAlchemy, alive holding its
       write lock until that was dropped: the batch could not be marked interrupted ("database is
