@@ -44,8 +44,29 @@ def run_migrations_online() -> None:
         url = config.get_main_option("sqlalchemy.url") or Settings().resolved_database_url
         engine = make_engine(url)
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            _in_one_sqlite_transaction(connection)
+        else:  # PostgreSQL: Alembic runs the migrations in a transaction of its own
+            _configure(connection)
+            connection.commit()
+
+
+def _in_one_sqlite_transaction(connection: Connection) -> None:
+    """The migrations in one SQLite transaction: all of them, or none. pysqlite begins no transaction
+    before DDL, so each CREATE TABLE committed alone, and a first run stopped halfway through making
+    the schema (Ctrl-C) left tables without their `alembic_version`: every later command failed
+    "table batches already exists". Here pysqlite's own transaction handling is off while an explicit
+    BEGIN IMMEDIATE ... COMMIT (SQLAlchemy's commit) wraps the lot; anything raised rolls it back."""
+    dbapi = connection.connection.driver_connection
+    assert dbapi is not None
+    before = dbapi.isolation_level
+    dbapi.isolation_level = None  # (pysqlite commits an open transaction as this is set: none is open yet)
+    try:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
         _configure(connection)
         connection.commit()
+    finally:
+        dbapi.isolation_level = before
 
 
 if context.is_offline_mode():
