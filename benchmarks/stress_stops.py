@@ -3,6 +3,7 @@ same command finishes, without duplicates, and does every run end?
 
     .venv/bin/python benchmarks/stress_stops.py FOLDER --rounds 100 --workers 2 --signal INT
     .venv/bin/python benchmarks/stress_stops.py FOLDER --rounds 60 --workers 1 --signal TERM --latest 0.7
+    .venv/bin/python benchmarks/stress_stops.py FOLDER --rounds 100 --workers 2 --at-returns
 
 FOLDER holds a few scans (e.g. `digitreader synth /tmp/stops --pages 8`). A clean run first (in a home
 of its own) says how many documents and pages the folder holds and how long a run takes after it
@@ -16,6 +17,12 @@ printed its batch id the signal is sent after a random delay (uniform between --
   with "done";
 - the same command again exits 0, and then the database holds each file once, every document read,
   every batch "done", and the clean run's number of pages.
+
+With --at-returns the moment is not a time but a point of the code: the run counts the Python function
+returns of its main thread (a profile hook) and raises the signal itself at return number K, K drawn
+uniformly between the clean run's return at which it printed the batch id and its last. A delay
+mostly lands where a run spends its time (waiting for the pool, inside C code); this lands anywhere
+the run's Python goes, the rare moments included (about 0.1 M returns a run on the tests' scans).
 
 One JSON object on stdout: the outcomes counted (exit code, batch status) and the rounds that broke a
 rule, with the stopped run's stderr. Exit status 1 when any round did. Under load (another process
@@ -41,6 +48,33 @@ from typing import Any
 
 EXPECTED = {int(signal.SIGINT): 130, int(signal.SIGTERM): 143}
 
+#: `--at-returns`: the CLI run with a profile hook that counts the Python function returns of its main
+#: thread and raises the signal itself at return number STRESS_STOP_AT (0: never); at exit it says how
+#: many returns it counted, and at which one it printed the batch id.
+COUNTING_CLI = """
+import atexit, os, signal, sys, threading
+at, sig = int(os.environ["STRESS_STOP_AT"]), int(os.environ["STRESS_STOP_SIGNAL"])
+count, shown_at, main_thread = 0, 0, threading.main_thread()
+def profile(frame, event, arg):
+    global count
+    if event == "return" and threading.current_thread() is main_thread:
+        count += 1
+        if count == at:
+            sys.setprofile(None)
+            signal.raise_signal(sig)
+sys.setprofile(profile)
+atexit.register(lambda: sys.stderr.write(f"\\nstress-stops: {count} returns, batch id at {shown_at}\\n"))
+import digitreader.cli.commands.submit as submit
+show = submit._Bar.started
+def started(self, *args, **kwargs):
+    global shown_at
+    shown_at = count
+    return show(self, *args, **kwargs)
+submit._Bar.started = started
+from digitreader.cli.main import main
+main(sys.argv[1:])
+"""
+
 
 def _env(home: Path, workers: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITREADER_") or k == "DIGITREADER_DATA_DIR"}
@@ -64,12 +98,18 @@ def _state(db: Path) -> dict[str, Any]:
             "unread": unread[0], "batches": batches}  # fmt: skip
 
 
-def clean_run(folder: Path, workers: int, timeout: float) -> dict[str, Any]:
-    """The folder read once without a stop: its documents, pages, and seconds after the batch id."""
+def _command(folder: Path, counting: bool) -> list[str]:
+    cli = ["-c", COUNTING_CLI] if counting else ["-m", "digitreader"]
+    return [sys.executable, *cli, "submit", str(folder)]
+
+
+def clean_run(folder: Path, workers: int, timeout: float, counting: bool = False) -> dict[str, Any]:
+    """The folder read once without a stop: its documents, pages, and seconds after the batch id (and
+    with `counting`, the run's function returns, and the one at which it printed the batch id)."""
     home = Path(tempfile.mkdtemp(prefix="stops-clean-"))
     try:
-        env = _env(home, workers)
-        proc = subprocess.Popen([sys.executable, "-m", "digitreader", "submit", str(folder)], env=env,
+        env = {**_env(home, workers), "STRESS_STOP_AT": "0", "STRESS_STOP_SIGNAL": "2"}
+        proc = subprocess.Popen(_command(folder, counting), env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
         assert proc.stdout is not None
         proc.stdout.readline()
@@ -79,7 +119,11 @@ def clean_run(folder: Path, workers: int, timeout: float) -> dict[str, Any]:
         if proc.returncode != 0:
             raise SystemExit(f"the clean run failed ({proc.returncode}):\n{err}")
         state = _state(home / "digitreader.sqlite")
-        return {"documents": state["documents"], "pages": state["pages"], "seconds": seconds}
+        clean = {"documents": state["documents"], "pages": state["pages"], "seconds": seconds}
+        if counting:
+            words = err.rsplit("stress-stops: ", 1)[1].split()
+            clean.update(returns=int(words[0]), batch_id_at=int(words[5]))  # "N returns, batch id at S"
+        return clean
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -95,28 +139,38 @@ def _as_from_a_terminal() -> None:
 
 
 def one_round(
-    folder: Path, workers: int, sig: int, delay: float, clean: dict[str, Any], timeout: float, group: bool
+    folder: Path,
+    workers: int,
+    sig: int,
+    delay: float,
+    clean: dict[str, Any],
+    timeout: float,
+    group: bool,
+    at: int | None = None,
 ) -> dict[str, Any]:
+    """One stop: `delay` seconds after the batch id, or with `at`, at that function return of the run."""
     home = Path(tempfile.mkdtemp(prefix="stops-"))
     try:
-        env = _env(home, workers)
+        env = {**_env(home, workers), "STRESS_STOP_AT": str(at or 0), "STRESS_STOP_SIGNAL": str(int(sig))}
         # SIGINT as from a terminal (a shell running this in the background may have ignored it).
-        proc = subprocess.Popen([sys.executable, "-m", "digitreader", "submit", str(folder)], env=env,
+        proc = subprocess.Popen(_command(folder, at is not None), env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 preexec_fn=_as_from_a_terminal if group else _sigint_default)  # fmt: skip
         assert proc.stdout is not None
         proc.stdout.readline()  # the batch id: the batch exists
-        time.sleep(delay)
-        if group:  # to every process of the run, as a terminal's Ctrl-C or systemd's stop sends it
-            os.killpg(proc.pid, sig)
-        else:
-            proc.send_signal(sig)
+        if at is None:
+            time.sleep(delay)
+            if group:  # to every process of the run, as a terminal's Ctrl-C or systemd's stop sends it
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
         try:
             _, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
-            return {"delay": delay, "rc": "hung", "status": None, "broken": ["the stopped run did not end"], "err": err}
+            broken = ["the stopped run did not end"]
+            return {"delay": delay, "at": at, "rc": "hung", "status": None, "broken": broken, "err": err}
         db = home / "digitreader.sqlite"
         stopped = _state(db)
         status = stopped["batches"]
@@ -163,21 +217,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latest", type=float, default=None, help="at the latest (default: the clean run's length)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds a run may take before it counts as hung")
     ap.add_argument("--group", action="store_true", help="signal the run's whole process group (a terminal's Ctrl-C)")
+    ap.add_argument("--at-returns", action="store_true",
+                    help="stop at a random Python function return of the run (after its batch id), not "
+                         "after a random delay: the run raises the signal itself, anywhere in its code")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     sig = signal.Signals[f"SIG{args.signal}"]
     rng = random.Random(args.seed)
-    clean = clean_run(args.folder, args.workers, args.timeout)
+    if args.at_returns and args.group:
+        ap.error("--at-returns raises the signal in the run's own process; --group sends it to every process")
+    clean = clean_run(args.folder, args.workers, args.timeout, counting=args.at_returns)
     latest = clean["seconds"] if args.latest is None else args.latest
     outcomes: collections.Counter[str] = collections.Counter()
     broken = []
     for i in range(args.rounds):
         delay = rng.uniform(args.earliest, latest)
-        r = one_round(args.folder, args.workers, sig, delay, clean, args.timeout, args.group)
+        at = rng.randint(clean["batch_id_at"], clean["returns"]) if args.at_returns else None
+        r = one_round(args.folder, args.workers, sig, delay, clean, args.timeout, args.group, at)
         outcomes[f"{r['rc']} {r['status']}"] += 1
         if r["broken"]:
             broken.append({"round": i, **r})
-        print(f"round {i + 1}/{args.rounds}: exit {r['rc']}, batch {r['status']}"
+        where = f" at return {at}" if at is not None else f" after {delay:.3f} s"
+        print(f"round {i + 1}/{args.rounds}{where}: exit {r['rc']}, batch {r['status']}"
               + (f"  BROKEN: {'; '.join(r['broken'])}" if r["broken"] else ""), file=sys.stderr)  # fmt: skip
     report = {"signal": sig.name, "group": args.group, "workers": args.workers, "rounds": args.rounds, "clean": clean,
               "delays": [args.earliest, latest], "outcomes": dict(outcomes), "broken": broken}  # fmt: skip

@@ -197,6 +197,11 @@ def test_stress_stops_finds_each_stopped_batch_finished_by_the_next_run(
     report = json.loads(capsys.readouterr().out)
     assert report["broken"] == [] and rc == 0
     assert sum(report["outcomes"].values()) == 3 and report["clean"]["documents"] == 3
+    # And at points of the code: the run raises the Ctrl-C itself, after its batch id.
+    rc = stress.main([str(bench_scans), "--rounds", "2", "--workers", "2", "--seed", "6", "--at-returns"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["broken"] == [] and rc == 0 and sum(report["outcomes"].values()) == 2
+    assert 0 < report["clean"]["batch_id_at"] < report["clean"]["returns"]
 
 
 @pytest.mark.slow
