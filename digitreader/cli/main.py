@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(int(getattr(exc, "exit_code", ExitCode.USAGE) or ExitCode.USAGE))
     except Exception as exc:  # everything unexpected
         if _raised_by_a_stop(exc):
-            log.debug("while stopping:", exc_info=True)
+            log.info("an error while stopping (the run stops as asked):", exc_info=True)
             _interrupted()
         log.exception("unexpected error")
         typer.echo(f"digitreader: internal error: {exc!r} (please report it)", err=True)
