@@ -64,7 +64,9 @@ def _sniff(path: Path, settings: Settings) -> bytes:
 
 def _supported_kind(head: bytes) -> str | None:
     """The supported image format a file's first bytes announce (PNG, JPEG, TIFF, BMP), or None."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+    from digitreader.pipeline.png import SIGNATURE
+
+    if head.startswith(SIGNATURE):
         return "PNG"
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"

@@ -33,7 +33,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import BrokenProcessPool  # by name: `cf.process` exists once imported
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -291,9 +291,6 @@ def start_pool_server() -> None:
         forkserver.ensure_running()
 
 
-# `BrokenProcessPool` is imported by name above: `cf.process` exists only once something has imported
-# the submodule, and an `except cf.process.BrokenProcessPool` clause evaluated before that turned a
-# Ctrl-C into an AttributeError ("internal error", exit 1) while the first document was read inline.
 def make_executor(workers: int) -> cf.Executor:
     return _process_pool(workers) if workers > 1 else _InlineExecutor()
 
@@ -423,12 +420,8 @@ def process_batch(
             # start) left the batch "running" instead of "interrupted".
             hook.started(plan.batch_id, len(plan.todo), plan.total)
             _run(plan.todo, settings, tmpl, predictor, thr, version, engine, report, hook)
-        except BaseException as exc:
+        except BaseException:
             interrupted = True
-            # The frames it came from may still hold a statement SQLite has not finished (a cursor with
-            # rows of a RETURNING left to fetch), and with it the database's write lock: let them go,
-            # so that the batch can be marked interrupted below.
-            traceback.clear_frames(exc.__traceback__)
             raise
         finally:
             report.seconds = time.perf_counter() - t0
