@@ -12,7 +12,8 @@ preparing, finding fields, cutting: what a pool process does) in a child process
 of them in turn: a child that dies (a crash in C code) is reported with the mutation it was reading,
 and the next child goes on after it.
 
-One JSON object on stdout: outcomes counted by damage and error code ("read" when the file was read),
+One JSON object on stdout: outcomes counted by damage and error code ("read" when the file was read,
+"read, warned" when it was read with the image decoder's warnings: `DocumentCut.warnings`),
 the mutations that ended in "internal" (an error no check foresaw: a bug) and those that crashed.
 Exit status 1 when there were any. --keep keeps the damaged files of those.
 """
@@ -68,7 +69,8 @@ def child(folder: Path, first: int, count: int, scratch: Path) -> None:
         path.write_bytes(data)
         print(json.dumps({"k": k, "reading": True}), flush=True)
         cut = segment_document(path, settings, time_limit=120)
-        line = {"k": k, "source": source.name, "damage": damage, "code": cut.error_code or "read"}
+        read = "read, warned" if cut.warnings else "read"  # the decoder said the data is damaged, or not
+        line = {"k": k, "source": source.name, "damage": damage, "code": cut.error_code or read}
         if cut.error_code == "internal":
             line["message"] = (cut.error_message or "")[:300]
         print(json.dumps(line), flush=True)

@@ -30,6 +30,7 @@ document is failed with code `worker_lost` instead of looping.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -533,6 +534,8 @@ def _hand_on(
         )  # fmt: skip
         retry_transient(lambda: finish_if_complete(engine, job.batch_id), what="closing the batch", deadline=wait)
         return None
+    if cut.warnings:
+        dlog.warning("damaged image data, read as far as it decodes: %s", "; ".join(cut.warnings))
     t = time.perf_counter()
     blob = encode(cut)
     t_encode = time.perf_counter() - t
@@ -544,8 +547,7 @@ def _with_setup(cut: DocumentCut, setup: float) -> DocumentCut:
     """`cut` with the task's `setup` seconds among its timings (stored with the document's others)."""
     if cut.failed:
         return cut
-    return DocumentCut(cut.path, cut.pages, None, None, cut.page_count, cut.seconds,
-                       {**cut.timings, "setup": cut.timings.get("setup", 0.0) + setup}, strips=cut.strips)  # fmt: skip
+    return dataclasses.replace(cut, timings={**cut.timings, "setup": cut.timings.get("setup", 0.0) + setup})
 
 
 def run_page_job(
@@ -813,6 +815,7 @@ def _infer_group(
                     model_version=version,
                     seconds=it.cut.seconds + timings["recognize"],
                     timings=timings,
+                    warnings=it.cut.warnings,
                 ),
                 what=f"storing document {it.document_id}",
                 deadline=deadline,

@@ -12,7 +12,10 @@ Boxes are in pixels of the page as submitted (before deskew). A digit's `label` 
 cell. Extra keys: batch-level "status", "created_at", "model_version", "model_precision" (fp32 or
 int8: the model file that read the batch, embedded runs), "threshold"; field "flags";
 digit "blank", "non_digit", "top3", "reviewed" and "corrected" (a reviewer's correction, when there is
-one); field "reviewed".
+one); field "reviewed"; document "warnings": what the image decoders said of damaged data while its
+pages were read ("page 1: Corrupt JPEG data: premature end of data segment"; empty for a whole scan):
+the document was read as far as its data decodes, and digits on a lost part of a page are missing.
+CSV: the same, joined with " | ", in the "warnings" column of each of the document's rows.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ CSV_COLUMNS = (
     "flag",
     "flags",
     "error",
+    "warnings",
 )
 
 
@@ -114,6 +118,7 @@ def document_json(doc: Document) -> dict[str, Any]:
         "sha256": doc.sha256,
         "status": doc.status,
         "error": None if doc.status != "failed" else {"code": doc.error_code, "message": doc.error_message},
+        "warnings": list(doc.warnings or []),
         "page_count": doc.page_count,
         "pages": [
             {
@@ -159,6 +164,7 @@ def csv_rows(session: Session, batch_id: int) -> Iterator[dict[str, Any]]:
                 "flag": "",
                 "flags": "",
                 "error": err,
+                "warnings": "" if doc.status == "failed" else " | ".join(doc.warnings or []),
             }
             continue
         for p in doc.pages:
@@ -173,6 +179,7 @@ def csv_rows(session: Session, batch_id: int) -> Iterator[dict[str, Any]]:
                     "flag": "review" if f.needs_review else "",
                     "flags": " ".join(f.flags or []),
                     "error": "",
+                    "warnings": " | ".join(doc.warnings or []),
                 }
 
 

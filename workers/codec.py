@@ -76,6 +76,7 @@ def encode_cut(cut: DocumentCut, level: int = 1) -> bytes:
             "crops": len(crops),
             "strips": strips,
             **({"error": [cut.error_code, cut.error_message, cut.traceback]} if cut.failed else {}),
+            **({"warnings": list(cut.warnings)} if cut.warnings else {}),
         },
         separators=(",", ":"),
     ).encode()
@@ -117,7 +118,8 @@ def decode_cut(blob: bytes) -> DocumentCut:
     return DocumentCut(path=head["path"], pages=tuple(pages), page_count=head["page_count"],
                        seconds=float(head["seconds"]), timings=dict(head["timings"]),
                        strips=_decode_strips(head.get("strips") or [], raw, 4 + n + count * 784),
-                       error_code=code, error_message=message, traceback=trace)  # fmt: skip
+                       error_code=code, error_message=message, traceback=trace,
+                       warnings=tuple(str(w) for w in head.get("warnings") or ()))  # fmt: skip
 
 
 def _decode_strips(spec: list[Any], raw: bytes, at: int) -> tuple[tuple[FieldStrip | None, ...], ...]:

@@ -39,6 +39,13 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def warning_line(path: str, warnings: list[str] | tuple[str, ...]) -> str:
+    """A document read from damaged image data in one line: `PATH: damaged image data, read as far as
+    it decodes: FIRST MESSAGE (and N more)`."""
+    more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+    return f"{path}: damaged image data, read as far as it decodes: {warnings[0] if warnings else ''}{more}"
+
+
 def failure_line(path: str, code: str | None, message: str | None) -> str:
     """A failed document in one line, `PATH: CODE: MESSAGE`, its message without the path it starts
     with: the loaders' errors name their file ("a.png: the file is empty (0 bytes)"), and one of a

@@ -107,6 +107,9 @@ class Document(Base):
     seconds: Mapped[float | None] = mapped_column(Float)  # processing time of this document
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # stage -> seconds (summed over pages)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: What the image decoders said of damaged data while its pages were read (a list of "page N:
+    #: message"); None when nothing, or when the document failed (its error says why).
+    warnings: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
 
     batch: Mapped[Batch] = relationship(back_populates="documents")
     pages: Mapped[list[Page]] = relationship(

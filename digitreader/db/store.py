@@ -389,8 +389,12 @@ def store_document_results(
     model_version: str | None,
     seconds: float | None = None,
     timings: dict[str, float] | None = None,
+    warnings: Sequence[str] = (),
 ) -> str:
     """Replace the document's pages/fields/digits with `pages` and mark it done or needs_review.
+
+    `warnings`: what the image decoders said of damaged data while its pages were read
+    (`DocumentCut.warnings`), kept with the document.
 
     Idempotent (a second call replaces the first's rows). Returns the document's new status.
     """
@@ -479,6 +483,7 @@ def store_document_results(
             seconds=seconds,
             timings={k: round(float(v), 6) for k, v in (timings or {}).items()} or None,
             attempts=Document.attempts + 1,
+            warnings=[db_text(w) for w in warnings] or None,
         )
     )
     return status
@@ -507,6 +512,7 @@ def store_document_failure(
             finished_at=utcnow(),
             seconds=seconds,
             attempts=Document.attempts + 1,
+            warnings=None,
         )
     )
 
@@ -695,6 +701,7 @@ def batch_status(session: Session, batch_id: int | None) -> dict[str, Any]:
         "failures": [
             {"path": d.path, "code": d.error_code, "message": d.error_message} for d in failures(session, batch.id)
         ],
+        "warnings": [{"path": d.path, "status": d.status, "warnings": d.warnings} for d in warned(session, batch.id)],
         "newer_empty": newer_empty,
     }
 
@@ -746,6 +753,17 @@ def failures(session: Session, batch_id: int) -> list[Document]:
     return list(
         session.scalars(
             select(Document).where(Document.batch_id == batch_id, Document.status == "failed").order_by(Document.id)
+        ).all()
+    )
+
+
+def warned(session: Session, batch_id: int) -> list[Document]:
+    """The batch's documents read from damaged image data (with `warnings`)."""
+    return list(
+        session.scalars(
+            select(Document)
+            .where(Document.batch_id == batch_id, Document.warnings.is_not(None), Document.status != "failed")
+            .order_by(Document.id)
         ).all()
     )
 

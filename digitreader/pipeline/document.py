@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from digitreader.errors import InputError
+from digitreader.pipeline import decoder_messages
 from digitreader.pipeline.assemble import count_crops
 from digitreader.settings import Settings
 from digitreader.types import BBox, PageCut
@@ -105,6 +106,10 @@ class DocumentCut:
     #: the cut carries no strips (an older message); then nothing is stored and the review page
     #: rebuilds the strip from the crops.
     strips: tuple[tuple[FieldStrip | None, ...], ...] = ()
+    #: What the image decoders said of damaged data while the pages were read ("page 2: Corrupt JPEG
+    #: data: premature end of data segment"; `decoder_messages`): the document was read, but a part of
+    #: a page may be missing.
+    warnings: tuple[str, ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -172,6 +177,7 @@ def segment_document(
     t0 = time.perf_counter()
     timings: dict[str, float] = {"decode": 0.0, "segment": 0.0}
     cuts: list[PageCut] = []
+    said: list[str] = []  # the decoders' messages (`decoder_messages`)
     strips: list[tuple[FieldStrip | None, ...]] = []
     timings["strips"] = 0.0
     try:
@@ -179,8 +185,12 @@ def segment_document(
             it = iter(load_pages(path, settings, pages=pages))
             while True:
                 t = time.perf_counter()
-                page = next(it, None)
+                with decoder_messages.caught() as heard:
+                    page = next(it, None)
                 timings["decode"] += time.perf_counter() - t
+                if heard:  # a page read with damaged data (or, after the last, its file's end)
+                    where = f"page {page.number}" if page is not None else f"after page {cuts[-1].number}"
+                    said += [f"{where}: {m}" for m in heard]
                 if page is None:
                     break
                 t = time.perf_counter()
@@ -216,7 +226,15 @@ def segment_document(
             traceback.format_exc(),
         )
     return DocumentCut(
-        str(path), tuple(cuts), None, None, len(cuts), time.perf_counter() - t0, timings, strips=tuple(strips)
+        str(path),
+        tuple(cuts),
+        None,
+        None,
+        len(cuts),
+        time.perf_counter() - t0,
+        timings,
+        strips=tuple(strips),
+        warnings=tuple(said),
     )
 
 
@@ -258,7 +276,8 @@ def join_parts(parts: Sequence[DocumentCut]) -> DocumentCut:
         before += len(p.pages)
     pages = tuple(page for p in parts for page in p.pages)
     strips = tuple(s for p in parts for s in p.strips) if all(len(p.strips) == len(p.pages) for p in parts) else ()
-    return DocumentCut(parts[0].path, pages, None, None, len(pages), seconds, timings, strips=strips)
+    said = tuple(w for p in parts for w in p.warnings)
+    return DocumentCut(parts[0].path, pages, None, None, len(pages), seconds, timings, strips=strips, warnings=said)
 
 
 #: How often a pool process checks that the process that started the pool is still there (seconds).

@@ -729,6 +729,7 @@ def _recognize_and_store(
                 model_version=model_version,
                 seconds=cut.seconds + timings["recognize"],
                 timings=timings,
+                warnings=cut.warnings,
             )
         timings["store"] = time.perf_counter() - t
         digits = [d for r in results for d in r.digits() if not d.blank]
@@ -740,6 +741,7 @@ def _recognize_and_store(
             digits=len(digits),
             flagged=sum(1 for d in digits if d.needs_review),
             seconds=cut.seconds + timings["recognize"] + timings["store"],
+            warnings=cut.warnings,
         )
         report.processed.append(rep)
         hook.document_done(rep)

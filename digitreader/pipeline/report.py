@@ -21,6 +21,8 @@ class DocumentReport:
     error_code: str | None = None
     error_message: str | None = None
     seconds: float = 0.0
+    #: What the image decoders said of damaged data while its pages were read (`DocumentCut.warnings`).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -56,6 +58,11 @@ class BatchReport:
     @property
     def failed(self) -> list[DocumentReport]:
         return [d for d in self.processed if d.status == "failed"]
+
+    @property
+    def warned(self) -> list[DocumentReport]:
+        """Documents read from damaged image data (their decoders' `warnings`)."""
+        return [d for d in self.processed if d.warnings]
 
 
 class ProgressHook:

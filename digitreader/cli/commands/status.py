@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from digitreader.cli.output import failure_line, local_time, print_json
+from digitreader.cli.output import failure_line, local_time, print_json, warning_line
 from digitreader.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ def _text(st: dict[str, Any]) -> str:
         )
     if st["status"] == "interrupted":
         lines.append("interrupted: run the same submit command again to finish it")
+    if st.get("warnings"):
+        lines.append(f"read from damaged image data ({len(st['warnings'])}; each message in the export):")
+        lines += [f"  {warning_line(w['path'], w['warnings'])}" for w in st["warnings"]]
     if st["failures"]:
         lines.append(f"failures ({len(st['failures'])}):")
         lines += [f"  {failure_line(f['path'], f['code'], f['message'])}" for f in st["failures"]]

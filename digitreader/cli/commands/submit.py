@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.progress import TaskID
 
-from digitreader.cli.output import err, failure_line, progress
+from digitreader.cli.output import err, failure_line, progress, warning_line
 from digitreader.errors import BusyError, DigitreaderError, ExitCode, InputError
 from digitreader.pipeline.report import BatchReport, DocumentReport, ProgressHook
 from digitreader.settings import get_settings
@@ -104,6 +104,9 @@ class _Bar(ProgressHook):
         if report.status == "failed" and not self.quiet:
             line = failure_line(report.path, report.error_code, report.error_message)
             self.bar.console.print(f"[red]failed[/red] {escape(line)}", highlight=False, markup=True)
+        if report.warnings and not self.quiet:
+            line = warning_line(report.path, report.warnings)
+            self.bar.console.print(f"[yellow]warning[/yellow] {escape(line)}", highlight=False, markup=True)
 
     def stop(self) -> None:
         self.bar.stop()
@@ -145,6 +148,13 @@ def _summary(rep: BatchReport, settle: float = 0.0) -> str:
         )
     if dups:
         lines.append(f"  skipped {len(dups)} duplicate file(s) (same content as another file of this batch)")
+    if rep.warned:
+        lines.append(
+            f"  read from damaged image data ({len(rep.warned)}; check them: digitreader status {rep.batch_id}):"
+        )
+        lines += [f"    {warning_line(d.path, d.warnings)}" for d in rep.warned[:20]]
+        if len(rep.warned) > 20:
+            lines.append(f"    ... and {len(rep.warned) - 20} more")
     if rep.failed:
         lines.append(f"  failures ({len(rep.failed)}):")
         lines += [f"    {failure_line(d.path, d.error_code, d.error_message)}" for d in rep.failed[:20]]

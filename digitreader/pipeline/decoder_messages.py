@@ -1,0 +1,118 @@
+"""What image decoders say about a damaged file while they read a page, caught as that page's warnings.
+
+The C libraries under OpenCV, Pillow and pdfium write their complaints straight to the process's
+standard error, file descriptor 2: libjpeg's "Corrupt JPEG data: premature end of data segment"
+(the rest of the page is then grey or black, and its digits are gone), libtiff's "Fax4Decode: Bad
+code word at line 151 of strip 5", libpng's "libpng error: bad adaptive filter value". No Python
+redirection reaches them, so without this they came out as anonymous lines among the progress bar's,
+naming no file, and the document was stored as if its scan were whole.
+
+`caught()` points descriptor 2 at a scratch file while a page decodes and hands back what was
+written, one message per distinct line (at most `MOST` a page, each cut to `LONGEST` characters);
+the load stage's caller (`document.segment_document`) keeps them as the document's warnings ("page
+1: Corrupt JPEG data: ..."), which are stored, exported and shown by `submit` and `status`. Python warnings
+raised meanwhile (Pillow's "Corrupt EXIF data") are caught the same way. Output carrying a
+terminal's control characters (a progress bar redrawn by another thread of this process during the
+decode) is not a decoder's: it is passed on to the real standard error as it came.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+
+#: Messages kept for one page; more are counted ("... and 40 more").
+MOST = 5
+#: A message is cut to this many characters.
+LONGEST = 300
+
+_scratch: dict[int, int] = {}  # process id -> descriptor of its scratch file (deleted from its folder)
+_lock = threading.Lock()
+
+
+def _scratch_file() -> int | None:
+    """This process's scratch file (made once; a forked child makes its own), or None."""
+    pid = os.getpid()
+    fd = _scratch.get(pid)
+    if fd is None:
+        try:
+            fd, name = tempfile.mkstemp(prefix="digitreader-stderr-")
+            os.unlink(name)
+        except OSError:
+            return None
+        _scratch.clear()  # a parent's, inherited by fork: left open, as the parent's other files are
+        _scratch[pid] = fd
+    return fd
+
+
+def _is_terminal_output(line: str) -> bool:
+    return "\x1b" in line or "\r" in line
+
+
+def _tidy(lines: list[str]) -> list[str]:
+    """Distinct non-empty lines, in order, at most `MOST` of them (then a count of the rest)."""
+    seen: list[str] = []
+    for line in lines:
+        text = " ".join(line.split())
+        if text and text not in seen:
+            seen.append(text[:LONGEST])
+    if len(seen) > MOST:
+        seen = seen[:MOST] + [f"... and {len(seen) - MOST} more"]
+    return seen
+
+
+@contextlib.contextmanager
+def caught() -> Iterator[list[str]]:
+    """Catch what decoders write to standard error (and Python warnings) inside the block.
+
+    Yields a list that is filled, when the block ends, with the messages (see the module's doc). Where
+    descriptor 2 cannot be redirected (closed, or no scratch file), the block runs as it would without
+    this and the list stays empty. One block at a time in a process (others wait): descriptor 2 is the
+    process's own.
+    """
+    heard: list[str] = []
+    with _lock:
+        fd = _scratch_file()
+        try:
+            saved = os.dup(2) if fd is not None else None
+        except OSError:
+            saved = None
+        if fd is None or saved is None:
+            yield heard
+            return
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        raised: list[warnings.WarningMessage] = []
+        try:
+            os.dup2(fd, 2)
+            with warnings.catch_warnings(record=True) as raised_here:
+                warnings.simplefilter("always")
+                try:
+                    yield heard
+                finally:
+                    raised = list(raised_here)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            size = os.lseek(fd, 0, os.SEEK_END)
+            data = os.pread(fd, min(size, 1 << 20), 0) if size else b""
+            lines: list[str] = []
+            for line in data.decode("utf-8", "replace").splitlines(keepends=True):
+                if _is_terminal_output(line):
+                    with contextlib.suppress(OSError):
+                        os.write(2, line.encode("utf-8", "replace"))
+                else:
+                    lines.append(line)
+            for w in raised:
+                if not issubclass(w.category, DeprecationWarning):
+                    lines.append(f"{_origin(w.filename)}{w.message}")
+            heard.extend(_tidy(lines))
+
+
+def _origin(filename: str) -> str:
+    """Who raised a Python warning, as a prefix: "Pillow: " for PIL's modules."""
+    return "Pillow: " if f"{os.sep}PIL{os.sep}" in filename else ""

@@ -1,0 +1,132 @@
+"""What the image decoders say of a damaged scan becomes that document's warnings, named by file and page.
+
+Before: libjpeg's "Corrupt JPEG data: premature end of data segment" came out as an anonymous line on
+stderr, and a JPEG that had lost the bottom third of its page was stored "done", its lost fields
+simply missing. The damaged file here is a real sample scan whose last 40 % of data is gone, ended
+by the JPEG end marker (a transfer that lost a chunk): libjpeg decodes the top of the page and fills
+the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from digitreader.pipeline import decoder_messages
+from digitreader.pipeline.document import DocumentCut, join_parts, segment_document
+from digitreader.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SCAN = ROOT / "examples" / "scans" / "scan-0001-00001.jpg"
+LIBJPEG = "Corrupt JPEG data: premature end of data segment"
+
+
+def damaged_jpeg(to: Path) -> Path:
+    """The sample scan with its last 40 % of data lost, closed by an end-of-image marker."""
+    data = SCAN.read_bytes()
+    to.write_bytes(data[: int(len(data) * 0.6)] + b"\xff\xd9")
+    return to
+
+
+def test_caught_takes_what_c_code_writes_to_descriptor_2(capfd: pytest.CaptureFixture[str]) -> None:
+    with decoder_messages.caught() as heard:
+        os.write(2, b"libfoo: bad code word at line 3\n")
+        os.write(2, b"libfoo: bad code word at line 3\n")  # the same line twice: once
+        os.write(2, b"\x1b[2K\rprogress 40 %\r")  # a progress bar redrawn meanwhile: passed on
+        warnings.warn("Corrupt EXIF data", UserWarning, stacklevel=1)
+        assert heard == []  # filled when the block ends
+    os.write(2, b"after the block\n")
+    assert heard == ["libfoo: bad code word at line 3", "Corrupt EXIF data"]
+    err = capfd.readouterr().err
+    assert "libfoo" not in err and "after the block" in err and "progress 40 %" in err
+
+
+def test_many_messages_are_counted_not_all_kept() -> None:
+    with decoder_messages.caught() as heard:
+        for i in range(decoder_messages.MOST + 3):
+            os.write(2, f"strip {i}: bad code word\n".encode())
+    assert heard[: decoder_messages.MOST] == [f"strip {i}: bad code word" for i in range(decoder_messages.MOST)]
+    assert heard[decoder_messages.MOST :] == ["... and 3 more"]
+
+
+def test_an_exception_in_the_block_still_gives_descriptor_2_back(capfd: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError), decoder_messages.caught() as heard:
+        os.write(2, b"said before the error\n")
+        raise ValueError("decoder failed")
+    os.write(2, b"stderr is back\n")
+    assert heard == ["said before the error"]
+    assert "stderr is back" in capfd.readouterr().err
+
+
+def test_a_damaged_jpeg_is_read_with_its_decoders_warning(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    whole = segment_document(SCAN, settings)
+    cut = segment_document(damaged_jpeg(tmp_path / "damaged.jpg"), settings)
+    assert not whole.failed and whole.warnings == ()
+    assert not cut.failed and cut.warnings == (f"page 1: {LIBJPEG}",)
+    # The top of the page was read; fields on the lost part are missing: why the warning matters.
+    assert 0 < len(cut.pages[0].fields) < len(whole.pages[0].fields)
+    assert LIBJPEG not in capfd.readouterr().err
+
+
+def test_a_long_documents_parts_keep_their_warnings() -> None:
+    parts = [
+        DocumentCut("a.tif", (), warnings=("page 1: Fax4Decode: Bad code word at line 8 of strip 6.",)),
+        DocumentCut("a.tif", (), warnings=("page 4: TIFFReadDirectory: unknown field with tag 50000",)),
+    ]
+    assert join_parts(parts).warnings == parts[0].warnings + parts[1].warnings
+
+
+def test_codec_carries_the_warnings() -> None:
+    from workers.codec import decode_cut, encode_cut
+
+    cut = DocumentCut("a.jpg", (), page_count=1, warnings=(f"page 1: {LIBJPEG}",))
+    assert decode_cut(encode_cut(cut)).warnings == cut.warnings
+    assert decode_cut(encode_cut(DocumentCut("b.jpg", (), page_count=1))).warnings == ()
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "digitreader", *args], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alone", [True, False], ids=["read-inline", "read-in-the-pool"])
+def test_submit_names_the_damaged_scan_and_keeps_its_warning(alone: bool, isolated_env: Path, tmp_path: Path) -> None:
+    """`submit` on a damaged JPEG, alone (read in the batch's own process) and beside a whole scan
+    (read in the segmentation pool): exit 0, the warning named by file on stderr (not libjpeg's bare
+    line), and the warning in `status`, the JSON export and the CSV."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bad = damaged_jpeg(folder / "damaged.jpg")
+    if not alone:
+        (folder / "whole.png").write_bytes((ROOT / "examples" / "scans" / "scan-0003-00001.png").read_bytes())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITREADER_") or k == "DIGITREADER_DATA_DIR"}
+    env.update({"DIGITREADER_HOME": str(isolated_env), "PYTHONUNBUFFERED": "1"})
+    res = _cli(["submit", str(folder)], env)
+    assert res.returncode == 0, res.stderr
+    batch = res.stdout.strip()
+    said = res.stderr.splitlines()
+    assert not [ln for ln in said if ln.startswith("Corrupt JPEG")], res.stderr
+    stderr = " ".join(res.stderr.split())  # the summary's lines are wrapped to the terminal's width
+    assert f"warning {bad}: damaged image data, read as far as it decodes: page 1: {LIBJPEG}" in stderr
+    assert "read from damaged image data (1;" in stderr
+    st = json.loads(_cli(["status", batch, "--json"], env).stdout)
+    assert st["warnings"] == [
+        {"path": str(bad), "status": st["warnings"][0]["status"], "warnings": [f"page 1: {LIBJPEG}"]}
+    ]
+    assert f"{bad}: damaged image data" in _cli(["status", batch], env).stdout
+    docs = {Path(d["path"]).name: d for d in json.loads(_cli(["export", batch], env).stdout)["documents"]}
+    assert docs["damaged.jpg"]["warnings"] == [f"page 1: {LIBJPEG}"] and docs["damaged.jpg"]["pages"][0]["fields"]
+    assert alone or docs["whole.png"]["warnings"] == []
+    rows = list(csv.DictReader(io.StringIO(_cli(["export", batch, "--format", "csv"], env).stdout)))
+    assert {r["warnings"] for r in rows if r["document"] == str(bad)} == {f"page 1: {LIBJPEG}"}
+    assert alone or {r["warnings"] for r in rows if r["document"] != str(bad)} == {""}
