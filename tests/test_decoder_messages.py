@@ -40,13 +40,12 @@ def test_caught_takes_what_c_code_writes_to_descriptor_2(capfd: pytest.CaptureFi
     with decoder_messages.caught() as heard:
         os.write(2, b"libfoo: bad code word at line 3\n")
         os.write(2, b"libfoo: bad code word at line 3\n")  # the same line twice: once
-        os.write(2, b"\x1b[2K\rprogress 40 %\r")  # a progress bar redrawn meanwhile: passed on
         warnings.warn("Corrupt EXIF data", UserWarning, stacklevel=1)
         assert heard == []  # filled when the block ends
     os.write(2, b"after the block\n")
     assert heard == ["libfoo: bad code word at line 3", "Corrupt EXIF data"]
     err = capfd.readouterr().err
-    assert "libfoo" not in err and "after the block" in err and "progress 40 %" in err
+    assert "libfoo" not in err and "after the block" in err
 
 
 def test_many_messages_are_counted_not_all_kept() -> None:
@@ -130,3 +129,85 @@ def test_submit_names_the_damaged_scan_and_keeps_its_warning(alone: bool, isolat
     rows = list(csv.DictReader(io.StringIO(_cli(["export", batch, "--format", "csv"], env).stdout)))
     assert {r["warnings"] for r in rows if r["document"] == str(bad)} == {f"page 1: {LIBJPEG}"}
     assert alone or {r["warnings"] for r in rows if r["document"] != str(bad)} == {""}
+
+
+def _read_all(fd: int) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the terminal's other end was closed (the run ended)
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+_BAR_WHILE_CAUGHT = """
+import json, os, sys, time
+from digitreader.cli.output import progress
+from digitreader.pipeline import decoder_messages
+bar = progress(transient=True)
+bar.start()
+task = bar.add_task("reading", total=10)
+with decoder_messages.caught() as heard:
+    for _ in range(5):  # half a second: the bar's thread redraws it about five times meanwhile
+        bar.advance(task)
+        time.sleep(0.1)
+    os.write(2, b"Corrupt JPEG data: premature end of data segment\\n")
+bar.stop()
+print(json.dumps(heard))
+"""
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Run `args` with stderr on a pseudo-terminal (200 columns): exit status, stdout, the terminal's text."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    env = {**env, "TERM": "xterm-256color"}
+    env.pop("CI", None)  # rich draws no live bar where CI is set
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    screen = _read_all(master).decode("utf-8", "replace")
+    os.close(master)
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    return proc.wait(timeout=300), out, screen
+
+
+def test_the_progress_bar_draws_beside_what_is_caught() -> None:
+    """A live bar is redrawn from its own thread, also while a page decodes and descriptor 2 is
+    caught: it draws on its own duplicate of stderr, so the terminal shows it and the decoder's
+    message is kept whole (on descriptor 2 the redraws were caught, and glued to the message)."""
+    rc, out, screen = _on_a_terminal([sys.executable, "-c", _BAR_WHILE_CAUGHT], dict(os.environ))
+    assert rc == 0, screen
+    assert json.loads(out) == [LIBJPEG]
+    assert screen.count("reading") >= 4, screen  # redrawn on the terminal meanwhile
+    assert "Corrupt JPEG" not in screen
+
+
+@pytest.mark.slow
+def test_a_progress_bar_drawn_while_pages_decode_is_not_taken_for_a_warning(isolated_env: Path, tmp_path: Path) -> None:
+    """On a terminal `submit` draws its progress bar from a thread of the process that also decodes
+    pages inline (DIGITREADER_WORKERS=1), so the bar can be redrawn while descriptor 2 points at the
+    scratch file: those redraws must reach the terminal, not the documents' warnings."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    whole = damaged_jpeg(tmp_path / "damaged.jpg").read_bytes()
+    names = [f"damaged-{i}.jpg" for i in range(6)]
+    for i, name in enumerate(names):  # six files, six contents: a byte after the end marker differs
+        (folder / name).write_bytes(whole + bytes([i]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITREADER_") or k == "DIGITREADER_DATA_DIR"}
+    env.update({"DIGITREADER_HOME": str(isolated_env), "DIGITREADER_WORKERS": "1"})
+    rc, out, screen = _on_a_terminal([sys.executable, "-m", "digitreader", "submit", str(folder)], env)
+    batch = out.strip()
+    assert rc == 0, screen
+    assert "\x1b[?25l" in screen and screen.count("\r\x1b[2K") > 6  # a live bar, redrawn as it went
+    assert not [ln for ln in screen.splitlines() if ln.strip().startswith("Corrupt JPEG")], screen
+    docs = json.loads(_cli(["export", batch], env).stdout)["documents"]
+    assert sorted(Path(d["path"]).name for d in docs) == names
+    assert all(d["warnings"] == [f"page 1: {LIBJPEG}"] for d in docs), [d["warnings"] for d in docs]

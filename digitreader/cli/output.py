@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from typing import Any
 
@@ -21,6 +22,32 @@ from rich.progress import (
 err = Console(stderr=True)
 
 
+_bar_console: Console | None = None
+
+
+def bar_console() -> Console:
+    """Where live progress bars draw: on a terminal, a console of its own on a duplicate of the
+    process's standard error. A bar is redrawn from a thread of its own, and while a page decodes in
+    this process descriptor 2 is pointed at a scratch file to catch what the image decoders say
+    (`pipeline.decoder_messages`); on its own descriptor the bar is neither caught nor lost. Elsewhere
+    (stderr not a terminal, or replaced, as by tests): `err`."""
+    global _bar_console
+    if _bar_console is not None:
+        return _bar_console
+    try:
+        real = err.is_terminal and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a descriptor
+        real = False
+    if not real:
+        return err
+    try:
+        stream = open(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")  # noqa: SIM115
+    except OSError:
+        return err
+    _bar_console = Console(file=stream, force_terminal=True)
+    return _bar_console
+
+
 def progress(transient: bool = False, disable: bool = False) -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -28,7 +55,7 @@ def progress(transient: bool = False, disable: bool = False) -> Progress:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=err,
+        console=err if disable else bar_console(),
         transient=transient,
         disable=disable,
     )

@@ -11,9 +11,12 @@ naming no file, and the document was stored as if its scan were whole.
 written, one message per distinct line (at most `MOST` a page, each cut to `LONGEST` characters);
 the load stage's caller (`document.segment_document`) keeps them as the document's warnings ("page
 1: Corrupt JPEG data: ..."), which are stored, exported and shown by `submit` and `status`. Python warnings
-raised meanwhile (Pillow's "Corrupt EXIF data") are caught the same way. Output carrying a
-terminal's control characters (a progress bar redrawn by another thread of this process during the
-decode) is not a decoder's: it is passed on to the real standard error as it came.
+raised meanwhile (Pillow's "Corrupt EXIF data") are caught the same way.
+
+Descriptor 2 is the process's: whatever another thread writes to it during a decode is caught too.
+The CLI's progress bar, redrawn from a thread of its own, therefore draws on a duplicate of it
+(`cli.output.bar_console`); nothing else in a process that decodes writes to stderr from another
+thread.
 """
 
 from __future__ import annotations
@@ -47,10 +50,6 @@ def _scratch_file() -> int | None:
         _scratch.clear()  # a parent's, inherited by fork: left open, as the parent's other files are
         _scratch[pid] = fd
     return fd
-
-
-def _is_terminal_output(line: str) -> bool:
-    return "\x1b" in line or "\r" in line
 
 
 def _tidy(lines: list[str]) -> list[str]:
@@ -100,13 +99,7 @@ def caught() -> Iterator[list[str]]:
             os.close(saved)
             size = os.lseek(fd, 0, os.SEEK_END)
             data = os.pread(fd, min(size, 1 << 20), 0) if size else b""
-            lines: list[str] = []
-            for line in data.decode("utf-8", "replace").splitlines(keepends=True):
-                if _is_terminal_output(line):
-                    with contextlib.suppress(OSError):
-                        os.write(2, line.encode("utf-8", "replace"))
-                else:
-                    lines.append(line)
+            lines = data.decode("utf-8", "replace").splitlines()
             for w in raised:
                 if not issubclass(w.category, DeprecationWarning):
                     lines.append(f"{_origin(w.filename)}{w.message}")
