@@ -382,3 +382,28 @@ def test_review_on_postgresql(pg_url: str, tmp_path: Path, data_dir: Path) -> No
         service.undo(s, reviewer="pg")
         assert service.queue_counts(s, batch_id=batch)["left"] == len(items) - 4
     _two_reviewers_in_one_field(settings, batch)
+
+
+def test_a_damaged_scans_digits_say_so_on_the_review_page(
+    rsettings: Settings, processed: tuple[Path, int], tmp_path: Path
+) -> None:
+    """A flagged digit of a scan read from damaged image data comes to the reviewer with the decoder's
+    warning (the queue, the page, the digit's context): the field may lack what the lost part held."""
+    from digitreader.pipeline.process import process_batch
+    from tests.test_decoder_messages import LIBJPEG, damaged_jpeg
+
+    rep = process_batch([damaged_jpeg(tmp_path / "damaged.jpg")], rsettings)
+    said = f"page 1: {LIBJPEG}"
+    with session_scope(rsettings) as s:
+        items = service.list_queue(s, batch_id=rep.batch_id)
+        whole = service.list_queue(s, batch_id=processed[1])
+        context = service.digit_context(s, items[0].digit_id)
+    assert items and all(i.warnings == (said,) for i in items)
+    assert whole and all(i.warnings == () for i in whole)
+    assert context["document"]["warnings"] == [said]
+    c = _client(rsettings)
+    page = c.get(f"/?batch={rep.batch_id}").text
+    data = json.loads(page.split('id="queue-data">', 1)[1].split("</script>", 1)[0])
+    assert data["items"][0]["warnings"] == [said]
+    assert f'<p class="damaged" id="damaged" >damaged scan, read as far as it decodes: {said}.' in page
+    assert '<p class="damaged" id="damaged" hidden>' in c.get(f"/?batch={processed[1]}").text

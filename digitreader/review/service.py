@@ -97,10 +97,14 @@ class QueueItem:
     non_digit: bool
     model_version: str | None
     bbox: tuple[int, int, int, int]
+    #: The document's warnings: what the image decoder said of damaged data on its pages ("page 1:
+    #: Corrupt JPEG data: ..."): the scan may lack a part of a page, so check it against the paper.
+    warnings: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["bbox"] = list(self.bbox)
+        d["warnings"] = list(self.warnings)
         return d
 
 
@@ -140,7 +144,9 @@ def _queue_stmt(batch_id: int | None, field: str | None) -> Any:
     """Digits to review: the flagged ones, and one digit of each field flagged only by a template rule
     (`_rule_digit`), so that field can be reviewed too."""
     stmt = (
-        select(Digit, Field.name, Field.kind, Page.number, Document.id, Document.path, Document.batch_id)
+        select(
+            Digit, Field.name, Field.kind, Page.number, Document.id, Document.path, Document.batch_id, Document.warnings
+        )
         .join(Field, Digit.field_id == Field.id)
         .join(Page, Field.page_id == Page.id)
         .join(Document, Page.document_id == Document.id)
@@ -206,8 +212,9 @@ def list_queue(
             non_digit=bool(d.non_digit),
             model_version=d.model_version,
             bbox=d.bbox,
+            warnings=tuple(said or ()),
         )
-        for d, fname, kind, page, doc_id, path, batch in rows
+        for d, fname, kind, page, doc_id, path, batch, said in rows
     ]
 
 
@@ -585,7 +592,7 @@ def digit_context(session: Session, digit_id: int) -> dict[str, Any]:
         "field": {"id": f.id, "name": f.name, "value": f.value, "needs_review": f.needs_review,
                   "flags": list(f.flags or []), "digit_ids": [x.id for x in f.digits]},
         "document": {"id": doc.id, "path": doc.path, "status": doc.status, "batch": doc.batch_id,
-                     "page": f.page.number},
+                     "page": f.page.number, "warnings": list(doc.warnings or [])},
         "corrections": [
             {"id": c.id, "old_label": c.old_label, "new_label": c.new_label, "reviewer": c.reviewer,
              "at": iso_utc(c.created_at), "source": c.source}

@@ -71,6 +71,10 @@
     $("strip").src = "/strip/" + it.digit_id + ".png";
     $("where").textContent = it.document + " · page " + it.page + " · field " + it.field + " · position " + it.position
       + (it.done !== undefined ? " · labelled " + it.done : "");
+    const said = it.warnings || [];
+    $("damaged").hidden = said.length === 0;
+    $("damaged").textContent = said.length
+      ? "damaged scan, read as far as it decodes: " + said.join("; ") + ". Check the field against the paper." : "";
     const ol = $("top3");
     ol.textContent = "";
     for (const [k, p] of it.top3) {
