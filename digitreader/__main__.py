@@ -1,4 +1,4 @@
-from digitreader.cli.main import main
+from digitreader.cli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -164,3 +164,31 @@ def test_reading_commands_start_light(tmp_path: Path) -> None:
         store.register_batch(s, [store.InputFile("/scans/a.png", "a" * 64, 1)])
     for args in (["status"], ["batches"], ["batches", "--json"], ["export", "1"]):
         assert loaded(*args) == "", args
+
+
+_CTRL_C_WHILE_IMPORTING = """
+import builtins, os, runpy, signal, sys
+real = builtins.__import__
+def hook(name, *args, **kw):
+    if name == "typer":  # the CLI's first import of its own: a Ctrl-C lands right there
+        builtins.__import__ = real
+        os.kill(os.getpid(), signal.SIGINT)
+    return real(name, *args, **kw)
+builtins.__import__ = hook
+sys.argv = ["digitreader", "--help"]
+runpy.run_module("digitreader", run_name="__main__")
+"""
+
+
+def test_a_ctrl_c_while_the_cli_loads_is_a_ctrl_c_not_a_traceback() -> None:
+    """`python -m digitreader` (and the installed command, the same entry point) stopped by a Ctrl-C
+    while its modules load: exit 130 and one line, as a Ctrl-C at any later moment ends."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    res = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_IMPORTING], capture_output=True, text=True, env=env,
+                         timeout=120)  # fmt: skip
+    assert res.returncode == ExitCode.INTERRUPTED, res.stderr
+    assert res.stderr == "digitreader: interrupted\n" and res.stdout == ""
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["digitreader"] == "digitreader.cli.entry:main"
