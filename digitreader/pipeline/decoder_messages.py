@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -85,6 +86,8 @@ def caught() -> Iterator[list[str]]:
             return
         os.lseek(fd, 0, os.SEEK_SET)
         os.ftruncate(fd, 0)
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            sys.stderr.flush()  # what Python holds for stderr goes out now, not into the scratch file
         raised: list[warnings.WarningMessage] = []
         try:
             os.dup2(fd, 2)
