@@ -56,16 +56,30 @@ def _in_one_sqlite_transaction(connection: Connection) -> None:
     before DDL, so each CREATE TABLE committed alone, and a first run stopped halfway through making
     the schema (Ctrl-C) left tables without their `alembic_version`: every later command failed
     "table batches already exists". Here pysqlite's own transaction handling is off while an explicit
-    BEGIN IMMEDIATE ... COMMIT (SQLAlchemy's commit) wraps the lot; anything raised rolls it back."""
+    BEGIN IMMEDIATE ... COMMIT (SQLAlchemy's commit) wraps the lot; anything raised rolls it back.
+
+    Foreign keys are off meanwhile, as SQLite says to do for schema changes: Alembic's batch mode
+    changes a table by copying it and dropping the old one, and with them on, dropping `documents`
+    deleted every page, field and digit by their ON DELETE CASCADE (a downgrade of 0005 did). Before
+    the commit `PRAGMA foreign_key_check` must find nothing, or the lot is rolled back."""
     dbapi = connection.connection.driver_connection
     assert dbapi is not None
     before = dbapi.isolation_level
     dbapi.isolation_level = None  # (pysqlite commits an open transaction as this is set: none is open yet)
     try:
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction: first
         connection.exec_driver_sql("BEGIN IMMEDIATE")
         _configure(connection)
+        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise RuntimeError(f"the migration would leave rows pointing at nothing: {broken[:5]}")
         connection.commit()
+    except BaseException:
+        connection.rollback()  # before foreign keys go back on below: nothing of it may be committed
+        raise
     finally:
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")  # as `session` turns them on for every connection
+        connection.commit()
         dbapi.isolation_level = before
 
 

@@ -162,6 +162,39 @@ def test_sqlite_upgrade_from_empty_and_idempotent(tmp_path: Path) -> None:
     _check_schema(engine)
 
 
+def test_migrations_down_and_up_keep_every_row_of_a_sqlite_database(tmp_path: Path) -> None:
+    """Alembic's batch mode changes a SQLite table by copying it and dropping the old one; with
+    foreign keys on, dropping `documents` deleted every page, field and digit of the database through
+    their ON DELETE CASCADE (a downgrade of 0005 did). The migrations run with them off: a database
+    holding a real batch goes down to the first revision and back up to the head with every row and
+    the same export."""
+    from digitreader.export import export_json
+    from digitreader.pipeline.process import process_batch
+
+    settings = Settings(home=tmp_path / "home", workers=1, _env_file=None)  # type: ignore[call-arg]
+    rep = process_batch([Path(__file__).resolve().parents[1] / "examples" / "scans" / "scan-0003-00001.png"], settings)
+    engine = get_engine(settings)
+
+    def rows() -> dict[str, int]:
+        with engine.connect() as conn:
+            return {t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() or 0)
+                    for t in ("batches", "documents", "pages", "fields", "digits")}  # fmt: skip
+
+    def export() -> dict[str, Any]:
+        with session_scope(settings) as s:
+            return export_json(s, rep.batch_id)
+
+    before, exported = rows(), export()
+    assert before["digits"] > 0
+    command.downgrade(alembic_config(engine), "0001")
+    assert rows() == before
+    upgrade(engine)
+    assert rows() == before and export() == exported
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA foreign_key_check")).fetchall() == []
+
+
 def test_sqlite_created_on_first_use(settings: Settings) -> None:
     engine = get_engine(settings)
     assert (settings.home / "digitreader.sqlite").exists()
