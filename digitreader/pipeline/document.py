@@ -188,8 +188,8 @@ def segment_document(
                 with decoder_messages.caught() as heard:
                     page = next(it, None)
                 timings["decode"] += time.perf_counter() - t
-                if heard:  # a page read with damaged data (or, after the last, its file's end)
-                    where = f"page {page.number}" if page is not None else f"after page {cuts[-1].number}"
+                if heard:  # a page read with damaged data (or, after the last page, the file's end)
+                    where = f"page {page.number}" if page is not None else "after its pages" if cuts else "its file"
                     said += [f"{where}: {m}" for m in heard]
                 if page is None:
                     break
