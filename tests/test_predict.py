@@ -95,3 +95,20 @@ def test_predict_kaggle_submission(data_dir: Path, tmp_path: Path) -> None:
 def test_predict_needs_inputs() -> None:
     proc = subprocess.run([sys.executable, "-m", "digitreader", "predict"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == ExitCode.USAGE and "--kaggle-csv" in proc.stderr
+
+
+def test_predict_names_a_damaged_image_it_still_reads(data_dir: Path, tmp_path: Path) -> None:
+    """A JPEG digit that lost the end of its data is read (as far as it decodes) with libjpeg's
+    complaint on stderr as a warning naming the file, not as a line of its own."""
+    test = load_mnist("test", data_dir)
+    ok, data = cv2.imencode(".jpg", 255 - cv2.resize(test.images[0], (280, 280), interpolation=cv2.INTER_CUBIC))
+    assert ok
+    damaged = tmp_path / "damaged.jpg"
+    damaged.write_bytes(data.tobytes()[: int(len(data) * 0.8)] + b"\xff\xd9")
+    proc = subprocess.run([sys.executable, "-m", "digitreader", "predict", str(damaged)], capture_output=True,
+                          text=True, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1
+    assert f"digitreader: warning: {damaged}: damaged image data, read as far as it decodes: " in proc.stderr
+    assert "Corrupt JPEG data" in proc.stderr
+    assert not [ln for ln in proc.stderr.splitlines() if ln.startswith("Corrupt JPEG")], proc.stderr

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from digitreader.cli.output import err, print_json
+from digitreader.cli.output import err, print_json, warning_line
 from digitreader.errors import DigitreaderError, ExitCode, InputError, UsageError
 from digitreader.settings import get_settings
 
@@ -40,6 +40,7 @@ def read_digit(path: Path) -> np.ndarray:
     import cv2
     import numpy as np
 
+    from digitreader.pipeline import decoder_messages
     from digitreader.pipeline.normalize import normalize_digit
 
     if not path.exists():
@@ -52,9 +53,14 @@ def read_digit(path: Path) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read it ({exc.strerror or exc})", path=path, code="unreadable") from exc
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    with decoder_messages.caught() as heard:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise InputError("not a readable image (PNG, JPEG, BMP, TIFF, WebP, PNM)", path=path, code="unreadable")
+    if heard:  # read, but what the decoder said is worth a look (as `submit` says of a page)
+        err.print(
+            f"digitreader: warning: {warning_line(str(path), heard)}", markup=False, highlight=False, soft_wrap=True
+        )
     return normalize_digit(img)
 
 
