@@ -211,3 +211,36 @@ def test_a_progress_bar_drawn_while_pages_decode_is_not_taken_for_a_warning(isol
     docs = json.loads(_cli(["export", batch], env).stdout)["documents"]
     assert sorted(Path(d["path"]).name for d in docs) == names
     assert all(d["warnings"] == [f"page 1: {LIBJPEG}"] for d in docs), [d["warnings"] for d in docs]
+
+
+def test_whole_scans_of_every_kind_say_nothing(tmp_path: Path) -> None:
+    """No warning where nothing is wrong: the sample scans (JPEG, PNG, multi-page TIFF, PDF) and whole
+    files in the variants scanners write (progressive and CMYK JPEG, 16-bit and 1-bit fax TIFF with a
+    private tag, 16-bit PNG)."""
+    import numpy as np
+    from PIL import Image, TiffImagePlugin
+
+    page = np.asarray(Image.open(ROOT / "examples" / "scans" / "scan-0003-00001.png").convert("L"))
+    tag = TiffImagePlugin.ImageFileDirectory_v2()
+    tag[50000] = "scanner software 1.0"  # a private tag, as scanning software writes
+    tag.tagtype[50000] = 2
+    made = {
+        "progressive.jpg": lambda p: Image.fromarray(page).save(p, progressive=True, quality=90),
+        "cmyk.jpg": lambda p: Image.fromarray(page).convert("CMYK").save(p, quality=90),
+        "deep.png": lambda p: Image.fromarray(page.astype(np.uint16) * 257).save(p),
+        "deep.tif": lambda p: Image.fromarray(page.astype(np.uint16) * 257).save(p, compression="tiff_lzw"),
+        "fax.tif": lambda p: (
+            Image.fromarray(page)
+            .point(lambda v: 255 if v > 128 else 0)
+            .convert("1")
+            .save(p, compression="group4", tiffinfo=tag)
+        ),
+    }
+    files = sorted(p for p in (ROOT / "examples" / "scans").iterdir() if not p.name.endswith(".json"))
+    for name, write in made.items():
+        write(tmp_path / name)
+        files.append(tmp_path / name)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    cuts = {f.name: segment_document(f, settings) for f in files}
+    assert {n: (c.error_code, c.warnings) for n, c in cuts.items()} == {f.name: (None, ()) for f in files}
+    assert all(c.pages and c.pages[0].fields for c in cuts.values())
