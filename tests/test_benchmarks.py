@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,6 +203,36 @@ def test_stress_stops_finds_each_stopped_batch_finished_by_the_next_run(
     report = json.loads(capsys.readouterr().out)
     assert report["broken"] == [] and rc == 0 and sum(report["outcomes"].values()) == 2
     assert 0 < report["clean"]["batch_id_at"] < report["clean"]["returns"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_stress_stops_on_postgresql(
+    bench_scans: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same on PostgreSQL (`--server`): each round's runs store into a database of their own on
+    the server, made and dropped by the script; a Ctrl-C at a random moment and one at a point of the
+    code, each batch finished by the next run."""
+    from tests.test_db import PG_ADMIN_URL, _pg_available
+
+    if not _pg_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (CI must have it)")
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    stress = _bench("stress_stops")
+    monkeypatch.setenv("DIGITREADER_DATA_DIR", str(data_dir))
+    for extra in (["--seed", "7"], ["--seed", "8", "--at-returns"]):
+        rc = stress.main([str(bench_scans), "--rounds", "2", "--workers", "2", "--server", PG_ADMIN_URL, *extra])
+        report = json.loads(capsys.readouterr().out)
+        assert report["broken"] == [] and rc == 0 and report["database"] == "postgresql"
+        assert sum(report["outcomes"].values()) == 2 and report["clean"]["documents"] == 3
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_ADMIN_URL)
+    with admin.connect() as conn:  # every database the rounds made was dropped
+        left = conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'digitreader_stops_%'")).all()
+    admin.dispose()
+    assert left == []
 
 
 @pytest.mark.slow
