@@ -90,14 +90,17 @@ def _env(home: Path, workers: int, url: str | None = None) -> dict[str, str]:
 
 
 class _Database:
-    """Where a round's runs store: the home's SQLite file, or with `server` a new PostgreSQL database
-    on that server, made (and brought to the schema) on entry and dropped on exit."""
+    """Where a run (or a round's two runs) stores: a temporary home and its SQLite file, or with
+    `server` a new PostgreSQL database on that server, made (and brought to the schema) on entry; both
+    removed on exit."""
 
-    def __init__(self, home: Path, server: str | None) -> None:
-        self.home, self.server = home, server
+    def __init__(self, server: str | None, prefix: str) -> None:
+        self.server, self.prefix = server, prefix
+        self.home = Path()
         self.url: str | None = None
 
     def __enter__(self) -> _Database:
+        self.home = Path(tempfile.mkdtemp(prefix=self.prefix))
         if self.server is not None:
             from sqlalchemy import create_engine, text
 
@@ -114,6 +117,7 @@ class _Database:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.home, ignore_errors=True)
         if self.server is not None and self.url is not None:
             from sqlalchemy import create_engine, text
             from sqlalchemy.engine import make_url
@@ -169,31 +173,23 @@ def clean_run(
 ) -> dict[str, Any]:
     """The folder read once without a stop: its documents, pages, and seconds after the batch id (and
     with `counting`, the run's function returns, and the one at which it printed the batch id)."""
-    home = Path(tempfile.mkdtemp(prefix="stops-clean-"))
-    try:
-        with _Database(home, server) as db:
-            return _clean_run(folder, workers, timeout, counting, db)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _clean_run(folder: Path, workers: int, timeout: float, counting: bool, db: _Database) -> dict[str, Any]:
-    env = {**db.env(workers), "STRESS_STOP_AT": "0", "STRESS_STOP_SIGNAL": "2"}
-    proc = subprocess.Popen(_command(folder, counting), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    assert proc.stdout is not None
-    proc.stdout.readline()
-    t = time.monotonic()
-    _, err = proc.communicate(timeout=timeout)
-    seconds = time.monotonic() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"the clean run failed ({proc.returncode}):\n{err}")
-    state = db.state()
-    clean = {"documents": state["documents"], "pages": state["pages"], "seconds": seconds}
-    if counting:
-        words = err.rsplit("stress-stops: ", 1)[1].split()
-        clean.update(returns=int(words[0]), batch_id_at=int(words[5]))  # "N returns, batch id at S"
-    return clean
+    with _Database(server, "stops-clean-") as db:
+        env = {**db.env(workers), "STRESS_STOP_AT": "0", "STRESS_STOP_SIGNAL": "2"}
+        proc = subprocess.Popen(_command(folder, counting), env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        t = time.monotonic()
+        _, err = proc.communicate(timeout=timeout)
+        seconds = time.monotonic() - t
+        if proc.returncode != 0:
+            raise SystemExit(f"the clean run failed ({proc.returncode}):\n{err}")
+        state = db.state()
+        clean = {"documents": state["documents"], "pages": state["pages"], "seconds": seconds}
+        if counting:
+            words = err.rsplit("stress-stops: ", 1)[1].split()
+            clean.update(returns=int(words[0]), batch_id_at=int(words[5]))  # "N returns, batch id at S"
+        return clean
 
 
 def _sigint_default() -> None:
@@ -218,76 +214,58 @@ def one_round(
     server: str | None = None,
 ) -> dict[str, Any]:
     """One stop: `delay` seconds after the batch id, or with `at`, at that function return of the run."""
-    home = Path(tempfile.mkdtemp(prefix="stops-"))
-    try:
-        with _Database(home, server) as db:
-            return _one_round(folder, workers, sig, delay, clean, timeout, group, at, db)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _one_round(
-    folder: Path,
-    workers: int,
-    sig: int,
-    delay: float,
-    clean: dict[str, Any],
-    timeout: float,
-    group: bool,
-    at: int | None,
-    db: _Database,
-) -> dict[str, Any]:
-    env = {**db.env(workers), "STRESS_STOP_AT": str(at or 0), "STRESS_STOP_SIGNAL": str(int(sig))}
-    # SIGINT as from a terminal (a shell running this in the background may have ignored it).
-    proc = subprocess.Popen(_command(folder, at is not None), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_as_from_a_terminal if group else _sigint_default)  # fmt: skip
-    assert proc.stdout is not None
-    proc.stdout.readline()  # the batch id: the batch exists
-    if at is None:
-        time.sleep(delay)
-        if group:  # to every process of the run, as a terminal's Ctrl-C or systemd's stop sends it
-            os.killpg(proc.pid, sig)
+    with _Database(server, "stops-") as db:
+        env = {**db.env(workers), "STRESS_STOP_AT": str(at or 0), "STRESS_STOP_SIGNAL": str(int(sig))}
+        # SIGINT as from a terminal (a shell running this in the background may have ignored it).
+        proc = subprocess.Popen(_command(folder, at is not None), env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_as_from_a_terminal if group else _sigint_default)  # fmt: skip
+        assert proc.stdout is not None
+        proc.stdout.readline()  # the batch id: the batch exists
+        if at is None:
+            time.sleep(delay)
+            if group:  # to every process of the run, as a terminal's Ctrl-C or systemd's stop sends it
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            broken = ["the stopped run did not end"]
+            return {"delay": delay, "at": at, "rc": "hung", "status": None, "broken": broken, "err": err}
+        stopped = db.state()
+        status = stopped["batches"]
+        rc = proc.returncode
+        broken = []
+        first = status[0] if status else None
+        if rc == EXPECTED[int(sig)]:
+            # "done": the signal came as the finished batch was being closed, and was acted on after.
+            if first not in ("interrupted", "done") or (first == "done" and stopped["unread"]):
+                broken.append(f"exit {rc} but the batch is {first!r} ({stopped['unread']} documents unread)")
+        elif rc in (0, -sig):
+            if first != "done":
+                broken.append(f"exit {rc} but the batch is {first!r}")
         else:
-            proc.send_signal(sig)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        broken = ["the stopped run did not end"]
-        return {"delay": delay, "at": at, "rc": "hung", "status": None, "broken": broken, "err": err}
-    stopped = db.state()
-    status = stopped["batches"]
-    rc = proc.returncode
-    broken = []
-    first = status[0] if status else None
-    if rc == EXPECTED[int(sig)]:
-        # "done": the signal came as the finished batch was being closed, and was acted on after.
-        if first not in ("interrupted", "done") or (first == "done" and stopped["unread"]):
-            broken.append(f"exit {rc} but the batch is {first!r} ({stopped['unread']} documents unread)")
-    elif rc in (0, -sig):
-        if first != "done":
-            broken.append(f"exit {rc} but the batch is {first!r}")
-    else:
-        broken.append(f"exit {rc}")
-    again = _submit(folder, env, timeout)
-    after = db.state()
-    if again.returncode != 0:
-        broken.append(f"the same command again exited {again.returncode}: {again.stderr[-500:]}")
-    if after["documents"] != clean["documents"] or after["distinct"] != clean["documents"]:
-        broken.append(f"{after['documents']} documents ({after['distinct']} files) after, not {clean['documents']}")
-    if after["unread"] or set(after["batches"]) != {"done"}:
-        broken.append(f"unfinished after the second run: {after}")
-    if after["pages"] != clean["pages"] or after["stored_pages"] != clean["pages"]:
-        broken.append(f"{after['stored_pages']} pages stored after, not {clean['pages']}")
-    return {
-        "delay": round(delay, 3),
-        "rc": rc,
-        "status": first,
-        "broken": broken,
-        "err": err[-4000:] if broken else "",
-    }
+            broken.append(f"exit {rc}")
+        again = _submit(folder, env, timeout)
+        after = db.state()
+        if again.returncode != 0:
+            broken.append(f"the same command again exited {again.returncode}: {again.stderr[-500:]}")
+        if after["documents"] != clean["documents"] or after["distinct"] != clean["documents"]:
+            broken.append(f"{after['documents']} documents ({after['distinct']} files) after, not {clean['documents']}")
+        if after["unread"] or set(after["batches"]) != {"done"}:
+            broken.append(f"unfinished after the second run: {after}")
+        if after["pages"] != clean["pages"] or after["stored_pages"] != clean["pages"]:
+            broken.append(f"{after['stored_pages']} pages stored after, not {clean['pages']}")
+        return {
+            "delay": round(delay, 3),
+            "rc": rc,
+            "status": first,
+            "broken": broken,
+            "err": err[-4000:] if broken else "",
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
