@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_e2e.py --pages 200 --plot docs/e2e-threshold.png   # finer sweep, drawn
     .venv/bin/python benchmarks/bench_e2e.py --pages 200 --seed 2024 2025 2026 --plot-sets sets.png  # pooled
     .venv/bin/python benchmarks/bench_e2e.py --pages 96 --kind form --format pdf --per-file 96  # one long PDF
+    .venv/bin/python benchmarks/bench_e2e.py --pages 200 --turned 0.5   # half the pages upside down or on a side
 
 Generates pages with `digitreader.synth` (cached under --cache, never in the repo), runs
 `process_batch` into a fresh SQLite database (all cores), then scores the stored results against the
@@ -121,9 +122,14 @@ def score_batch(export: dict[str, Any], truth_dir: Path) -> dict[str, Any]:
             failed += 1
         pages = {p["number"]: p for p in doc["pages"]}
         for tp in truth["pages"]:
-            fields = pages.get(tp["number"], {"fields": []})["fields"]
-            for k, v in score_page(tp, fields).items():
+            page = pages.get(tp["number"], {"fields": []})
+            for k, v in score_page(tp, page["fields"]).items():
                 totals[k] = totals.get(k, 0) + v
+            # Pages scanned turned (`synth --turned`): read turned back? (Upright ones: left as they lay?)
+            kind = "turned_pages" if tp.get("turned") else "upright_pages"
+            totals[kind] = totals.get(kind, 0) + 1
+            if page.get("rotation", 0) == (360 - int(tp.get("turned", 0))) % 360:
+                totals[kind + "_read_upright"] = totals.get(kind + "_read_upright", 0) + 1
 
     return {"documents_failed": failed, **totals, **rates(totals)}
 
@@ -207,14 +213,20 @@ def load_export(settings: Settings, batch_id: int) -> dict[str, Any]:
         return export_json(s, batch_id)
 
 
-def generate_pages(cache: Path, pages: int, seed: int, data_dir: Path, fmt: str, kind: str, per_file: int = 1) -> Path:
+def generate_pages(
+    cache: Path, pages: int, seed: int, data_dir: Path, fmt: str, kind: str, per_file: int = 1, turned: float = 0.0
+) -> Path:
     from digitreader.synth import generate
 
-    out = cache / (f"synth-{kind}-{fmt}-{pages}-seed{seed}" + (f"-per{per_file}" if per_file > 1 else ""))
+    out = cache / (
+        f"synth-{kind}-{fmt}-{pages}-seed{seed}"
+        + (f"-per{per_file}" if per_file > 1 else "")
+        + (f"-turned{turned:g}" if turned else "")
+    )
     done = out / ".complete"
     if not done.exists():
         t = time.perf_counter()
-        generate(out, pages=pages, seed=seed, fmt=fmt, kind=kind, data_dir=data_dir, per_file=per_file)
+        generate(out, pages=pages, seed=seed, fmt=fmt, kind=kind, data_dir=data_dir, per_file=per_file, turned=turned)
         done.write_text("ok")
         print(f"generated {pages} pages in {time.perf_counter() - t:.1f} s -> {out}", file=sys.stderr)
     return out
@@ -434,6 +446,13 @@ def main() -> int:
         default=1,
         help="pages per file for --format tiff or pdf (e.g. --pages 96 --per-file 96: one long document)",
     )
+    ap.add_argument(
+        "--turned",
+        type=float,
+        default=0.0,
+        help="share of pages scanned upside down or on a side (synth --turned); scores how many are read upright",
+    )
+    ap.add_argument("--rotate-pages", choices=["true", "false"], default="true", help="DIGITREADER_ROTATE_PAGES")
     ap.add_argument("--workers", type=int, default=0, help="segmentation processes (0 = cores)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "digitreader-bench")
     ap.add_argument(
@@ -458,8 +477,12 @@ def main() -> int:
 
     sets = []
     for seed in args.seed:
-        scans = generate_pages(args.cache, args.pages, seed, args.data_dir, args.format, args.kind, args.per_file)
-        sets.append({"seed": seed, **run_e2e(scans, workers=args.workers, sweep=PLOT_SWEEP if args.plot else SWEEP)})
+        scans = generate_pages(
+            args.cache, args.pages, seed, args.data_dir, args.format, args.kind, args.per_file, args.turned
+        )
+        sweep = PLOT_SWEEP if args.plot else SWEEP
+        rotate = args.rotate_pages == "true"
+        sets.append({"seed": seed, **run_e2e(scans, workers=args.workers, sweep=sweep, rotate_pages=rotate)})
     pooled = pool(sets) if len(sets) > 1 else None
     result: dict[str, Any] = sets[0] if pooled is None else {"pooled": pooled, "sets": sets}
     print(json.dumps(result, indent=1))

@@ -15,7 +15,9 @@ digit "blank", "non_digit", "top3", "reviewed" and "corrected" (a reviewer's cor
 one); field "reviewed"; document "warnings": what the image decoders said of damaged data while its
 pages were read ("page 1: Corrupt JPEG data: premature end of data segment"; empty for a whole scan):
 the document was read as far as its data decodes, and digits on a lost part of a page are missing.
-CSV: the same, joined with " | ", in the "warnings" column of each of the document's rows.
+CSV: the same, joined with " | ", in the "warnings" column of each of the document's rows. Page
+"rotation": degrees clockwise the page was turned to be read (0, 90, 180 or 270: a page scanned upside
+down or on its side; its boxes are still in the page as submitted).
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def document_json(doc: Document) -> dict[str, Any]:
                 "number": p.number,
                 "width": p.width,
                 "height": p.height,
+                "rotation": p.rotation or 0,
                 "fields": [field_json(f) for f in p.fields],
             }
             for p in doc.pages

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         default=120_000_000, ge=1, description="Refuse pages larger than this many pixels (decompression bombs)."
     )
     max_file_bytes: int = Field(default=500_000_000, ge=1, description="Refuse input files larger than this.")
+    rotate_pages: bool = Field(
+        default=True,
+        description="Read a page scanned upside down or sideways turned upright, where its digits say so "
+        "(pipeline/orient.py); false: read every page as it lies.",
+    )
 
     # Work.
     workers: int = Field(default=0, ge=0, description="Processes for segmentation (0 = one per core).")

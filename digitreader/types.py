@@ -98,6 +98,9 @@ class PageCut:
     fields: tuple[FieldCut, ...]
     skew_degrees: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    #: Degrees clockwise the page as submitted was turned to be read (0, 90, 180, 270): a page scanned
+    #: upside down or sideways (`orient.py`). Boxes stay in the coordinates of the page as submitted.
+    rotation: int = 0
 
     def crops(self) -> np.ndarray:
         """All non-blank crops of the page in field/position order, (N, 28, 28) uint8."""

@@ -69,6 +69,19 @@ def test_e2e_scores_one_long_document(tmp_path: Path, data_dir: Path, bench_modu
     assert result["digit_accuracy_pct"] > 90
 
 
+def test_e2e_scores_turned_pages(tmp_path: Path, data_dir: Path, bench_modules: tuple[Any, Any]) -> None:
+    """`bench_e2e.py --turned`: pages scanned upside down or on a side, scored against their turned
+    truth, and counted read upright or not; with DIGITREADER_ROTATE_PAGES=false none is."""
+    bench_e2e, _ = bench_modules
+    scans = bench_e2e.generate_pages(tmp_path, 4, 11, data_dir, "png", "form", turned=1.0)
+    result = bench_e2e.run_e2e(scans, decode=False, sweep=(0.97,))
+    assert result["turned_pages"] == 4 and result["turned_pages_read_upright"] == 4
+    assert result["digit_accuracy_pct"] > 90
+    off = bench_e2e.run_e2e(scans, decode=False, sweep=(0.97,), rotate_pages=False)
+    assert off["turned_pages"] == 4 and off.get("turned_pages_read_upright", 0) == 0
+    assert off["digit_accuracy_pct"] < result["digit_accuracy_pct"] - 20
+
+
 def test_wilson_interval(bench_modules: tuple[Any, Any]) -> None:
     bench_e2e, _ = bench_modules
     # Known closed forms: with no successes the upper end is z^2 / (n + z^2), with all, the lower end
@@ -219,6 +232,17 @@ def test_stress_stops_on_postgresql(
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (CI must have it)")
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    from sqlalchemy import create_engine, text
+
+    def stops_databases() -> set[str]:
+        admin = create_engine(PG_ADMIN_URL)
+        with admin.connect() as conn:
+            names = conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'digitreader_stops_%'"))
+            found = {str(row[0]) for row in names}
+        admin.dispose()
+        return found
+
+    before = stops_databases()  # a killed run of the script elsewhere may have left its own
     stress = _bench("stress_stops")
     monkeypatch.setenv("DIGITREADER_DATA_DIR", str(data_dir))
     for extra in (["--seed", "7"], ["--seed", "8", "--at-returns"]):
@@ -226,13 +250,7 @@ def test_stress_stops_on_postgresql(
         report = json.loads(capsys.readouterr().out)
         assert report["broken"] == [] and rc == 0 and report["database"] == "postgresql"
         assert sum(report["outcomes"].values()) == 2 and report["clean"]["documents"] == 3
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(PG_ADMIN_URL)
-    with admin.connect() as conn:  # every database the rounds made was dropped
-        left = conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'digitreader_stops_%'")).all()
-    admin.dispose()
-    assert left == []
+    assert stops_databases() - before == set()  # every database the rounds made was dropped
 
 
 @pytest.mark.slow

@@ -54,7 +54,8 @@ def encode_cut(cut: DocumentCut, level: int = 1) -> bytes:
             fields.append({"name": f.name, "kind": f.kind, "bbox": list(map(int, f.bbox)), "slots": slots,
                            "length": f.length, "pattern": f.pattern})  # fmt: skip
         pages.append({"number": p.number, "width": p.width, "height": p.height, "skew": float(p.skew_degrees),
-                      "timings": {k: float(v) for k, v in p.timings.items()}, "fields": fields})  # fmt: skip
+                      "rotation": int(p.rotation), "timings": {k: float(v) for k, v in p.timings.items()},
+                      "fields": fields})  # fmt: skip
     strips: list[list[Any]] = []
     strip_bytes: list[bytes] = []
     for page_strips in cut.strips:
@@ -111,7 +112,8 @@ def decode_cut(blob: bytes) -> DocumentCut:
             fields.append(FieldCut(name=f["name"], kind=f["kind"], bbox=tuple(f["bbox"]), slots=tuple(slots),
                                    length=f["length"], pattern=f["pattern"]))  # fmt: skip
         pages.append(PageCut(number=p["number"], width=p["width"], height=p["height"], fields=tuple(fields),
-                             skew_degrees=p["skew"], timings=dict(p["timings"])))  # fmt: skip
+                             skew_degrees=p["skew"], timings=dict(p["timings"]),
+                             rotation=int(p.get("rotation", 0))))  # fmt: skip
     if row != count:
         raise CodecError(f"corrupt document cut: {count} crops, {row} used")
     code, message, trace = head.get("error") or (None, None, None)

@@ -142,6 +142,9 @@ class Page(Base):
     width: Mapped[int] = mapped_column(Integer)  # page as submitted
     height: Mapped[int] = mapped_column(Integer)
     skew_degrees: Mapped[float | None] = mapped_column(Float)
+    #: Degrees clockwise the page was turned to be read (0, 90, 180, 270): scanned upside down or on
+    #: its side (pipeline/orient.py). Boxes are still in the page as submitted.
+    rotation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     document: Mapped[Document] = relationship(back_populates="pages")

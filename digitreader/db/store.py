@@ -358,6 +358,7 @@ def _page_rows(pages: Sequence[PageResult]) -> list[dict[str, Any]]:
             "width": p.width,
             "height": p.height,
             "skew_degrees": float(p.skew_degrees),
+            "rotation": int(p.rotation),
             "timings": {k: round(float(v), 6) for k, v in p.timings.items()} or None,
         }
         for p in pages
@@ -570,9 +571,12 @@ def pages_read(session: Session, batch_id: int) -> int:
 
 
 def batch_stats(session: Session, batch_id: int) -> dict[str, int]:
-    """Pages, fields, digits (non-blank), blank cells, flagged digits and fields of a batch."""
+    """Pages (and of them those read turned upright), fields, digits (non-blank), blank cells, flagged
+    digits and fields of a batch."""
     pages = select(Page.id).join(Document, Page.document_id == Document.id).where(Document.batch_id == batch_id)
     page_count = session.scalar(select(func.count()).select_from(pages.subquery())) or 0
+    turned_q = pages.where(Page.rotation != 0)
+    turned = session.scalar(select(func.count()).select_from(turned_q.subquery())) or 0
     field_q = select(Field.id).where(Field.page_id.in_(pages))
     fields = session.scalar(select(func.count()).select_from(field_q.subquery())) or 0
     flagged_fields = (
@@ -586,6 +590,7 @@ def batch_stats(session: Session, batch_id: int) -> dict[str, int]:
     )
     return {
         "pages": int(page_count),
+        "pages_turned": int(turned),
         "fields": int(fields),
         "flagged_fields": int(flagged_fields),
         "digits": int(digits or 0),

@@ -6,7 +6,8 @@
 - `cut`        cut each field into digit slots (box cells, a string's window), blank test
 - `split`      a string field's ink -> one piece per digit (geometry, then the splitter model)
 - `normalize`  crop -> 28x28 MNIST form (shared with `digitreader predict` and training)
-- `segment`    one call per page: prepare -> fields -> cut -> normalize (`PageCut`)
+- `orient`     a page upside down or on its side: which way up its digits read (`PageCut.rotation`)
+- `segment`    one call per page: prepare -> fields -> cut -> normalize, turned upright (`PageCut`)
 - `recognize`  ONNX model in batches -> labels, calibrated confidences
 - `assemble`   recognized digits -> field values and review flags
 - `document`   one document: load -> segment every page -> field strips (`DocumentCut`)

@@ -81,6 +81,7 @@ class PageResult:
     fields: tuple[FieldResult, ...]
     skew_degrees: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    rotation: int = 0  # degrees clockwise the page was turned to be read (PageCut.rotation)
 
     @property
     def needs_review(self) -> bool:
@@ -183,4 +184,5 @@ def assemble_page(cut: PageCut, recognition: HasProbs | np.ndarray, threshold: f
         fields=tuple(fields),
         skew_degrees=cut.skew_degrees,
         timings=dict(cut.timings),
+        rotation=cut.rotation,
     )

@@ -65,25 +65,29 @@ class FieldStrip:
 
 
 def field_strips(gray: np.ndarray, page: PageCut) -> tuple[FieldStrip | None, ...]:
-    """One strip per field of `page`, cut from the page as submitted (`gray`, uint8). A field whose
-    box is empty or off the page gets None; so does one whose JPEG cannot be encoded."""
+    """One strip per field of `page`, cut from the page as submitted (`gray`, uint8), turned the way
+    the page was read (`page.rotation`: a reviewer sees the digits upright). A field whose box is empty
+    or off the page gets None; so does one whose JPEG cannot be encoded."""
     import cv2
+
+    from digitreader.pipeline.prepare import turn
 
     height, width = gray.shape[:2]
     out: list[FieldStrip | None] = []
     for f in page.fields:
         x, y, w, h = (int(v) for v in f.bbox)
-        m = int(round(STRIP_MARGIN * h))
+        m = int(round(STRIP_MARGIN * (w if page.rotation in (90, 270) else h)))  # of the field's height upright
         x0, y0 = max(0, x - m), max(0, y - m)
         x1, y1 = min(width, x + w + m), min(height, y + h + m)
         if x1 <= x0 or y1 <= y0:
             out.append(None)
             continue
-        region = gray[y0:y1, x0:x1]
+        region = turn(gray[y0:y1, x0:x1], page.rotation) if page.rotation else gray[y0:y1, x0:x1]
         bw, bh = x1 - x0, y1 - y0
-        scale = min(1.0, STRIP_HEIGHT / bh, STRIP_MAX_WIDTH / bw)
+        rw, rh = (bh, bw) if page.rotation in (90, 270) else (bw, bh)  # the strip as it is shown
+        scale = min(1.0, STRIP_HEIGHT / rh, STRIP_MAX_WIDTH / rw)
         if scale < 1.0:
-            size = (max(1, round(bw * scale)), max(1, round(bh * scale)))
+            size = (max(1, round(rw * scale)), max(1, round(rh * scale)))
             region = cv2.resize(region, size, interpolation=cv2.INTER_LINEAR)  # INTER_AREA: 5x the time
         ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(region), [cv2.IMWRITE_JPEG_QUALITY, STRIP_QUALITY])
         out.append(FieldStrip(bytes(buf), (x0, y0, bw, bh)) if ok else None)

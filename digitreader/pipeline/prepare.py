@@ -174,11 +174,13 @@ def work_factor(ppm: float) -> int:
     return max(1, int(ppm * 25.4 / WORK_DPI + 0.02))
 
 
-def prepare_page(page: PageImage, settings: Settings | None = None) -> PreparedPage:
+def prepare_page(page: PageImage, settings: Settings | None = None, rotation: int = 0) -> PreparedPage:
     """Reduce to the working resolution, flatten the light, deskew and binarize a page.
 
     The prepared page is at ~150-300 dpi (an integer reduction of the scan); `to_original` maps its
-    coordinates back to the page as submitted, including that reduction.
+    coordinates back to the page as submitted, including that reduction. `rotation` (0, 90, 180 or
+    270): the page is turned that many degrees clockwise first (`orient.py`: a page scanned upside
+    down or sideways); `to_original` maps back through the turn too.
     """
     ppm0 = px_per_mm(page.width, page.height, page.dpi)
     r = max(1, page.reduction)  # the loader may have decoded the page already reduced
@@ -188,10 +190,14 @@ def prepare_page(page: PageImage, settings: Settings | None = None) -> PreparedP
         gray = cv2.resize(gray, (gray.shape[1] // f2, gray.shape[0] // f2), interpolation=cv2.INTER_AREA)
     f = r * f2
     ppm = ppm0 / f
+    scale_back = np.array([[f, 0.0, 0.0], [0.0, f, 0.0]])
+    if rotation % 360:
+        turned = turn(gray, rotation)
+        scale_back = scale_back @ unturn_matrix(rotation, gray.shape[1], gray.shape[0])
+        gray = turned
     flat = flatten(gray, ppm)
     skew = estimate_skew(flat, ppm)
     h, w = flat.shape
-    scale_back = np.array([[f, 0.0, 0.0], [0.0, f, 0.0]])
     if abs(skew) >= 0.05:
         # Rotate by -skew about the centre, on a canvas large enough to keep the corners.
         m = cv2.getRotationMatrix2D((w / 2, h / 2), -skew, 1.0)
@@ -221,6 +227,29 @@ def prepare_page(page: PageImage, settings: Settings | None = None) -> PreparedP
         dpi=ppm * 25.4,
         levels=levels,
     )
+
+
+def turn(img: np.ndarray, rotation: int) -> np.ndarray:
+    """`img` turned `rotation` degrees clockwise (a multiple of 90), contiguous."""
+    if rotation % 90:
+        raise ValueError(f"rotation must be a multiple of 90 degrees, not {rotation}")
+    return np.ascontiguousarray(np.rot90(img, k=-(rotation // 90) % 4))
+
+
+def unturn_matrix(rotation: int, width: int, height: int) -> np.ndarray:
+    """(3, 3) affine: a point of an image `width` x `height` turned `rotation` degrees clockwise (by
+    `turn`) -> the same point of the image before the turn. Points are pixel edges: (0, 0) is the
+    image's corner, (width, height) the opposite one."""
+    k = (rotation // 90) % 4
+    if k == 0:
+        m = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    elif k == 1:  # turned clockwise: x' = height - y, y' = x
+        m = [[0.0, 1.0, 0.0], [-1.0, 0.0, float(height)]]
+    elif k == 2:
+        m = [[-1.0, 0.0, float(width)], [0.0, -1.0, float(height)]]
+    else:  # x' = y, y' = width - x
+        m = [[0.0, -1.0, float(width)], [1.0, 0.0, 0.0]]
+    return np.vstack([np.array(m), [0.0, 0.0, 1.0]])
 
 
 def map_box(

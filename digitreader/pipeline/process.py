@@ -742,6 +742,7 @@ def _recognize_and_store(
             flagged=sum(1 for d in digits if d.needs_review),
             seconds=cut.seconds + timings["recognize"] + timings["store"],
             warnings=cut.warnings,
+            turned=sum(1 for p in results if p.rotation),
         )
         report.processed.append(rep)
         hook.document_done(rep)

@@ -23,6 +23,7 @@ class DocumentReport:
     seconds: float = 0.0
     #: What the image decoders said of damaged data while its pages were read (`DocumentCut.warnings`).
     warnings: tuple[str, ...] = ()
+    turned: int = 0  # pages read turned upright (scanned upside down or on their side: `PageCut.rotation`)
 
 
 @dataclass
@@ -50,6 +51,10 @@ class BatchReport:
     @property
     def digits(self) -> int:
         return sum(d.digits for d in self.processed)
+
+    @property
+    def turned(self) -> int:
+        return sum(d.turned for d in self.processed)
 
     @property
     def flagged(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -12,9 +13,10 @@ import numpy as np
 from digitreader.errors import InputError
 from digitreader.pipeline.cut import cut_field
 from digitreader.pipeline.fields import find_fields
+from digitreader.pipeline.orient import upright_cut
 from digitreader.pipeline.prepare import prepare_page
-from digitreader.pipeline.split import default_scorer, splitter_model
-from digitreader.settings import Settings
+from digitreader.pipeline.split import DigitScorer, default_scorer, splitter_model
+from digitreader.settings import Settings, get_settings
 from digitreader.types import FieldRegion, PageCut, PageImage, PreparedPage
 
 if TYPE_CHECKING:
@@ -67,11 +69,41 @@ def segment_page(
     `prepared`: the page already prepared by `prepare_page`, and `regions`: the fields already found
     on it (`find_fields`), for a caller that also needs them (e.g. `training.pagecrops`); None
     prepares the page, and finds its fields (or applies the template), here.
+
+    A page scanned upside down or sideways is cut turned upright where its digits say so (`orient.py`;
+    `PageCut.rotation`), unless DIGITREADER_ROTATE_PAGES is false or the caller passed `prepared`.
     """
+    scorer = default_scorer(splitter_model(settings, model_path))
+
+    def cut_turned(rotation: int) -> PageCut:
+        return _cut_page(page, settings, template, scorer, rotation, prepared, regions)
+
+    rotate = settings.rotate_pages if settings is not None else get_settings().rotate_pages
+    if not rotate or scorer is None or prepared is not None or regions is not None:
+        return cut_turned(0)
+    t0 = time.perf_counter()
+    cut = upright_cut(scorer, cut_turned)
+    spent = time.perf_counter() - t0 - sum(cut.timings.values())
+    if cut.rotation:
+        log.info("%s page %d: read turned %d degrees clockwise", page.source or "page", page.number, cut.rotation)
+    return dataclasses.replace(cut, timings={**cut.timings, "orient": spent})
+
+
+def _cut_page(
+    page: PageImage,
+    settings: Settings | None,
+    template: Template | None,
+    scorer: DigitScorer | None,
+    rotation: int = 0,
+    prepared: PreparedPage | None = None,
+    regions: Sequence[FieldRegion] | None = None,
+) -> PageCut:
+    """The page turned `rotation` degrees clockwise, prepared, its fields found (or the template
+    applied) and cut."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if prepared is None:
-        prepared = prepare_page(page, settings)
+        prepared = prepare_page(page, settings, rotation)
     t1 = time.perf_counter()
     timings["prepare"] = t1 - t0
     check_page(page, prepared)
@@ -83,14 +115,14 @@ def segment_page(
         regions = find_fields(prepared, settings)
     t2 = time.perf_counter()
     timings["fields"] = t2 - t1
-    scorer = default_scorer(splitter_model(settings, model_path))
     fields = tuple(
         cut_field(prepared, r, name=r.name or f"field-{i:02d}", scorer=scorer) for i, r in enumerate(regions, start=1)
     )
     timings["cut"] = time.perf_counter() - t2
     log.debug(
-        "page %d: %d fields, %d digits, %.0f ms",
+        "page %d (turned %d): %d fields, %d digits, %.0f ms",
         page.number,
+        rotation,
         len(fields),
         sum(len(f.slots) for f in fields),
         1000 * sum(timings.values()),
@@ -102,4 +134,5 @@ def segment_page(
         fields=fields,
         skew_degrees=prepared.skew_degrees,
         timings=timings,
+        rotation=rotation,
     )

@@ -536,10 +536,13 @@ def _stored_strip(d: Digit) -> np.ndarray | None:
     if gray is None or gray.size == 0:
         log.warning("field %s: stored strip cannot be decoded; showing the crops instead", f.id)
         return None
-    img = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    from digitreader.pipeline.prepare import turn
+
+    rotation = int(f.page.rotation or 0)  # the strip is stored the way the page was read
+    img = np.ascontiguousarray(cv2.cvtColor(turn(gray, -rotation % 360) if rotation else gray, cv2.COLOR_GRAY2BGR))
     x, y, w, h = strip_box_in_image(f.strip_box, (img.shape[1], img.shape[0]), d.bbox)
     cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), HIGHLIGHT_BGR, HIGHLIGHT_WIDTH)
-    return img
+    return turn(img, rotation) if rotation else img
 
 
 def strip_png(session: Session, digit_id: int, scale: int = 3) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -591,12 +591,17 @@ def generate(
     layout: str | None = None,
     tiff_variant: str = "8bit",
     on_page: Callable[[int], None] | None = None,
+    turned: float = 0.0,
 ) -> list[Path]:
     """Generate `pages` pages into `out_dir` (files + NAME.truth.json); returns the files written.
 
     `digit_source(label, rng)` supplies digit images (ink high); default: MNIST test digits from
     `data_dir`. `per_file` > 1 puts several pages in one file for TIFF and PDF; `tiff_variant` is
     8bit, 1bit (Group 4, like a fax), 16bit or alpha (with `fmt="mixed"` it is drawn at random).
+    `turned`: the share of pages scanned upside down (half of them) or on a side (a quarter each way),
+    their truth's boxes in the page as written and its "turned" the degrees clockwise the page was
+    turned (0 elsewhere); 0 draws nothing more from the seed's random stream, so the same seed gives
+    the same pages as before this option.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
@@ -626,6 +631,9 @@ def generate(
         for p in range(n):
             k = kind if kind != "mixed" else ("form" if rng.random() < 0.7 else "cheque")
             img, truth = render_page(k, dpi, rng, digit_source, st, layout)
+            if turned > 0:
+                rotation = int(rng.choice((90, 180, 180, 270))) if rng.random() < turned else 0
+                img, truth = turn_page(img, truth, rotation)
             truths.append({"number": p + 1, **truth})
             imgs.append(img)
         name = f"scan-{seed:04d}-{index:05d}"
@@ -640,6 +648,39 @@ def generate(
                 on_page(1)
         log.debug("wrote %s (%d page(s))", path, n)
     return written
+
+
+def turned_box(box: Sequence[int], rotation: int, width: int, height: int) -> list[int]:
+    """A box (x, y, w, h) of a `width` x `height` image -> the same pixels' box once the image is turned
+    `rotation` degrees clockwise (0, 90, 180 or 270)."""
+    x, y, w, h = (int(v) for v in box)
+    if rotation == 90:
+        return [height - y - h, x, h, w]
+    if rotation == 180:
+        return [width - x - w, height - y - h, w, h]
+    if rotation == 270:
+        return [y, width - x - w, h, w]
+    return [x, y, w, h]
+
+
+def turn_page(img: np.ndarray, truth: dict[str, Any], rotation: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """A page and its truth as scanned turned `rotation` degrees clockwise: a page upside down (180) or
+    on its side. The truth's boxes follow the pixels; its "turned" says how the page was turned."""
+    out = {**truth, "turned": rotation}
+    if rotation == 0:
+        return img, out
+    w, h = int(truth["width"]), int(truth["height"])
+    if rotation in (90, 270):
+        out["width"], out["height"] = h, w
+    out["fields"] = [
+        {
+            **f,
+            "bbox": turned_box(f["bbox"], rotation, w, h),
+            "digits": [{**d, "bbox": turned_box(d["bbox"], rotation, w, h)} for d in f["digits"]],
+        }
+        for f in truth["fields"]
+    ]
+    return np.ascontiguousarray(np.rot90(img, k=-(rotation // 90))), out
 
 
 def load_truth(path: Path | str) -> dict[str, Any]:

@@ -22,7 +22,9 @@ def _text(st: dict[str, Any]) -> str:
         + (f", {st['seconds']:.1f} s" if st["seconds"] else "")
         + ")",
         f"documents: {docs['total']}" + (f" ({by})" if by else ""),
-        f"pages: {st['pages']}, fields: {st['fields']} ({st['flagged_fields']} need review), "
+        f"pages: {st['pages']}"
+        + (f" ({st['pages_turned']} turned upright)" if st.get("pages_turned") else "")
+        + f", fields: {st['fields']} ({st['flagged_fields']} need review), "
         f"digits: {st['digits']}, flagged digits: {st['flagged_digits']}{share}, blank cells: {st['blank_cells']}",
     ]
     if st.get("newer_empty"):

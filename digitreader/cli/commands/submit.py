@@ -123,7 +123,9 @@ def _summary(rep: BatchReport, settle: float = 0.0) -> str:
         f"batch {rep.batch_id}{how}: {rep.status}",
         f"  documents {len(rep.processed)} ({done} done, {review} need review, {failed} failed)"
         + (f", {len(rep.skipped)} skipped" if rep.skipped else ""),
-        f"  pages {rep.pages}, digits {rep.digits}, flagged {rep.flagged}{share}",
+        f"  pages {rep.pages}"
+        + (f" ({rep.turned} turned upright)" if rep.turned else "")
+        + f", digits {rep.digits}, flagged {rep.flagged}{share}",
         f"  {rep.seconds:.1f} s{rate}; model {rep.model_version}"
         + (f" ({rep.precision})" if rep.precision else "")
         + f", threshold {rep.threshold:.3f}"

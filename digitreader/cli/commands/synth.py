@@ -27,6 +27,13 @@ def synth(
         None, "--layout", help="Form layout: account, survey or order (default: random)."
     ),
     tiff_variant: str = typer.Option("8bit", "--tiff-variant", help="TIFF pixels: 8bit, 1bit, 16bit or alpha."),
+    turned: float = typer.Option(
+        0.0,
+        "--turned",
+        min=0.0,
+        max=1.0,
+        help="Share of pages scanned upside down or on a side (truth boxes follow; its 'turned' says how).",
+    ),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Folder holding mnist/ (default: DIGITREADER_DATA_DIR)."
     ),
@@ -37,6 +44,7 @@ def synth(
     digit box in page pixels, every label, blanks as null). The file names are printed on stdout.
 
     Example:  digitreader synth /tmp/scans --pages 20 --format mixed --seed 7
+              digitreader synth /tmp/turned --pages 20 --turned 0.5   (half of them upside down or on a side)
     """
     from digitreader.synth import STYLES, generate
     from digitreader.synth.generate import FORMATS, KINDS
@@ -68,6 +76,7 @@ def synth(
             layout=layout,
             tiff_variant=tiff_variant,
             on_page=lambda n: bar.advance(task, n),
+            turned=turned,
         )
     for f in files:
         typer.echo(str(f))
