@@ -61,9 +61,9 @@ def test_turn_and_its_matrix_agree(rotation: int) -> None:
         img[y : y + h, x : x + w] = 255
         t = turn(img, rotation)
         ys, xs = np.nonzero(t)
-        found = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-        assert found == turned_box((x, y, w, h), rotation, width, height)
-        back = map_box(np.asarray(unturn_matrix(rotation, width, height))[:2], tuple(found), width, height)
+        found = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+        assert list(found) == turned_box((x, y, w, h), rotation, width, height)
+        back = map_box(np.asarray(unturn_matrix(rotation, width, height))[:2], found, width, height)
         assert back == (x, y, w, h)
     with pytest.raises(ValueError):
         turn(np.zeros((3, 3), np.uint8), 45)
@@ -104,6 +104,7 @@ def test_a_page_turned_any_way_is_cut_as_if_upright(settings: Settings, scans: P
                 assert a is not None and b is not None
                 ia = cv2.imdecode(np.frombuffer(a.jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
                 ib = cv2.imdecode(np.frombuffer(b.jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+                assert ia is not None and ib is not None
                 assert ia.shape == ib.shape and float(np.abs(ia.astype(int) - ib).mean()) < 2.0
         still = dataclasses.replace(page, gray=turn(page.gray, 180))
         off = Settings(_env_file=None, home=settings.home, rotate_pages=False)  # type: ignore[call-arg]
@@ -133,9 +134,9 @@ def test_a_batch_of_turned_scans_is_read_and_exported_like_upright_ones(
     assert st["pages"] == 8 and st["pages_turned"] == 6 and "pages: 8 (6 turned upright)," in status_text(st)
     values: dict[str, list[list[str]]] = {}
     for doc in export["documents"]:
-        stem, rotation = Path(doc["path"]).stem.rsplit("-", 1)
+        stem, turned = Path(doc["path"]).stem.rsplit("-", 1)
         [page] = doc["pages"]
-        assert page["rotation"] == (360 - int(rotation)) % 360, doc["path"]
+        assert page["rotation"] == (360 - int(turned)) % 360, doc["path"]
         values.setdefault(stem, []).append(sorted(f["value"] for f in page["fields"]))
     for stem, seen in values.items():
         assert len(seen) == 4 and all(v == seen[0] for v in seen), stem
@@ -158,7 +159,9 @@ def test_a_batch_of_turned_scans_is_read_and_exported_like_upright_ones(
                 .first()
             )
             assert digit is not None
-            pictures[rotation] = cv2.imdecode(np.frombuffer(strip_png(s, digit.id), np.uint8), cv2.IMREAD_COLOR)
+            picture = cv2.imdecode(np.frombuffer(strip_png(s, digit.id), np.uint8), cv2.IMREAD_COLOR)
+            assert picture is not None
+            pictures[rotation] = picture
         for rotation in (90, 180, 270):
             a, b = pictures[0], pictures[rotation]
             assert a.shape == b.shape, rotation
@@ -218,6 +221,7 @@ def test_synth_scans_pages_turned_with_their_truth(tmp_path: Path, data_dir: Pat
     assert rotation in (90, 180, 270) and "turned" not in a  # --turned 1: every page turned; 0: none
     img_a = cv2.imread(str(upright), cv2.IMREAD_GRAYSCALE)
     img_b = cv2.imread(str(lying), cv2.IMREAD_GRAYSCALE)
+    assert img_a is not None and img_b is not None
     assert np.array_equal(turn(img_a, rotation), img_b)
     for fa, fb in zip(a["fields"], b["fields"], strict=True):
         assert fb["bbox"] == turned_box(fa["bbox"], rotation, a["width"], a["height"])
