@@ -142,9 +142,7 @@ def upright_cut(scorer: Scorer, cut_turned: Callable[[int], PageCut]) -> PageCut
     crops = samples.get(0, np.zeros((0, 28, 28), np.uint8))
     turned = read(scorer, half_turned(crops))
     upright = (
-        as_it_lies.crops >= UPRIGHT_CROPS
-        and as_it_lies.unsure <= FEW
-        and turned.unsure >= as_it_lies.unsure + MARGIN
+        as_it_lies.crops >= UPRIGHT_CROPS and as_it_lies.unsure <= FEW and turned.unsure >= as_it_lies.unsure + MARGIN
     )
     if not (turned.better_than(as_it_lies) or (as_it_lies.unsure > DOUBT and not upright)):
         return cuts[0]
