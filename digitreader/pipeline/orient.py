@@ -12,9 +12,9 @@ So when some crops read unsurely, the same crops are read turned half a turn (a 
 turned is the crop of the digit turned: its ink box and centre of mass turn with it). Where they read
 better that way, or where too many read unsurely (`DOUBT`) and turned they do not read clearly worse
 (`FEW`), the page is cut again upside down; where that reads badly too, it is cut again turned a
-quarter turn each way. The way up whose crops read
-best is taken only if few of them read unsurely (`GOOD`) and it beats the page as it lies by `MARGIN`:
-a page of poor handwriting is read as it lies, and so is one whose digits read alike both ways.
+quarter turn each way. The way up whose crops read best is taken only if few of them read unsurely
+(`GOOD`) and it beats the page as it lies by `MARGIN`: a page of poor handwriting is read as it lies,
+and so is one whose digits read alike both ways (a cheque of 0s, 1s and 8s).
 Boxes still come out in the coordinates of the page as submitted (`prepare_page(rotation=...)` puts
 the turn into its `to_original`); `PageCut.rotation` says how the page was turned. With a template, a
 way up it does not match reads as nothing (a form upside down does not match its template; upright it
