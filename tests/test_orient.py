@@ -226,3 +226,47 @@ def test_synth_scans_pages_turned_with_their_truth(tmp_path: Path, data_dir: Pat
     for fa, fb in zip(a["fields"], b["fields"], strict=True):
         assert fb["bbox"] == turned_box(fa["bbox"], rotation, a["width"], a["height"])
         assert [d["label"] for d in fa["digits"]] == [d["label"] for d in fb["digits"]]
+
+
+def _fake_cut(value: int, crops: int = 12) -> Any:
+    """A page cut whose crops are all `value` (a stand-in the fake scorer reads)."""
+    from digitreader.types import DigitSlot, FieldCut, PageCut
+
+    slots = tuple(DigitSlot(i, (i, 0, 1, 1), np.full((28, 28), value, np.uint8), False) for i in range(crops))
+    return PageCut(1, 100, 100, (FieldCut("f", "boxes", (0, 0, 10, 1), slots),))
+
+
+def test_upright_cut_tries_the_other_ways_up_only_when_needed_and_survives_their_errors() -> None:
+    """The orient stage's control flow with a stand-in scorer (crops of value 1 read surely, 2 not):
+    a page reading surely is cut once; one reading badly is cut upside down, then on each side; an
+    InputError cutting another way up (not the page as it lies) counts as nothing to read."""
+    from digitreader.errors import InputError
+    from digitreader.pipeline.orient import upright_cut
+
+    def scorer(crops: np.ndarray) -> np.ndarray:
+        return np.where(crops[:, 0, 0] == 1, -0.001, -3.0)
+
+    def run(ways: dict[int, Any]) -> tuple[int, list[int]]:
+        calls: list[int] = []
+
+        def cut_turned(rotation: int) -> Any:
+            calls.append(rotation)
+            way = ways[rotation]
+            if isinstance(way, Exception):
+                raise way
+            return dataclasses.replace(_fake_cut(way), rotation=rotation)
+
+        return upright_cut(scorer, cut_turned).rotation, calls
+
+    assert run({0: 1}) == (0, [0])
+    assert run({0: 2, 180: 1, 90: 2, 270: 2}) == (180, [0, 180])
+    broken = InputError("cannot", code="unreadable")
+    assert run({0: 2, 180: broken, 90: 1, 270: 2}) == (90, [0, 180, 90, 270])
+    assert run({0: 2, 180: broken, 90: broken, 270: broken}) == (0, [0, 180, 90, 270])
+    with pytest.raises(InputError):  # the page as it lies fails as before
+        run({0: broken})
+    mismatch = InputError("no match", code="template_mismatch")
+    assert run({0: mismatch, 180: 1, 90: 2, 270: 2}) == (180, [0, 180])
+    with pytest.raises(InputError) as info:
+        run({0: mismatch, 180: 2, 90: broken, 270: 2})
+    assert info.value is mismatch

@@ -126,10 +126,11 @@ def upright_cut(scorer: Scorer, cut_turned: Callable[[int], PageCut]) -> PageCut
     def weigh(rotation: int) -> Reading:
         try:
             cuts[rotation] = cut_turned(rotation)
-        except InputError as exc:
-            if exc.code != "template_mismatch":
+        except InputError as exc:  # the page as it lies fails as it always did; another way up reads as nothing
+            if rotation == 0 and exc.code != "template_mismatch":
                 raise
-            mismatch.append(exc)
+            if exc.code == "template_mismatch":
+                mismatch.append(exc)
             readings[rotation] = NOTHING
         else:
             samples[rotation] = sample(cuts[rotation])
