@@ -134,3 +134,27 @@ class InputError(DigitreaderError):
         super().__init__(where + message, hint=hint, code=code)
         self.path = str(path) if path is not None else None
         self.page = page
+
+
+def raised_by_a_stop(exc: BaseException) -> bool:
+    """Whether `exc` is what a Ctrl-C (or SIGTERM, which the CLI turns into one) became on its way up,
+    so that the run should stop rather than count it as an error:
+    - ctypes turns an exception raised while it converts a call's arguments into
+      `ctypes.ArgumentError("argument 1: KeyboardInterrupt: ")`, dropping the original: a stop that
+      lands in the Python half of a pypdfium2 call (a PDF page's `_as_parameter_`) arrived as that
+      error, and the PDF being read failed "internal" while the batch went on (exit 3, the stop lost;
+      found by `benchmarks/stress_stops.py`);
+    - a KeyboardInterrupt that lands inside Python's own threading code can leave a lock released twice
+      ("RuntimeError: release unlocked lock"), with the KeyboardInterrupt as its context."""
+    import ctypes
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        if isinstance(cause, ctypes.ArgumentError) and "KeyboardInterrupt" in str(cause):
+            return True
+        seen.add(id(cause))
+        cause = cause.__context__
+    return False

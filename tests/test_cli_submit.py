@@ -4,6 +4,7 @@ subprocesses (exit codes, stdout holding only data, a batch killed mid-way and r
 from __future__ import annotations
 
 import csv
+import ctypes
 import datetime as dt
 import io
 import json
@@ -608,3 +609,52 @@ def test_an_error_raised_while_a_ctrl_c_is_handled_is_still_a_ctrl_c(
             main(["submit", str(scans)])
         assert info.value.code == code
         assert said in capsys.readouterr().err
+
+
+def test_a_stop_that_ctypes_turns_into_an_error_stops_the_run(
+    isolated_env: Path, scans: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C (or SIGTERM) landing in the Python half of a pypdfium2 call (a page's `_as_parameter_`)
+    reaches us as ctypes' `ArgumentError("argument 1: KeyboardInterrupt: ")`. Before, the PDF being read
+    failed "internal" and the run went on with the rest of the batch: exit 3, the stop lost (once in 250
+    SIGTERMs of `stress_stops.py`). Now the run stops: exit 130, the batch "interrupted", no document
+    failed; the same command then finishes it."""
+    import pypdfium2
+    import pypdfium2.raw as pdfium_c
+
+    from digitreader.cli.main import main
+    from digitreader.db import Document, session_scope
+    from digitreader.errors import raised_by_a_stop
+    from digitreader.settings import get_settings
+
+    class Stopped:  # what a page is to ctypes while the signal handler runs in its conversion
+        @property
+        def _as_parameter_(self) -> Any:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ctypes.ArgumentError) as real:  # what ctypes really makes of it
+        pdfium_c.FPDFPage_GetRotation(Stopped())
+    assert raised_by_a_stop(real.value) and not raised_by_a_stop(ctypes.ArgumentError("argument 1: wrong type"))
+    pdfs = sorted(scans.rglob("*.pdf"))
+    assert pdfs, "the test scans hold a PDF"
+    folder = isolated_env.parent / "with-pdf"
+    folder.mkdir()
+    shutil.copy(pdfs[0], folder / pdfs[0].name)
+    other = sorted(p for p in scans.iterdir() if p.suffix in (".png", ".jpg", ".bmp"))[0]
+    shutil.copy(other, folder / other.name)
+    monkeypatch.setenv("DIGITREADER_WORKERS", "1")  # read in this process, where signals land
+    get_settings.cache_clear()
+    whole = pypdfium2.PdfPage.get_rotation
+    monkeypatch.setattr(pypdfium2.PdfPage, "get_rotation", lambda page: pdfium_c.FPDFPage_GetRotation(Stopped()))
+    with pytest.raises(SystemExit) as info:
+        main(["submit", str(folder)])
+    assert info.value.code == ExitCode.INTERRUPTED
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "internal" not in err
+    with session_scope(get_settings()) as s:
+        assert not [d for d in s.query(Document) if d.status == "failed"]
+    monkeypatch.setattr(pypdfium2.PdfPage, "get_rotation", whole)
+    main(["submit", str(folder)])  # returns: exit 0
+    with session_scope(get_settings()) as s:
+        statuses = [d.status for d in s.query(Document)]
+    assert len(statuses) == 2 and set(statuses) <= {"done", "needs_review"}, statuses

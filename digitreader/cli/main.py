@@ -19,7 +19,7 @@ import typer
 from typer.exceptions import TyperException
 
 from digitreader import __version__
-from digitreader.errors import DigitreaderError, ExitCode
+from digitreader.errors import DigitreaderError, ExitCode, raised_by_a_stop
 
 log = logging.getLogger(__name__)
 
@@ -143,21 +143,6 @@ def _interrupted() -> None:
     sys.exit(int(ExitCode.INTERRUPTED))
 
 
-def _raised_by_a_stop(exc: BaseException) -> bool:
-    """Whether `exc` was raised while a Ctrl-C (or SIGTERM) was being handled: a KeyboardInterrupt that
-    lands inside Python's own threading code can leave a lock released twice ("RuntimeError: release
-    unlocked lock", seen once in 240 stops at random points of a pooled run). The user stopped the
-    run, and the run stopped: that is exit 130 (143), not "internal error"."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc.__context__
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
-            return True
-        seen.add(id(cause))
-        cause = cause.__context__
-    return False
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map errors to the documented exit codes."""
     _never_fail_on_output()
@@ -188,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
             typer.echo(f"digitreader: error: {exc}", err=True)
         sys.exit(int(getattr(exc, "exit_code", ExitCode.USAGE) or ExitCode.USAGE))
     except Exception as exc:  # everything unexpected
-        if _raised_by_a_stop(exc):
+        if raised_by_a_stop(exc):
             log.info("an error while stopping (the run stops as asked):", exc_info=True)
             _interrupted()
         log.exception("unexpected error")

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from digitreader.errors import InputError
+from digitreader.errors import InputError, raised_by_a_stop
 from digitreader.pipeline import decoder_messages
 from digitreader.pipeline.assemble import count_crops
 from digitreader.settings import Settings
@@ -219,6 +219,8 @@ def segment_document(
             str(path), (), "too_large", f"{path}: out of memory", None, time.perf_counter() - t0, timings
         )
     except Exception as exc:  # a bug or an unforeseen file: fail this document, not the batch
+        if raised_by_a_stop(exc):  # a Ctrl-C or SIGTERM that a library turned into an error: stop the run
+            raise KeyboardInterrupt from exc
         return DocumentCut(
             str(path),
             (),
@@ -254,7 +256,9 @@ def page_parts(path: str | Path, settings: Settings, size: int | None = None) ->
         return [None]
     try:
         n = count_pages(path, settings)
-    except Exception:  # only an optimization: segment_document gives the specific error
+    except Exception as exc:  # only an optimization: segment_document gives the specific error
+        if raised_by_a_stop(exc):  # counting a PDF's pages is a pypdfium2 call (`raised_by_a_stop`)
+            raise KeyboardInterrupt from exc
         return [None]
     if n <= size:
         return [None]
