@@ -192,3 +192,39 @@ def test_a_ctrl_c_while_the_cli_loads_is_a_ctrl_c_not_a_traceback() -> None:
 
     scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["digitreader"] == "digitreader.cli.entry:main"
+
+
+_HANDLED_CTRL_C_IN_SOURCE_RUN_FROM_A_STRING = """
+import sys
+import digitreader.cli.main as cli
+from digitreader.cli import entry
+
+command = cli.main
+def main(argv=None):
+    try:
+        command(argv)
+    finally:
+        # A Ctrl-C that landed in code run from a string (dataclasses and namedtuple make their methods
+        # with exec() as a module is first imported: the last such import of the run), caught as the
+        # CLI catches every stop. (Any later exec of a string would clear CPython's mark itself.)
+        try:
+            exec("raise KeyboardInterrupt")
+        except KeyboardInterrupt:
+            pass
+cli.main = main
+sys.argv = ["digitreader", "version"]
+entry.main()
+"""
+
+
+def test_a_handled_ctrl_c_keeps_the_exit_code_under_python_dash_m(tmp_path: Path) -> None:
+    """CPython marks a KeyboardInterrupt out of `exec` of a string as unhandled and never clears it;
+    under `python -m` it then killed itself with SIGINT at exit, whatever code the program chose (a
+    SIGTERMed run that said "terminated" died by SIGINT, exit -2, twice in ~400 stops). The entry
+    point clears the mark: the command's own exit code (0 here) stands."""
+    (tmp_path / "handled_stop.py").write_text(_HANDLED_CTRL_C_IN_SOURCE_RUN_FROM_A_STRING)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])}
+    res = subprocess.run([sys.executable, "-m", "handled_stop"], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, (res.returncode, res.stderr)
+    assert res.stdout.strip()  # `version` printed its line
