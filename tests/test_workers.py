@@ -323,6 +323,9 @@ def test_workers_export_equals_embedded(
     files = sorted(str(p) for p in scans.rglob("*") if p.suffix in {".png", ".jpg", ".tif", ".tiff", ".pdf", ".bmp"})
     # And a JPEG that lost the end of its data: read as far as it decodes, with libjpeg's warning, in both modes.
     files.append(str(damaged_jpeg(tmp_path / "damaged.jpg")))
+    # And the sample order form scanned upside down: read turned in both modes (the turn travels in the codec).
+    upside_down = Path(__file__).resolve().parents[1] / "examples" / "scans" / "scan-0006-00001.jpg"
+    files.append(str(upside_down))
     # Parts of 2 pages: the 3-page TIFF is cut in two parts by the page pool (the embedded run below
     # cuts it whole), so the comparison also checks that the parts are joined into the same document.
     env = base_env(tmp_path, pg_db, redis_url, model_path, document_time_limit=60, part_pages=2)
@@ -351,8 +354,10 @@ def test_workers_export_equals_embedded(
         distributed = export_json(s, batch_id)
     # What `submit --wait` shows as it goes: the pages of the documents stored so far (here: all).
     pages = sum(len(d["pages"]) for d in distributed["documents"])
-    assert pages == 9 and dist.batch_progress(get_engine(settings), batch_id).pages == pages
+    assert pages == 10 and dist.batch_progress(get_engine(settings), batch_id).pages == pages
     assert [d["warnings"] for d in distributed["documents"] if d["warnings"]] == [[f"page 1: {LIBJPEG}"]]
+    turned = {d["path"]: [p["rotation"] for p in d["pages"]] for d in distributed["documents"] if d["pages"]}
+    assert turned.pop(str(upside_down)) == [180] and all(r == [0] * len(r) for r in turned.values())
     # The embedded mode on the same files, in its own SQLite database.
     emb_model = Path(model_path) if model_path is not None else None  # what Settings makes of the str
     emb_settings = Settings(_env_file=None, home=tmp_path / "embedded", model_path=emb_model)  # type: ignore[call-arg]
