@@ -73,10 +73,11 @@ def field_strips(gray: np.ndarray, page: PageCut) -> tuple[FieldStrip | None, ..
     from digitreader.pipeline.prepare import turn
 
     height, width = gray.shape[:2]
+    sideways = page.rotation in (90, 270)  # the strip's width and height swap once it is turned
     out: list[FieldStrip | None] = []
     for f in page.fields:
         x, y, w, h = (int(v) for v in f.bbox)
-        m = int(round(STRIP_MARGIN * (w if page.rotation in (90, 270) else h)))  # of the field's height upright
+        m = int(round(STRIP_MARGIN * (w if sideways else h)))  # of the field's height upright
         x0, y0 = max(0, x - m), max(0, y - m)
         x1, y1 = min(width, x + w + m), min(height, y + h + m)
         if x1 <= x0 or y1 <= y0:
@@ -84,7 +85,7 @@ def field_strips(gray: np.ndarray, page: PageCut) -> tuple[FieldStrip | None, ..
             continue
         region = turn(gray[y0:y1, x0:x1], page.rotation) if page.rotation else gray[y0:y1, x0:x1]
         bw, bh = x1 - x0, y1 - y0
-        rw, rh = (bh, bw) if page.rotation in (90, 270) else (bw, bh)  # the strip as it is shown
+        rw, rh = (bh, bw) if sideways else (bw, bh)  # the strip as it is shown
         scale = min(1.0, STRIP_HEIGHT / rh, STRIP_MAX_WIDTH / rw)
         if scale < 1.0:
             size = (max(1, round(rw * scale)), max(1, round(rh * scale)))
