@@ -52,3 +52,27 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     get_settings.cache_clear()
     yield home
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_pool_left_running() -> Iterator[None]:
+    """Every process pool a test starts is shut down by its end. A pool left running (its manager
+    thread alive) is joined by Python at exit, and one whose process is stuck hangs the whole run
+    there after every test passed (CI timed out so once)."""
+    import concurrent.futures.process as cfp
+    import signal
+    import threading
+
+    before = {t for t in list(cfp._threads_wakeups) if t.is_alive()}
+    sigterm = signal.getsignal(signal.SIGTERM)
+    yield
+    left = []
+    for t in list(cfp._threads_wakeups):
+        if t not in before and t.is_alive():
+            t.join(timeout=5.0)
+            if t.is_alive():
+                left.append(t)
+    assert not left, f"process pools left running: {left}"
+    if threading.current_thread() is threading.main_thread():
+        now = signal.getsignal(signal.SIGTERM)
+        assert now == sigterm, f"SIGTERM handler left installed: {now!r} (was {sigterm!r})"

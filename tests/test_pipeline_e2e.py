@@ -580,3 +580,29 @@ def test_a_document_that_kills_its_pool_process_fails_alone(tmp_path: Path, scan
     assert len(good) >= 4
     assert all(docs[n].status in ("done", "needs_review") for n in good)  # read, not blamed
     assert [Path(d.path).name for d in report.failed] == ["poison.jpg"]
+
+
+def test_a_pool_that_breaks_while_it_starts_a_process_ends_whole(tmp_path: Path, scans: Path, predictor: Any) -> None:
+    """A document that kills its pool process at once, submitted first: the pool breaks while this
+    process is still starting the pool's other process for the next document. That one joined the
+    broken pool unknown to Python's clean-up and was never stopped, and the pool's thread waited for
+    it forever (a test run hung at exit, after every test had passed); or the start failed on the
+    queue the broken pool had closed, and the whole batch stopped with an internal error. A race:
+    several rounds, each must end with the batch read, the pool's thread and every pool process gone."""
+    import concurrent.futures.process as cfp
+    import multiprocessing
+
+    good = sorted(f for f in scans.iterdir() if f.suffix in (".png", ".jpg", ".tif", ".pdf"))
+    for round_ in range(5):
+        folder = tmp_path / f"in{round_}"
+        folder.mkdir()
+        for f in good:
+            shutil.copy(f, folder / f.name)
+        (folder / "poison.jpg").write_bytes(good[0].read_bytes() + b"%d" % round_)
+        settings = Settings(home=tmp_path / f"home{round_}", workers=2, test_crash_on="poison*", _env_file=None)  # type: ignore[call-arg]
+        report = process_batch([folder], settings, predictor=predictor)
+        assert report.status == "partial"
+        assert [(Path(d.path).name, d.error_code) for d in report.failed] == [("poison.jpg", "worker_lost")]
+        assert len([d for d in report.processed if d.status != "failed"]) == len(good)
+        assert not [t for t in list(cfp._threads_wakeups) if t.is_alive()], "a pool's thread is still running"
+        assert not multiprocessing.active_children(), "a pool process is still running"

@@ -14,6 +14,7 @@ import inspect
 import logging
 import pkgutil
 import sys
+from typing import Any
 
 import typer
 from typer.exceptions import TyperException
@@ -118,21 +119,37 @@ def _never_fail_on_output() -> None:
 _terminated = False
 
 
-def _stop_on_sigterm() -> None:
+def _stop_on_sigterm() -> Any:
     """SIGTERM (`kill`, `docker stop`, systemd, `timeout`) stops a command the way Ctrl-C does: a
     document being written is committed first, the pool's processes are stopped, the batch is marked
     interrupted (a re-run completes it), exit 143. Before, the process died at once: the batch stayed
-    "running" and the pool's processes were left behind. Commands that serve (`worker`, `review`) install their own."""
+    "running" and the pool's processes were left behind. Commands that serve (`worker`, `review`) install their own.
+    Returns the handler it replaced (None where none was installed), which `main` puts back."""
     import signal
     import threading
+
+    global _terminated
+    _terminated = False
 
     def stop(signum: int, frame: object) -> None:
         global _terminated
         _terminated = True
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
+
+
+def _restore_sigterm(previous: Any) -> None:
+    """Put back the SIGTERM handler `main` found: when the CLI runs inside another program (the
+    tests call it in-process), its handler must not outlive the command. Under pytest it did: CI's
+    time limit then sent SIGTERM to a test run that was waiting at exit, and got a KeyboardInterrupt
+    traceback instead of the run's end."""
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupted() -> None:
@@ -146,7 +163,14 @@ def _interrupted() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map errors to the documented exit codes."""
     _never_fail_on_output()
-    _stop_on_sigterm()
+    previous = _stop_on_sigterm()
+    try:
+        _run(argv)
+    finally:
+        _restore_sigterm(previous)
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         rc = app(args=argv, standalone_mode=False)
         # Without standalone mode, Typer *returns* the code of typer.Exit and of Ctrl-C (130).
