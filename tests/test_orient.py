@@ -270,3 +270,81 @@ def test_upright_cut_tries_the_other_ways_up_only_when_needed_and_survives_their
     with pytest.raises(InputError) as info:
         run({0: mismatch, 180: 2, 90: broken, 270: 2})
     assert info.value is mismatch
+
+
+def test_printed_lines_say_which_way_up(settings: Settings, scans: Path) -> None:  # noqa: F811
+    """Every sample scan's printed words (labels, a bank's name) say it lies upright, and turned half a
+    turn that it lies upside down; a page with boxes and no print says nothing."""
+    from digitreader.pipeline.fields import find_fields
+    from digitreader.pipeline.orient import PRINT_SAYS, print_reading
+    from digitreader.pipeline.prepare import prepare_page
+
+    files = sorted(p for p in scans.iterdir() if p.suffix in (".png", ".jpg", ".tif", ".pdf"))
+    assert len(files) >= 5
+    for src in files:
+        page = next(iter(load_pages(src, settings)))
+        says = {}
+        for rotation in (0, 180):
+            prepared = prepare_page(page, settings, rotation)
+            says[rotation] = print_reading(prepared, find_fields(prepared, settings))
+        assert says[0] is not None and says[0] >= PRINT_SAYS, (src.name, says)
+        assert says[180] is not None and says[180] <= -PRINT_SAYS, (src.name, says)
+    # Boxes alone (a row of cells, a long string box): no printed line to read.
+    from digitreader.types import PageImage
+
+    gray = np.full((1200, 900), 245, np.uint8)
+    for i in range(8):
+        cv2.rectangle(gray, (100 + 60 * i, 300), (150 + 60 * i, 370), 40, 3)
+    cv2.rectangle(gray, (100, 600), (700, 680), 40, 3)
+    blank_form = PageImage(1, gray, dpi=150.0)
+    prepared = prepare_page(blank_form, settings, 0)
+    assert print_reading(prepared, find_fields(prepared, settings)) is None
+
+
+def test_the_printed_lines_decide_when_the_digits_cannot() -> None:
+    """With a stand-in scorer: a page whose digits read as surely either way up (few crops, as on a
+    cheque) is read upside down when its printed lines say so, and as it lies when they say it is
+    upright or nothing; their word is not taken against digits that read worse upside down; and
+    they are not asked about a page whose full sample of crops reads surely."""
+    from digitreader.pipeline.orient import SAMPLE, upright_cut
+
+    def scorer(crops: np.ndarray) -> np.ndarray:
+        return np.where(crops[:, 0, 0] == 1, -0.001, -3.0)
+
+    def run(ways: dict[int, int], says: float | None, crops: int = 12) -> tuple[int, list[int], int]:
+        calls: list[int] = []
+        asked: list[int] = []
+
+        def cut_turned(rotation: int) -> Any:
+            calls.append(rotation)
+            return dataclasses.replace(_fake_cut(ways[rotation], crops), rotation=rotation)
+
+        def printed() -> float | None:
+            asked.append(1)
+            return says
+
+        return upright_cut(scorer, cut_turned, printed).rotation, calls, len(asked)
+
+    assert run({0: 1, 180: 1}, -0.6) == (180, [0, 180], 1)
+    assert run({0: 1, 180: 1}, 0.6) == (0, [0], 1)
+    assert run({0: 1, 180: 1}, None) == (0, [0], 1)
+    assert run({0: 1, 180: 1}, -0.05) == (0, [0], 1)  # too weak a word
+    assert run({0: 1, 180: 2}, -0.6) == (0, [0, 180], 1)  # the digits read worse that way
+    assert run({0: 1, 180: 1}, -0.6, crops=SAMPLE) == (0, [0], 0)  # a full sample read surely: not asked
+
+
+def test_a_cheque_whose_digits_read_alike_either_way_up_is_turned_by_its_print(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real generated cheque fed upside down, whose digits read as surely either way up (the digits
+    alone leave it as it lies): its printed words say it is upside down, and it is cut turned upright,
+    the same crops as the cheque turned back by hand."""
+    import digitreader.pipeline.segment as segment
+
+    page = next(iter(load_pages(Path(__file__).parent / "data" / "cheque-upside-down.jpg", settings)))
+    cut = segment_page(page, settings)
+    assert cut.rotation == 180
+    upright = dataclasses.replace(page, gray=turn(page.gray, 180))
+    assert np.array_equal(cut.crops(), segment_page(upright, settings).crops())
+    monkeypatch.setattr(segment, "print_reading", lambda *args: None)  # the digits alone
+    assert segment_page(page, settings).rotation == 0

@@ -13,7 +13,7 @@ import numpy as np
 from digitreader.errors import InputError
 from digitreader.pipeline.cut import cut_field
 from digitreader.pipeline.fields import find_fields
-from digitreader.pipeline.orient import upright_cut
+from digitreader.pipeline.orient import print_reading, upright_cut
 from digitreader.pipeline.prepare import prepare_page
 from digitreader.pipeline.split import DigitScorer, default_scorer, splitter_model
 from digitreader.settings import Settings, get_settings
@@ -74,15 +74,20 @@ def segment_page(
     `PageCut.rotation`), unless DIGITREADER_ROTATE_PAGES is false or the caller passed `prepared`.
     """
     scorer = default_scorer(splitter_model(settings, model_path))
+    as_it_lies: list[tuple[PreparedPage, Sequence[FieldRegion]]] = []  # kept by the first cut, for `printed`
 
     def cut_turned(rotation: int) -> PageCut:
-        return _cut_page(page, settings, template, scorer, rotation, prepared, regions)
+        return _cut_page(page, settings, template, scorer, rotation, prepared, regions, as_it_lies)
+
+    def printed() -> float | None:
+        return print_reading(*as_it_lies[0]) if as_it_lies else None
 
     rotate = settings.rotate_pages if settings is not None else get_settings().rotate_pages
     if not rotate or scorer is None or prepared is not None or regions is not None:
         return cut_turned(0)
     t0 = time.perf_counter()
-    cut = upright_cut(scorer, cut_turned)
+    cut = upright_cut(scorer, cut_turned, printed)
+    as_it_lies.clear()
     spent = time.perf_counter() - t0 - sum(cut.timings.values())
     if cut.rotation:
         log.info("%s page %d: read turned %d degrees clockwise", page.source or "page", page.number, cut.rotation)
@@ -97,9 +102,10 @@ def _cut_page(
     rotation: int = 0,
     prepared: PreparedPage | None = None,
     regions: Sequence[FieldRegion] | None = None,
+    keep: list[tuple[PreparedPage, Sequence[FieldRegion]]] | None = None,
 ) -> PageCut:
     """The page turned `rotation` degrees clockwise, prepared, its fields found (or the template
-    applied) and cut."""
+    applied) and cut. `keep`: the prepared page and its fields are appended to it (turned 0 only)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if prepared is None:
@@ -115,6 +121,8 @@ def _cut_page(
         regions = find_fields(prepared, settings)
     t2 = time.perf_counter()
     timings["fields"] = t2 - t1
+    if keep is not None and rotation == 0:
+        keep.append((prepared, regions))
     fields = tuple(
         cut_field(prepared, r, name=r.name or f"field-{i:02d}", scorer=scorer) for i, r in enumerate(regions, start=1)
     )
