@@ -606,3 +606,27 @@ def test_a_pool_that_breaks_while_it_starts_a_process_ends_whole(tmp_path: Path,
         assert len([d for d in report.processed if d.status != "failed"]) == len(good)
         assert not [t for t in list(cfp._threads_wakeups) if t.is_alive()], "a pool's thread is still running"
         assert not multiprocessing.active_children(), "a pool process is still running"
+
+
+def test_pool_processes_outlive_a_sigterm_to_their_group() -> None:
+    """SIGTERM to the whole process group (`kill -TERM -PGID`, systemd's default stop) reaches the pool's
+    processes too. They leave stopping to the batch's process, as they do with a terminal's Ctrl-C:
+    one killed while it sent its result back left the pool's reader waiting forever for the rest, and
+    the stopped batch hung in its clean-up. A pool process SIGTERMed goes on and answers; SIGKILL, as
+    the broken-pool clean-up sends, still ends it."""
+    import os
+    import signal
+
+    from digitreader.pipeline.process import _process_pool
+
+    pool = _process_pool(1)
+    try:
+        pid = pool.submit(os.getpid).result(timeout=120)
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(0.5)
+        assert pool.submit(os.getpid).result(timeout=60) == pid  # the same process, alive
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(Exception, match="terminated abruptly"):
+            pool.submit(time.sleep, 5).result(timeout=60)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

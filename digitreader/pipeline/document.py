@@ -295,7 +295,7 @@ PARENT_CHECK_SECONDS = 1.0
 
 def init_worker(parent_pid: int | None = None) -> None:
     """Set up a segmentation pool process: one OpenCV thread (the pool already uses every core), Ctrl-C
-    ignored (the batch's process stops the pool), and, with `parent_pid` (the process whose pool this
+    and SIGTERM ignored (the batch's process stops the pool), and, with `parent_pid` (the process whose pool this
     is), a watch that ends this process when that one is gone. A pool process whose parent was killed
     (SIGKILL, the OOM killer) otherwise waited forever to hand in its result, holding its memory: the
     fork server is its parent, not the batch's process."""
@@ -310,6 +310,12 @@ def init_worker(parent_pid: int | None = None) -> None:
     # (reading a document, waiting for the next, sending a result back), and the pool had to make
     # sense of what it left.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM likewise: sent to the whole process group (`kill -TERM -PGID`; systemd's default stop,
+    # which signals every process of the service) it killed a pool process wherever it was, and one
+    # cut off while sending its result back left the pool's reader waiting forever for the rest (the
+    # batch's process hung in its clean-up: 1 round in about 200 of `stress_stops.py --group
+    # --signal TERM`). The batch's process, signalled too, stops the pool; SIGKILL still ends this one.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if parent_pid is not None:
         threading.Thread(target=_exit_without, args=(parent_pid,), name="parent-watch", daemon=True).start()
 

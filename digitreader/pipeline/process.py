@@ -304,7 +304,7 @@ def _process_pool(workers: int) -> cf.ProcessPoolExecutor:
     )
 
 
-#: How long a broken pool's own thread is given to end once its processes are told to (seconds).
+#: How long a broken pool's own thread is given to end once its processes are killed (seconds).
 BROKEN_POOL_WAIT = 10.0
 
 
@@ -335,18 +335,13 @@ def _end_broken_pool(pool: cf.ProcessPoolExecutor) -> None:
     processes = list((getattr(pool, "_processes", None) or {}).values())
     thread = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:
+    for proc in processes:  # SIGKILL: pool processes ignore SIGTERM (`document.init_worker`)
         if proc.is_alive():
-            proc.terminate()
+            proc.kill()
     if thread is not None:
         thread.join(BROKEN_POOL_WAIT)
-        if thread.is_alive():
-            for proc in processes:
-                if proc.is_alive():
-                    proc.kill()
-            thread.join(BROKEN_POOL_WAIT)
         if thread.is_alive():  # pragma: no cover - only if Python's pool changes its ways
-            log.warning("a broken segmentation pool did not end within %.0f s; going on", 2 * BROKEN_POOL_WAIT)
+            log.warning("a broken segmentation pool did not end within %.0f s; going on", BROKEN_POOL_WAIT)
 
 
 def _stop_pool(executor: cf.Executor) -> None:
