@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     )
     max_redeliveries: int = Field(default=3, ge=1, description="Distributed: deliveries before a document fails.")
     # Tests only: a page worker exits hard (os._exit) on documents whose file name matches this
-    # glob, to prove the redelivery cap. Never set it in production.
+    # glob, to prove the redelivery cap. Never set it in production. Prefixed "sending:", an embedded
+    # pool process dies halfway through sending its result back instead.
     test_crash_on: str | None = Field(
         default=None, description="TESTS ONLY: a page worker (or embedded pool process) crashes on matching names."
     )

@@ -658,3 +658,29 @@ def test_a_stop_that_ctypes_turns_into_an_error_stops_the_run(
     with session_scope(get_settings()) as s:
         statuses = [d.status for d in s.query(Document)]
     assert len(statuses) == 2 and set(statuses) <= {"done", "needs_review"}, statuses
+
+
+@pytest.mark.slow
+def test_a_pool_process_killed_while_sending_its_result_fails_its_document_alone(
+    isolated_env: Path, scans: Path, tmp_path: Path
+) -> None:
+    """A pool process killed halfway through sending its result back (the out-of-memory killer, a
+    SIGKILL): the pool's reader waited forever for the rest of the message, and so did the batch.
+    Now the pool is found stuck, ended, and the documents in it read again alone: the one that dies
+    so again fails (`worker_lost`), the others are stored, and the run ends (exit 3)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = sorted(f for f in scans.iterdir() if f.suffix in (".png", ".jpg", ".tif", ".pdf"))
+    for f in good:
+        shutil.copy(f, folder / f.name)
+    (folder / "poison.jpg").write_bytes(good[0].read_bytes() + b"\0")
+    env = _env(isolated_env, DIGITREADER_WORKERS="2", DIGITREADER_TEST_CRASH_ON="sending:poison*")
+    res = _cli(["submit", str(folder)], env)  # 300 s at most: a hang fails, never blocks the tests
+    assert res.returncode == ExitCode.PARTIAL, res.stderr
+    with sqlite3.connect(isolated_env / "digitreader.sqlite") as con:
+        rows = dict(con.execute("select path, coalesce(error_code, status) from documents").fetchall())
+    assert {Path(p).name: c for p, c in rows.items()} == {
+        "poison.jpg": "worker_lost",
+        **{f.name: rows[str(folder / f.name)] for f in good},
+    }
+    assert all(rows[str(folder / f.name)] in ("done", "needs_review") for f in good)

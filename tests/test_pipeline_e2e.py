@@ -630,3 +630,34 @@ def test_pool_processes_outlive_a_sigterm_to_their_group() -> None:
             pool.submit(time.sleep, 5).result(timeout=60)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+STUCK_POOL_SCRIPT = """
+import sys, time
+from pathlib import Path
+from digitreader.settings import Settings
+from digitreader.pipeline.document import segment_document
+from digitreader.pipeline.process import _process_pool, _stop_pool
+settings = Settings(_env_file=None, home=Path(sys.argv[2]), test_crash_on="sending:*")
+pool = _process_pool(1)
+fut = pool.submit(segment_document, sys.argv[1], settings)
+time.sleep(1.0)  # the process is dead; the pool's reader waits for the rest of its message
+_stop_pool(pool)
+print(type(fut.exception(timeout=0)).__name__)
+"""
+
+
+def test_stopping_a_pool_whose_reader_is_stuck_ends(tmp_path: Path, scans: Path) -> None:
+    """The clean-up after a Ctrl-C or at the end of a batch (`_stop_pool`) with a pool process killed
+    halfway through sending its result: the shutdown waited forever for the pool's thread, stuck
+    reading the rest of the message. Now the pool is unstuck and ended. (In a process of its own,
+    with a time limit: the code before hung, and hung its interpreter at exit.)"""
+    import subprocess
+    import sys
+
+    doc = sorted(f for f in scans.iterdir() if f.suffix in (".png", ".jpg", ".tif"))[0]
+    args = [sys.executable, "-c", STUCK_POOL_SCRIPT, str(doc), str(tmp_path / "home")]
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["BrokenProcessPool"]

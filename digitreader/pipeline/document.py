@@ -158,6 +158,17 @@ def _in_pool() -> bool:
     return multiprocessing.parent_process() is not None
 
 
+def _die_while_sending() -> None:
+    """Tests only (DIGITREADER_TEST_CRASH_ON=sending:GLOB): die as a pool process killed halfway
+    through sending its result back: the head of a message of 1000 bytes, 10 of them, and the end.
+    (`concurrent.futures` gives its pool process the result queue as its second argument.)"""
+    import struct
+
+    queue = multiprocessing.current_process()._args[1]  # type: ignore[attr-defined]
+    os.write(queue._writer.fileno(), struct.pack("!i", 1000) + bytes(10))
+    os._exit(70)
+
+
 def segment_document(
     path: str | Path,
     settings: Settings,
@@ -177,7 +188,10 @@ def segment_document(
     from digitreader.pipeline.load import load_pages
     from digitreader.pipeline.segment import segment_page
 
-    if settings.test_crash_on and _in_pool() and fnmatch.fnmatch(Path(path).name, settings.test_crash_on):
+    crash = settings.test_crash_on or ""
+    if crash and _in_pool() and fnmatch.fnmatch(Path(path).name, crash.removeprefix("sending:")):
+        if crash.startswith("sending:"):
+            _die_while_sending()
         os._exit(70)  # DIGITREADER_TEST_CRASH_ON, tests only: the pool process dies, as a crash would kill it
     t0 = time.perf_counter()
     timings: dict[str, float] = {"decode": 0.0, "segment": 0.0}

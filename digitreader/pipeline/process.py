@@ -325,17 +325,20 @@ def _pool_submit(pool: cf.Executor, fn: Callable[..., DocumentCut], *args: Any) 
         raise
 
 
-def _end_broken_pool(pool: cf.ProcessPoolExecutor) -> None:
+def _end_broken_pool(
+    pool: cf.ProcessPoolExecutor, processes: dict[int, Any] | None = None, thread: threading.Thread | None = None
+) -> None:
     """End a pool one of whose processes died, and every process it had. Python's pool ends those it
     knows of when it finds itself broken; a process that a submission was starting at that moment
     (see `_pool_submit`) joined the pool after that, was never told to stop, and the pool's thread
     waited for it forever: at the end of the batch, or at the interpreter's exit (a CI run that timed
     out after every test had passed). Called once this process has seen the pool broken: nothing is
-    submitted to it any more, so the processes it lists are all it will ever have."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    thread = getattr(pool, "_executor_manager_thread", None)
+    submitted to it any more, so the processes it lists are all it will ever have. `processes` and
+    `thread`: the pool's, taken before a shutdown made it forget them."""
+    procs = list((getattr(pool, "_processes", None) or processes or {}).values())
+    thread = getattr(pool, "_executor_manager_thread", None) or thread
     pool.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:  # SIGKILL: pool processes ignore SIGTERM (`document.init_worker`)
+    for proc in procs:  # SIGKILL: pool processes ignore SIGTERM (`document.init_worker`)
         if proc.is_alive():
             proc.kill()
     if thread is not None:
@@ -344,12 +347,79 @@ def _end_broken_pool(pool: cf.ProcessPoolExecutor) -> None:
             log.warning("a broken segmentation pool did not end within %.0f s; going on", BROKEN_POOL_WAIT)
 
 
+#: A pool process dead this long without the pool noticing: the pool's reader is stuck (seconds).
+STUCK_AFTER = 2.0
+
+
+class _ReaderWatch:
+    """Unsticks a pool's reader. A pool process killed (SIGKILL, the out-of-memory killer) while it
+    sent its result back leaves the pool's thread reading the rest of the message forever: this
+    process holds the pipe's writing end too, so the read never ends, the pool never finds itself
+    broken, and the batch waited forever (and its process at exit). When a process of the pool has
+    been dead `STUCK_AFTER` seconds and the pool has not noticed, the watch writes filler into the
+    pipe until the reader has its message: garbage, so the pool finds itself broken, and the documents
+    in it are read again alone (`_run`). The pool's internals are Python's (3.8 to 3.13 alike)."""
+
+    def __init__(self, pool: cf.ProcessPoolExecutor) -> None:
+        self.pool = pool
+        self.thread: threading.Thread | None = None
+        self.queue: Any = None
+        self.processes: dict[int, Any] = {}
+        self.dead_since: float | None = None
+
+    def _refresh(self) -> None:  # the pool makes them on its first submission, and forgets them at shutdown
+        self.thread = getattr(self.pool, "_executor_manager_thread", None) or self.thread
+        self.queue = getattr(self.pool, "_result_queue", None) or self.queue
+        self.processes = getattr(self.pool, "_processes", None) or self.processes
+
+    def check(self) -> None:
+        """Unstick the reader when a process of the pool has been dead `STUCK_AFTER` seconds and the
+        pool has not noticed. (A pool's processes end only when told, once nothing is left to read,
+        and the pool's thread then joins them in a moment.)"""
+        self._refresh()
+        if (
+            self.thread is None
+            or not self.thread.is_alive()
+            or getattr(self.pool, "_broken", False)
+            or not any(p.exitcode is not None for p in list(self.processes.values()))
+        ):
+            self.dead_since = None
+            return
+        now = time.monotonic()
+        if self.dead_since is None:
+            self.dead_since = now
+        elif now - self.dead_since >= STUCK_AFTER:
+            log.warning("a segmentation process died while sending its result; ending its pool")
+            self._feed()
+            self.dead_since = None
+
+    def _feed(self) -> None:
+        import select
+
+        assert self.thread is not None and self.queue is not None
+        fd = self.queue._writer.fileno()
+        filler = bytes(select.PIPE_BUF)  # at most PIPE_BUF: never blocks once the pipe has room
+        deadline = time.monotonic() + BROKEN_POOL_WAIT
+        while self.thread.is_alive() and not getattr(self.pool, "_broken", False) and time.monotonic() < deadline:
+            if select.select([], [fd], [], 0.1)[1]:
+                os.write(fd, filler)
+
+
 def _stop_pool(executor: cf.Executor) -> None:
-    """Shut the pool down and wait for its processes; a broken one as `_end_broken_pool` does."""
-    if isinstance(executor, cf.ProcessPoolExecutor) and getattr(executor, "_broken", False):
-        _end_broken_pool(executor)
-    else:
+    """Shut the pool down and wait for its processes; a broken one as `_end_broken_pool` does, and one
+    whose reader is stuck (`_ReaderWatch`) once unstuck."""
+    if not isinstance(executor, cf.ProcessPoolExecutor):
         executor.shutdown(wait=True, cancel_futures=True)
+        return
+    watch = _ReaderWatch(executor)
+    watch.check()  # takes the pool's thread and queue before shutdown forgets them
+    if not getattr(executor, "_broken", False):
+        executor.shutdown(wait=False, cancel_futures=True)
+        while watch.thread is not None and watch.thread.is_alive() and not getattr(executor, "_broken", False):
+            watch.thread.join(0.2)
+            watch.check()
+    if getattr(executor, "_broken", False):
+        _end_broken_pool(executor, watch.processes, watch.thread)
 
 
 def _internal_failure(path: str, exc: BaseException) -> DocumentCut:
@@ -626,6 +696,7 @@ def _run(
         return str(path) if path else None
 
     executor = make_executor(workers)
+    watch = _ReaderWatch(executor) if isinstance(executor, cf.ProcessPoolExecutor) else None
 
     def submit(job: _Job, to: cf.Executor | None = None) -> cf.Future[DocumentCut]:
         pool = executor if to is None else to
@@ -642,7 +713,14 @@ def _run(
         the one that kills it too is the culprit and fails (`worker_lost`); the others are read."""
         solo = _process_pool(1)
         try:
-            return submit(job, solo).result()
+            fut, solo_watch = submit(job, solo), _ReaderWatch(solo)
+            while True:
+                try:
+                    return fut.result(timeout=STUCK_AFTER / 4)
+                except cf.TimeoutError:
+                    if fut.done():  # the document's own TimeoutError
+                        raise
+                    solo_watch.check()
         except BrokenProcessPool:
             msg = (f"{job.path}: the segmentation process died reading this document, alone as when with others "
                    f"(a crash, or the out-of-memory killer)")  # fmt: skip
@@ -685,7 +763,11 @@ def _run(
 
         fill()
         while in_flight or again:
-            done = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)[0] if in_flight else set()
+            done = set()
+            if in_flight:
+                done = cf.wait(list(in_flight), timeout=STUCK_AFTER / 4, return_when=cf.FIRST_COMPLETED)[0]
+                if not done and watch is not None:
+                    watch.check()
             suspects: list[_Job] = []
             for fut in done:
                 job = in_flight.pop(fut)
@@ -707,6 +789,7 @@ def _run(
                 for job in suspects:
                     take(job, alone(job))
                 executor = make_executor(workers)
+                watch = _ReaderWatch(executor) if isinstance(executor, cf.ProcessPoolExecutor) else None
             if pooled:
                 fill()  # before the flush: the workers keep segmenting while this process reads and stores
             if buffered >= settings.batch_size or (exhausted and buffer):
