@@ -358,7 +358,7 @@ class _ReaderWatch:
     broken, and the batch waited forever (and its process at exit). When a process of the pool has
     been dead `STUCK_AFTER` seconds and the pool has not noticed, the watch writes filler into the
     pipe until the reader has its message: garbage, so the pool finds itself broken, and the documents
-    in it are read again alone (`_run`). The pool's internals are Python's (3.8 to 3.13 alike)."""
+    in it are read again alone (`_run`). It reads the pool's internals: CPython 3.11's, which the project pins."""
 
     def __init__(self, pool: cf.ProcessPoolExecutor) -> None:
         self.pool = pool
