@@ -544,7 +544,7 @@ def test_pool_processes_start_with_what_segmenting_needs_loaded() -> None:
     before its first document. Asked of a pool process with a builtin, so that nothing of this test's
     own module is imported there."""
     from digitreader.pipeline.document import WORKER_MODULES
-    from digitreader.pipeline.process import make_executor, pool_preload
+    from digitreader.pipeline.pool import make_executor, pool_preload
 
     preload = pool_preload()
     assert set(WORKER_MODULES) <= set(preload) and "digitreader.pipeline.process" in preload
@@ -617,9 +617,9 @@ def test_pool_processes_outlive_a_sigterm_to_their_group() -> None:
     import os
     import signal
 
-    from digitreader.pipeline.process import _process_pool
+    from digitreader.pipeline.pool import process_pool
 
-    pool = _process_pool(1)
+    pool = process_pool(1)
     try:
         pid = pool.submit(os.getpid).result(timeout=120)
         os.kill(pid, signal.SIGTERM)
@@ -637,18 +637,18 @@ import sys, time
 from pathlib import Path
 from digitreader.settings import Settings
 from digitreader.pipeline.document import segment_document
-from digitreader.pipeline.process import _process_pool, _stop_pool
+from digitreader.pipeline.pool import process_pool, stop_pool
 settings = Settings(_env_file=None, home=Path(sys.argv[2]), test_crash_on="sending:*")
-pool = _process_pool(1)
+pool = process_pool(1)
 fut = pool.submit(segment_document, sys.argv[1], settings)
 time.sleep(1.0)  # the process is dead; the pool's reader waits for the rest of its message
-_stop_pool(pool)
+stop_pool(pool)
 print(type(fut.exception(timeout=0)).__name__)
 """
 
 
 def test_stopping_a_pool_whose_reader_is_stuck_ends(tmp_path: Path, scans: Path) -> None:
-    """The clean-up after a Ctrl-C or at the end of a batch (`_stop_pool`) with a pool process killed
+    """The clean-up after a Ctrl-C or at the end of a batch (`pool.stop_pool`) with a pool process killed
     halfway through sending its result: the shutdown waited forever for the pool's thread, stuck
     reading the rest of the message. Now the pool is unstuck and ended. (In a process of its own,
     with a time limit: the code before hung, and hung its interpreter at exit.)"""

@@ -4,7 +4,7 @@
 crops and boxes, `types.PageCut`) and, per field, a small JPEG strip of the page for the review page;
 or the error that stopped it. It never raises for a bad document: the `InputError` (or an unexpected
 error) is in `.error_code` / `.error_message`. Picklable in and out, so it runs in the embedded
-pipeline's process pool (`process.make_executor`) or a Celery worker (`distributed`).
+pipeline's process pool (`pool.make_executor`) or a Celery worker (`distributed`).
 
 This module imports only what segmenting needs (no database), so a pool process starts quickly.
 """
@@ -37,7 +37,7 @@ from digitreader.types import BBox, PageCut
 MULTI_PAGE_SUFFIXES = (".pdf", ".tif", ".tiff")
 
 #: The modules segmenting a document needs beyond this one's (imported on first use, so that this
-#: module alone stays light): a pool's fork server imports them ahead (`process.pool_preload`).
+#: module alone stays light): a pool's fork server imports them ahead (`pool.pool_preload`).
 WORKER_MODULES = (
     "cv2",
     "onnxruntime",

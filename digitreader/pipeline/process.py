@@ -25,10 +25,8 @@ import concurrent.futures as cf
 import contextlib
 import glob
 import logging
-import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -48,16 +46,24 @@ from digitreader.hashing import sha256_file_and_size
 from digitreader.pipeline import native
 from digitreader.pipeline.assemble import PageResult, Probs, assemble_page, count_crops
 from digitreader.pipeline.document import (
-    WORKER_MODULES,
     DocumentCut,
     FieldStrip,
     field_strips,
-    init_worker,
     join_parts,
     page_parts,
     segment_document,
 )
 from digitreader.pipeline.hashcache import HashCache
+from digitreader.pipeline.pool import (
+    STUCK_AFTER,
+    ReaderWatch,
+    end_broken_pool,
+    make_executor,
+    pool_submit,
+    process_pool,
+    start_pool_server,
+    stop_pool,
+)
 from digitreader.pipeline.report import BatchReport, DocumentReport, ProgressHook
 from digitreader.settings import Settings
 from digitreader.types import PageCut
@@ -237,20 +243,6 @@ def assemble_document(cut: DocumentCut, probs: Sequence[np.ndarray], threshold: 
 # ---------------------------------------------------------------------------------------- batches
 
 
-class _InlineExecutor(cf.Executor):
-    """Runs the work at submit time (one document, or workers=1): no process start-up cost."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
-        fut: cf.Future[Any] = cf.Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            fut.set_exception(exc)
-        return fut
-
-
 def cores(settings: Settings) -> int:
     """Segmentation processes at most: DIGITREADER_WORKERS, else one per core."""
     return settings.workers or os.cpu_count() or 1
@@ -259,167 +251,6 @@ def cores(settings: Settings) -> int:
 def worker_count(settings: Settings, jobs: int) -> int:
     """Segmentation processes for `jobs` documents (or parts of documents): no more than there are."""
     return max(1, min(cores(settings), jobs))
-
-
-def pool_preload() -> list[str]:
-    """What the pool's fork server imports before it forks the pool's processes: the segmentation
-    modules (`document.WORKER_MODULES`) and the digitreader modules this process has loaded (with
-    them, what its main module needs: a pool process imports the main module again before its first
-    task). Imported once there, not once in each pool process: about 0.5 s of CPU a process.
-    `__main__` first, as multiprocessing's own default (Python 3.11's fork server never acts on it)."""
-    mine = {m for m in list(sys.modules) if m.startswith("digitreader.") and not m.endswith("__main__")}
-    return ["__main__", *WORKER_MODULES, *sorted(mine - set(WORKER_MODULES))]
-
-
-def _pool_context() -> Any:
-    """The pool's start method: a fork server that has imported what segmenting needs, else spawn."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(pool_preload())
-    return context
-
-
-def start_pool_server() -> None:
-    """Start the pool's fork server now, without waiting for it: its imports (about 0.7 s of one core)
-    then overlap this process's work before the pool is needed (hashing the batch's files). Only
-    the fork server's first start imports anything; later calls do nothing."""
-    context = _pool_context()
-    if context.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-
-
-def make_executor(workers: int) -> cf.Executor:
-    return _process_pool(workers) if workers > 1 else _InlineExecutor()
-
-
-def _process_pool(workers: int) -> cf.ProcessPoolExecutor:
-    return cf.ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=_pool_context(),
-        initializer=init_worker,
-        initargs=(os.getpid(),),  # the pool's processes end if this one is killed
-    )
-
-
-#: How long a broken pool's own thread is given to end once its processes are killed (seconds).
-BROKEN_POOL_WAIT = 10.0
-
-
-def _pool_submit(pool: cf.Executor, fn: Callable[..., DocumentCut], *args: Any) -> cf.Future[DocumentCut]:
-    """`pool.submit`, with a pool that breaks during the call reported as broken. A submission that
-    starts a pool process checks that the pool is whole, then starts the process; when another of its
-    processes dies in between, the pool's thread closes the queue the new process is to be given, and
-    the submission failed with `OSError: handle is closed`: the whole batch stopped with an internal
-    error where one document should have failed (`test_a_document_that_kills_its_pool_process_fails_alone`,
-    one run in three)."""
-    try:
-        return pool.submit(fn, *args)
-    except BrokenProcessPool:
-        raise
-    except Exception as exc:
-        if getattr(pool, "_broken", False):
-            raise BrokenProcessPool(f"the pool broke while this document was submitted: {exc!r}") from exc
-        raise
-
-
-def _end_broken_pool(
-    pool: cf.ProcessPoolExecutor, processes: dict[int, Any] | None = None, thread: threading.Thread | None = None
-) -> None:
-    """End a pool one of whose processes died, and every process it had. Python's pool ends those it
-    knows of when it finds itself broken; a process that a submission was starting at that moment
-    (see `_pool_submit`) joined the pool after that, was never told to stop, and the pool's thread
-    waited for it forever: at the end of the batch, or at the interpreter's exit (a CI run that timed
-    out after every test had passed). Called once this process has seen the pool broken: nothing is
-    submitted to it any more, so the processes it lists are all it will ever have. `processes` and
-    `thread`: the pool's, taken before a shutdown made it forget them."""
-    procs = list((getattr(pool, "_processes", None) or processes or {}).values())
-    thread = getattr(pool, "_executor_manager_thread", None) or thread
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:  # SIGKILL: pool processes ignore SIGTERM (`document.init_worker`)
-        if proc.is_alive():
-            proc.kill()
-    if thread is not None:
-        thread.join(BROKEN_POOL_WAIT)
-        if thread.is_alive():  # pragma: no cover - only if Python's pool changes its ways
-            log.warning("a broken segmentation pool did not end within %.0f s; going on", BROKEN_POOL_WAIT)
-
-
-#: A pool process dead this long without the pool noticing: the pool's reader is stuck (seconds).
-STUCK_AFTER = 2.0
-
-
-class _ReaderWatch:
-    """Unsticks a pool's reader. A pool process killed (SIGKILL, the out-of-memory killer) while it
-    sent its result back leaves the pool's thread reading the rest of the message forever: this
-    process holds the pipe's writing end too, so the read never ends, the pool never finds itself
-    broken, and the batch waited forever (and its process at exit). When a process of the pool has
-    been dead `STUCK_AFTER` seconds and the pool has not noticed, the watch writes filler into the
-    pipe until the reader has its message: garbage, so the pool finds itself broken, and the documents
-    in it are read again alone (`_run`). It reads the pool's internals: CPython 3.11's, which the project pins."""
-
-    def __init__(self, pool: cf.ProcessPoolExecutor) -> None:
-        self.pool = pool
-        self.thread: threading.Thread | None = None
-        self.queue: Any = None
-        self.processes: dict[int, Any] = {}
-        self.dead_since: float | None = None
-
-    def _refresh(self) -> None:  # the pool makes them on its first submission, and forgets them at shutdown
-        self.thread = getattr(self.pool, "_executor_manager_thread", None) or self.thread
-        self.queue = getattr(self.pool, "_result_queue", None) or self.queue
-        self.processes = getattr(self.pool, "_processes", None) or self.processes
-
-    def check(self) -> None:
-        """Unstick the reader when a process of the pool has been dead `STUCK_AFTER` seconds and the
-        pool has not noticed. (A pool's processes end only when told, once nothing is left to read,
-        and the pool's thread then joins them in a moment.)"""
-        self._refresh()
-        if (
-            self.thread is None
-            or not self.thread.is_alive()
-            or getattr(self.pool, "_broken", False)
-            or not any(p.exitcode is not None for p in list(self.processes.values()))
-        ):
-            self.dead_since = None
-            return
-        now = time.monotonic()
-        if self.dead_since is None:
-            self.dead_since = now
-        elif now - self.dead_since >= STUCK_AFTER:
-            log.warning("a segmentation process died while sending its result; ending its pool")
-            self._feed()
-            self.dead_since = None
-
-    def _feed(self) -> None:
-        import select
-
-        assert self.thread is not None and self.queue is not None
-        fd = self.queue._writer.fileno()
-        filler = bytes(select.PIPE_BUF)  # at most PIPE_BUF: never blocks once the pipe has room
-        deadline = time.monotonic() + BROKEN_POOL_WAIT
-        while self.thread.is_alive() and not getattr(self.pool, "_broken", False) and time.monotonic() < deadline:
-            if select.select([], [fd], [], 0.1)[1]:
-                os.write(fd, filler)
-
-
-def _stop_pool(executor: cf.Executor) -> None:
-    """Shut the pool down and wait for its processes; a broken one as `_end_broken_pool` does, and one
-    whose reader is stuck (`_ReaderWatch`) once unstuck."""
-    if not isinstance(executor, cf.ProcessPoolExecutor):
-        executor.shutdown(wait=True, cancel_futures=True)
-        return
-    watch = _ReaderWatch(executor)
-    watch.check()  # takes the pool's thread and queue before shutdown forgets them
-    if not getattr(executor, "_broken", False):
-        executor.shutdown(wait=False, cancel_futures=True)
-        while watch.thread is not None and watch.thread.is_alive() and not getattr(executor, "_broken", False):
-            watch.thread.join(0.2)
-            watch.check()
-    if getattr(executor, "_broken", False):
-        _end_broken_pool(executor, watch.processes, watch.thread)
 
 
 def _internal_failure(path: str, exc: BaseException) -> DocumentCut:
@@ -696,7 +527,7 @@ def _run(
         return str(path) if path else None
 
     executor = make_executor(workers)
-    watch = _ReaderWatch(executor) if isinstance(executor, cf.ProcessPoolExecutor) else None
+    watch = ReaderWatch(executor)
 
     def submit(job: _Job, to: cf.Executor | None = None) -> cf.Future[DocumentCut]:
         pool = executor if to is None else to
@@ -706,21 +537,14 @@ def _run(
         # for. (Not inline, where submitting reads the whole document: a Ctrl-C stops that at once.)
         held = _signals_held() if isinstance(pool, cf.ProcessPoolExecutor) else contextlib.nullcontext()
         with held:
-            return _pool_submit(pool, segment_document, job.path, settings, template, limit, model_file(), job.pages)
+            return pool_submit(pool, segment_document, job.path, settings, template, limit, model_file(), job.pages)
 
     def alone(job: _Job) -> DocumentCut:
         """A document that was in flight when a pool process died, read again in a process of its own:
         the one that kills it too is the culprit and fails (`worker_lost`); the others are read."""
-        solo = _process_pool(1)
+        solo = process_pool(1)
         try:
-            fut, solo_watch = submit(job, solo), _ReaderWatch(solo)
-            while True:
-                try:
-                    return fut.result(timeout=STUCK_AFTER / 4)
-                except cf.TimeoutError:
-                    if fut.done():  # the document's own TimeoutError
-                        raise
-                    solo_watch.check()
+            return ReaderWatch(solo).result(submit(job, solo))
         except BrokenProcessPool:
             msg = (f"{job.path}: the segmentation process died reading this document, alone as when with others "
                    f"(a crash, or the out-of-memory killer)")  # fmt: skip
@@ -728,7 +552,7 @@ def _run(
         except Exception as exc:  # pickling errors and the like: this document only
             return _internal_failure(job.path, exc)
         finally:
-            _stop_pool(solo)
+            stop_pool(solo)
 
     def take(job: _Job, part: DocumentCut) -> None:
         """A document's (or part's) cut: stored as failed, or buffered for recognition."""
@@ -766,7 +590,7 @@ def _run(
             done = set()
             if in_flight:
                 done = cf.wait(list(in_flight), timeout=STUCK_AFTER / 4, return_when=cf.FIRST_COMPLETED)[0]
-                if not done and watch is not None:
+                if not done:
                     watch.check()
             suspects: list[_Job] = []
             for fut in done:
@@ -783,13 +607,13 @@ def _run(
                 # A pool process died (a crash, the out-of-memory killer): the whole pool is lost, and
                 # every document in it reports so. Each is read again alone, to find the one that
                 # kills it; then a new pool takes the rest.
-                _end_broken_pool(executor)
+                end_broken_pool(executor)
                 suspects += in_flight.values()
                 in_flight.clear()
                 for job in suspects:
                     take(job, alone(job))
                 executor = make_executor(workers)
-                watch = _ReaderWatch(executor) if isinstance(executor, cf.ProcessPoolExecutor) else None
+                watch = ReaderWatch(executor)
             if pooled:
                 fill()  # before the flush: the workers keep segmenting while this process reads and stores
             if buffered >= settings.batch_size or (exhausted and buffer):
@@ -800,7 +624,7 @@ def _run(
         # Also after a Ctrl-C: the pool's processes finish the document in hand (what they send back is
         # not stored) and stop when told. Ending them at once instead (SIGTERM) could cut one off in
         # the middle of sending its result, and the pool's reader then waited forever for the rest.
-        _stop_pool(executor)
+        stop_pool(executor)
 
 
 def _store_failure(doc_id: int, cut: DocumentCut, engine: Any, report: BatchReport, hook: ProgressHook) -> None:
