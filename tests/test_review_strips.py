@@ -185,3 +185,22 @@ def test_rule_only_fields_are_reviewable(rule_db: Settings) -> None:
         service.undo(s, reviewer="tester")
         s.refresh(second)
         assert second.needs_review and [i.field_id for i in service.list_queue(s)].count(second.id) == 1
+
+
+def test_a_rule_only_field_stays_in_the_queue_beside_flagged_digits_elsewhere(rule_db: Settings) -> None:
+    """A low-confidence digit in another field (any other field of the database) does not hide a field
+    flagged only by its rule from the queue (before: the rule-only fields came back only once no digit
+    anywhere was flagged)."""
+    with session_scope(rule_db) as s:
+        fields = _rule_only_fields(s)
+        assert fields
+        target = fields[0]
+        other = s.scalars(select(Field).where(Field.id != target.id, Field.kind == "boxes")).first()
+        assert other is not None
+        unsure = next(d for d in other.digits if not d.blank)
+        unsure.needs_review, other.needs_review = True, True
+        s.flush()
+        queued = service.list_queue(s)
+        assert unsure.id in {i.digit_id for i in queued}
+        assert [i.field_id for i in queued].count(target.id) == 1
+        s.rollback()

@@ -122,7 +122,11 @@ def _rule_digit() -> Any:
     other = aliased(Digit)
     flagged = aliased(Digit)
     reviewed = select(Correction.id).where(Correction.digit_id == other.id).exists()
-    any_flagged = select(flagged.id).where(flagged.field_id == Field.id, flagged.needs_review.is_(True)).exists()
+    # correlate(Field): else this subquery takes a `fields` of its own, and any flagged digit anywhere in
+    # the database keeps every rule-only field out of the queue.
+    any_flagged = (
+        select(flagged.id).where(flagged.field_id == Field.id, flagged.needs_review.is_(True)).correlate(Field).exists()
+    )
     return (
         select(other.id)
         .where(
