@@ -23,6 +23,7 @@ import pytest
 from digitreader.pipeline import decoder_messages
 from digitreader.pipeline.document import DocumentCut, join_parts, segment_document
 from digitreader.settings import Settings
+from digitreader.types import PageCut
 
 ROOT = Path(__file__).resolve().parents[1]
 SCAN = ROOT / "examples" / "scans" / "scan-0001-00001.jpg"
@@ -84,6 +85,17 @@ def test_a_long_documents_parts_keep_their_warnings() -> None:
     assert join_parts(parts).warnings == parts[0].warnings + parts[1].warnings
 
 
+def test_the_pages_read_from_damaged_data_are_those_the_warnings_name() -> None:
+    pages = tuple(PageCut(number=n, width=10, height=10, fields=()) for n in (1, 2, 3))
+    cut = DocumentCut("a.tif", pages, warnings=("page 2: Fax4Decode: Bad code word", "page 2: ... and 3 more"))
+    assert cut.damaged_pages == {2}
+    assert DocumentCut("a.tif", pages).damaged_pages == frozenset()
+    # Said after the last page or of the file: it may concern any page.
+    after = DocumentCut("a.tif", pages, warnings=("page 1: x", "after its pages: TIFFReadDirectory: bad"))
+    assert after.damaged_pages == {1, 2, 3}
+    assert DocumentCut("a.jpg", pages[:1], warnings=("its file: bad",)).damaged_pages == {1}
+
+
 def test_codec_carries_the_warnings() -> None:
     from workers.codec import decode_cut, encode_cut
 
@@ -102,7 +114,8 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 def test_submit_names_the_damaged_scan_and_keeps_its_warning(alone: bool, isolated_env: Path, tmp_path: Path) -> None:
     """`submit` on a damaged JPEG, alone (read in the batch's own process) and beside a whole scan
     (read in the segmentation pool): exit 0, the warning named by file on stderr (not libjpeg's bare
-    line), and the warning in `status`, the JSON export and the CSV."""
+    line), and the warning in `status`, the JSON export and the CSV; the document needs review, its
+    fields flagged `damaged_image`."""
     folder = tmp_path / "in"
     folder.mkdir()
     bad = damaged_jpeg(folder / "damaged.jpg")
@@ -119,13 +132,19 @@ def test_submit_names_the_damaged_scan_and_keeps_its_warning(alone: bool, isolat
     assert f"warning {bad}: damaged image data, read as far as it decodes: page 1: {LIBJPEG}" in stderr
     assert "read from damaged image data (1;" in stderr
     st = json.loads(_cli(["status", batch, "--json"], env).stdout)
-    assert st["warnings"] == [
-        {"path": str(bad), "status": st["warnings"][0]["status"], "warnings": [f"page 1: {LIBJPEG}"]}
-    ]
+    assert st["warnings"] == [{"path": str(bad), "status": "needs_review", "warnings": [f"page 1: {LIBJPEG}"]}]
     assert f"{bad}: damaged image data" in _cli(["status", batch], env).stdout
     docs = {Path(d["path"]).name: d for d in json.loads(_cli(["export", batch], env).stdout)["documents"]}
     assert docs["damaged.jpg"]["warnings"] == [f"page 1: {LIBJPEG}"] and docs["damaged.jpg"]["pages"][0]["fields"]
     assert alone or docs["whole.png"]["warnings"] == []
+    # Each field of the damaged page with a digit read is flagged for a look at the paper; the whole
+    # scan beside it is not.
+    fields = docs["damaged.jpg"]["pages"][0]["fields"]
+    assert docs["damaged.jpg"]["status"] == "needs_review"
+    read = [f for f in fields if any(d["label"] is not None for d in f["digits"])]
+    assert read and all("damaged_image" in f["flags"] and f["needs_review"] for f in read)
+    assert all("damaged_image" not in f["flags"] for f in fields if f not in read)
+    assert alone or not [f for p in docs["whole.png"]["pages"] for f in p["fields"] if "damaged_image" in f["flags"]]
     rows = list(csv.DictReader(io.StringIO(_cli(["export", batch, "--format", "csv"], env).stdout)))
     assert {r["warnings"] for r in rows if r["document"] == str(bad)} == {f"page 1: {LIBJPEG}"}
     assert alone or {r["warnings"] for r in rows if r["document"] != str(bad)} == {""}

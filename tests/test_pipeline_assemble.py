@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from digitreader.pipeline.assemble import (
+    FLAG_DAMAGED,
     FLAG_LENGTH,
     FLAG_LOW_CONFIDENCE,
     FLAG_NON_DIGIT,
@@ -84,3 +85,18 @@ def test_empty_field_and_mismatched_recognition() -> None:
     assert res.value == "" and res.confidence is None and not res.needs_review
     with pytest.raises(ValueError, match="crops"):
         assemble_page(_page(f), np.zeros((1, 11), np.float32), threshold=0.9)
+
+
+def test_a_page_read_from_damaged_data_flags_each_field_it_read_a_digit_in() -> None:
+    """Sure digits of a page whose decoder reported damaged data still need a look at the paper; a field
+    of blank cells only is left alone (no digit a reviewer could check). The same page whole: nothing."""
+    sure = FieldCut("account", "boxes", (0, 0, 60, 20), (_slot(0), _slot(1), _slot(2, blank=True)), length=2)
+    empty = FieldCut("optional", "boxes", (0, 30, 60, 20), (_slot(0, blank=True),))
+    probs = np.stack([_onehot(4, 0.999), _onehot(2, 0.999)])
+    page = assemble_page(_page(sure, empty), Probs(probs), threshold=0.9, damaged=True)
+    read, blank = page.fields
+    assert read.value == "42" and read.flags == (FLAG_DAMAGED,) and read.needs_review
+    assert not any(d.needs_review for d in read.digits)  # the digits themselves read surely
+    assert blank.flags == () and not blank.needs_review
+    assert page.needs_review
+    assert not assemble_page(_page(sure, empty), Probs(probs), threshold=0.9).needs_review

@@ -406,4 +406,42 @@ def test_a_damaged_scans_digits_say_so_on_the_review_page(
     data = json.loads(page.split('id="queue-data">', 1)[1].split("</script>", 1)[0])
     assert data["items"][0]["warnings"] == [said]
     assert f'<p class="damaged" id="damaged" >damaged scan, read as far as it decodes: {said}.' in page
+    assert f'<p class="why" id="why">why here: {items[0].why}</p>' in page and items[0].why
     assert '<p class="damaged" id="damaged" hidden>' in c.get(f"/?batch={processed[1]}").text
+
+
+def test_a_damaged_scan_needs_each_digit_seen_once_and_keeps_its_flag(rsettings: Settings, tmp_path: Path) -> None:
+    """A scan read from damaged image data waits for review even where every digit reads surely: each
+    field it read a digit in comes through the queue one digit at a time until a reviewer has seen
+    them all; then the document is done and `damaged_image` stays in the fields' flags as a record."""
+    from digitreader.pipeline.process import process_batch
+    from tests.test_decoder_messages import damaged_jpeg
+
+    rep = process_batch([damaged_jpeg(tmp_path / "damaged.jpg")], rsettings)
+    with session_scope(rsettings) as s:
+        doc = s.scalars(select(Document).where(Document.batch_id == rep.batch_id)).one()
+        fields = [f for p in doc.pages for f in p.fields]
+        flagged = [f for f in fields if "damaged_image" in f.flags]
+        assert doc.status == "needs_review" and flagged and all(f.needs_review for f in flagged)
+        to_see = sum(1 for f in flagged for d in f.digits if not d.blank)
+        doc_id = doc.id
+    seen = 0
+    while True:
+        with session_scope(rsettings) as s:
+            items = service.list_queue(s, batch_id=rep.batch_id)
+            if not items:
+                break
+            it = items[0]
+            if not s.get(Digit, it.digit_id).needs_review:  # type: ignore[union-attr]
+                assert it.why.startswith("its page was read from damaged image data"), it.why
+            res = service.apply_correction(s, it.digit_id, it.label, reviewer="clerk", source="cli")
+            seen += 1
+            assert seen <= to_see + 5, "the queue does not empty"
+    with session_scope(rsettings) as s:
+        back = present(s.get(Document, doc_id))
+        assert back.status == "done" and res.document_status == "done"
+        fields = [f for p in back.pages for f in p.fields]
+        assert [f.id for f in fields if "damaged_image" in f.flags] == [f.id for f in flagged]
+        assert not any(f.needs_review for f in fields)
+        assert all(d.corrections for f in fields if "damaged_image" in f.flags for d in f.digits if not d.blank)
+    assert seen == to_see  # each digit of the flagged fields once, none of another field

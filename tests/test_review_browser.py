@@ -118,6 +118,8 @@ def test_keyboard_labelling_updates_database(server: Any, page: Any) -> None:
     assert first == queue[0].digit_id  # hardest first
     page.keyboard.press("7")  # a digit key labels and moves on
     second = _wait_moved(page, first)
+    # Drawn by the page's script for the item it moved to: why that digit is in the queue.
+    assert page.inner_text("#why") == "why here: " + next(q.why for q in queue if q.digit_id == second)
     page.keyboard.press("Enter")  # accept the model's label
     third = _wait_moved(page, second)
     page.keyboard.press("x")  # not a digit / blank

@@ -153,6 +153,9 @@ def test_rule_only_fields_are_reviewable(rule_db: Settings) -> None:
         for f in fields:
             mine = [i for i in queued.values() if i.field_id == f.id]
             assert len(mine) == 1, f.name  # one digit of the field at a time: its least sure one
+            assert mine[0].why == (
+                f"the field should hold 2 digits, {len(f.value)} read: each digit of the field comes here once"
+            )
             read = [d for d in f.digits if not d.blank]
             assert mine[0].confidence == min(present(d.confidence) for d in read)
         assert service.queue_counts(s)["left"] == len(queued)
@@ -202,5 +205,6 @@ def test_a_rule_only_field_stays_in_the_queue_beside_flagged_digits_elsewhere(ru
         s.flush()
         queued = service.list_queue(s)
         assert unsure.id in {i.digit_id for i in queued}
+        assert next(i for i in queued if i.digit_id == unsure.id).why == "the model is unsure of it"
         assert [i.field_id for i in queued].count(target.id) == 1
         s.rollback()

@@ -356,6 +356,8 @@ def test_workers_export_equals_embedded(
     pages = sum(len(d["pages"]) for d in distributed["documents"])
     assert pages == 10 and dist.batch_progress(get_engine(settings), batch_id).pages == pages
     assert [d["warnings"] for d in distributed["documents"] if d["warnings"]] == [[f"page 1: {LIBJPEG}"]]
+    damaged = [f for d in distributed["documents"] if d["warnings"] for p in d["pages"] for f in p["fields"]]
+    assert damaged and all("damaged_image" in f["flags"] for f in damaged if f["value"])  # as embedded flags them
     turned = {d["path"]: [p["rotation"] for p in d["pages"]] for d in distributed["documents"] if d["pages"]}
     assert turned.pop(str(upside_down)) == [180] and all(r == [0] * len(r) for r in turned.values())
     # The embedded mode on the same files, in its own SQLite database.

@@ -28,6 +28,9 @@ FLAG_LOW_CONFIDENCE = "low_confidence"
 FLAG_NON_DIGIT = "non_digit"
 FLAG_LENGTH = "length"
 FLAG_PATTERN = "pattern"
+#: The field's page was read from damaged image data (the decoder said so: `DocumentCut.warnings`):
+#: a reviewer checks each of its digits against the paper, as for a template rule's flag.
+FLAG_DAMAGED = "damaged_image"
 
 
 class HasProbs(Protocol):
@@ -115,8 +118,9 @@ def _digit(slot_position: int, bbox: BBox, crop: np.ndarray, p: np.ndarray, thre
     )
 
 
-def assemble_field(cut: FieldCut, probs: np.ndarray, threshold: float) -> FieldResult:
-    """One field; `probs` holds one row per non-blank slot, in slot order."""
+def assemble_field(cut: FieldCut, probs: np.ndarray, threshold: float, *, damaged: bool = False) -> FieldResult:
+    """One field; `probs` holds one row per non-blank slot, in slot order. `damaged`: its page was read
+    from damaged image data; a field with a digit read there is flagged (`FLAG_DAMAGED`)."""
     digits: list[DigitResult] = []
     row = 0
     for slot in cut.slots:
@@ -138,6 +142,8 @@ def assemble_field(cut: FieldCut, probs: np.ndarray, threshold: float) -> FieldR
         flags.append(FLAG_LENGTH)
     if cut.pattern is not None and not _matches(cut.pattern, value):
         flags.append(FLAG_PATTERN)
+    if damaged and read:  # a field of blank cells only gives a reviewer no digit to check
+        flags.append(FLAG_DAMAGED)
     return FieldResult(
         name=cut.name,
         kind=cut.kind,
@@ -160,12 +166,15 @@ def _matches(pattern: str, value: str) -> bool:
         return False
 
 
-def assemble_page(cut: PageCut, recognition: HasProbs | np.ndarray, threshold: float) -> PageResult:
+def assemble_page(
+    cut: PageCut, recognition: HasProbs | np.ndarray, threshold: float, *, damaged: bool = False
+) -> PageResult:
     """Digits of one page -> its fields' values, confidences and flags.
 
     `recognition` holds calibrated probabilities (N, 11) for the page's non-blank crops in the order
     of `cut.crops()` (a `Recognition`, a `Probs` slice, or the array itself); (N, 10) for a
-    digits-only model works too (then nothing is ever "not a digit").
+    digits-only model works too (then nothing is ever "not a digit"). `damaged`: the page was read
+    from damaged image data (see `assemble_field`).
     """
     probs = np.asarray(recognition if isinstance(recognition, np.ndarray) else recognition.probs)
     expected = count_crops(cut)
@@ -175,7 +184,7 @@ def assemble_page(cut: PageCut, recognition: HasProbs | np.ndarray, threshold: f
     row = 0
     for fcut in cut.fields:
         n = sum(1 for s in fcut.slots if not s.blank)
-        fields.append(assemble_field(fcut, probs[row : row + n], threshold))
+        fields.append(assemble_field(fcut, probs[row : row + n], threshold, damaged=damaged))
         row += n
     return PageResult(
         number=cut.number,

@@ -121,6 +121,20 @@ class DocumentCut:
         return self.error_code is not None
 
     @property
+    def damaged_pages(self) -> frozenset[int]:
+        """Numbers of the pages read from damaged image data: each "page N: ..." warning names its page;
+        one said after the last page or of the file as a whole ("after its pages", "its file") may
+        concern any of them, so then every page."""
+        numbers: set[int] = set()
+        for w in self.warnings:
+            head, _, _ = w.partition(": ")
+            kind, _, number = head.partition(" ")
+            if kind != "page" or not number.isdigit():
+                return frozenset(p.number for p in self.pages)
+            numbers.add(int(number))
+        return frozenset(numbers)
+
+    @property
     def crops(self) -> int:
         return sum(count_crops(p) for p in self.pages)
 

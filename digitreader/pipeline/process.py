@@ -223,8 +223,13 @@ def recognize_pages(predictor: Any, cuts: Sequence[PageCut], batch_size: int = 1
 
 def assemble_document(cut: DocumentCut, probs: Sequence[np.ndarray], threshold: float) -> list[PageResult]:
     """Each page's fields and digits with values, confidences and review flags (and each field's
-    strip of the page, when the cut has them)."""
-    results = [assemble_page(page, Probs(p), threshold) for page, p in zip(cut.pages, probs, strict=True)]
+    strip of the page, when the cut has them). Fields of a page read from damaged image data are
+    flagged for review (`assemble.FLAG_DAMAGED`)."""
+    damaged = cut.damaged_pages
+    results = [
+        assemble_page(page, Probs(p), threshold, damaged=page.number in damaged)
+        for page, p in zip(cut.pages, probs, strict=True)
+    ]
     if len(cut.strips) != len(results):
         return results
     out: list[PageResult] = []

@@ -36,13 +36,15 @@ from sqlalchemy.orm import Session, aliased
 from digitreader.db.models import Batch, Correction, Digit, Document, Field, Page, iso_utc, utcnow
 from digitreader.db.store import hold_document
 from digitreader.errors import NotFoundError, UsageError
+from digitreader.pipeline.assemble import FLAG_DAMAGED
 from digitreader.settings import Settings
 from digitreader.types import BBox
 
 log = logging.getLogger(__name__)
 
 ORDERS = ("confidence", "margin")
-#: Field flags that come from the digits (re-derived after a correction); others are template rules.
+#: Field flags that come from the digits (re-derived after a correction); the others (template rules,
+#: a damaged scan) need every digit of the field seen once.
 DIGIT_FLAGS = ("low_confidence", "non_digit")
 
 
@@ -100,6 +102,9 @@ class QueueItem:
     #: The document's warnings: what the image decoder said of damaged data on its pages ("page 1:
     #: Corrupt JPEG data: ..."): the scan may lack a part of a page, so check it against the paper.
     warnings: tuple[str, ...] = ()
+    #: Why it is in the queue, in words (`why_queued`): the model unsure of it, or its field flagged
+    #: by a template rule or a damaged scan (then each of the field's digits comes once).
+    why: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -144,12 +149,48 @@ def _rule_digit() -> Any:
     )
 
 
+def why_queued(
+    *,
+    flagged: bool,
+    non_digit: bool,
+    flags: Sequence[str],
+    value: str,
+    length: int | None,
+    pattern: str | None,
+) -> str:
+    """Why a digit is in the review queue, for the reviewer: `flagged` (the digit's own flag: the model
+    unsure of it, or taking it for no digit), else the reasons its field is flagged."""
+    if flagged:
+        return "the model takes it for no digit" if non_digit else "the model is unsure of it"
+    reasons = []
+    if "length" in flags and length is not None:
+        reasons.append(f"the field should hold {length} digit{'s' if length != 1 else ''}, {len(value)} read")
+    if "pattern" in flags:
+        reasons.append(f"the field's value {value or '(empty)'} does not match its pattern {pattern}")
+    if FLAG_DAMAGED in flags:
+        reasons.append("its page was read from damaged image data")
+    if not reasons:
+        return "its field is flagged"
+    return "; ".join(reasons) + ": each digit of the field comes here once"
+
+
 def _queue_stmt(batch_id: int | None, field: str | None) -> Any:
     """Digits to review: the flagged ones, and one digit of each field flagged only by a template rule
     (`_rule_digit`), so that field can be reviewed too."""
     stmt = (
         select(
-            Digit, Field.name, Field.kind, Page.number, Document.id, Document.path, Document.batch_id, Document.warnings
+            Digit,
+            Field.name,
+            Field.kind,
+            Page.number,
+            Document.id,
+            Document.path,
+            Document.batch_id,
+            Document.warnings,
+            Field.flags,
+            Field.value,
+            Field.length,
+            Field.pattern,
         )
         .join(Field, Digit.field_id == Field.id)
         .join(Page, Field.page_id == Page.id)
@@ -217,8 +258,16 @@ def list_queue(
             model_version=d.model_version,
             bbox=d.bbox,
             warnings=tuple(said or ()),
+            why=why_queued(
+                flagged=bool(d.needs_review),
+                non_digit=bool(d.non_digit),
+                flags=flags or (),
+                value=value or "",
+                length=length,
+                pattern=pattern,
+            ),
         )
-        for d, fname, kind, page, doc_id, path, batch, said in rows
+        for d, fname, kind, page, doc_id, path, batch, said, flags, value, length, pattern in rows
     ]
 
 
@@ -332,9 +381,12 @@ def refresh_field(field: Field) -> None:
         flags.append("length")
     if field.pattern is not None and not _rule_ok(field.pattern, field.value):
         flags.append("pattern")
+    if FLAG_DAMAGED in (field.flags or []):  # the scan stays as it was read: a record, not a digit's state
+        flags.append(FLAG_DAMAGED)
     field.flags = flags
-    # A template-rule flag alone stops needing review once a reviewer has seen every digit of the
-    # field (each non-blank digit corrected or accepted): the flag stays in `flags` as a record.
+    # A template-rule or damaged-scan flag alone stops needing review once a reviewer has seen every
+    # digit of the field (each non-blank digit corrected or accepted): the flag stays in `flags` as a
+    # record.
     digit_flags = any(fl in DIGIT_FLAGS for fl in flags)
     all_reviewed = all(d.corrections for d in read)
     field.needs_review = digit_flags or (bool(flags) and not all_reviewed)

@@ -71,6 +71,7 @@
     $("strip").src = "/strip/" + it.digit_id + ".png";
     $("where").textContent = it.document + " · page " + it.page + " · field " + it.field + " · position " + it.position
       + (it.done !== undefined ? " · labelled " + it.done : "");
+    $("why").textContent = it.why ? "why here: " + it.why : "";
     const said = it.warnings || [];
     $("damaged").hidden = said.length === 0;
     $("damaged").textContent = said.length
