@@ -110,7 +110,7 @@ class InputError(DigitreaderError):
     """A document (or one page of it) cannot be processed. Recorded per document; the batch goes on.
 
     Codes used: unreadable, truncated, unsupported, encrypted, too_large, empty_file, empty_page,
-    blank_page, all_black, template_mismatch, timeout, worker_lost.
+    blank_page, all_black, damaged, template_mismatch, timeout, worker_lost.
     """
 
     exit_code = ExitCode.INPUT

@@ -18,22 +18,23 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from digitreader.pipeline import decoder_messages
-from digitreader.pipeline.document import DocumentCut, join_parts, segment_document
+from digitreader.pipeline.document import DocumentCut, join_parts, nothing_read_from_damage, segment_document
 from digitreader.settings import Settings
-from digitreader.types import PageCut
+from digitreader.types import DigitSlot, FieldCut, PageCut
 
 ROOT = Path(__file__).resolve().parents[1]
 SCAN = ROOT / "examples" / "scans" / "scan-0001-00001.jpg"
 LIBJPEG = "Corrupt JPEG data: premature end of data segment"
 
 
-def damaged_jpeg(to: Path) -> Path:
-    """The sample scan with its last 40 % of data lost, closed by an end-of-image marker."""
+def damaged_jpeg(to: Path, kept: float = 0.6) -> Path:
+    """The sample scan with its last 40 % of data lost (1 - `kept`), closed by an end-of-image marker."""
     data = SCAN.read_bytes()
-    to.write_bytes(data[: int(len(data) * 0.6)] + b"\xff\xd9")
+    to.write_bytes(data[: int(len(data) * kept)] + b"\xff\xd9")
     return to
 
 
@@ -79,10 +80,38 @@ def test_a_damaged_jpeg_is_read_with_its_decoders_warning(tmp_path: Path, capfd:
 
 def test_a_long_documents_parts_keep_their_warnings() -> None:
     parts = [
-        DocumentCut("a.tif", (), warnings=("page 1: Fax4Decode: Bad code word at line 8 of strip 6.",)),
-        DocumentCut("a.tif", (), warnings=("page 4: TIFFReadDirectory: unknown field with tag 50000",)),
+        DocumentCut("a.tif", (_page_with_a_digit(1),), warnings=("page 1: Fax4Decode: Bad code word at line 8",)),
+        DocumentCut("a.tif", (_page_with_a_digit(4),), warnings=("page 4: TIFFReadDirectory: unknown field",)),
     ]
     assert join_parts(parts).warnings == parts[0].warnings + parts[1].warnings
+
+
+def test_a_damaged_scan_with_no_digit_in_what_decodes_fails(tmp_path: Path) -> None:
+    """10 % of the sample scan's data: the decoder warns and the part it decodes holds no field. Not
+    "done" with nothing in it: failed, `damaged`, the decoder's message in the error."""
+    cut = segment_document(damaged_jpeg(tmp_path / "top.jpg", kept=0.1), Settings(_env_file=None))  # type: ignore[call-arg]
+    assert (cut.error_code, cut.pages, cut.page_count) == ("damaged", (), 1)
+    assert cut.error_message == (
+        f"{tmp_path / 'top.jpg'}: no digit found in what decodes of the damaged image data: page 1: {LIBJPEG}"
+    )
+
+
+def _page_with_a_digit(number: int) -> PageCut:
+    slot = DigitSlot(position=0, bbox=(0, 0, 9, 9), crop=np.zeros((28, 28), np.uint8), blank=False)
+    return PageCut(number=number, width=10, height=10, fields=(FieldCut("f", "boxes", (0, 0, 9, 9), (slot,)),))
+
+
+def test_only_a_whole_documents_damage_without_digits_fails_it() -> None:
+    """A damaged part without digits beside a part with some (a long document read in parts) keeps the
+    document; a whole scan with no digit is not failed for that alone (a page of print only)."""
+    with_digit = _page_with_a_digit(2)
+    empty = PageCut(number=1, width=10, height=10, fields=())
+    damaged = DocumentCut("a.tif", (empty,), page_count=1, warnings=("page 1: Fax4Decode: Bad code word",))
+    whole = DocumentCut("a.tif", (with_digit,), page_count=1)
+    assert not join_parts([damaged, whole]).failed
+    assert join_parts([damaged]).error_code == "damaged"
+    assert nothing_read_from_damage(DocumentCut("b.png", (empty,), page_count=1)).pages == (empty,)
+    assert nothing_read_from_damage(whole) is whole
 
 
 def test_the_pages_read_from_damaged_data_are_those_the_warnings_name() -> None:

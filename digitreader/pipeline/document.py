@@ -260,7 +260,7 @@ def segment_document(
             timings,
             traceback.format_exc(),
         )
-    return DocumentCut(
+    cut = DocumentCut(
         str(path),
         tuple(cuts),
         None,
@@ -271,6 +271,18 @@ def segment_document(
         strips=tuple(strips),
         warnings=tuple(said),
     )
+    return cut if pages is not None else nothing_read_from_damage(cut)  # a part: judged once joined
+
+
+def nothing_read_from_damage(cut: DocumentCut) -> DocumentCut:
+    """A document read from damaged image data in which not one digit was found fails, with code
+    `damaged`: what decodes of it holds nothing to read (the fields may be on the lost part), and
+    "done" with no field would tell a clerk there was nothing to rescan. Any other cut as it is."""
+    if cut.failed or not cut.warnings or cut.crops:
+        return cut
+    more = f" (and {len(cut.warnings) - 1} more)" if len(cut.warnings) > 1 else ""
+    msg = f"{cut.path}: no digit found in what decodes of the damaged image data: {cut.warnings[0]}{more}"
+    return DocumentCut(cut.path, (), "damaged", msg, cut.page_count, cut.seconds, cut.timings)
 
 
 def page_parts(path: str | Path, settings: Settings, size: int | None = None) -> list[tuple[int, int] | None]:
@@ -299,7 +311,8 @@ def page_parts(path: str | Path, settings: Settings, size: int | None = None) ->
 def join_parts(parts: Sequence[DocumentCut]) -> DocumentCut:
     """One document's cut from the cuts of its parts, given in page order (`segment_document` with
     `pages`): the first part that failed fails the document, its page count including the pages
-    before that part; else the parts' pages and strips in order, their seconds and timings added."""
+    before that part; else the parts' pages and strips in order, their seconds and timings added
+    (and, read from damaged data with no digit found, failed: `nothing_read_from_damage`)."""
     seconds = sum(p.seconds for p in parts)
     timings: dict[str, float] = {}
     for p in parts:
@@ -314,7 +327,8 @@ def join_parts(parts: Sequence[DocumentCut]) -> DocumentCut:
     pages = tuple(page for p in parts for page in p.pages)
     strips = tuple(s for p in parts for s in p.strips) if all(len(p.strips) == len(p.pages) for p in parts) else ()
     said = tuple(w for p in parts for w in p.warnings)
-    return DocumentCut(parts[0].path, pages, None, None, len(pages), seconds, timings, strips=strips, warnings=said)
+    joined = DocumentCut(parts[0].path, pages, None, None, len(pages), seconds, timings, strips=strips, warnings=said)
+    return nothing_read_from_damage(joined)
 
 
 #: How often a pool process checks that the process that started the pool is still there (seconds).
