@@ -58,6 +58,26 @@ def test_many_messages_are_counted_not_all_kept() -> None:
     assert heard[decoder_messages.MOST :] == ["... and 3 more"]
 
 
+def test_a_stop_that_skips_the_blocks_clean_up_still_gets_its_message_out(capfd: pytest.CaptureFixture[str]) -> None:
+    """A second Ctrl-C landing in the block's clean-up skips it: descriptor 2 stays on the scratch file.
+    The CLI's "interrupted" gives it back first, so its line (and all after) reach the terminal."""
+    from digitreader.cli.main import _interrupted
+
+    block = decoder_messages.caught()
+    block.__enter__()  # the block's clean-up never ran
+    try:
+        os.write(2, b"said in the block\n")
+        with pytest.raises(SystemExit):
+            _interrupted()
+        os.write(2, b"after\n")
+        err = capfd.readouterr().err
+        assert "digitreader: interrupted" in err and "after" in err and "said in the block" not in err
+    finally:
+        block.__exit__(None, None, None)  # nothing left to give back: a no-op for descriptor 2
+    os.write(2, b"still the terminal\n")
+    assert "still the terminal" in capfd.readouterr().err
+
+
 def test_an_exception_in_the_block_still_gives_descriptor_2_back(capfd: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError), decoder_messages.caught() as heard:
         os.write(2, b"said before the error\n")

@@ -153,6 +153,9 @@ def _restore_sigterm(previous: Any) -> None:
 
 
 def _interrupted() -> None:
+    said = sys.modules.get("digitreader.pipeline.decoder_messages")  # loaded only by a run that read pages
+    if said is not None:
+        said.give_back()  # a second Ctrl-C in a decoder block's clean-up left stderr redirected
     if _terminated:
         typer.echo("digitreader: terminated (SIGTERM)", err=True)
         sys.exit(int(ExitCode.TERMINATED))

@@ -36,6 +36,7 @@ LONGEST = 300
 
 _scratch: dict[int, int] = {}  # process id -> descriptor of its scratch file (deleted from its folder)
 _lock = threading.Lock()
+_held: list[int] = []  # while a block has descriptor 2: a copy of what it was (for `give_back`)
 
 
 def _scratch_file() -> int | None:
@@ -90,6 +91,7 @@ def caught() -> Iterator[list[str]]:
             sys.stderr.flush()  # what Python holds for stderr goes out now, not into the scratch file
         raised: list[warnings.WarningMessage] = []
         try:
+            _held.append(saved)  # first: a stop between these two lines still finds 2 to give back
             os.dup2(fd, 2)
             with warnings.catch_warnings(record=True) as raised_here:
                 warnings.simplefilter("always")
@@ -98,8 +100,7 @@ def caught() -> Iterator[list[str]]:
                 finally:
                     raised = list(raised_here)
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            give_back()
             size = os.lseek(fd, 0, os.SEEK_END)
             data = os.pread(fd, min(size, 1 << 20), 0) if size else b""
             lines = data.decode("utf-8", "replace").splitlines()
@@ -107,6 +108,18 @@ def caught() -> Iterator[list[str]]:
                 if not issubclass(w.category, DeprecationWarning):
                     lines.append(f"{_origin(w.filename)}{w.message}")
             heard.extend(_tidy(lines))
+
+
+def give_back() -> None:
+    """Put descriptor 2 back where a `caught` block found it, if the block has not (idempotent). The
+    block does so as it ends; a second Ctrl-C that lands in that clean-up skips it, so the CLI calls
+    this before it says "interrupted" (else that line, and all after it, went into the scratch file)."""
+    while _held:
+        saved = _held[-1]
+        os.dup2(saved, 2)
+        _held.pop()  # after the dup2: a stop between them leaves `saved` to put back again
+        with contextlib.suppress(OSError):
+            os.close(saved)
 
 
 def _origin(filename: str) -> str:
