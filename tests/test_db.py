@@ -378,6 +378,115 @@ def test_an_interrupted_batch_resumes_when_its_folder_also_holds_files_read_befo
         assert s.scalar(select(func.count()).select_from(Document)) == 4  # each file once
 
 
+def _per_content(engine: Engine) -> dict[str, list[tuple[int, str]]]:
+    with session_scope(engine=engine) as s:
+        out: dict[str, list[tuple[int, str]]] = {}
+        for doc in s.scalars(select(Document).order_by(Document.id)):
+            out.setdefault(doc.sha256[:1], []).append((doc.batch_id, doc.status))
+        return out
+
+
+def _finish(engine: Engine, batch_id: int, done: set[str], interrupted: bool) -> str:
+    with session_scope(engine=engine) as s:
+        for doc in s.scalars(select(Document).where(Document.batch_id == batch_id)):
+            if doc.sha256 in done:
+                doc.status = "done"
+        s.flush()
+        return store.finish_batch(s, batch_id, interrupted=interrupted)
+
+
+def test_a_file_arriving_after_a_stop_leaves_each_scan_in_one_batch(settings: Settings) -> None:
+    """Stopped after a; a new scan d arrives, so the next run is a new submission (a new batch). The
+    stopped batch's pending b and c go to the new batch with d, and the stopped batch, nothing left in
+    it to read, is closed. Before: the new batch read b and c, the stopped one stayed "interrupted", and
+    the run after that resumed it and read b and c a second time (each in two batches' exports)."""
+    engine = get_engine(settings)
+    a, b, c, d = (store.InputFile(f"/scans/{n}.png", n * 64, 1) for n in "abcd")
+    nobody = lambda batch_id: False  # noqa: E731  (no other run holds a batch)
+    with session_scope(engine=engine) as s:
+        first = store.register_batch(s, [a, b, c], held_elsewhere=nobody)
+    _finish(engine, first.batch_id, {a.sha256}, interrupted=True)  # stopped after a
+    with session_scope(engine=engine) as s:
+        second = store.register_batch(s, [a, b, c, d], held_elsewhere=nobody)
+        assert s.get(Batch, first.batch_id).status == "done"  # type: ignore[union-attr]
+    assert not second.resumed and sorted(p for _, p in second.todo) == [b.path, c.path, d.path]
+    _finish(engine, second.batch_id, {b.sha256, c.sha256, d.sha256}, interrupted=False)
+    with session_scope(engine=engine) as s:
+        third = store.register_batch(s, [a, b, c, d], held_elsewhere=nobody)
+    assert third.todo == [] and sorted(f.reason for f in third.skipped) == ["processed"] * 4
+    one = [(first.batch_id, "done")]
+    assert _per_content(engine) == {"a": one, **{k: [(second.batch_id, "done")] for k in "bcd"}}
+
+
+def test_a_resumed_batch_does_not_read_again_what_another_batch_read_meanwhile(settings: Settings) -> None:
+    """A database as the code before left it: batch 1 stopped with b and c pending, batch 2 (made when
+    d arrived) read b, c and d. Running the first submission's command again resumes batch 1, whose
+    b and c are left to batch 2 (reported as read there), and closes it: nothing is read twice."""
+    engine = get_engine(settings)
+    a, b, c, d = (store.InputFile(f"/scans/{n}.png", n * 64, 1) for n in "abcd")
+    with session_scope(engine=engine) as s:
+        first = store.register_batch(s, [a, b, c])
+    _finish(engine, first.batch_id, {a.sha256}, interrupted=True)
+    with session_scope(engine=engine) as s:
+        second = store.register_batch(s, [a, b, c, d])  # no lock information: nothing taken over
+    _finish(engine, second.batch_id, {b.sha256, c.sha256, d.sha256}, interrupted=False)
+    with session_scope(engine=engine) as s:
+        again = store.register_batch(s, [a, b, c, d], held_elsewhere=lambda batch_id: False)
+    assert again.resumed and again.batch_id == first.batch_id and again.todo == [] and again.total == 1
+    assert sorted((f.path, f.batch_id) for f in again.skipped if f.reason == "processed") == [
+        (b.path, second.batch_id), (c.path, second.batch_id), (d.path, second.batch_id)
+    ]  # fmt: skip
+    assert _finish(engine, first.batch_id, set(), interrupted=False) == "done"
+    assert _per_content(engine) == {"a": [(first.batch_id, "done")], **{k: [(second.batch_id, "done")] for k in "bcd"}}
+
+
+def test_a_forced_run_stopped_and_forced_again_leaves_no_batch_interrupted(settings: Settings) -> None:
+    """`--force` never resumes (it reads everything again); the stopped forced batch's pending scans go
+    to the new forced batch, and the stopped one is closed instead of waiting for a run that never comes.
+    A batch another run is reading keeps its documents."""
+    engine = get_engine(settings)
+    a, b = (store.InputFile(f"/scans/{n}.png", n * 64, 1) for n in "ab")
+    with session_scope(engine=engine) as s:
+        first = store.register_batch(s, [a, b], force=True, held_elsewhere=lambda batch_id: False)
+    _finish(engine, first.batch_id, {a.sha256}, interrupted=True)
+    with session_scope(engine=engine) as s:
+        held = store.register_batch(s, [a, b], force=True, held_elsewhere=lambda batch_id: True)
+        assert s.get(Batch, first.batch_id).status == "interrupted"  # type: ignore[union-attr]
+        s.rollback()
+    with session_scope(engine=engine) as s:
+        second = store.register_batch(s, [a, b], force=True, held_elsewhere=lambda batch_id: False)
+        assert s.get(Batch, first.batch_id).status == "done"  # type: ignore[union-attr]
+    assert held.batch_id != first.batch_id and sorted(p for _, p in second.todo) == [a.path, b.path]
+    assert _per_content(engine) == {"a": [(first.batch_id, "done"), (second.batch_id, "pending")],
+                                    "b": [(second.batch_id, "pending")]}  # fmt: skip
+
+
+def test_unreadable_files_of_one_long_folder_are_two_documents(settings: Settings) -> None:
+    """The stand-in content of an unreadable file was its path cut to 64 characters: two files of a folder
+    whose path is that long were the same document, and the run ended in an internal error."""
+    engine = get_engine(settings)
+    folder = "/srv/scans/" + "branch-office-incoming" * 3
+    with session_scope(engine=engine) as s:
+        plan = store.register_batch(s, [])
+        for name in ("a.png", "b.png"):
+            store.record_unreadable(s, plan.batch_id, f"{folder}/{name}", "Permission denied")
+    with session_scope(engine=engine) as s:
+        docs = s.scalars(select(Document).where(Document.batch_id == plan.batch_id)).all()
+        assert sorted(d.path for d in docs) == [f"{folder}/a.png", f"{folder}/b.png"]
+        assert {d.status for d in docs} == {"failed"} and len({d.sha256 for d in docs}) == 2
+
+
+def test_a_resumed_batch_counts_the_time_of_all_its_runs(settings: Settings) -> None:
+    engine = get_engine(settings)
+    with session_scope(engine=engine) as s:
+        plan = store.register_batch(s, [store.InputFile("/scans/a.png", "a" * 64, 1)])
+        store.finish_batch(s, plan.batch_id, seconds=2.0, interrupted=True, add_seconds=True)
+        store.finish_batch(s, plan.batch_id, seconds=1.5, add_seconds=True)
+        assert s.get(Batch, plan.batch_id).seconds == pytest.approx(3.5)  # type: ignore[union-attr]
+        store.finish_batch(s, plan.batch_id, seconds=1.0)  # the distributed mode's wall time: as it is
+        assert s.get(Batch, plan.batch_id).seconds == pytest.approx(1.0)  # type: ignore[union-attr]
+
+
 def _registrations_take_turns(engine: Engine) -> None:
     """Two runs of one submission registering at the same moment: the second's registration waits for
     the first's to commit (`hold_registration`), so it resumes the first's batch instead of making a

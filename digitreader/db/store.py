@@ -7,7 +7,9 @@ gives one. Storing a document's results is idempotent: it replaces whatever that
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+import os
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -165,6 +167,15 @@ def register_batch(
             # The same submission: the batch holds its files, but for those that other batches had
             # read already when it was created (skipped then, and now).
             if batch_shas and batch_shas <= shas and (shas - batch_shas) <= done_in.keys():
+                # Pending here but read since by another batch (a run in between that made a batch of
+                # its own, a file having arrived): read there, not again here.
+                gone = [d for d in docs if d.status in PENDING_DOCUMENT and d.sha256 in done_in]
+                if gone and batch.mode == "embedded" and mode == "embedded":
+                    _drop_pending(session, [d.id for d in gone])
+                    for d in sorted(gone, key=lambda d: unique[d.sha256].path):
+                        skipped.append(SkippedFile(unique[d.sha256].path, d.sha256, "processed", done_in[d.sha256]))
+                    log.info("batch %s: %d pending document(s) read by other batches since", batch.id, len(gone))
+                    docs = [d for d in docs if d not in gone]
                 # The files are opened where this submission found them (the stored path is for people:
                 # see db_text; and a folder moved since still resumes).
                 todo: list[tuple[int, str]] = [
@@ -188,6 +199,8 @@ def register_batch(
         for sha, batch_id in _being_read(session, _chunks(unique), held_elsewhere).items():
             f = unique.pop(sha)
             skipped.append(SkippedFile(f.path, sha, "in_progress", batch_id))
+    if held_elsewhere is not None and mode == "embedded" and unique:
+        _take_over_pending(session, _chunks(unique), held_elsewhere)
 
     batch = Batch(
         status="running",
@@ -265,6 +278,52 @@ def _being_read(
         )
     held = {b for b in set(pending.values()) if held_elsewhere(b)}
     return {sha: b for sha, b in pending.items() if b in held}
+
+
+def _take_over_pending(
+    session: Session, chunks: Sequence[Sequence[str]], held_elsewhere: Callable[[int], bool]
+) -> None:
+    """A new batch is about to read these contents: where one is still pending in an unfinished
+    embedded batch that no run is reading (interrupted, and not resumed because the submission has
+    changed since: a file arrived, one cannot be read, `--force`), that document leaves the old batch,
+    which would otherwise read it again when its own submission is run again (the same scan in two
+    batches), or stay "interrupted" for ever. An old batch left with nothing pending is closed."""
+    rows: list[tuple[int, int]] = []
+    for chunk in chunks:
+        rows += session.execute(
+            select(Document.id, Document.batch_id)
+            .join(Batch, Batch.id == Document.batch_id)
+            .where(
+                Document.sha256.in_(chunk),
+                Document.status.in_(PENDING_DOCUMENT),
+                Batch.status.in_(UNFINISHED_BATCH),
+                Batch.mode == "embedded",
+            )
+        ).all()
+    by_batch: dict[int, list[int]] = {}
+    for doc_id, batch_id in rows:
+        by_batch.setdefault(batch_id, []).append(doc_id)
+    for batch_id, ids in sorted(by_batch.items()):
+        if held_elsewhere(batch_id):  # another run reads it now (a `--force` run beside it)
+            continue
+        _drop_pending(session, ids)
+        log.info("batch %s: %d pending document(s) taken over by a new batch", batch_id, len(ids))
+        if not session.scalar(
+            select(func.count()).where(Document.batch_id == batch_id, Document.status.in_(PENDING_DOCUMENT))
+        ):
+            status = _final_status(document_counts(session, batch_id), interrupted=False)
+            session.execute(update(Batch).where(Batch.id == batch_id).values(status=status, finished_at=utcnow()))
+
+
+def _drop_pending(session: Session, ids: Sequence[int]) -> None:
+    """Remove documents never read (pending: no page stored) from their batch."""
+    for i in range(0, len(ids), IN_CHUNK):
+        chunk = list(ids[i : i + IN_CHUNK])
+        session.execute(delete(Page).where(Page.document_id.in_(chunk)))
+        session.execute(
+            delete(Document).where(Document.id.in_(chunk), Document.status.in_(PENDING_DOCUMENT)),
+            execution_options={"synchronize_session": False},
+        )
 
 
 def hold_registration(session: Session) -> None:
@@ -345,7 +404,10 @@ def take_over_batch(session: Session, batch_id: int) -> tuple[set[int], str]:
 
 def record_unreadable(session: Session, batch_id: int, path: str, reason: str) -> None:
     """A file that could not even be read (permissions, gone): a failed document of the batch."""
-    doc = Document(batch_id=batch_id, path=db_text(path), sha256=f"unreadable:{db_text(path)}"[:64], status="pending")
+    # A stand-in for the content no one could read, one per path (the path cut to fit made two files of
+    # one long folder the same document: a unique-constraint error that ended the whole run).
+    stand_in = "unreadable:" + hashlib.sha256(os.fsencode(path)).hexdigest()[:53]
+    doc = Document(batch_id=batch_id, path=db_text(path), sha256=stand_in, status="pending")
     session.add(doc)
     session.flush()
     store_document_failure(session, doc.id, "unreadable", f"{path}: {reason}")
@@ -518,21 +580,34 @@ def store_document_failure(
     )
 
 
-def finish_batch(session: Session, batch_id: int, *, seconds: float | None = None, interrupted: bool = False) -> str:
-    """Set the batch's final status from its documents: done, partial, failed (or interrupted)."""
-    counts = document_counts(session, batch_id)
+def _final_status(counts: dict[str, int], *, interrupted: bool) -> str:
     total = sum(counts.values())
     failed = counts.get("failed", 0)
     pending = sum(counts.get(s, 0) for s in PENDING_DOCUMENT)
     if interrupted or pending:
-        status = "interrupted"
-    elif failed and failed == total:
-        status = "failed"
-    elif failed:
-        status = "partial"
-    else:
-        status = "done"
-    values: dict[str, Any] = {"status": status, "seconds": seconds}
+        return "interrupted"
+    if failed and failed == total:
+        return "failed"
+    return "partial" if failed else "done"
+
+
+def finish_batch(
+    session: Session,
+    batch_id: int,
+    *,
+    seconds: float | None = None,
+    interrupted: bool = False,
+    add_seconds: bool = False,
+) -> str:
+    """Set the batch's final status from its documents: done, partial, failed (or interrupted).
+
+    `add_seconds`: `seconds` is this run's time on the batch, added to what earlier runs spent on it
+    (a batch resumed after a stop: its time is all its runs' time)."""
+    status = _final_status(document_counts(session, batch_id), interrupted=interrupted)
+    spent: Any = seconds
+    if add_seconds and seconds is not None:
+        spent = func.coalesce(Batch.seconds, 0.0) + seconds
+    values: dict[str, Any] = {"status": status, "seconds": spent}
     if status != "interrupted":
         values["finished_at"] = utcnow()
     session.execute(update(Batch).where(Batch.id == batch_id).values(**values))
