@@ -101,6 +101,9 @@ class PageCut:
     #: Degrees clockwise the page as submitted was turned to be read (0, 90, 180, 270): a page scanned
     #: upside down or sideways (`orient.py`). Boxes stay in the coordinates of the page as submitted.
     rotation: int = 0
+    #: No ink at all: a blank sheet inside a multi-page document (the back of a form scanned duplex, a
+    #: separator sheet), kept as a page with no field. A document of blank pages only fails (`blank_page`).
+    blank: bool = False
 
     def crops(self) -> np.ndarray:
         """All non-blank crops of the page in field/position order, (N, 28, 28) uint8."""

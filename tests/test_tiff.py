@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from digitreader.errors import InputError
 from digitreader.pipeline import tiff
 from digitreader.pipeline.load import load_pages
 from digitreader.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SHORT, LONG, RATIONAL = 3, 4, 5
 
@@ -187,3 +190,35 @@ def test_a_strip_damaged_past_its_header_fails_its_page(tmp_path: Path, page: np
     tiff._check_stream(stream[: len(stream) // 2], 0)  # cut short
     with pytest.raises(tiff.DamagedStrip, match="strip 3"):
         tiff._check_stream(bytes(broken[start : start + len(stream)]), 2)
+
+
+def _blank_sheet_tiff(to: Path, blank_at: Sequence[int], count: int) -> Path:
+    """A multi-page TIFF of the sample form with blank white sheets at the 1-based `blank_at`."""
+    form = Image.open(ROOT / "examples" / "scans" / "scan-0003-00001.png").convert("L")
+    sheets = [Image.new("L", form.size, 255) if n in blank_at else form for n in range(1, count + 1)]
+    sheets[0].save(to, save_all=True, append_images=sheets[1:], compression="tiff_deflate")
+    return to
+
+
+def test_a_blank_sheet_inside_a_multi_page_document_is_a_page_with_no_field(tmp_path: Path) -> None:
+    """The back of a form scanned duplex: before, the whole document failed `blank_page`."""
+    from digitreader.pipeline.document import join_parts, segment_document
+    from workers.codec import decode_cut, encode_cut
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    cut = segment_document(_blank_sheet_tiff(tmp_path / "duplex.tif", (2,), 3), settings)
+    assert not cut.failed, cut.error_message
+    assert [(p.number, p.blank, bool(p.fields)) for p in cut.pages] == [
+        (1, False, True),
+        (2, True, False),
+        (3, False, True),
+    ]
+    assert cut.pages[1].fields == () and len(cut.strips) == 3 and decode_cut(encode_cut(cut)).pages[1].blank
+    # Blank sheets only: the document fails, as one blank page does.
+    only = segment_document(_blank_sheet_tiff(tmp_path / "blank.tif", (1, 2), 2), settings)
+    assert only.error_code == "blank_page" and only.pages == ()
+    # Read in parts (a long document): judged once joined.
+    parts = [segment_document(tmp_path / "blank.tif", settings, pages=(n, n)) for n in (1, 2)]
+    assert not any(p.failed for p in parts) and join_parts(parts).error_code == "blank_page"
+    mixed = [segment_document(tmp_path / "duplex.tif", settings, pages=(n, n)) for n in (1, 2)]
+    assert [p.number for p in join_parts(mixed).pages] == [1, 2]

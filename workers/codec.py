@@ -55,7 +55,7 @@ def encode_cut(cut: DocumentCut, level: int = 1) -> bytes:
                            "length": f.length, "pattern": f.pattern})  # fmt: skip
         pages.append({"number": p.number, "width": p.width, "height": p.height, "skew": float(p.skew_degrees),
                       "rotation": int(p.rotation), "timings": {k: float(v) for k, v in p.timings.items()},
-                      "fields": fields})  # fmt: skip
+                      "fields": fields, **({"blank": True} if p.blank else {})})  # fmt: skip
     strips: list[list[Any]] = []
     strip_bytes: list[bytes] = []
     for page_strips in cut.strips:
@@ -113,7 +113,7 @@ def decode_cut(blob: bytes) -> DocumentCut:
                                    length=f["length"], pattern=f["pattern"]))  # fmt: skip
         pages.append(PageCut(number=p["number"], width=p["width"], height=p["height"], fields=tuple(fields),
                              skew_degrees=p["skew"], timings=dict(p["timings"]),
-                             rotation=int(p.get("rotation", 0))))  # fmt: skip
+                             rotation=int(p.get("rotation", 0)), blank=bool(p.get("blank", False))))  # fmt: skip
     if row != count:
         raise CodecError(f"corrupt document cut: {count} crops, {row} used")
     code, message, trace = head.get("error") or (None, None, None)

@@ -211,6 +211,7 @@ def segment_document(
     timings: dict[str, float] = {"decode": 0.0, "segment": 0.0}
     cuts: list[PageCut] = []
     said: list[str] = []  # the decoders' messages (`decoder_messages`)
+    blank: InputError | None = None  # the first blank page's
     strips: list[tuple[FieldStrip | None, ...]] = []
     timings["strips"] = 0.0
     try:
@@ -227,13 +228,21 @@ def segment_document(
                 if page is None:
                     break
                 t = time.perf_counter()
-                cuts.append(segment_page(page, settings, template=template, model_path=model_path))
+                try:
+                    cuts.append(segment_page(page, settings, template=template, model_path=model_path))
+                except InputError as exc:
+                    if exc.code != "blank_page":
+                        raise
+                    blank = blank or exc  # judged once every page is read: a document of blank pages fails
+                    cuts.append(PageCut(page.number, page.width, page.height, (), blank=True))
                 t1 = time.perf_counter()
                 timings["segment"] += t1 - t
                 strips.append(field_strips(page.gray, cuts[-1]))
                 timings["strips"] += time.perf_counter() - t1
         if not cuts:
             raise InputError("the document has no pages", path=path, code="empty_file")
+        if blank is not None and pages is None and all(c.blank for c in cuts):
+            raise blank  # one blank sheet, or only blank ones: as before, the document fails
     except _DocumentTimeout:
         part = f" of pages {pages[0]}-{pages[1]}" if pages else ""
         msg = (
@@ -325,6 +334,9 @@ def join_parts(parts: Sequence[DocumentCut]) -> DocumentCut:
             return DocumentCut(p.path, (), p.error_code, p.error_message, count, seconds, timings, p.traceback)
         before += len(p.pages)
     pages = tuple(page for p in parts for page in p.pages)
+    if pages and all(p.blank for p in pages):
+        msg = f"{parts[0].path}: every page is blank (no ink found)"
+        return DocumentCut(parts[0].path, (), "blank_page", msg, len(pages), seconds, timings)
     strips = tuple(s for p in parts for s in p.strips) if all(len(p.strips) == len(p.pages) for p in parts) else ()
     said = tuple(w for p in parts for w in p.warnings)
     joined = DocumentCut(parts[0].path, pages, None, None, len(pages), seconds, timings, strips=strips, warnings=said)
