@@ -151,11 +151,13 @@ def export_json(session: Session, batch_id: int) -> dict[str, Any]:
 
 
 def csv_rows(session: Session, batch_id: int) -> Iterator[dict[str, Any]]:
-    """One row per field; a failed document gets one row with its error and empty field columns."""
+    """One row per field; a document with no field gets one row with empty field columns: a failed
+    one with its error, and one read with none found (a page of printed text) too, so that every
+    document of the batch has a row."""
     batch = get_batch(session, batch_id)
     for doc in _documents(session, batch.id):
         base = {"batch": batch.id, "document": doc.path, "sha256": doc.sha256, "status": doc.status}
-        if doc.status == "failed" or not doc.pages:
+        if doc.status == "failed" or not any(p.fields for p in doc.pages):
             err = f"{doc.error_code}: {doc.error_message}" if doc.status == "failed" else ""
             yield {
                 **base,

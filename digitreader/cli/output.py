@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import stat
 import sys
-from typing import Any
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -17,6 +22,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from digitreader.errors import UsageError
 
 #: Logs, progress and summaries: stderr. stdout is for data only.
 err = Console(stderr=True)
@@ -66,18 +73,74 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def _mode_for(path: Path) -> int:
+    """The mode `output_file` gives `path`: an existing file's own, else what the umask leaves of
+    0666 (what `> FILE` gives it). The umask can only be read by setting it: no thread of these
+    commands creates files meanwhile."""
+    try:
+        st = path.stat()
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except OSError:
+        pass  # a new file
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def output_file(path: Path) -> Iterator[TextIO]:
+    """A file the user named (`export -o`, `predict -o`), written whole or not at all: the text goes
+    to a temporary file beside it, which replaces it once the block ends without an error, so a reader
+    never sees half a file and a command that fails leaves the old one. Folders on the way are made. A
+    new file gets the mode the umask gives, a file replaced keeps its mode. A folder named, or a place
+    that cannot be written, is a `UsageError` (exit 2) that says why, never a traceback."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name")
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _mode_for(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            os.fchmod(fd, mode)  # mkstemp's is 0600, whatever the umask
+            yield fh
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp is not None:  # failed or interrupted: no temporary file left behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def shown(text: str) -> str:
+    """`text` (a path, or a message naming one) as digitreader shows it: a file name that is not valid
+    UTF-8 reaches Python with surrogates, and each such byte is shown as `\\xNN` ("scan-\\xff.png"), as
+    the database stores it (`db.store.db_text`, the same rule, without loading the database here), so
+    `submit`'s lines name a file as `status` and the export do. Valid text, and text shown so
+    already, is returned unchanged."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def warning_line(path: str, warnings: list[str] | tuple[str, ...]) -> str:
     """A document read from damaged image data in one line: `PATH: damaged image data, read as far as
     it decodes: FIRST MESSAGE (and N more)`."""
     more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
-    return f"{path}: damaged image data, read as far as it decodes: {warnings[0] if warnings else ''}{more}"
+    first = shown(warnings[0]) if warnings else ""
+    return f"{shown(path)}: damaged image data, read as far as it decodes: {first}{more}"
 
 
 def failure_line(path: str, code: str | None, message: str | None) -> str:
     """A failed document in one line, `PATH: CODE: MESSAGE`, its message without the path it starts
     with: the loaders' errors name their file ("a.png: the file is empty (0 bytes)"), and one of a
-    page keeps the page ("a.pdf (page 2): ..." -> "a.pdf: truncated: page 2: ...")."""
-    msg = message or ""
+    page keeps the page ("a.pdf (page 2): ..." -> "a.pdf: truncated: page 2: ..."). A name that is not
+    valid UTF-8 is shown with `\\xNN` escapes (`shown`)."""
+    path, msg = shown(path), shown(message or "")
     if msg.startswith(path):
         rest = msg[len(path) :]
         if rest.startswith(": "):

@@ -103,8 +103,34 @@ def leave_unsettled(files: Sequence[Path], seconds: float) -> tuple[list[Path], 
     return [p for p in files if p not in too_new], too_new
 
 
+def _scans_in(folder: Path) -> list[Path]:
+    """The scan files below `folder`, sorted: searched recursively through symlinked folders too, each
+    real folder once (a link back to a folder above ends), leaving out hidden files and folders
+    (names starting with "."). Only names below `folder` count: the parts of `folder` itself
+    (`..`, `~/.scans`) are the user's to choose."""
+    found: list[Path] = []
+    visited: set[tuple[int, int]] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(top)
+        except OSError:  # gone since it was listed
+            dirs.clear()
+            continue
+        if (st.st_dev, st.st_ino) in visited:  # reached again through a link: read once
+            dirs.clear()
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # sorted: which link reads a folder is stable
+        for name in files:
+            q = Path(top, name)
+            if not name.startswith(".") and q.suffix.lower() in SCAN_SUFFIXES and q.is_file():
+                found.append(q)
+    return sorted(found)
+
+
 def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
-    """Files named by `paths`: files as given, folders searched recursively for scans, globs expanded.
+    """Files named by `paths`: files as given, folders searched recursively for scans (`_scans_in`),
+    globs expanded (a folder a glob matches is searched as a folder named).
 
     Order: as given, folders and globs sorted; each file once. Raises `UsageError` for a path that
     does not exist or a glob/folder that matches nothing.
@@ -118,32 +144,31 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
             seen.add(key)
             out.append(p)
 
+    types = f"file types: {', '.join(sorted(SCAN_SUFFIXES))}"
     for raw in paths:
         p = Path(raw).expanduser()
+        name = store.db_text(str(raw))  # in an error as everywhere: a byte that is not UTF-8 as \xNN
         if p.is_file():
             add(p)
         elif p.is_dir():
-            found = sorted(
-                q
-                for q in p.rglob("*")
-                if q.is_file() and q.suffix.lower() in SCAN_SUFFIXES and not any(s.startswith(".") for s in q.parts)
-            )
+            found = _scans_in(p)
             if not found:
-                raise UsageError(
-                    f"no scans found in folder {p}", hint=f"file types: {', '.join(sorted(SCAN_SUFFIXES))}"
-                )
+                raise UsageError(f"no scans found in folder {store.db_text(str(p))}", hint=types)
             for q in found:
                 add(q)
         elif glob.has_magic(str(raw)):
-            matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file())
+            matched = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
+            if not matched:
+                raise UsageError(f"no files match {name}")
+            matches = [f for m in matched for f in ([m] if m.is_file() else _scans_in(m) if m.is_dir() else [])]
             if not matches:
-                raise UsageError(f"no files match {raw}")
+                raise UsageError(f"no scans match {name}", hint=types)
             for q in matches:
                 add(q)
         elif p.exists():  # a FIFO, a socket, a device: reading it could block or never end
-            raise UsageError(f"not a regular file or folder: {raw}", hint="name the scan files, or their folder")
+            raise UsageError(f"not a regular file or folder: {name}", hint="name the scan files, or their folder")
         else:
-            raise UsageError(f"no such file or folder: {raw}")
+            raise UsageError(f"no such file or folder: {name}")
     return out
 
 
@@ -382,7 +407,7 @@ def process_batch(
             try:
                 with _signals_held(), session_scope(engine=engine) as s:
                     report.status = store.finish_batch(
-                        s, plan.batch_id, seconds=report.seconds, interrupted=interrupted
+                        s, plan.batch_id, seconds=report.seconds, interrupted=interrupted, add_seconds=True
                     )
             except Exception:
                 if not interrupted:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import tempfile
 from enum import StrEnum
 from pathlib import Path
 
 import typer
 
-from digitreader.cli.output import err
-from digitreader.errors import UsageError
+from digitreader.cli.output import err, output_file
 from digitreader.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +30,8 @@ def export(
 
     JSON follows the "digitreader.results/v1" shape described in the README; boxes are in pixels of
     the page as submitted. CSV has one row per field (document, page, field, value, confidence,
-    flag); a failed document gets one row with its error.
+    flag); a document with no field gets one row with empty field columns (a failed one with its
+    error).
 
     Example:  digitreader export 12 --format csv -o results.csv
     """
@@ -55,17 +53,8 @@ def export(
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    if output.is_dir():
-        raise UsageError(f"{output} is a folder; give a file name")
-    # Write atomically: a reader never sees half a file.
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, output)
-    except OSError as exc:
-        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    with output_file(output) as fh:  # whole or not at all; the umask's mode, or the old file's
+        fh.write(text)
     err.print(f"wrote {output}", highlight=False)
 
 

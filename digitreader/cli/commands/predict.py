@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import sys
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from digitreader.cli.output import err, print_json, warning_line
+from digitreader.cli.output import err, output_file, print_json, warning_line
 from digitreader.errors import DigitreaderError, ExitCode, InputError, UsageError
 from digitreader.settings import get_settings
 
@@ -106,12 +107,12 @@ def predict(
     if kaggle_csv is not None:
         _kaggle(predictor, kaggle_csv, output)
         return
-    out = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
-    writer = csv.writer(out) if fmt == "csv" else None
-    if writer:
-        writer.writerow(CSV_FIELDS)
     ok = failed = 0
-    try:
+    # A file is written whole or not at all, and a place that cannot be written is a usage error (exit 2).
+    with output_file(output) if output else contextlib.nullcontext(sys.stdout) as out:
+        writer = csv.writer(out) if fmt == "csv" else None
+        if writer:
+            writer.writerow(CSV_FIELDS)
         files = list(iter_images(inputs))
         for start in range(0, len(files), batch):
             crops, names = [], []
@@ -139,13 +140,9 @@ def predict(
                 else:
                     print_json(row)
             ok += len(names)
-    finally:
-        if output:
-            out.close()
-        else:
-            out.flush()
-    if ok + failed == 0:
-        raise InputError("no image files found in the given paths", code="empty_file")
+        if ok + failed == 0:  # inside: a file named is left as it was
+            raise InputError("no image files found in the given paths", code="empty_file")
+        out.flush()
     if failed:
         err.print(f"{failed} of {ok + failed} files could not be read")
         raise typer.Exit(int(ExitCode.INPUT if ok == 0 else ExitCode.PARTIAL))
@@ -157,14 +154,11 @@ def _kaggle(predictor: Predictor, path: Path, output: Path | None) -> None:
     ds = load_kaggle_csv(path)
     logits = predictor.logits(ds.images)
     labels = logits[:, :10].argmax(axis=1)  # a Kaggle submission needs a digit for every row
-    out = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
-    try:
+    with output_file(output) if output else contextlib.nullcontext(sys.stdout) as out:
         w = csv.writer(out)
         w.writerow(["ImageId", "Label"])
         w.writerows([i + 1, int(lab)] for i, lab in enumerate(labels))
-    finally:
-        if output:
-            out.close()
+        out.flush()
     err.print(f"{len(labels)} rows written{' to ' + str(output) if output else ''}")
 
 
