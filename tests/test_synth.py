@@ -139,6 +139,17 @@ def test_cli_synth(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPat
     get_settings.cache_clear()
 
 
+def test_cli_synth_into_a_folder_it_cannot_make_is_a_usage_error(tmp_path: Path, data_dir: Path) -> None:
+    """Before: a traceback and "internal error (please report it)", exit 1."""
+    from digitreader.cli.main import main
+
+    (tmp_path / "file").write_text("not a folder")
+    for where in (tmp_path / "file" / "scans", Path("/proc/digitreader-nope/scans")):
+        with pytest.raises(SystemExit) as info:
+            main(["synth", str(where), "--pages", "1", "--data-dir", str(data_dir)])
+        assert info.value.code == 2
+
+
 def test_matching_rule_both_ways_nearest_first() -> None:
     """The one matching rule of the benchmarks and the page crops (`digitreader.synth.score`)."""
     from digitreader.synth.score import best_match, centre_in, matches
