@@ -139,7 +139,7 @@ def test_cli_synth(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPat
     get_settings.cache_clear()
 
 
-def test_cli_synth_into_a_folder_it_cannot_make_is_a_usage_error(tmp_path: Path, data_dir: Path) -> None:
+def test_synth_and_train_into_a_folder_they_cannot_make_are_usage_errors(tmp_path: Path, data_dir: Path) -> None:
     """Before: a traceback and "internal error (please report it)", exit 1."""
     from digitreader.cli.main import main
 
@@ -147,6 +147,10 @@ def test_cli_synth_into_a_folder_it_cannot_make_is_a_usage_error(tmp_path: Path,
     for where in (tmp_path / "file" / "scans", Path("/proc/digitreader-nope/scans")):
         with pytest.raises(SystemExit) as info:
             main(["synth", str(where), "--pages", "1", "--data-dir", str(data_dir)])
+        assert info.value.code == 2
+    for command in (["train", "--epochs", "1", "--limit", "100"], ["train", "--finalize-only"]):
+        with pytest.raises(SystemExit) as info:
+            main([*command, "--out", str(tmp_path / "file" / "run")])  # refused before any training
         assert info.value.code == 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import stat
@@ -113,6 +114,17 @@ def output_file(path: Path) -> Iterator[TextIO]:
         if tmp is not None:  # failed or interrupted: no temporary file left behind
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def writable_folder(path: Path) -> None:
+    """Make the folder a command writes into (`synth`, `train --out`), or say why it cannot be written
+    (`UsageError`, exit 2) before any work is done, rather than fail later with a traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    except OSError as exc:
+        raise UsageError(f"cannot write to {path}: {exc.strerror or exc}") from exc
 
 
 def shown(text: str) -> str:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 from pathlib import Path
 
 import typer
 
-from digitreader.cli.output import err, progress
+from digitreader.cli.output import err, progress, writable_folder
 from digitreader.errors import UsageError
 from digitreader.settings import get_settings
 
@@ -63,12 +61,7 @@ def synth(
     if layout is not None and layout not in FORM_LAYOUTS:
         raise UsageError(f"--layout must be one of {', '.join(FORM_LAYOUTS)}, not {layout!r}")
     source_dir = data_dir or get_settings().data_dir
-    try:  # a folder that cannot be made or written: said so, not a traceback
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(out_dir, os.W_OK):
-            raise PermissionError(errno.EACCES, "Permission denied")
-    except OSError as exc:
-        raise UsageError(f"cannot write to {out_dir}: {exc.strerror or exc}") from exc
+    writable_folder(out_dir)
     with progress(transient=True) as bar:
         task = bar.add_task("generating", total=pages)
         files = generate(

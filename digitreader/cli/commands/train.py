@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from digitreader.cli.output import err, print_json, progress
+from digitreader.cli.output import err, print_json, progress, writable_folder
 from digitreader.errors import MissingDependencyError, UsageError
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ def train(
     if augment not in (None, "scan", "shift15", "none"):
         raise UsageError("--augment must be scan, shift15 or none")
     _require_torch()
+    writable_folder(out)  # before minutes of training, not after
     if with_corrections:
         from training.corrections import retrain_cli
 
