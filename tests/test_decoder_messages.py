@@ -186,13 +186,13 @@ def test_submit_names_the_damaged_scan_and_keeps_its_warning(alone: bool, isolat
     docs = {Path(d["path"]).name: d for d in json.loads(_cli(["export", batch], env).stdout)["documents"]}
     assert docs["damaged.jpg"]["warnings"] == [f"page 1: {LIBJPEG}"] and docs["damaged.jpg"]["pages"][0]["fields"]
     assert alone or docs["whole.png"]["warnings"] == []
-    # Each field of the damaged page with a digit read is flagged for a look at the paper; the whole
-    # scan beside it is not.
+    # Each field of the damaged page with a cell is flagged for a look at the paper; the whole scan
+    # beside it is not.
     fields = docs["damaged.jpg"]["pages"][0]["fields"]
     assert docs["damaged.jpg"]["status"] == "needs_review"
-    read = [f for f in fields if any(d["label"] is not None for d in f["digits"])]
-    assert read and all("damaged_image" in f["flags"] and f["needs_review"] for f in read)
-    assert all("damaged_image" not in f["flags"] for f in fields if f not in read)
+    cells = [f for f in fields if f["digits"]]
+    assert cells and all("damaged_image" in f["flags"] and f["needs_review"] for f in cells)
+    assert all("damaged_image" not in f["flags"] for f in fields if f not in cells)
     assert alone or not [f for p in docs["whole.png"]["pages"] for f in p["fields"] if "damaged_image" in f["flags"]]
     rows = list(csv.DictReader(io.StringIO(_cli(["export", batch, "--format", "csv"], env).stdout)))
     assert {r["warnings"] for r in rows if r["document"] == str(bad)} == {f"page 1: {LIBJPEG}"}

@@ -87,16 +87,22 @@ def test_empty_field_and_mismatched_recognition() -> None:
         assemble_page(_page(f), np.zeros((1, 11), np.float32), threshold=0.9)
 
 
-def test_a_page_read_from_damaged_data_flags_each_field_it_read_a_digit_in() -> None:
-    """Sure digits of a page whose decoder reported damaged data still need a look at the paper; a field
-    of blank cells only is left alone (no digit a reviewer could check). The same page whole: nothing."""
+def test_a_page_read_from_damaged_data_flags_each_field_with_a_cell() -> None:
+    """Sure digits of a page whose decoder reported damaged data still need a look at the paper, and so
+    does a field of blank cells only: on the lost part of a page it reads empty whatever the paper holds
+    (before, it was left unflagged, and the document could be `done` with the field silently empty). A
+    field with no cell at all (a string field where nothing was cut) has nothing to show a reviewer and
+    stays unflagged. The same page whole: nothing."""
     sure = FieldCut("account", "boxes", (0, 0, 60, 20), (_slot(0), _slot(1), _slot(2, blank=True)), length=2)
-    empty = FieldCut("optional", "boxes", (0, 30, 60, 20), (_slot(0, blank=True),))
+    empty = FieldCut("optional", "boxes", (0, 30, 60, 20), (_slot(0, blank=True), _slot(1, blank=True)))
+    nothing = FieldCut("note", "string", (0, 60, 60, 20), ())
     probs = np.stack([_onehot(4, 0.999), _onehot(2, 0.999)])
-    page = assemble_page(_page(sure, empty), Probs(probs), threshold=0.9, damaged=True)
-    read, blank = page.fields
+    page = assemble_page(_page(sure, empty, nothing), Probs(probs), threshold=0.9, damaged=True)
+    read, blank, none = page.fields
     assert read.value == "42" and read.flags == (FLAG_DAMAGED,) and read.needs_review
     assert not any(d.needs_review for d in read.digits)  # the digits themselves read surely
-    assert blank.flags == () and not blank.needs_review
+    assert blank.value == "" and blank.flags == (FLAG_DAMAGED,) and blank.needs_review
+    assert all(d.blank and not d.needs_review for d in blank.digits)
+    assert none.digits == () and none.flags == () and not none.needs_review
     assert page.needs_review
-    assert not assemble_page(_page(sure, empty), Probs(probs), threshold=0.9).needs_review
+    assert not assemble_page(_page(sure, empty, nothing), Probs(probs), threshold=0.9).needs_review

@@ -351,7 +351,190 @@ def test_web_token_required_off_loopback(rsettings: Settings) -> None:
                     base_url="http://review.example")  # fmt: skip
     r = c2.get("/?token=a-long-enough-token", follow_redirects=False)
     assert r.status_code == 303 and "token" not in r.headers["location"]
-    assert c2.get("/").status_code == 200
+    assert c2.get("/", follow_redirects=False).headers["location"].startswith("/login")  # the name first
+
+
+def _login(c: TestClient, origin: str, name: str, token: str | None = None) -> dict[str, str]:
+    """Log in through the form; returns the headers a POST of this session needs."""
+    csrf = _csrf(c.get("/login").text)
+    form = {"csrf_token": csrf, "name": name, **({"token": token} if token else {})}
+    r = c.post("/login", data=form, headers={"Origin": origin}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return {"Origin": origin, "X-CSRF-Token": csrf}
+
+
+def test_login_with_a_token_asks_each_clerk_for_a_name(rsettings: Settings) -> None:
+    """With a token, the login form offers no name (before: the server's default reviewer, pre-filled, so
+    clerks who kept it shared one identity and undid each other's corrections) and refuses an empty one;
+    a `?token=` link asks the name before the page. Loopback without a token keeps the default."""
+    origin, token = "http://review.example", "a-long-enough-token"
+    app = create_app(rsettings, token=token, loopback_only=False, secret_key="k")
+    c = TestClient(app, base_url=origin)
+    form = c.get("/login").text
+    assert '<input name="name" value=""' in form and "required" in form.split('name="name"', 1)[1].split(">", 1)[0]
+    assert 'value="tester"' not in form
+    csrf = _csrf(form)
+    r = c.post("/login", data={"csrf_token": csrf, "token": token, "name": "  "}, headers={"Origin": origin})
+    assert r.status_code == 400 and "type your name" in r.text
+    assert c.get("/", follow_redirects=False).status_code == 303  # not logged in
+    # Two clerks, each under their own name: `u` takes back one's own correction only.
+    ana, bob = TestClient(app, base_url=origin), TestClient(app, base_url=origin)
+    ha, hb = _login(ana, origin, "ana", token), _login(bob, origin, "bob", token)
+    items = ana.get("/api/queue").json()["items"]
+    assert (
+        ana.post("/api/label", json={"digit_id": items[0]["digit_id"], "label": "1"}, headers=ha).json()["reviewer"]
+        == "ana"
+    )
+    assert (
+        bob.post("/api/label", json={"digit_id": items[1]["digit_id"], "label": "2"}, headers=hb).json()["reviewer"]
+        == "bob"
+    )
+    assert ana.post("/api/undo", headers=ha).json()["digit_id"] == items[0]["digit_id"]
+    # A link with the token logs in, then asks the name (no token field) before any page.
+    link = TestClient(app, base_url=origin)
+    r = link.get(f"/grid?batch=1&token={token}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?") and token not in r.headers["location"]
+    assert link.get("/", follow_redirects=False).headers["location"].startswith("/login")
+    form = link.get("/login").text
+    assert 'name="token"' not in form and '<input name="name" value=""' in form
+    r = link.post("/login?next=/grid", data={"csrf_token": _csrf(form), "name": "carol"}, headers={"Origin": origin},
+                  follow_redirects=False)  # fmt: skip
+    assert r.status_code == 303 and r.headers["location"] == "/grid"
+    assert "reviewer: carol" in link.get("/").text
+    # Loopback without a token: no login needed, the form offers the default name as before.
+    assert '<input name="name" value="tester">' in _client(rsettings).get("/login").text
+
+
+def test_web_refuses_malformed_labels_and_ids(
+    rsettings: Settings, processed: tuple[Path, int], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """JSON true/false, "10", a missing form label, a digit id true or 44.9 are refused with 400 (before:
+    'True847' in the field's value, "10" and a missing form label meant blank, true meant digit 1, 44.9
+    digit 44); an id no row can have is 404 (before: a 500)."""
+    c = _client(rsettings)
+    page = c.get(f"/?batch={processed[1]}")
+    h = {"Origin": "http://127.0.0.1:8765", "X-CSRF-Token": _csrf(page.text)}
+    item = json.loads(page.text.split('id="queue-data">', 1)[1].split("</script>", 1)[0])["items"][0]
+    did = item["digit_id"]
+    for body, status, said in [
+        ({"digit_id": did, "label": True}, 400, "label true is not a digit"),
+        ({"digit_id": did, "label": False}, 400, "label false is not a digit"),
+        ({"digit_id": did, "label": "10"}, 400, "label '10'"),
+        ({"digit_id": did, "label": 10}, 400, "label 10 is not a digit"),
+        ({"digit_id": did, "label": 7.0}, 400, "label 7.0"),
+        ({"digit_id": did, "label": ""}, 400, "label ''"),
+        ({"digit_id": True, "label": "3"}, 400, "digit_id true is not a whole number"),
+        ({"digit_id": did + 0.9, "label": "3"}, 400, f"digit_id {did + 0.9} is not a whole number"),
+        ({"digit_id": 2**70, "label": "3"}, 404, f"digit {2**70} does not exist"),
+        ({"digit_id": did, "label": "3", "seen": True}, 400, "label true is not a digit"),
+        ({"label": "3"}, 400, "bad request"),
+        ([1, 2], 400, "bad request"),
+    ]:
+        r = c.post("/api/label", json=body, headers=h)
+        assert (r.status_code, said in r.json()["error"]) == (status, True), (body, r.text)
+    r = c.post("/label", data={"digit_id": str(did), "csrf_token": h["X-CSRF-Token"]},
+               headers={"Origin": h["Origin"]}, follow_redirects=False)  # fmt: skip
+    assert r.status_code == 400 and "type a digit 0-9" in r.text
+    r = c.post("/label", data={"digit_id": "1.5", "label": "3", "csrf_token": h["X-CSRF-Token"]},
+               headers={"Origin": h["Origin"]}, follow_redirects=False)  # fmt: skip
+    assert r.status_code == 400
+    assert c.get(f"/crop/{2**70}.png").status_code == 404 and c.get(f"/strip/{2**70}.png").status_code == 404
+    with session_scope(rsettings) as s:
+        assert not s.scalars(select(Correction)).all()
+        d = present(s.get(Digit, did))
+        assert (d.label, d.blank) == (item["label"], False)
+        with pytest.raises(NotFoundError):
+            service.undo(s, correction_id=2**70)
+    with pytest.raises(UsageError):
+        service.parse_label(True)
+    with pytest.raises(UsageError):
+        service.parse_label("10")
+    # The CLI: 10 is refused (before: blank), an id too big for the database is "not found" (before: a crash).
+    from digitreader.settings import get_settings
+
+    monkeypatch.setenv("DIGITREADER_HOME", str(rsettings.home))
+    monkeypatch.delenv("DIGITREADER_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        code, _, err = _cli(["review", "label", str(did), "10"], capsys)
+        assert code == ExitCode.USAGE and "label '10'" in err
+        assert _cli(["review", "label", str(2**70), "1"], capsys)[0] == ExitCode.NOT_FOUND
+        assert _cli(["review", "show", str(2**70)], capsys)[0] == ExitCode.NOT_FOUND
+    finally:
+        get_settings.cache_clear()
+
+
+def test_a_label_for_a_digit_changed_since_it_was_seen_is_refused(
+    rsettings: Settings, processed: tuple[Path, int]
+) -> None:
+    """A page loaded before another reviewer's correction sends the label it showed (`seen`): the server
+    refuses the overwrite (409, naming who changed it, with the current label) instead of replacing their
+    correction with the model's label. Without `seen` (the CLI) nothing is checked."""
+    origin = "http://127.0.0.1:8765"
+    app = create_app(rsettings, secret_key="k")
+    alice, bob = TestClient(app, base_url=origin), TestClient(app, base_url=origin)  # one server, two sessions
+    ha, hb = _login(alice, origin, "alice"), _login(bob, origin, "bob")
+    items = alice.get(f"/api/queue?batch={processed[1]}").json()["items"]
+    item = next(i for i in items if not i["non_digit"])
+    did, model = item["digit_id"], item["label"]
+    fix = (model + 1) % 10
+    assert (
+        bob.post("/api/label", json={"digit_id": did, "label": str(fix), "seen": model}, headers=hb).status_code == 200
+    )
+    r = alice.post("/api/label", json={"digit_id": did, "label": str(model), "seen": model}, headers=ha)
+    assert r.status_code == 409
+    assert r.json()["current"] == fix and r.json()["by"] == "bob" and "bob changed it" in r.json()["error"]
+    form = {"digit_id": str(did), "label": str(model), "seen": str(model), "csrf_token": ha["X-CSRF-Token"]}
+    r = alice.post("/label", data=form, headers={"Origin": origin}, follow_redirects=False)  # the no-JS form
+    assert r.status_code == 409 and "bob changed it" in r.text
+    with session_scope(rsettings) as s:
+        d = present(s.get(Digit, did))
+        assert d.label == fix and [c.reviewer for c in d.corrections] == ["bob"]
+    # Seen as it is now: stored.
+    r = alice.post("/api/label", json={"digit_id": did, "label": "x", "seen": fix}, headers=ha)
+    assert r.status_code == 200 and r.json()["old_label"] == fix
+    # Undone meanwhile: what alice saw (blank) is gone again.
+    assert alice.post("/api/undo", headers=ha).json()["digit_id"] == did
+    r = bob.post("/api/label", json={"digit_id": did, "label": "5", "seen": None}, headers=hb)
+    assert r.status_code == 409 and r.json()["current"] == fix
+    with session_scope(rsettings) as s:
+        with pytest.raises(service.ChangedMeanwhileError, match="alice changed it|bob changed it"):
+            service.apply_correction(s, did, 3, reviewer="carol", expected=model)
+        assert service.apply_correction(s, did, 3, reviewer="carol").old_label == fix  # unchecked (the CLI)
+
+
+def test_two_undos_of_one_correction_at_once(rsettings: Settings, processed: tuple[Path, int]) -> None:
+    """Two tabs (or two `review undo --any`) undo the same correction at once: the second reads it before
+    the first's commit, waits for the document's lock, then finds it gone: "nothing to undo" (404 on the
+    page), not a crash (before: `max() arg is an empty sequence`, a 500)."""
+    with session_scope(rsettings) as s:
+        it = service.list_queue(s, batch_id=processed[1])[0]
+        service.apply_correction(s, it.digit_id, (present(it.label) + 1) % 10, reviewer="ana", source="web")
+    errors: list[Exception] = []
+    first_in = threading.Event()
+
+    def second() -> None:
+        first_in.wait(timeout=60)
+        try:
+            with session_scope(rsettings) as s:
+                service.undo(s, reviewer="ana")
+        except Exception as exc:  # checked below
+            errors.append(exc)
+
+    other = threading.Thread(target=second)
+    other.start()
+    with session_scope(rsettings) as s:
+        res = service.undo(s, reviewer="ana")
+        first_in.set()
+        time.sleep(0.5)  # the second undo reads the correction, then waits for this one's commit
+    other.join(timeout=120)
+    assert res.digit_id == it.digit_id
+    assert len(errors) == 1 and isinstance(errors[0], NotFoundError), errors
+    assert "nothing to undo" in errors[0].message
+    with session_scope(rsettings) as s:
+        d = present(s.get(Digit, it.digit_id))
+        assert (d.label, d.needs_review, d.corrections) == (it.label, True, [])
 
 
 @pytest.mark.integration

@@ -134,9 +134,13 @@ def test_keyboard_labelling_updates_database(server: Any, page: Any) -> None:
 
     with session_scope(settings) as s:
         d1, d2, d3 = (present(s.get(Digit, i)) for i in (first, second, third))
-        model_second = next(q.label for q in queue if q.digit_id == second)
+        # Enter accepts the model's answer as the page shows it: this item the model takes for no
+        # digit (top-1 "x"), so Enter stores x, not its best digit (before: the digit, as accepted).
+        q2 = next(q for q in queue if q.digit_id == second)
+        assert q2.non_digit and q2.label is not None and q2.top3[0][0] == 10
+        model_second = None
         assert (d1.label, d1.needs_review) == (7, False)
-        assert (d2.label, d2.needs_review) == (model_second, False)
+        assert (d2.label, d2.blank, d2.needs_review) == (model_second, True, False)
         assert d3.needs_review and not d3.blank  # the x was undone
         rows = s.scalars(select(Correction).order_by(Correction.id)).all()
         assert [(c.digit_id, c.new_label, c.reviewer, c.source) for c in rows] == [
@@ -159,3 +163,37 @@ def test_grid_mode_labels_many_on_one_screen(server: Any, page: Any) -> None:
     with session_scope(settings) as s:
         assert [present(s.get(Digit, i)).label for i in ids] == [1, 2, 3]
         assert all(not present(s.get(Digit, i)).needs_review for i in ids)
+
+
+def test_grid_accept_all_keeps_another_reviewers_correction(server: Any, page: Any) -> None:
+    """`A` accepts every unlabelled crop on the grid as the page shows the model's answer: x for a crop the
+    model takes for no digit (before: its best digit). A crop another reviewer corrected after the grid was
+    loaded is not overwritten (before: their correction was replaced by the model's label): the server
+    refuses it (409, naming them), the page says so and shows their label."""
+    url, settings, batch = server
+    page.goto(f"{url}/grid?batch={batch}")
+    page.wait_for_selector("#review[data-ready='1']")
+    with session_scope(settings) as s:
+        shown = service.list_queue(s, batch_id=batch, limit=48)
+    cells = page.locator("#grid .cell")
+    assert [int(cells.nth(i).get_attribute("data-digit")) for i in range(cells.count())] == [q.digit_id for q in shown]
+    nondigits = [q for q in shown if q.non_digit]
+    plain = [q for q in shown if not q.non_digit and q.label is not None]
+    assert nondigits and len(plain) >= 2
+    taken = plain[0]
+    theirs = (present(taken.label) + 1) % 10
+    with session_scope(settings) as s:  # another reviewer, after this grid was loaded
+        service.apply_correction(s, taken.digit_id, theirs, reviewer="bob", source="web")
+    page.keyboard.press("A")
+    _until(lambda: page.locator("#grid .cell.done").count() == len(shown), timeout=60)
+    _until(lambda: "bob changed it" in page.inner_text("#status"))
+    assert page.inner_text(f"#grid .cell[data-digit='{taken.digit_id}'] .mark") == f"→ {theirs}"
+    with session_scope(settings) as s:
+        d = present(s.get(Digit, taken.digit_id))
+        assert d.label == theirs and [c.reviewer for c in d.corrections] == ["bob"]
+        for q in nondigits:
+            d = present(s.get(Digit, q.digit_id))
+            assert (d.label, d.blank, d.corrections[-1].new_label) == (None, True, None), q.digit_id
+        for q in plain[1:]:
+            d = present(s.get(Digit, q.digit_id))
+            assert (d.label, d.blank, d.corrections[-1].reviewer) == (q.label, False, "browser-user"), q.digit_id

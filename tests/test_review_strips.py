@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import yaml
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from digitreader.db import Digit, Document, Field, session_scope
 from digitreader.db.session import dispose_engines
+from digitreader.errors import UsageError
 from digitreader.pipeline.document import STRIP_HEIGHT, DocumentCut, segment_document
 from digitreader.pipeline.process import process_batch
 from digitreader.review import service
@@ -208,3 +210,210 @@ def test_a_rule_only_field_stays_in_the_queue_beside_flagged_digits_elsewhere(ru
         assert next(i for i in queued if i.digit_id == unsure.id).why == "the model is unsure of it"
         assert [i.field_id for i in queued].count(target.id) == 1
         s.rollback()
+
+
+# ------------------------------------------------------------------------ fields read empty
+
+SCAN = ROOT / "examples" / "scans" / "scan-0001-00001.jpg"  # an "order" form
+
+
+def _order_template(to: Path, extra: list[dict[str, object]], *, string_patterns: bool = True) -> Path:
+    """examples/templates/order.yaml with `extra` fields; `string_patterns=False` drops the string fields'
+    patterns (a string field read empty has no cell at all, so nothing a reviewer could be shown)."""
+    tmpl = yaml.safe_load((ROOT / "examples" / "templates" / "order.yaml").read_text())
+    if not string_patterns:
+        for f in tmpl["fields"]:
+            if f["kind"] == "string":
+                f.pop("pattern", None)
+    tmpl["fields"] += extra
+    to.write_text(yaml.safe_dump(tmpl))
+    return to
+
+
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """The sample order form read with a template that adds two box fields over blank paper, each with a
+    rule that wants a value: `spare` (pattern ^\\d+$) and `spare_code` (length 3). Returns the database."""
+    base = tmp_path_factory.mktemp("empty")
+    extra: list[dict[str, object]] = [
+        {"name": "spare", "kind": "boxes", "region": [180, 100, 21, 9], "cells": 3, "pattern": r"^\d+$"},
+        {"name": "spare_code", "kind": "boxes", "region": [180, 130, 21, 9], "cells": 3, "length": 3},
+    ]
+    settings = Settings(home=base / "home", data_dir=data_dir, workers=1, _env_file=None)  # type: ignore[call-arg]
+    process_batch([SCAN], settings, template=_order_template(base / "order.yaml", extra))
+    dispose_engines()
+    return base / "home" / "digitreader.sqlite"
+
+
+@pytest.fixture()
+def esettings(empty_db: Path, tmp_path: Path, data_dir: Path) -> Settings:
+    """A private copy of `empty_db` (tests change it)."""
+    import shutil
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(empty_db, home / "digitreader.sqlite")
+    dispose_engines()
+    return Settings(home=home, data_dir=data_dir, reviewer="tester", _env_file=None)  # type: ignore[call-arg]
+
+
+def _field(s: Session, name: str) -> Field:
+    return s.scalars(select(Field).where(Field.name == name)).one()
+
+
+def _state(s: Session, field_id: int) -> tuple[object, ...]:
+    """Everything a correction may change: the field's digits, the field, its document's status."""
+    f = present(s.get(Field, field_id))
+    digits = tuple((d.label, d.blank, d.needs_review, d.confidence, d.crop) for d in f.digits)
+    return digits, f.value, f.confidence, list(f.flags), f.needs_review, f.page.document.status
+
+
+def test_a_field_read_empty_with_a_rule_comes_to_the_queue_and_can_be_confirmed_empty(esettings: Settings) -> None:
+    """A field whose cells all read blank, flagged by a rule that wants a value, comes to the queue through
+    its first cell; `x` confirms it empty and clears it (the rule flag kept as a record), and undo puts it
+    back exactly. Before, the queue offered no cell of it and a correction of a blank cell was refused:
+    its document stayed `needs_review` forever."""
+    with session_scope(esettings) as s:
+        spare = _field(s, "spare")
+        assert spare.value == "" and spare.flags == ["pattern"] and spare.needs_review
+        assert all(d.blank and d.crop is None for d in spare.digits) and len(spare.digits) == 3
+        mine = [i for i in service.list_queue(s) if i.field_id == spare.id]
+        assert len(mine) == 1  # one cell at a time: the first
+        item = mine[0]
+        assert item.position == 0 and item.label is None and item.confidence is None and item.top3 == []
+        assert item.why == (
+            "the field was read empty; its template wants a value matching ^\\d+$: "
+            "confirm it is empty (x) or type the digit"
+        )
+        # The crop is blank paper; the strip shows the field with the cell framed.
+        crop = _decode(service.crop_png(s, item.digit_id, 8), cv2.IMREAD_GRAYSCALE)
+        assert crop.shape == (224, 224) and int(crop.min()) == 255
+        stored = _decode(present(spare.strip))
+        strip = _decode(service.strip_png(s, item.digit_id))
+        assert strip.shape[:2] == stored.shape[:2]
+        assert np.any(np.all(strip == np.array(service.HIGHLIGHT_BGR), axis=2))
+        field_id, before = spare.id, _state(s, spare.id)
+
+    with session_scope(esettings) as s:
+        res = service.apply_correction(s, item.digit_id, None, reviewer="tester", source="web")
+        assert res.accepted and res.old_label is None and res.new_label is None
+        assert not res.field_needs_review and res.field_value == ""
+    with session_scope(esettings) as s:
+        spare = present(s.get(Field, field_id))
+        assert spare.flags == ["pattern"] and not spare.needs_review  # the rule's flag stays as a record
+        assert all(i.field_id != field_id for i in service.list_queue(s))
+        d = present(s.get(Digit, item.digit_id))
+        assert (d.label, d.blank, d.crop, d.confidence) == (None, True, None, None)
+    with session_scope(esettings) as s:
+        assert service.undo(s, reviewer="tester").digit_id == item.digit_id
+    with session_scope(esettings) as s:
+        assert _state(s, field_id) == before
+        assert [i.digit_id for i in service.list_queue(s) if i.field_id == field_id] == [item.digit_id]
+
+    # The whole queue reviewed (each item accepted as shown): the document is done.
+    with session_scope(esettings) as s:
+        for _ in range(200):
+            items = service.list_queue(s)
+            if not items:
+                break
+            service.apply_correction(s, items[0].digit_id, items[0].label, reviewer="tester")
+        assert not service.list_queue(s)
+        doc = present(s.get(Field, field_id)).page.document
+        assert doc.status == "done" and service.queue_counts(s)["documents_left"] == 0
+
+
+def test_digits_typed_into_a_field_read_empty(esettings: Settings) -> None:
+    """A digit typed into a cell of a field read empty is one the cut missed: the cell holds it (no
+    confidence, no crop: retraining skips it) and the rule is checked again. While the rule still
+    fails, the next cell comes; `x` ends the field. Undo restores the blank cell exactly."""
+    from digitreader.export import export_json
+    from digitreader.registry import corrected_digits
+
+    with session_scope(esettings) as s:
+        spare, code = _field(s, "spare"), _field(s, "spare_code")
+        spare_id, code_id = spare.id, code.id
+        cells = [d.id for d in code.digits]
+        first = next(i for i in service.list_queue(s) if i.field_id == spare_id)
+        before = _state(s, spare_id)
+        batch = spare.page.document.batch_id
+    with session_scope(esettings) as s:
+        res = service.apply_correction(s, first.digit_id, 4, reviewer="tester")
+        assert not res.accepted and (res.old_label, res.new_label, res.field_value) == (None, 4, "4")
+        assert not res.field_needs_review  # "4" matches ^\d+$: clear at once, like any rule flag
+    with session_scope(esettings) as s:
+        d = present(s.get(Digit, first.digit_id))
+        assert (d.label, d.blank, d.confidence, d.crop, d.needs_review) == (4, False, None, None, False)
+        assert present(s.get(Field, spare_id)).flags == []
+        assert first.digit_id not in corrected_digits(s).digit_ids.tolist()  # no crop to learn from
+        out = export_json(s, batch)
+        fields = [f for doc in out["documents"] for p in doc["pages"] for f in p["fields"]]
+        exported = next(f for f in fields if f["name"] == "spare")
+        assert exported["value"] == "4" and exported["digits"][0]["label"] == 4 and exported["digits"][0]["reviewed"]
+    with session_scope(esettings) as s:
+        service.undo(s, reviewer="tester")
+    with session_scope(esettings) as s:
+        assert _state(s, spare_id) == before
+
+    # spare_code wants 3 digits: after a typed 7 its next cell comes; x there ends the field.
+    with session_scope(esettings) as s:
+        assert [i.digit_id for i in service.list_queue(s) if i.field_id == code_id] == [cells[0]]
+        res = service.apply_correction(s, cells[0], 7, reviewer="tester")
+        assert res.field_needs_review and res.field_value == "7"
+        (nxt,) = [i for i in service.list_queue(s) if i.field_id == code_id]
+        assert nxt.digit_id == cells[1]
+        assert nxt.why == (
+            "the field was read empty, 7 typed in so far; its template wants 3 digits: "
+            "type this cell's digit, or x where the field ends"
+        )
+        res = service.apply_correction(s, cells[1], None, reviewer="tester")
+        assert not res.field_needs_review and res.field_value == "7"
+        f = present(s.get(Field, code_id))
+        assert f.flags == ["length"] and not f.needs_review
+        assert all(i.field_id != code_id for i in service.list_queue(s))
+
+    # A blank cell of a field with digits read is still not reviewable.
+    with session_scope(esettings) as s:
+        mixed = next(f for f in s.scalars(select(Field)) if any(d.crop is None for d in f.digits)
+                     and any(d.crop is not None for d in f.digits))  # fmt: skip
+        blank = next(d for d in mixed.digits if d.crop is None)
+        with pytest.raises(UsageError, match="empty cell"):
+            service.apply_correction(s, blank.id, 3, reviewer="tester")
+
+
+def test_a_damaged_scans_empty_fields_come_to_the_queue(tmp_path: Path, data_dir: Path) -> None:
+    """A form read with a template from a JPEG that lost the end of its data: the fields on the lost part
+    read empty. Each field with a cell is flagged `damaged_image` (before: only fields with a digit read,
+    so an empty one passed silently and the document could be `done`), comes to the queue (an empty one
+    through its first cell), and the document is done once the queue is reviewed."""
+    from tests.test_decoder_messages import damaged_jpeg
+
+    settings = Settings(home=tmp_path / "home", data_dir=data_dir, workers=1, reviewer="tester",
+                        _env_file=None)  # type: ignore[call-arg]  # fmt: skip
+    template = _order_template(tmp_path / "order.yaml", [], string_patterns=False)
+    rep = process_batch([damaged_jpeg(tmp_path / "damaged.jpg")], settings, template=template)
+    with session_scope(settings) as s:
+        doc = s.scalars(select(Document).where(Document.batch_id == rep.batch_id)).one()
+        assert doc.warnings and doc.status == "needs_review"
+        fields = [f for p in doc.pages for f in p.fields]
+        empty = [f for f in fields if f.digits and all(d.blank and d.crop is None for d in f.digits)]
+        assert len(empty) >= 2, "the lost part of the page should hold fields read empty"
+        assert all("damaged_image" in f.flags and f.needs_review for f in fields if f.digits)
+        assert all("damaged_image" not in f.flags for f in fields if not f.digits)  # no cell: nothing to show
+        queued = service.list_queue(s, batch_id=rep.batch_id)
+        for f in empty:
+            (item,) = [i for i in queued if i.field_id == f.id]
+            assert item.position == 0 and "read empty" in item.why and "damaged image data" in item.why
+        doc_id, empty_ids = doc.id, [f.id for f in empty]
+        for _ in range(300):
+            items = service.list_queue(s, batch_id=rep.batch_id)
+            if not items:
+                break
+            service.apply_correction(s, items[0].digit_id, items[0].label, reviewer="tester")
+    with session_scope(settings) as s:
+        assert present(s.get(Document, doc_id)).status == "done"
+        for fid in empty_ids:
+            f = present(s.get(Field, fid))
+            assert f.value == "" and "damaged_image" in f.flags and not f.needs_review
+            assert [len(d.corrections) for d in f.digits] == [1] + [0] * (
+                len(f.digits) - 1
+            )  # one cell, confirmed empty

@@ -29,7 +29,8 @@ FLAG_NON_DIGIT = "non_digit"
 FLAG_LENGTH = "length"
 FLAG_PATTERN = "pattern"
 #: The field's page was read from damaged image data (the decoder said so: `DocumentCut.warnings`):
-#: a reviewer checks each of its digits against the paper, as for a template rule's flag.
+#: a reviewer checks each of its digits (a field read empty: its cells) against the paper, as for a
+#: template rule's flag.
 FLAG_DAMAGED = "damaged_image"
 
 
@@ -120,7 +121,7 @@ def _digit(slot_position: int, bbox: BBox, crop: np.ndarray, p: np.ndarray, thre
 
 def assemble_field(cut: FieldCut, probs: np.ndarray, threshold: float, *, damaged: bool = False) -> FieldResult:
     """One field; `probs` holds one row per non-blank slot, in slot order. `damaged`: its page was read
-    from damaged image data; a field with a digit read there is flagged (`FLAG_DAMAGED`)."""
+    from damaged image data; each field with a cell there (read or blank) is flagged (`FLAG_DAMAGED`)."""
     digits: list[DigitResult] = []
     row = 0
     for slot in cut.slots:
@@ -142,7 +143,10 @@ def assemble_field(cut: FieldCut, probs: np.ndarray, threshold: float, *, damage
         flags.append(FLAG_LENGTH)
     if cut.pattern is not None and not _matches(cut.pattern, value):
         flags.append(FLAG_PATTERN)
-    if damaged and read:  # a field of blank cells only gives a reviewer no digit to check
+    # A field of blank cells only is flagged too: on a lost part of the page it reads empty whatever the
+    # paper holds (a reviewer confirms a cell empty or types the digits). One with no cell at all has
+    # nothing a reviewer could be shown.
+    if damaged and cut.slots:
         flags.append(FLAG_DAMAGED)
     return FieldResult(
         name=cut.name,

@@ -179,10 +179,15 @@ class ReviewApp:
             if hmac.compare_digest(token.encode(), self.token.encode()):
                 request.session["auth"] = True
                 params = {k: v for k, v in request.query_params.items() if k != "token"}
-                return RedirectResponse(request.url.path + ("?" + urlencode(params) if params else ""), 303)
+                target = request.url.path + ("?" + urlencode(params) if params else "")
+                if not request.session.get("user"):  # the link gives no name: ask it first
+                    return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+                return RedirectResponse(target, 303)
             return self.login_redirect(request)
         if not self.authed(request):
             return self.login_redirect(request)
+        if self.token is not None and request.session.get("auth") is True and not request.session.get("user"):
+            return self.login_redirect(request)  # logged in without a name (a `?token=` link): ask it
         filters = self._filters(request)
 
         def load() -> dict[str, Any]:
@@ -210,32 +215,39 @@ class ReviewApp:
         nxt = request.query_params.get("next") or "/"
         if not nxt.startswith("/") or nxt.startswith("//"):
             nxt = "/"
-        error = None
+        error, status = None, 200
+        # With a token, each clerk logs in under a name of their own (none is offered): corrections and
+        # `undo` (your latest correction) go by it, and a shared default would mix clerks up. A session
+        # that has the token already (a `?token=` link) is only asked the name.
+        needs_token = self.token is not None and request.session.get("auth") is not True
+        needs_name = self.token is not None
         if request.method == "POST":
             form = await request.form()
             if not self.same_origin(request):
                 return PlainTextResponse("cross-origin request refused", status_code=403)
             expected = request.session.get("csrf")
             given = str(form.get("csrf_token") or "")
+            name = str(form.get("name") or "").strip()
             if not expected or not hmac.compare_digest(str(expected).encode(), given.encode()):
-                error = "the form expired; try again"
-            elif self.token is not None and not hmac.compare_digest(
-                str(form.get("token") or "").encode(), self.token.encode()
+                error, status = "the form expired; try again", 401
+            elif needs_token and not hmac.compare_digest(
+                str(form.get("token") or "").encode(), (self.token or "").encode()
             ):
-                error = "wrong token"
+                error, status = "wrong token", 401
                 log.warning("review page: wrong token from %s", request.client.host if request.client else "?")
+            elif needs_name and not name:
+                error, status = "type your name: your corrections are stored under it", 400
             else:
                 request.session["auth"] = True
-                name = str(form.get("name") or "").strip()
                 if name:
                     request.session["user"] = name[:128]
                 return RedirectResponse(nxt, status_code=303)
         return self.templates.TemplateResponse(
             request,
             "login.html",
-            {"csrf": self.csrf_token(request), "next": nxt, "error": error, "needs_token": self.token is not None,
-             "reviewer": self.reviewer(request)},
-            status_code=401 if error else 200,
+            {"csrf": self.csrf_token(request), "next": nxt, "error": error, "needs_token": needs_token,
+             "needs_name": needs_name, "reviewer": "" if needs_name else self.reviewer(request)},
+            status_code=status,
         )  # fmt: skip
 
     # ---------------------------------------------------------------------------------- API
@@ -262,16 +274,21 @@ class ReviewApp:
             return denied
         try:
             body = await request.json()
-            digit_id = int(body["digit_id"])
-            label = service.parse_label(body["label"])
-        except (ValueError, KeyError, TypeError) as exc:
-            return JSONResponse({"error": f"bad request: {exc}"}, status_code=400)
+        except ValueError as exc:
+            return JSONResponse({"error": f"bad request: the body is not JSON ({exc})"}, status_code=400)
+        if not isinstance(body, dict) or "digit_id" not in body or "label" not in body:
+            return JSONResponse({"error": 'bad request: send {"digit_id": ID, "label": "0"-"9" or "x"}'},
+                                status_code=400)  # fmt: skip
+        digit_id = service.parse_id(body["digit_id"])
+        label = service.parse_label(body["label"])
+        # The digit's label as the page showed it (null: blank): refused with 409 when it changed since.
+        expected = service.parse_label(body["seen"]) if "seen" in body else service.UNCHECKED
         who = self.reviewer(request)
         filters = self._filters(request)
 
         def apply() -> dict[str, Any]:
             with self.session() as s:
-                res = service.apply_correction(s, digit_id, label, reviewer=who, source="web")
+                res = service.apply_correction(s, digit_id, label, reviewer=who, source="web", expected=expected)
                 counts = service.queue_counts(s, batch_id=filters["batch_id"], field=filters["field"])
             return {**res.as_dict(), "counts": counts}
 
@@ -298,18 +315,26 @@ class ReviewApp:
         denied = await self.check_post(request, str(form.get("csrf_token") or ""))
         if denied is not None:
             return denied
+        text = form.get("label")
+        if not isinstance(text, str) or not text.strip():
+            return PlainTextResponse("bad request: type a digit 0-9, or x for 'not a digit / blank'", status_code=400)
         try:
-            digit_id = int(str(form.get("digit_id")))
-            label = service.parse_label(str(form.get("label")))
-        except (ValueError, TypeError) as exc:
-            return PlainTextResponse(f"bad request: {exc}", status_code=400)
+            digit_id = service.parse_id(form.get("digit_id"))
+            label = service.parse_label(text)
+            seen = form.get("seen")
+            expected = service.parse_label(seen) if isinstance(seen, str) else service.UNCHECKED
+        except UsageError as exc:
+            return PlainTextResponse(f"bad request: {exc.message}", status_code=400)
         who = self.reviewer(request)
 
         def apply() -> None:
             with self.session() as s:
-                service.apply_correction(s, digit_id, label, reviewer=who, source="web")
+                service.apply_correction(s, digit_id, label, reviewer=who, source="web", expected=expected)
 
-        await run_in_threadpool(apply)
+        try:
+            await run_in_threadpool(apply)
+        except service.ChangedMeanwhileError as exc:
+            return PlainTextResponse(f"{exc.message}. Go back and reload the page.", status_code=409)
         return RedirectResponse("/" + (f"?{request.url.query}" if request.url.query else ""), status_code=303)
 
     async def crop(self, request: Request) -> Response:
@@ -345,6 +370,9 @@ class ReviewApp:
 async def _errors(request: Request, exc: Exception) -> Response:
     if isinstance(exc, NotFoundError):
         return JSONResponse({"error": str(exc.message)}, status_code=404)
+    if isinstance(exc, service.ChangedMeanwhileError):  # the page shows it and takes `current`
+        body = {"error": str(exc.message), "digit_id": exc.digit_id, "current": exc.current, "by": exc.by}
+        return JSONResponse(body, status_code=409)
     if isinstance(exc, UsageError):
         return JSONResponse({"error": str(exc.message)}, status_code=400)
     if isinstance(exc, DigitreaderError):

@@ -14,6 +14,12 @@ its lowest-confidence digit not yet reviewed, one at a time. The rule is re-chec
 correction: the field is clear as soon as its value satisfies the rule, or once every digit of it has
 been reviewed (the rule flag then stays in `flags`, the field no longer needs review).
 
+A flagged field *read empty* (the cut found every cell blank: no cell has a crop; a rule wants a value,
+or its page was read from damaged image data) comes to the queue through its cells, first position
+first, one at a time: the reviewer confirms the cell empty (`None`) or types the digit the cut missed
+(the cell then holds that digit, with no confidence and no crop). It is clear once a cell was confirmed
+empty or every cell was seen (or as soon as its value satisfies its rule, as above).
+
 `undo` deletes the reviewer's latest correction and restores exactly what was there before it.
 Corrections feed retraining (`training/corrections.py`): the latest correction of a digit is its
 ground truth.
@@ -27,10 +33,11 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from digitreader.db.models import Batch, Correction, Digit, Document, Field, Page, iso_utc, utcnow
@@ -60,20 +67,36 @@ def reviewer_name(settings: Settings | None = None, override: str | None = None)
         return "unknown"
 
 
-def parse_label(text: str | int | None) -> int | None:
-    """'0'..'9' -> int; 'x' (or 'blank', 'none', '-') -> None ("not a digit / blank"). Raises UsageError."""
+def parse_label(text: object) -> int | None:
+    """'0'..'9' (or the int) -> int; 'x' (or 'blank', 'none', '-'; JSON null) -> None ("not a digit /
+    blank"). Anything else (10, '10', true, 7.0, '') raises UsageError."""
     if text is None:
         return None
+    if isinstance(text, bool):  # a JSON true/false: Python's bools are ints
+        raise UsageError(f"label {str(text).lower()} is not a digit: use a digit 0-9, or x for 'not a digit / blank'")
     if isinstance(text, int):
         if 0 <= text <= 9:
             return text
         raise UsageError(f"label {text} is not a digit 0-9 (use x for 'not a digit / blank')")
-    t = str(text).strip().lower()
-    if t in ("x", "blank", "none", "-", "10"):
+    if not isinstance(text, str):
+        raise UsageError(f"label {text!r}: use a digit 0-9, or x for 'not a digit / blank'")
+    t = text.strip().lower()
+    if t in ("x", "blank", "none", "-"):
         return None
-    if len(t) == 1 and t.isdigit():
+    if len(t) == 1 and t in "0123456789":
         return int(t)
     raise UsageError(f"label {text!r}: use a digit 0-9, or x for 'not a digit / blank'")
+
+
+def parse_id(value: object, what: str = "digit_id") -> int:
+    """A row id from a request: an int (not a bool) or a string of decimal digits. Raises UsageError for
+    anything else (true, 44.9, 'abc'); an id no row can have is left to the lookup (NotFoundError)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]{1,30}\s*", value):
+        return int(value)
+    shown = str(value).lower() if isinstance(value, bool) else repr(value)
+    raise UsageError(f"{what} {shown} is not a whole number")
 
 
 # ------------------------------------------------------------------------------------------ queue
@@ -149,6 +172,31 @@ def _rule_digit() -> Any:
     )
 
 
+def _empty_field_cell() -> Any:
+    """Correlated scalar subquery: for a flagged field read empty (none of its cells has a crop: the cut
+    found them all blank), its first cell (lowest position) not yet reviewed; else NULL."""
+    other = aliased(Digit)
+    cropped = aliased(Digit)
+    reviewed = select(Correction.id).where(Correction.digit_id == other.id).exists()
+    any_crop = (
+        select(cropped.id).where(cropped.field_id == Field.id, cropped.crop.is_not(None)).correlate(Field).exists()
+    )
+    return (
+        select(other.id)
+        .where(other.field_id == Field.id, ~reviewed, Field.needs_review.is_(True), ~any_crop)
+        .order_by(other.position, other.id)
+        .limit(1)
+        .correlate(Field)
+        .scalar_subquery()
+    )
+
+
+def read_empty(field: Field) -> bool:
+    """Whether the cut found every cell of `field` blank (none has a crop; a digit a reviewer typed into
+    one has none either). A field with no cell at all is not "read empty": it has nothing to show."""
+    return bool(field.digits) and all(d.crop is None for d in field.digits)
+
+
 def why_queued(
     *,
     flagged: bool,
@@ -157,11 +205,30 @@ def why_queued(
     value: str,
     length: int | None,
     pattern: str | None,
+    empty: bool = False,
 ) -> str:
     """Why a digit is in the review queue, for the reviewer: `flagged` (the digit's own flag: the model
-    unsure of it, or taking it for no digit), else the reasons its field is flagged."""
+    unsure of it, or taking it for no digit), else the reasons its field is flagged. `empty`: a cell of
+    a field read empty (`value` then holds what reviewers typed into its cells so far)."""
     if flagged:
         return "the model takes it for no digit" if non_digit else "the model is unsure of it"
+    if empty:
+        wants = []
+        if "length" in flags and length is not None:
+            wants.append(f"{length} digit{'s' if length != 1 else ''}")
+        if "pattern" in flags:
+            wants.append(f"a value matching {pattern}")
+        parts = ["the field was read empty" + (f", {value} typed in so far" if value else "")]
+        if wants:
+            parts.append("its template wants " + " and ".join(wants))
+        if FLAG_DAMAGED in flags:
+            parts.append("its page was read from damaged image data")
+        ask = (
+            "type this cell's digit, or x where the field ends"
+            if value
+            else "confirm it is empty (x) or type the digit"
+        )
+        return "; ".join(parts) + ": " + ask
     reasons = []
     if "length" in flags and length is not None:
         reasons.append(f"the field should hold {length} digit{'s' if length != 1 else ''}, {len(value)} read")
@@ -175,8 +242,9 @@ def why_queued(
 
 
 def _queue_stmt(batch_id: int | None, field: str | None) -> Any:
-    """Digits to review: the flagged ones, and one digit of each field flagged only by a template rule
-    (`_rule_digit`), so that field can be reviewed too."""
+    """Digits to review: the flagged ones, one digit of each field flagged only by a template rule
+    (`_rule_digit`), so that field can be reviewed too, and one cell of each flagged field read empty
+    (`_empty_field_cell`)."""
     stmt = (
         select(
             Digit,
@@ -196,8 +264,10 @@ def _queue_stmt(batch_id: int | None, field: str | None) -> Any:
         .join(Page, Field.page_id == Page.id)
         .join(Document, Page.document_id == Document.id)
         .where(
-            Digit.blank.is_(False),
-            or_(Digit.needs_review.is_(True), Digit.id == _rule_digit()),
+            or_(
+                and_(Digit.blank.is_(False), or_(Digit.needs_review.is_(True), Digit.id == _rule_digit())),
+                and_(Digit.crop.is_(None), Digit.id == _empty_field_cell()),
+            )
         )
     )
     if batch_id is not None:
@@ -265,6 +335,7 @@ def list_queue(
                 value=value or "",
                 length=length,
                 pattern=pattern,
+                empty=d.crop is None,  # only a cell of a field read empty comes without a crop
             ),
         )
         for d, fname, kind, page, doc_id, path, batch, said, flags, value, length, pattern in rows
@@ -314,13 +385,41 @@ def queue_batches(session: Session) -> list[tuple[int, int]]:
 # ------------------------------------------------------------------------------------ corrections
 
 
+class ChangedMeanwhileError(UsageError):
+    """The digit is no longer what the reviewer saw: someone corrected (or undid) it since the page was
+    loaded. The correction is refused so as not to overwrite theirs; `current` is its label now (None:
+    blank), `by` who made its latest correction (None: no correction left, an undo changed it)."""
+
+    code = "changed"
+
+    def __init__(self, digit_id: int, seen: int | None, current: int | None, by: str | None) -> None:
+        shown = "x" if seen is None else str(seen)
+        now = "x" if current is None else str(current)
+        who = f"{by} changed it" if by else "it was changed (a correction undone)"
+        super().__init__(
+            f"digit {digit_id}: {who} since you saw it: it is now {now}, not {shown}; your label was not saved",
+            hint="look at it again (its current label is shown) and label it again if it is still wrong",
+        )
+        self.digit_id = digit_id
+        self.current = current
+        self.by = by
+
+
+class _Unchecked(Enum):
+    UNCHECKED = "unchecked"
+
+
+#: `apply_correction(expected=UNCHECKED)`: no check of what the reviewer saw (the CLI's `review label`).
+UNCHECKED = _Unchecked.UNCHECKED
+
+
 @dataclass(frozen=True)
 class CorrectionResult:
     correction_id: int
     digit_id: int
     old_label: int | None
     new_label: int | None
-    accepted: bool  # the reviewer kept the model's label
+    accepted: bool  # the reviewer kept the digit's label (a blank cell blank)
     field_value: str
     field_needs_review: bool
     document_id: int
@@ -335,6 +434,8 @@ def _hold_document(session: Session, digit_id: int) -> None:
     """`store.hold_document` on the document of `digit_id`, before anything of it is read: a
     correction re-derives the field's value and the document's status from all their digits, so two
     corrections in one document at once (two reviewers, two tabs) must run one after the other."""
+    if not _can_be_id(session, digit_id):
+        return  # no such digit: `_get_digit` says so
     doc_id = session.scalar(
         select(Page.document_id)
         .join(Field, Field.page_id == Page.id)
@@ -346,10 +447,23 @@ def _hold_document(session: Session, digit_id: int) -> None:
 
 
 def _get_digit(session: Session, digit_id: int) -> Digit:
-    d = session.get(Digit, digit_id, with_for_update=_locks(session))
+    d = _find_digit(session, digit_id, lock=True)
     if d is None:
         raise NotFoundError(f"digit {digit_id} does not exist", hint="digitreader review list shows the queue")
     return d
+
+
+def _can_be_id(session: Session, row_id: int) -> bool:
+    """Whether `row_id` fits the database's id column (SQLite: 64 bits; PostgreSQL's INTEGER: 32): a
+    larger one names no row, and the driver would refuse it (an OverflowError, not a "not found")."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    return 0 < row_id <= (2**63 - 1 if sqlite else 2**31 - 1)
+
+
+def _find_digit(session: Session, digit_id: int, *, lock: bool = False) -> Digit | None:
+    if not _can_be_id(session, digit_id):
+        return None
+    return session.get(Digit, digit_id, with_for_update=lock and _locks(session))
 
 
 def _locks(session: Session) -> bool:
@@ -386,9 +500,14 @@ def refresh_field(field: Field) -> None:
     field.flags = flags
     # A template-rule or damaged-scan flag alone stops needing review once a reviewer has seen every
     # digit of the field (each non-blank digit corrected or accepted): the flag stays in `flags` as a
-    # record.
+    # record. A field read empty has no digit read to see: its cells come one at a time, and it is seen
+    # once a reviewer confirmed a cell empty (the field ends there) or saw every cell.
     digit_flags = any(fl in DIGIT_FLAGS for fl in flags)
-    all_reviewed = all(d.corrections for d in read)
+    if read_empty(field):
+        seen = [d for d in field.digits if d.corrections]
+        all_reviewed = len(seen) == len(field.digits) or any(d.blank for d in seen)
+    else:
+        all_reviewed = all(d.corrections for d in read)
     field.needs_review = digit_flags or (bool(flags) and not all_reviewed)
 
 
@@ -423,22 +542,33 @@ def apply_correction(
     *,
     reviewer: str,
     source: str = "cli",
+    expected: int | None | _Unchecked = UNCHECKED,
 ) -> CorrectionResult:
     """Record the reviewer's label for a digit (None = not a digit / blank) and update field and document.
 
-    Raises NotFoundError for an unknown digit, UsageError for a label outside 0-9/None or a digit that
-    was a blank cell with no crop.
+    `expected`: the digit's label as the reviewer saw it (None: blank), checked under the document's
+    lock: when the digit changed since (another reviewer's correction, an undo), ChangedMeanwhileError
+    and nothing is stored, so a page loaded before another reviewer's correction cannot overwrite it.
+
+    A cell of a field read empty (`read_empty`: no cell has a crop) takes a correction too: None
+    confirms it empty (accepted), a digit is one the cut missed (the cell then holds it, with no
+    confidence and no crop, so retraining skips it).
+
+    Raises NotFoundError for an unknown digit, UsageError for a label outside 0-9/None or a blank cell
+    (no crop) of a field that has digits read, ChangedMeanwhileError (see `expected`).
     """
-    if label is not None and not (isinstance(label, int) and 0 <= label <= 9):
+    if label is not None and not (isinstance(label, int) and not isinstance(label, bool) and 0 <= label <= 9):
         raise UsageError(f"label {label!r} is not a digit 0-9 (None = not a digit / blank)")
     _hold_document(session, digit_id)
     d = _get_digit(session, digit_id)
-    if d.crop is None:
-        raise UsageError(f"digit {digit_id} is an empty cell (nothing to review)")
     f = d.field
+    if d.crop is None and not read_empty(f):
+        raise UsageError(f"digit {digit_id} is an empty cell of a field with digits read (nothing to review)")
+    old = d.label if not d.blank else None
+    if expected is not UNCHECKED and expected != old:
+        raise ChangedMeanwhileError(d.id, expected, old, d.corrections[-1].reviewer if d.corrections else None)
     doc = f.page.document
     prev = _snapshot(d, f, doc)
-    old = d.label if not d.blank else None
     corr = Correction(
         digit_id=d.id,
         old_label=old,
@@ -464,7 +594,7 @@ def apply_correction(
         digit_id=d.id,
         old_label=old,
         new_label=label,
-        accepted=old == label and not prev["digit"]["blank"],
+        accepted=old == label,  # None == None: a blank cell confirmed blank
         field_value=f.value,
         field_needs_review=f.needs_review,
         document_id=doc.id,
@@ -491,7 +621,7 @@ def undo(session: Session, *, reviewer: str | None = None, correction_id: int | 
     NotFoundError when there is nothing to undo.
     """
     if correction_id is not None:
-        corr = session.get(Correction, correction_id)
+        corr = session.get(Correction, correction_id) if _can_be_id(session, correction_id) else None
         if corr is None:
             raise NotFoundError(f"correction {correction_id} does not exist")
     else:
@@ -501,8 +631,16 @@ def undo(session: Session, *, reviewer: str | None = None, correction_id: int | 
         corr = session.scalars(stmt).first()
         if corr is None:
             raise NotFoundError("nothing to undo" + (f" for {reviewer}" if reviewer else ""))
-    _hold_document(session, corr.digit_id)
-    d = _get_digit(session, corr.digit_id)
+    corr_id, digit_id = corr.id, corr.digit_id
+    _hold_document(session, digit_id)
+    # Read again under the document's lock: another undo of the same correction (two tabs, two `review
+    # undo --any`) may have taken it back while this one waited for the lock.
+    session.expire_all()
+    found = session.get(Correction, corr_id)
+    if found is None:
+        raise NotFoundError(f"nothing to undo: correction {corr_id} was undone meanwhile")
+    corr = found
+    d = _get_digit(session, digit_id)
     latest = max(c.id for c in d.corrections)
     if corr.id != latest:
         raise UsageError(f"correction {corr.id} is not the latest of digit {d.id}; undo correction {latest} first")
@@ -532,7 +670,7 @@ def corrections_of(session: Session, digit_id: int) -> list[Correction]:
 
 def crop_array(session: Session, digit_id: int) -> np.ndarray:
     """The stored 28x28 crop (ink high) of a digit. Raises NotFoundError."""
-    d = session.get(Digit, digit_id)
+    d = _find_digit(session, digit_id)
     if d is None or d.crop is None:
         raise NotFoundError(f"digit {digit_id} has no crop")
     return np.frombuffer(d.crop, np.uint8).reshape(28, 28)
@@ -556,9 +694,14 @@ def _paper(crop: np.ndarray, scale: int) -> np.ndarray:
 
 
 def crop_png(session: Session, digit_id: int, scale: int = 8) -> bytes:
-    """PNG of a digit's crop, dark on white, enlarged `scale` times (1-16)."""
+    """PNG of a digit's crop, dark on white, enlarged `scale` times (1-16). A cell with no crop (a blank
+    cell of a field read empty) is blank paper: its strip (`strip_png`) shows the cell on the page."""
     scale = max(1, min(int(scale), 16))
-    return _png(_paper(crop_array(session, digit_id), scale))
+    d = _find_digit(session, digit_id)
+    if d is None:
+        raise NotFoundError(f"digit {digit_id} does not exist")
+    crop = np.zeros((28, 28), np.uint8) if d.crop is None else np.frombuffer(d.crop, np.uint8).reshape(28, 28)
+    return _png(_paper(crop, scale))
 
 
 #: The highlight drawn around the digit in a field strip (BGR: orange) and its line width.
@@ -610,7 +753,7 @@ def strip_png(session: Session, digit_id: int, scale: int = 3) -> bytes:
     """
     import cv2
 
-    d = session.get(Digit, digit_id)
+    d = _find_digit(session, digit_id)
     if d is None:
         raise NotFoundError(f"digit {digit_id} does not exist")
     stored = _stored_strip(d)
@@ -635,7 +778,7 @@ def strip_png(session: Session, digit_id: int, scale: int = 3) -> bytes:
 
 def digit_context(session: Session, digit_id: int) -> dict[str, Any]:
     """A digit with its field, page, document and correction history (for the page and `review show`)."""
-    d = session.get(Digit, digit_id)
+    d = _find_digit(session, digit_id)
     if d is None:
         raise NotFoundError(f"digit {digit_id} does not exist")
     f = d.field

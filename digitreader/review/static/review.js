@@ -16,6 +16,12 @@
   const $ = (id) => document.getElementById(id);
 
   function labelText(k) { return k === null || k === 10 ? "x" : String(k); }
+  // The model's answer as the page shows it (what Enter and the grid's A accept): x for a blank cell
+  // or a digit the model takes for no digit (top-1 class 10), else its best digit.
+  function modelAnswer(it) { return it.non_digit || it.label === null ? "x" : String(it.label); }
+  // The digit's label as this page last knew it (null: blank), sent as `seen`: the server refuses
+  // (409) a label for a digit someone changed since, instead of overwriting their correction.
+  function seenOf(it) { return it.seen !== undefined ? it.seen : it.label; }
 
   function setCounts(c) {
     if (!c) return;
@@ -38,7 +44,12 @@
       body: JSON.stringify(body || {}),
     });
     const j = await r.json().catch(() => ({ error: r.statusText }));
-    if (!r.ok) throw new Error(j.error || r.statusText);
+    if (!r.ok) {
+      const e = new Error(j.error || r.statusText);
+      e.status = r.status;
+      e.body = j;
+      throw e;
+    }
     return j;
   }
 
@@ -116,18 +127,30 @@
 
   const render = () => (mode === "grid" ? renderGrid() : renderSingle());
 
+  // Returns null when stored, else the error message (shown in the status line).
   async function label(value) {
     const it = items[idx];
-    if (!it) return;  // a labelled item can be labelled again (a new correction)
+    if (!it) return null;  // a labelled item can be labelled again (a new correction)
     try {
-      const j = await post("/api/label", { digit_id: it.digit_id, label: value });
+      const j = await post("/api/label", { digit_id: it.digit_id, label: value, seen: seenOf(it) });
       it.done = labelText(j.new_label);
+      it.seen = j.new_label;
       setCounts(j.counts);
       status("digit " + it.digit_id + ": " + (j.accepted ? "accepted " + it.done : labelText(j.old_label) + " → " + it.done)
              + " · field " + j.field_value + " · document " + j.document_status);
       await advance();
+      return null;
     } catch (e) {
-      status(String(e.message || e), true);
+      const msg = String(e.message || e);
+      status(msg, true);
+      if (e.status === 409 && e.body && "current" in e.body) {
+        // Someone changed it since this page was loaded: keep theirs, show it, and go on.
+        it.done = labelText(e.body.current);
+        it.seen = e.body.current;
+        await advance();
+        status(msg, true);
+      }
+      return msg;
     }
   }
 
@@ -150,7 +173,7 @@
       const j = await post("/api/undo", {});
       setCounts(j.counts);
       const i = items.findIndex((x) => x.digit_id === j.digit_id);
-      if (i >= 0) { delete items[i].done; idx = i; }
+      if (i >= 0) { delete items[i].done; items[i].seen = j.label; idx = i; }
       status("undone: digit " + j.digit_id + " is flagged again");
       render();
     } catch (e) {
@@ -159,9 +182,15 @@
   }
 
   async function acceptScreen() {
+    const refused = [];
     for (let i = 0; i < items.length; i++) {
-      if (items[i].done === undefined) { idx = i; await label(String(items[i].label)); }
+      if (items[i].done === undefined) {
+        idx = i;
+        const msg = await label(modelAnswer(items[i]));
+        if (msg) refused.push(msg);
+      }
     }
+    if (refused.length) status(refused.join(" · "), true);
   }
 
   function move(delta) {
@@ -177,7 +206,7 @@
     const k = ev.key;
     let handled = true;
     if (/^[0-9]$/.test(k)) enqueue(() => label(k));
-    else if (k === "Enter") enqueue(() => { const it = items[idx]; return it ? label(labelText(it.label)) : null; });
+    else if (k === "Enter") enqueue(() => { const it = items[idx]; return it ? label(modelAnswer(it)) : null; });
     else if (k === "x" || k === "X") enqueue(() => label("x"));
     else if (k === "u" || k === "U") enqueue(undo);
     else if (k === "ArrowRight") enqueue(() => move(1));
