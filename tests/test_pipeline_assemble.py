@@ -91,8 +91,8 @@ def test_a_page_read_from_damaged_data_flags_each_field_with_a_cell() -> None:
     """Sure digits of a page whose decoder reported damaged data still need a look at the paper, and so
     does a field of blank cells only: on the lost part of a page it reads empty whatever the paper holds
     (before, it was left unflagged, and the document could be `done` with the field silently empty). A
-    field with no cell at all (a string field where nothing was cut) has nothing to show a reviewer and
-    stays unflagged. The same page whole: nothing."""
+    field with no cell at all (a string field where nothing was cut) is flagged too, with one blank cell
+    covering it for the review queue to show. The same page whole: nothing, and no such cell."""
     sure = FieldCut("account", "boxes", (0, 0, 60, 20), (_slot(0), _slot(1), _slot(2, blank=True)), length=2)
     empty = FieldCut("optional", "boxes", (0, 30, 60, 20), (_slot(0, blank=True), _slot(1, blank=True)))
     nothing = FieldCut("note", "string", (0, 60, 60, 20), ())
@@ -103,6 +103,17 @@ def test_a_page_read_from_damaged_data_flags_each_field_with_a_cell() -> None:
     assert not any(d.needs_review for d in read.digits)  # the digits themselves read surely
     assert blank.value == "" and blank.flags == (FLAG_DAMAGED,) and blank.needs_review
     assert all(d.blank and not d.needs_review for d in blank.digits)
-    assert none.digits == () and none.flags == () and not none.needs_review
+    assert none.flags == (FLAG_DAMAGED,) and none.needs_review and none.value == ""
+    assert [(d.position, d.bbox, d.blank) for d in none.digits] == [(0, (0, 60, 60, 20), True)]
     assert page.needs_review
-    assert not assemble_page(_page(sure, empty, nothing), Probs(probs), threshold=0.9).needs_review
+    whole = assemble_page(_page(sure, empty, nothing), Probs(probs), threshold=0.9)
+    assert not whole.needs_review and whole.fields[2].digits == ()
+
+
+def test_a_string_field_with_no_cell_that_breaks_its_rule_gets_one_to_be_reviewed_by() -> None:
+    """A template's string field where nothing was cut (left empty) and whose pattern wants digits: before,
+    flagged with no digit row at all, so nothing could clear it and its document needed review for ever."""
+    total = FieldCut("total", "string", (5, 6, 70, 20), (), pattern=r"\d+")
+    res = assemble_page(_page(total), np.zeros((0, 11), np.float32), threshold=0.9).fields[0]
+    assert res.flags == (FLAG_PATTERN,) and res.needs_review
+    assert [(d.position, d.bbox, d.blank, d.label) for d in res.digits] == [(0, (5, 6, 70, 20), True, None)]

@@ -398,7 +398,7 @@ def test_a_damaged_scans_empty_fields_come_to_the_queue(tmp_path: Path, data_dir
         empty = [f for f in fields if f.digits and all(d.blank and d.crop is None for d in f.digits)]
         assert len(empty) >= 2, "the lost part of the page should hold fields read empty"
         assert all("damaged_image" in f.flags and f.needs_review for f in fields if f.digits)
-        assert all("damaged_image" not in f.flags for f in fields if not f.digits)  # no cell: nothing to show
+        assert all(f.digits for f in fields)  # a string field where nothing was cut: one blank cell covering it
         queued = service.list_queue(s, batch_id=rep.batch_id)
         for f in empty:
             (item,) = [i for i in queued if i.field_id == f.id]

@@ -144,10 +144,14 @@ def assemble_field(cut: FieldCut, probs: np.ndarray, threshold: float, *, damage
     if cut.pattern is not None and not _matches(cut.pattern, value):
         flags.append(FLAG_PATTERN)
     # A field of blank cells only is flagged too: on a lost part of the page it reads empty whatever the
-    # paper holds (a reviewer confirms a cell empty or types the digits). One with no cell at all has
-    # nothing a reviewer could be shown.
-    if damaged and cut.slots:
+    # paper holds (a reviewer confirms a cell empty or types the digits).
+    if damaged:
         flags.append(FLAG_DAMAGED)
+    if flags and not digits:
+        # No cell at all (a string field with no ink) and yet to be reviewed: one blank cell covering the
+        # field, the one the review queue shows (its strip) to be confirmed empty. Without it nothing
+        # could clear the field, and its document needed review for ever.
+        digits.append(DigitResult(position=0, bbox=cut.bbox, blank=True, label=None, confidence=None))
     return FieldResult(
         name=cut.name,
         kind=cut.kind,
