@@ -16,7 +16,9 @@ printed its batch id the signal is sent after a random delay (uniform between --
   and was acted on once it was); 0, or death by the signal itself (it came as Python was exiting),
   with "done";
 - the same command again exits 0, and then the database holds each file once, every document read,
-  every batch "done", and the clean run's number of pages.
+  every batch "done", and the clean run's number of pages. With --arrive FILE, a new scan is put in (a
+  copy of) the folder after the stop, as to a hot folder: the next run is another submission, which
+  takes over the stopped batch's unread documents; then the same holds with one file and page more.
 
 With --at-returns the moment is not a time but a point of the code: the run counts the Python function
 returns of its main thread (a profile hook) and raises the signal itself at return number K, K drawn
@@ -212,9 +214,15 @@ def one_round(
     group: bool,
     at: int | None = None,
     server: str | None = None,
+    arrive: Path | None = None,
 ) -> dict[str, Any]:
-    """One stop: `delay` seconds after the batch id, or with `at`, at that function return of the run."""
-    with _Database(server, "stops-") as db:
+    """One stop: `delay` seconds after the batch id, or with `at`, at that function return of the run.
+    With `arrive`, a new one-page scan is put in (a copy of) the folder after the stop."""
+    with _Database(server, "stops-") as db, tempfile.TemporaryDirectory(prefix="stops-folder-") as scratch:
+        if arrive is not None:  # a folder of its own, to which the scan arrives
+            copy = Path(scratch) / "scans"
+            shutil.copytree(folder, copy)
+            folder = copy
         env = {**db.env(workers), "STRESS_STOP_AT": str(at or 0), "STRESS_STOP_SIGNAL": str(int(sig))}
         # SIGINT as from a terminal (a shell running this in the background may have ignored it).
         proc = subprocess.Popen(_command(folder, at is not None), env=env,
@@ -249,16 +257,20 @@ def one_round(
                 broken.append(f"exit {rc} but the batch is {first!r}")
         else:
             broken.append(f"exit {rc}")
+        if arrive is not None:
+            shutil.copy(arrive, folder / f"arrived{arrive.suffix}")
         again = _submit(folder, env, timeout)
         after = db.state()
+        extra = 0 if arrive is None else 1  # the scan that arrived: one document of one page
+        documents, pages = clean["documents"] + extra, clean["pages"] + extra
         if again.returncode != 0:
             broken.append(f"the same command again exited {again.returncode}: {again.stderr[-500:]}")
-        if after["documents"] != clean["documents"] or after["distinct"] != clean["documents"]:
-            broken.append(f"{after['documents']} documents ({after['distinct']} files) after, not {clean['documents']}")
+        if after["documents"] != documents or after["distinct"] != documents:
+            broken.append(f"{after['documents']} documents ({after['distinct']} files) after, not {documents}")
         if after["unread"] or set(after["batches"]) != {"done"}:
             broken.append(f"unfinished after the second run: {after}")
-        if after["pages"] != clean["pages"] or after["stored_pages"] != clean["pages"]:
-            broken.append(f"{after['stored_pages']} pages stored after, not {clean['pages']}")
+        if after["pages"] != pages or after["stored_pages"] != pages:
+            broken.append(f"{after['stored_pages']} pages stored after, not {pages}")
         return {
             "delay": round(delay, 3),
             "rc": rc,
@@ -282,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="stop at a random Python function return of the run (after its batch id), not "
                          "after a random delay: the run raises the signal itself, anywhere in its code")  # fmt: skip
     ap.add_argument("--server", help="a PostgreSQL server's URL: each round stores into a new database on it")
+    ap.add_argument("--arrive", type=Path,
+                    help="a one-page scan not in FOLDER, put in (a copy of) it after each stop: the next run is "
+                         "another submission (a new batch), which must take over the stopped batch's unread "
+                         "documents and leave every batch done, each file once")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     sig = signal.Signals[f"SIG{args.signal}"]
@@ -295,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.rounds):
         delay = rng.uniform(args.earliest, latest)
         at = rng.randint(clean["batch_id_at"], clean["returns"]) if args.at_returns else None
-        r = one_round(args.folder, args.workers, sig, delay, clean, args.timeout, args.group, at, args.server)
+        r = one_round(args.folder, args.workers, sig, delay, clean, args.timeout, args.group, at, args.server,
+                      args.arrive)  # fmt: skip
         outcomes[f"{r['rc']} {r['status']}"] += 1
         if r["broken"]:
             broken.append({"round": i, **r})
