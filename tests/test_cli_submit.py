@@ -202,7 +202,7 @@ def test_subprocess_partial_and_all_failed(isolated_env: Path, scans: Path, tmp_
     assert len(ok) == 1 and ok[0]["pages"][0]["fields"]
     assert all(d["error"]["code"] == expected[Path(d["path"]).name] for d in export["documents"]
                if d["status"] == "failed")  # fmt: skip
-    only_bad = _cli(["submit", str(folder / "bad")], env)
+    only_bad = _cli(["submit", "--force", str(folder / "bad")], env)  # --force: they failed before
     assert only_bad.returncode == ExitCode.INPUT  # every document failed
     # `batches` lists both, newest first, with their documents by status; --status keeps one kind.
     listed = json.loads(_cli(["batches", "--json"], env).stdout)
@@ -224,6 +224,16 @@ def test_subprocess_partial_and_all_failed(isolated_env: Path, scans: Path, tmp_
     assert local.strftime("%Y-%m-%d %H:%M") in _cli(["batches"], {**env, "TZ": "XYZ-5:30"}).stdout.splitlines()[2]
     shown = _cli(["status", batch], {**env, "TZ": "XYZ-5:30"}).stdout.splitlines()[0]
     assert f"(created {local:%Y-%m-%d %H:%M:%S}" in shown
+    # The same folder again, as a hot folder's next run: the good scan was read; the bad files whose
+    # bytes decide their failure are skipped, naming the batch they last failed in, not failed again
+    # into every new batch; huge.png (too_large: a setting decides it) is read, and fails, again.
+    again = _cli(["submit", str(folder)], env)
+    said = " ".join(again.stderr.split())
+    assert again.returncode == ExitCode.INPUT, again.stderr
+    assert f"skipped {len(expected) - 1} that failed before (batch {int(batch) + 1}:" in said, said
+    assert "skipped 1 already processed" in said
+    st = json.loads(_cli(["status", again.stdout.strip(), "--json"], env).stdout)
+    assert [(Path(f["path"]).name, f["code"]) for f in st["failures"]] == [("huge.png", "too_large")]
 
 
 def _stored(db: Path, batch: int) -> tuple[int, str | None]:

@@ -461,6 +461,37 @@ def test_a_forced_run_stopped_and_forced_again_leaves_no_batch_interrupted(setti
                                     "b": [(second.batch_id, "pending")]}  # fmt: skip
 
 
+def test_content_that_failed_for_good_is_skipped_by_later_submissions(settings: Settings) -> None:
+    """A broken scan left in a hot folder: it fails once; later runs skip it ("failed", naming the batch)
+    instead of failing it again into every new batch. A failure the moment or the settings decide
+    (timeout) is tried again; --force reads both again; a resumed batch counts the skipped as known."""
+    engine = get_engine(settings)
+    bad, slow, good, new = (store.InputFile(f"/scans/{n}.png", n * 64, 1) for n in "bsgn")
+    with session_scope(engine=engine) as s:
+        first = store.register_batch(s, [bad, slow, good])
+        for doc in s.scalars(select(Document).where(Document.batch_id == first.batch_id)):
+            code = {bad.sha256: "truncated", slow.sha256: "timeout"}.get(doc.sha256)
+            if code:
+                store.store_document_failure(s, doc.id, code, f"{doc.path}: {code}")
+            else:
+                doc.status = "done"
+        s.flush()
+        store.finish_batch(s, first.batch_id)
+    with session_scope(engine=engine) as s:
+        again = store.register_batch(s, [bad, slow, good, new])
+    assert sorted(p for _, p in again.todo) == [new.path, slow.path]
+    assert sorted((f.path, f.reason, f.batch_id) for f in again.skipped) == [
+        (bad.path, "failed", first.batch_id), (good.path, "processed", first.batch_id)
+    ]  # fmt: skip
+    _finish(engine, again.batch_id, {new.sha256}, interrupted=True)  # stopped with slow pending
+    with session_scope(engine=engine) as s:
+        resumed = store.register_batch(s, [bad, slow, good, new])
+    assert resumed.resumed and resumed.batch_id == again.batch_id and [p for _, p in resumed.todo] == [slow.path]
+    with session_scope(engine=engine) as s:
+        forced = store.register_batch(s, [bad, good], force=True)
+    assert sorted(p for _, p in forced.todo) == [bad.path, good.path] and forced.skipped == []
+
+
 def test_unreadable_files_of_one_long_folder_are_two_documents(settings: Settings) -> None:
     """The stand-in content of an unreadable file was its path cut to 64 characters: two files of a folder
     whose path is that long were the same document, and the run ended in an internal error."""

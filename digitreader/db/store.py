@@ -47,6 +47,23 @@ PENDING_DOCUMENT = ("pending", "processing")
 #: Values per IN (...) query: well under the 65,535 parameters a PostgreSQL statement may hold.
 IN_CHUNK = 10_000
 
+#: Failures that a file's bytes decide: the same content read again fails the same way, so a later
+#: submission skips it as it skips content already read (a broken scan left in a hot folder is not
+#: read, and failed, by every run); `--force` reads it again. Not here: what settings or the moment
+#: decide (too_large, timeout, template_mismatch, worker_lost, internal), nor an unreadable file (no
+#: content known: a stand-in id per path).
+FAILED_FOR_GOOD = (
+    "empty_file",
+    "truncated",
+    "unreadable",
+    "unsupported",
+    "encrypted",
+    "empty_page",
+    "blank_page",
+    "all_black",
+    "damaged",
+)
+
 #: A file hash not renewed in this many days is forgotten (`save_file_hashes`): the table holds about a
 #: year of a hot folder's files, not every file ever submitted; a file forgotten is only hashed again.
 FILE_HASH_DAYS = 365
@@ -81,8 +98,9 @@ class InputFile:
 class SkippedFile:
     path: str
     sha256: str
-    # "processed" (already done in batch `batch_id`), "in_progress" (pending in batch `batch_id`, which
-    # another run is reading now) or "duplicate" (same content twice in this submission)
+    # "processed" (already done in batch `batch_id`), "failed" (failed in batch `batch_id` for a reason its
+    # bytes decide: `FAILED_FOR_GOOD`), "in_progress" (pending in batch `batch_id`, which another run is
+    # reading now) or "duplicate" (same content twice in this submission)
     reason: str
     batch_id: int | None = None
 
@@ -156,6 +174,25 @@ def register_batch(
                 ).all()
             )
 
+    # Contents that failed for good (`FAILED_FOR_GOOD`) and were never read successfully: skipped too.
+    failed_in: dict[str, int] = {}
+    if not force:
+        for chunk in chunks:
+            failed_in.update(
+                session.execute(
+                    select(Document.sha256, func.max(Document.batch_id))
+                    .where(
+                        Document.sha256.in_(chunk),
+                        Document.status == "failed",
+                        Document.error_code.in_(FAILED_FOR_GOOD),
+                    )
+                    .group_by(Document.sha256)
+                ).all()
+            )
+        for sha in done_in.keys() & failed_in.keys():
+            del failed_in[sha]
+    known = done_in.keys() | failed_in.keys()
+
     if not force and shas:
         for batch in _batches_within(session, chunks):
             docs = session.execute(
@@ -166,7 +203,7 @@ def register_batch(
             batch_shas = {d.sha256 for d in docs}
             # The same submission: the batch holds its files, but for those that other batches had
             # read already when it was created (skipped then, and now).
-            if batch_shas and batch_shas <= shas and (shas - batch_shas) <= done_in.keys():
+            if batch_shas and batch_shas <= shas and (shas - batch_shas) <= known:
                 # Pending here but read since by another batch (a run in between that made a batch of
                 # its own, a file having arrived): read there, not again here.
                 gone = [d for d in docs if d.status in PENDING_DOCUMENT and d.sha256 in done_in]
@@ -182,7 +219,10 @@ def register_batch(
                     (d.id, unique[d.sha256].path) for d in docs if d.status in PENDING_DOCUMENT
                 ]
                 for sha in sorted(shas - batch_shas, key=lambda h: unique[h].path):
-                    skipped.append(SkippedFile(unique[sha].path, sha, "processed", done_in[sha]))
+                    if sha in done_in:
+                        skipped.append(SkippedFile(unique[sha].path, sha, "processed", done_in[sha]))
+                    else:
+                        skipped.append(SkippedFile(unique[sha].path, sha, "failed", failed_in[sha]))
                 if claim is not None and not claim(batch.id):
                     log.info("batch %s is being read by another run: %d of %d documents left", batch.id,
                              len(todo), len(docs))  # fmt: skip
@@ -195,6 +235,9 @@ def register_batch(
     for sha, batch_id in done_in.items():
         f = unique.pop(sha)
         skipped.append(SkippedFile(f.path, sha, "processed", batch_id))
+    for sha, batch_id in failed_in.items():
+        f = unique.pop(sha)
+        skipped.append(SkippedFile(f.path, sha, "failed", batch_id))
     if held_elsewhere is not None and not force and unique:
         for sha, batch_id in _being_read(session, _chunks(unique), held_elsewhere).items():
             f = unique.pop(sha)

@@ -44,7 +44,7 @@ def submit_distributed(
     typer.echo(str(sub.batch_id))
     if not quiet:
         busy = sum(1 for f in sub.skipped if f.reason == "in_progress")
-        skipped = (f", {len(sub.skipped) - busy} skipped (already processed or duplicate)"
+        skipped = (f", {len(sub.skipped) - busy} skipped (already processed, failed before, or duplicate)"
                    if len(sub.skipped) > busy else "")  # fmt: skip
         skipped += f", {busy} skipped (being read by another batch now)" if busy else ""
         err.print(f"batch {sub.batch_id}{' (resumed)' if sub.resumed else ''}: queued {sub.queued} of "

@@ -140,6 +140,13 @@ def _summary(rep: BatchReport, settle: float = 0.0) -> str:
             f"  skipped {len(processed)} already processed (batch {', '.join(map(str, batches))}); "
             "use --force to read them again"
         )
+    failed_before = [s for s in rep.skipped if s.reason == "failed"]
+    if failed_before:
+        batches = sorted({s.batch_id for s in failed_before if s.batch_id is not None})
+        lines.append(
+            f"  skipped {len(failed_before)} that failed before (batch {', '.join(map(str, batches))}: the same "
+            "bytes fail the same way); replace them, or use --force to read them again"
+        )
     busy = [s for s in rep.skipped if s.reason == "in_progress"]
     if busy:
         batches = sorted({s.batch_id for s in busy if s.batch_id is not None})
@@ -203,8 +210,9 @@ def submit(
 
     Prints the batch id alone on stdout; progress and a summary (documents, pages, digits,
     flagged, failed, seconds) go to stderr. A file that cannot be read is recorded as failed with
-    its reason and the batch goes on. Files whose content was already processed are skipped
-    (--force reads them again), and a file unchanged since it was last hashed (the same size, times
+    its reason and the batch goes on. Files whose content was already processed are skipped, and so
+    are those that failed before for a reason their bytes decide (truncated, encrypted, blank...;
+    --force reads both again), and a file unchanged since it was last hashed (the same size, times
     and inode) is not even read to know its content; re-running the same command after Ctrl-C or a
     crash finishes the interrupted batch without duplicates. Started while another run reads the same files, it waits
     for that run and reads only what it leaves; files another run is reading are skipped by a new
