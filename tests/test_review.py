@@ -504,6 +504,25 @@ def test_a_label_for_a_digit_changed_since_it_was_seen_is_refused(
         assert service.apply_correction(s, did, 3, reviewer="carol").old_label == fix  # unchecked (the CLI)
 
 
+def test_undo_takes_back_your_latest_correction_still_standing(
+    rsettings: Settings, processed: tuple[Path, int]
+) -> None:
+    """Alice labels two digits, then Bob labels Alice's second one again: her `u` takes back her first
+    (the second is history under Bob's). Before, it picked the second and refused ("undo correction N
+    first", Bob's), so Alice could undo nothing until she made a new correction."""
+    with session_scope(rsettings) as s:
+        first, second = service.list_queue(s, batch_id=processed[1])[:2]
+        mine = service.apply_correction(s, first.digit_id, 3, reviewer="alice")
+        service.apply_correction(s, second.digit_id, 4, reviewer="alice")
+        service.apply_correction(s, second.digit_id, 5, reviewer="bob")
+    with session_scope(rsettings) as s:
+        back = service.undo(s, reviewer="alice")
+        assert (back.correction_id, back.digit_id, back.label) == (mine.correction_id, first.digit_id, first.label)
+        assert present(s.get(Digit, second.digit_id)).label == 5  # Bob's stands
+    with session_scope(rsettings) as s, pytest.raises(NotFoundError, match="nothing to undo for alice"):
+        service.undo(s, reviewer="alice")
+
+
 def test_two_undos_of_one_correction_at_once(rsettings: Settings, processed: tuple[Path, int]) -> None:
     """Two tabs (or two `review undo --any`) undo the same correction at once: the second reads it before
     the first's commit, waits for the document's lock, then finds it gone: "nothing to undo" (404 on the

@@ -627,7 +627,16 @@ def undo(session: Session, *, reviewer: str | None = None, correction_id: int | 
     else:
         stmt = select(Correction).order_by(Correction.id.desc()).limit(1)
         if reviewer is not None:
-            stmt = stmt.where(Correction.reviewer == reviewer)
+            # The reviewer's latest correction still standing: one another reviewer corrected again since
+            # is history under theirs, no longer this reviewer's to take back (it was picked before, and
+            # refused as not the digit's latest: the reviewer could undo nothing more).
+            later = aliased(Correction)
+            superseded = (
+                select(later.id)
+                .where(later.digit_id == Correction.digit_id, later.id > Correction.id)
+                .correlate(Correction)
+            )
+            stmt = stmt.where(Correction.reviewer == reviewer, ~superseded.exists())
         corr = session.scalars(stmt).first()
         if corr is None:
             raise NotFoundError("nothing to undo" + (f" for {reviewer}" if reviewer else ""))
