@@ -418,6 +418,26 @@ def test_a_file_arriving_after_a_stop_leaves_each_scan_in_one_batch(settings: Se
     assert _per_content(engine) == {"a": one, **{k: [(second.batch_id, "done")] for k in "bcd"}}
 
 
+def test_a_batch_stopped_after_its_last_document_is_closed_by_the_next_submission(settings: Settings) -> None:
+    """Stopped after it stored its last document but before it was closed: nothing pending, yet
+    "interrupted". The next run of a changed submission (a scan arrived) closes it; before, it stayed
+    "interrupted" for good (found by `stress_stops.py --arrive` on PostgreSQL)."""
+    engine = get_engine(settings)
+    a, b, c = (store.InputFile(f"/scans/{n}.png", n * 64, 1) for n in "abc")
+    nobody = lambda batch_id: False  # noqa: E731
+    with session_scope(engine=engine) as s:
+        first = store.register_batch(s, [a, b], held_elsewhere=nobody)
+    assert _finish(engine, first.batch_id, {a.sha256, b.sha256}, interrupted=True) == "interrupted"
+    with session_scope(engine=engine) as s:
+        held = store.register_batch(s, [a, b, c], held_elsewhere=lambda batch_id: True)
+        assert s.get(Batch, first.batch_id).status == "interrupted"  # type: ignore[union-attr]  # its run may close it yet
+        s.rollback()
+    with session_scope(engine=engine) as s:
+        second = store.register_batch(s, [a, b, c], held_elsewhere=nobody)
+        assert s.get(Batch, first.batch_id).status == "done"  # type: ignore[union-attr]
+    assert held.todo and [p for _, p in second.todo] == [c.path]
+
+
 def test_a_resumed_batch_does_not_read_again_what_another_batch_read_meanwhile(settings: Settings) -> None:
     """A database as the code before left it: batch 1 stopped with b and c pending, batch 2 (made when
     d arrived) read b, c and d. Running the first submission's command again resumes batch 1, whose

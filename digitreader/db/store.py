@@ -242,8 +242,8 @@ def register_batch(
         for sha, batch_id in _being_read(session, _chunks(unique), held_elsewhere).items():
             f = unique.pop(sha)
             skipped.append(SkippedFile(f.path, sha, "in_progress", batch_id))
-    if held_elsewhere is not None and mode == "embedded" and unique:
-        _take_over_pending(session, _chunks(unique), held_elsewhere)
+    if held_elsewhere is not None and mode == "embedded":
+        _take_over_pending(session, chunks, set(unique), held_elsewhere)
 
     batch = Batch(
         status="running",
@@ -324,38 +324,39 @@ def _being_read(
 
 
 def _take_over_pending(
-    session: Session, chunks: Sequence[Sequence[str]], held_elsewhere: Callable[[int], bool]
+    session: Session, chunks: Sequence[Sequence[str]], reading: set[str], held_elsewhere: Callable[[int], bool]
 ) -> None:
-    """A new batch is about to read these contents: where one is still pending in an unfinished
-    embedded batch that no run is reading (interrupted, and not resumed because the submission has
-    changed since: a file arrived, one cannot be read, `--force`), that document leaves the old batch,
-    which would otherwise read it again when its own submission is run again (the same scan in two
-    batches), or stay "interrupted" for ever. An old batch left with nothing pending is closed."""
-    rows: list[tuple[int, int]] = []
+    """A new batch is about to read the contents `reading` (of the submission's, in `chunks`). An
+    unfinished embedded batch holding some of the submission's contents that no run is reading
+    (stopped, and not resumed because the submission has changed since: a file arrived, one cannot be
+    read, `--force`) gives up its pending documents of `reading`, which it would otherwise read again
+    when its own submission is run again (the same scan in two batches), and, with nothing left
+    pending (also one stopped after its last document, before it was closed), it is closed rather than
+    left "interrupted" for a run that never comes."""
+    rows: list[tuple[int, int, str, str]] = []
     for chunk in chunks:
         rows += session.execute(
-            select(Document.id, Document.batch_id)
+            select(Document.id, Document.batch_id, Document.sha256, Document.status)
             .join(Batch, Batch.id == Document.batch_id)
-            .where(
-                Document.sha256.in_(chunk),
-                Document.status.in_(PENDING_DOCUMENT),
-                Batch.status.in_(UNFINISHED_BATCH),
-                Batch.mode == "embedded",
-            )
+            .where(Document.sha256.in_(chunk), Batch.status.in_(UNFINISHED_BATCH), Batch.mode == "embedded")
         ).all()
     by_batch: dict[int, list[int]] = {}
-    for doc_id, batch_id in rows:
-        by_batch.setdefault(batch_id, []).append(doc_id)
+    for doc_id, batch_id, sha, status in rows:
+        ids = by_batch.setdefault(batch_id, [])
+        if status in PENDING_DOCUMENT and sha in reading:
+            ids.append(doc_id)
     for batch_id, ids in sorted(by_batch.items()):
         if held_elsewhere(batch_id):  # another run reads it now (a `--force` run beside it)
             continue
-        _drop_pending(session, ids)
-        log.info("batch %s: %d pending document(s) taken over by a new batch", batch_id, len(ids))
+        if ids:
+            _drop_pending(session, ids)
+            log.info("batch %s: %d pending document(s) taken over by a new batch", batch_id, len(ids))
         if not session.scalar(
             select(func.count()).where(Document.batch_id == batch_id, Document.status.in_(PENDING_DOCUMENT))
         ):
             status = _final_status(document_counts(session, batch_id), interrupted=False)
             session.execute(update(Batch).where(Batch.id == batch_id).values(status=status, finished_at=utcnow()))
+            log.info("batch %s: nothing left to read, closed (%s)", batch_id, status)
 
 
 def _drop_pending(session: Session, ids: Sequence[int]) -> None:
