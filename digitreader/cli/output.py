@@ -25,6 +25,7 @@ from rich.progress import (
 )
 
 from digitreader.errors import UsageError
+from digitreader.text import printable as shown
 
 #: Logs, progress and summaries: stderr. stdout is for data only.
 err = Console(stderr=True)
@@ -127,18 +128,6 @@ def writable_folder(path: Path) -> None:
         raise UsageError(f"cannot write to {path}: {exc.strerror or exc}") from exc
 
 
-def shown(text: str) -> str:
-    """`text` (a path, or a message naming one) as digitreader shows it: a file name that is not valid
-    UTF-8 reaches Python with surrogates, and each such byte is shown as `\\xNN` ("scan-\\xff.png"), as
-    the database stores it (`db.store.db_text`, the same rule, without loading the database here), so
-    `submit`'s lines name a file as `status` and the export do. Valid text, and text shown so
-    already, is returned unchanged."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def warning_line(path: str, warnings: list[str] | tuple[str, ...]) -> str:
     """A document read from damaged image data in one line: `PATH: damaged image data, read as far as
     it decodes: FIRST MESSAGE (and N more)`."""
@@ -151,7 +140,7 @@ def failure_line(path: str, code: str | None, message: str | None) -> str:
     """A failed document in one line, `PATH: CODE: MESSAGE`, its message without the path it starts
     with: the loaders' errors name their file ("a.png: the file is empty (0 bytes)"), and one of a
     page keeps the page ("a.pdf (page 2): ..." -> "a.pdf: truncated: page 2: ..."). A name that is not
-    valid UTF-8 is shown with `\\xNN` escapes (`shown`)."""
+    valid UTF-8 is shown with `\\xNN` escapes (`text.printable`)."""
     path, msg = shown(path), shown(message or "")
     if msg.startswith(path):
         rest = msg[len(path) :]

@@ -34,6 +34,7 @@ from digitreader.db.models import (
     utcnow,
 )
 from digitreader.errors import NotFoundError
+from digitreader.text import printable
 
 if TYPE_CHECKING:  # numpy's import is not needed to read batches (`status`, `batches`, `export`)
     from digitreader.pipeline.assemble import PageResult
@@ -74,15 +75,8 @@ FILE_HASH_CHUNK = 2_000
 REGISTRATION_LOCK_KEY = zlib.crc32(b"digitreader.registration")
 
 
-def db_text(text: str) -> str:
-    """`text` (a path, or a message naming one) as a database can store it. On Linux a file name is
-    bytes, and one that is not valid UTF-8 (names from an old Windows share or a zip archive) reaches
-    Python with surrogates that neither SQLite nor PostgreSQL accept: each such byte is written as
-    `\\xNN`, so "scan-\\xff.png" is stored and shown. Valid text is returned unchanged."""
-    try:  # valid text goes through unchanged
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+#: `text` as a database can store it: a file name's bytes that are not UTF-8 as `\xNN` (`text.printable`).
+db_text = printable
 
 
 @dataclass(frozen=True)

@@ -144,31 +144,36 @@ def _margin(top3: list[Any] | None) -> float | None:
     return float(top3[0][1]) - float(top3[1][1])
 
 
+def _first_unreviewed(other: Any, *where: Any, order: Sequence[Any]) -> Any:
+    """Correlated scalar subquery: of the outer field (flagged: `needs_review`), its first digit `other`
+    (an alias of Digit) not yet reviewed that meets `where`, in `order`; else NULL."""
+    reviewed = select(Correction.id).where(Correction.digit_id == other.id).exists()
+    return (
+        select(other.id)
+        .where(other.field_id == Field.id, ~reviewed, Field.needs_review.is_(True), *where)
+        .order_by(*order)
+        .limit(1)
+        .correlate(Field)
+        .scalar_subquery()
+    )
+
+
 def _rule_digit() -> Any:
     """Correlated scalar subquery: for a field flagged only by a template rule (length/pattern; none of
     its digits flagged), its lowest-confidence non-blank digit not yet reviewed; else NULL."""
     other = aliased(Digit)
     flagged = aliased(Digit)
-    reviewed = select(Correction.id).where(Correction.digit_id == other.id).exists()
     # correlate(Field): else this subquery takes a `fields` of its own, and any flagged digit anywhere in
     # the database keeps every rule-only field out of the queue.
     any_flagged = (
         select(flagged.id).where(flagged.field_id == Field.id, flagged.needs_review.is_(True)).correlate(Field).exists()
     )
-    return (
-        select(other.id)
-        .where(
-            other.field_id == Field.id,
-            other.blank.is_(False),
-            other.crop.is_not(None),
-            ~reviewed,
-            Field.needs_review.is_(True),
-            ~any_flagged,
-        )
-        .order_by(other.confidence.is_not(None), other.confidence, other.id)
-        .limit(1)
-        .correlate(Field)
-        .scalar_subquery()
+    return _first_unreviewed(
+        other,
+        other.blank.is_(False),
+        other.crop.is_not(None),
+        ~any_flagged,
+        order=(other.confidence.is_not(None), other.confidence, other.id),
     )
 
 
@@ -177,18 +182,10 @@ def _empty_field_cell() -> Any:
     found them all blank), its first cell (lowest position) not yet reviewed; else NULL."""
     other = aliased(Digit)
     cropped = aliased(Digit)
-    reviewed = select(Correction.id).where(Correction.digit_id == other.id).exists()
     any_crop = (
         select(cropped.id).where(cropped.field_id == Field.id, cropped.crop.is_not(None)).correlate(Field).exists()
     )
-    return (
-        select(other.id)
-        .where(other.field_id == Field.id, ~reviewed, Field.needs_review.is_(True), ~any_crop)
-        .order_by(other.position, other.id)
-        .limit(1)
-        .correlate(Field)
-        .scalar_subquery()
-    )
+    return _first_unreviewed(other, ~any_crop, order=(other.position, other.id))
 
 
 def read_empty(field: Field) -> bool:

@@ -112,6 +112,12 @@ class _Bar(ProgressHook):
         self.bar.stop()
 
 
+def _skipped(rep: BatchReport, reason: str) -> tuple[int, str]:
+    """How many files the batch skipped for `reason`, and the batches named ("3, 7")."""
+    files = [s for s in rep.skipped if s.reason == reason]
+    return len(files), ", ".join(map(str, sorted({s.batch_id for s in files if s.batch_id is not None})))
+
+
 def _summary(rep: BatchReport, settle: float = 0.0) -> str:
     done = sum(1 for d in rep.processed if d.status == "done")
     review = sum(1 for d in rep.processed if d.status == "needs_review")
@@ -132,25 +138,19 @@ def _summary(rep: BatchReport, settle: float = 0.0) -> str:
         if rep.threshold is not None
         else f"  {rep.seconds:.1f} s{rate}",
     ]
-    processed = [s for s in rep.skipped if s.reason == "processed"]
+    n, batches = _skipped(rep, "processed")
+    if n:
+        lines.append(f"  skipped {n} already processed (batch {batches}); use --force to read them again")
+    n, batches = _skipped(rep, "failed")
+    if n:
+        lines.append(
+            f"  skipped {n} that failed before (batch {batches}: the same bytes fail the same way); "
+            "replace them, or use --force to read them again"
+        )
+    n, batches = _skipped(rep, "in_progress")
+    if n:
+        lines.append(f"  skipped {n} being read by another run now (batch {batches})")
     dups = [s for s in rep.skipped if s.reason == "duplicate"]
-    if processed:
-        batches = sorted({s.batch_id for s in processed if s.batch_id is not None})
-        lines.append(
-            f"  skipped {len(processed)} already processed (batch {', '.join(map(str, batches))}); "
-            "use --force to read them again"
-        )
-    failed_before = [s for s in rep.skipped if s.reason == "failed"]
-    if failed_before:
-        batches = sorted({s.batch_id for s in failed_before if s.batch_id is not None})
-        lines.append(
-            f"  skipped {len(failed_before)} that failed before (batch {', '.join(map(str, batches))}: the same "
-            "bytes fail the same way); replace them, or use --force to read them again"
-        )
-    busy = [s for s in rep.skipped if s.reason == "in_progress"]
-    if busy:
-        batches = sorted({s.batch_id for s in busy if s.batch_id is not None})
-        lines.append(f"  skipped {len(busy)} being read by another run now (batch {', '.join(map(str, batches))})")
     if rep.unsettled:
         lines.append(
             f"  left {len(rep.unsettled)} modified in the last {settle:g} s for the next run (still being written?)"
