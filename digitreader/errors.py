@@ -50,6 +50,26 @@ class UsageError(DigitreaderError):
     code = "usage"
 
 
+class ChangedMeanwhileError(UsageError):
+    """The digit is no longer what the reviewer saw: someone corrected (or undid) it since the page was
+    loaded. The correction is refused so as not to overwrite theirs; `current` is its label now (None:
+    blank), `by` who made its latest correction (None: no correction left, an undo changed it)."""
+
+    code = "changed"
+
+    def __init__(self, digit_id: int, seen: int | None, current: int | None, by: str | None) -> None:
+        shown = "x" if seen is None else str(seen)
+        now = "x" if current is None else str(current)
+        who = f"{by} changed it" if by else "it was changed (a correction undone)"
+        super().__init__(
+            f"digit {digit_id}: {who} since you saw it: it is now {now}, not {shown}; your label was not saved",
+            hint="look at it again (its current label is shown) and label it again if it is still wrong",
+        )
+        self.digit_id = digit_id
+        self.current = current
+        self.by = by
+
+
 class NotFoundError(DigitreaderError):
     exit_code = ExitCode.NOT_FOUND
     code = "not_found"

@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 from digitreader.cli.main import main
 from digitreader.db import Correction, Digit, Document, Field, Page, session_scope
 from digitreader.db.session import dispose_engines
-from digitreader.errors import ExitCode, NotFoundError, UsageError
+from digitreader.errors import ChangedMeanwhileError, ExitCode, NotFoundError, UsageError
 from digitreader.export import export_json
 from digitreader.review import service
 from digitreader.review.app import check_bind, create_app
@@ -499,7 +499,7 @@ def test_a_label_for_a_digit_changed_since_it_was_seen_is_refused(
     r = bob.post("/api/label", json={"digit_id": did, "label": "5", "seen": None}, headers=hb)
     assert r.status_code == 409 and r.json()["current"] == fix
     with session_scope(rsettings) as s:
-        with pytest.raises(service.ChangedMeanwhileError, match="alice changed it|bob changed it"):
+        with pytest.raises(ChangedMeanwhileError, match="alice changed it|bob changed it"):
             service.apply_correction(s, did, 3, reviewer="carol", expected=model)
         assert service.apply_correction(s, did, 3, reviewer="carol").old_label == fix  # unchecked (the CLI)
 

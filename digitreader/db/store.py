@@ -206,7 +206,8 @@ def register_batch(
                     for d in sorted(gone, key=lambda d: unique[d.sha256].path):
                         skipped.append(SkippedFile(unique[d.sha256].path, d.sha256, "processed", done_in[d.sha256]))
                     log.info("batch %s: %d pending document(s) read by other batches since", batch.id, len(gone))
-                    docs = [d for d in docs if d not in gone]
+                    gone_ids = {d.id for d in gone}
+                    docs = [d for d in docs if d.id not in gone_ids]
                 # The files are opened where this submission found them (the stored path is for people:
                 # see db_text; and a folder moved since still resumes).
                 todo: list[tuple[int, str]] = [

@@ -35,7 +35,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from digitreader.db import session_scope
-from digitreader.errors import DigitreaderError, NotFoundError, UsageError
+from digitreader.errors import ChangedMeanwhileError, DigitreaderError, NotFoundError, UsageError
 from digitreader.review import service
 from digitreader.settings import Settings
 
@@ -333,7 +333,7 @@ class ReviewApp:
 
         try:
             await run_in_threadpool(apply)
-        except service.ChangedMeanwhileError as exc:
+        except ChangedMeanwhileError as exc:
             return PlainTextResponse(f"{exc.message}. Go back and reload the page.", status_code=409)
         return RedirectResponse("/" + (f"?{request.url.query}" if request.url.query else ""), status_code=303)
 
@@ -370,7 +370,7 @@ class ReviewApp:
 async def _errors(request: Request, exc: Exception) -> Response:
     if isinstance(exc, NotFoundError):
         return JSONResponse({"error": str(exc.message)}, status_code=404)
-    if isinstance(exc, service.ChangedMeanwhileError):  # the page shows it and takes `current`
+    if isinstance(exc, ChangedMeanwhileError):  # the page shows it and takes `current`
         body = {"error": str(exc.message), "digit_id": exc.digit_id, "current": exc.current, "by": exc.by}
         return JSONResponse(body, status_code=409)
     if isinstance(exc, UsageError):
