@@ -206,7 +206,7 @@ def test_cli_list_label_undo(rsettings: Settings, processed: tuple[Path, int], m
         code, out, err = _cli(["review", "list", "--batch", str(processed[1]), "--json"], capsys)
         assert code == 0, err
         rows = [json.loads(line) for line in out.splitlines()]
-        assert rows and "flagged digit(s) left" in err
+        assert rows and "digit(s) left to review" in err
         first = rows[0]
         code, out, err = _cli(["review", "label", str(first["digit_id"]), "x", "--json"], capsys)
         assert code == 0, err
@@ -284,7 +284,7 @@ def _csrf(html: str) -> str:
 def test_web_csrf_origin_and_host_checks(rsettings: Settings, processed: tuple[Path, int]) -> None:
     c = _client(rsettings)
     page = c.get(f"/?batch={processed[1]}")
-    assert page.status_code == 200 and "flagged digits left" in page.text
+    assert page.status_code == 200 and "digits left to review" in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
     token = _csrf(page.text)
     data = json.loads(page.text.split('id="queue-data">', 1)[1].split("</script>", 1)[0])

@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -195,7 +196,11 @@ class Digit(Base):
     choice was "not a digit" (then `label` is its best digit and the digit is flagged)."""
 
     __tablename__ = "digits"
-    __table_args__ = (UniqueConstraint("field_id", "position"),)
+    __table_args__ = (
+        UniqueConstraint("field_id", "position"),
+        # "has this field a flagged digit?", asked per flagged field by the review queue (migration 0007)
+        Index("ix_digits_field_id_needs_review", "field_id", "needs_review"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     field_id: Mapped[int] = mapped_column(ForeignKey("fields.id", ondelete="CASCADE"), index=True)

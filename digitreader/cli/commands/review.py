@@ -99,7 +99,7 @@ def list_cmd(
                 f"{it.digit_id}\t{it.batch_id}\t{it.document}\t{it.page}\t{it.field}\t{it.position}\t"
                 f"{_label_text(it.label)}\t{conf}\t{top}"
             )
-    err.print(f"{counts['left']} flagged digit(s) left, {counts['reviewed']} reviewed, "
+    err.print(f"{counts['left']} digit(s) left to review, {counts['reviewed']} reviewed, "
               f"{counts['documents_left']} document(s) need review")  # fmt: skip
 
 
