@@ -405,6 +405,38 @@ def test_login_with_a_token_asks_each_clerk_for_a_name(rsettings: Settings) -> N
     assert '<input name="name" value="tester">' in _client(rsettings).get("/login").text
 
 
+def test_a_script_with_the_bearer_token_labels_under_the_name_it_gives(rsettings: Settings) -> None:
+    """A script sends the token as `Authorization: Bearer` instead of logging in: it reads the queue and
+    labels, with no cookie, origin or CSRF token (nothing a browser could forge), and must name its
+    reviewer (`X-Reviewer`): corrections and undo go by it. Before, such a POST was refused as
+    cross-origin, and the name would have been the server's default reviewer."""
+    token = "a-long-enough-token"
+    app = create_app(rsettings, token=token, loopback_only=False, secret_key="k")
+    script = TestClient(app, base_url="http://review.example")
+    auth = {"Authorization": f"Bearer {token}"}
+    assert script.get("/api/queue").status_code == 401
+    assert script.get("/api/queue", headers={"Authorization": "Bearer wrong-token-here"}).status_code == 401
+    items = script.get("/api/queue", headers=auth).json()["items"]
+    assert len(items) >= 2
+    first, second = items[0], items[1]
+    body = {"digit_id": first["digit_id"], "label": "7", "seen": "x" if first["label"] is None else str(first["label"])}
+    nameless = script.post("/api/label", json=body, headers=auth)
+    assert nameless.status_code == 400 and "X-Reviewer" in nameless.json()["error"]
+    forged = script.post("/api/label", json=body, headers={"Authorization": "Bearer nope", "X-Reviewer": "eve"})
+    assert forged.status_code == 403  # no token, no session: the browser checks apply, and fail
+    ok = script.post("/api/label", json=body, headers={**auth, "X-Reviewer": " ana "})
+    assert ok.status_code == 200 and ok.json()["reviewer"] == "ana" and ok.json()["new_label"] == 7
+    body2 = {"digit_id": second["digit_id"], "label": "x"}
+    assert script.post("/api/label", json=body2, headers={**auth, "X-Reviewer": "bob"}).json()["reviewer"] == "bob"
+    with session_scope(rsettings) as s:
+        who = {c.digit_id: c.reviewer for c in s.scalars(select(Correction))}
+    assert who[first["digit_id"]] == "ana" and who[second["digit_id"]] == "bob"
+    # ana's undo takes back ana's correction, not bob's later one
+    undone = script.post("/api/undo", headers={**auth, "X-Reviewer": "ana"})
+    assert undone.status_code == 200 and undone.json()["digit_id"] == first["digit_id"]
+    assert script.post("/api/undo", headers={**auth, "X-Reviewer": "ana"}).status_code == 404
+
+
 def test_web_refuses_malformed_labels_and_ids(
     rsettings: Settings, processed: tuple[Path, int], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

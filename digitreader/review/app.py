@@ -3,11 +3,12 @@
 Security, since the page changes data:
 - Bound to loopback by default; any other address needs a token (`--token` or
   DIGITREADER_REVIEW_TOKEN), and `serve` refuses to start without one. With a token, every page
-  and API call needs a logged-in session (the token typed on /login, or `?token=` once in a link).
+  and API call needs a logged-in session (the token typed on /login, or `?token=` once in a link),
+  or, from a script, `Authorization: Bearer TOKEN` (its POSTs name their reviewer: `X-Reviewer`).
 - Loopback binds only answer to loopback host names (no DNS rebinding).
-- Every state-changing request (POST) must come from this origin (Origin, else Referer, must
-  match the Host) and carry the session's CSRF token (form field `csrf_token` or header
-  `X-CSRF-Token`), compared in constant time. Session cookies are signed, HttpOnly, SameSite=Strict.
+- Every state-changing request (POST) of a browser session must come from this origin (Origin, else
+  Referer, must match the Host) and carry the session's CSRF token (form field `csrf_token` or header
+  `X-CSRF-Token`), compared in constant time; a bearer request carries no cookie to forge. Session cookies are signed, HttpOnly, SameSite=Strict.
 - Crops are served from the database by digit id (a PNG rendered from the stored 28x28 bytes);
   no path ever comes from a request. Pages send a strict Content-Security-Policy (no inline script).
 """
@@ -97,6 +98,11 @@ class _Guard:
         await self.app(scope, receive, send_with_headers)
 
 
+def _header_name(request: Request) -> str:
+    """The reviewer a script names (`X-Reviewer`), trimmed; "" when it names none."""
+    return request.headers.get("x-reviewer", "").strip()[:128]
+
+
 class ReviewApp:
     """Holds the configuration; its methods are the routes."""
 
@@ -114,8 +120,12 @@ class ReviewApp:
     def authed(self, request: Request) -> bool:
         if self.token is None:
             return True
-        if request.session.get("auth") is True:
-            return True
+        return request.session.get("auth") is True or self.bearer(request)
+
+    def bearer(self, request: Request) -> bool:
+        """A script's request: `Authorization: Bearer TOKEN` with the server's token (only with one)."""
+        if self.token is None:
+            return False
         header = request.headers.get("authorization", "")
         return header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), self.token.encode())
 
@@ -133,7 +143,16 @@ class ReviewApp:
         return urlsplit(source).netloc == host
 
     async def check_post(self, request: Request, form_token: str | None = None) -> Response | None:
-        """None if the POST may proceed, else the error response (403)."""
+        """None if the POST may proceed, else the error response (403).
+
+        A script with the bearer token needs no origin nor CSRF token (a browser sends no such header
+        on its own, so no other site can forge it), but must name its reviewer (`X-Reviewer`), since
+        corrections and undo go by that name."""
+        if self.bearer(request):
+            if not _header_name(request):
+                return JSONResponse({"error": "name the reviewer: send an X-Reviewer header with the token"},
+                                    status_code=400)  # fmt: skip
+            return None
         if not self.same_origin(request):
             return JSONResponse({"error": "cross-origin request refused"}, status_code=403)
         expected = request.session.get("csrf")
@@ -145,6 +164,8 @@ class ReviewApp:
         return None
 
     def reviewer(self, request: Request) -> str:
+        if self.bearer(request):
+            return _header_name(request) or self.default_reviewer
         return str(request.session.get("user") or self.default_reviewer)
 
     @staticmethod
