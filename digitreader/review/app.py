@@ -8,7 +8,8 @@ Security, since the page changes data:
 - Loopback binds only answer to loopback host names (no DNS rebinding).
 - Every state-changing request (POST) of a browser session must come from this origin (Origin, else
   Referer, must match the Host) and carry the session's CSRF token (form field `csrf_token` or header
-  `X-CSRF-Token`), compared in constant time; a bearer request carries no cookie to forge. Session cookies are signed, HttpOnly, SameSite=Strict.
+  `X-CSRF-Token`), compared in constant time; a bearer request carries no cookie to forge.
+  Session cookies are signed, HttpOnly, SameSite=Strict.
 - Crops are served from the database by digit id (a PNG rendered from the stored 28x28 bytes);
   no path ever comes from a request. Pages send a strict Content-Security-Policy (no inline script).
 """
