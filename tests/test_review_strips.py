@@ -425,3 +425,52 @@ def test_a_damaged_scans_empty_fields_come_to_the_queue(tmp_path: Path, data_dir
             assert [len(d.corrections) for d in f.digits] == [1] + [0] * (
                 len(f.digits) - 1
             )  # one cell, confirmed empty
+
+
+def test_a_string_field_read_empty_takes_a_value_typed_digit_by_digit(tmp_path: Path, data_dir: Path) -> None:
+    """A string field where nothing was cut (here on the lost part of a damaged scan) has one blank cell
+    covering it. A reviewer types its digits one at a time: after each, the next cell comes (the field's
+    box), until `x` ends the field. Undo takes a digit back and the cell offered after it goes. Before,
+    a digit typed there was the whole value: a cheque amount of one digit."""
+    from digitreader.export import export_json
+    from tests.test_decoder_messages import damaged_jpeg
+
+    settings = Settings(home=tmp_path / "home", data_dir=data_dir, workers=1, reviewer="tester",
+                        _env_file=None)  # type: ignore[call-arg]  # fmt: skip
+    template = _order_template(tmp_path / "order.yaml", [], string_patterns=False)
+    rep = process_batch([damaged_jpeg(tmp_path / "damaged.jpg")], settings, template=template)
+
+    def offered(s: Session, fid: int) -> list[service.QueueItem]:
+        return [i for i in service.list_queue(s, batch_id=rep.batch_id) if i.field_id == fid]
+
+    with session_scope(settings) as s:
+        doc = s.scalars(select(Document).where(Document.batch_id == rep.batch_id)).one()
+        strings = [f for p in doc.pages for f in p.fields if f.kind == "string" and len(f.digits) == 1
+                   and f.digits[0].crop is None]  # fmt: skip
+        assert strings, "the lost part of the page should hold a string field with nothing cut"
+        f = strings[0]
+        fid, fbox = f.id, f.bbox
+        assert f.flags == ["damaged_image"] and f.needs_review
+        left = service.queue_counts(s, batch_id=rep.batch_id)["left"]
+        for typed in (1, 2, 5):
+            (item,) = offered(s, fid)
+            assert item.bbox == fbox and item.label is None
+            res = service.apply_correction(s, item.digit_id, typed, reviewer="tester")
+            assert res.field_needs_review
+        s.refresh(f)
+        assert f.value == "125" and [d.position for d in f.digits] == [0, 1, 2, 3]
+        assert service.queue_counts(s, batch_id=rep.batch_id)["left"] == left  # one cell offered all along
+        # undo the 5: its cell is offered again, the one after it goes
+        service.undo(s, reviewer="tester")
+        s.refresh(f)
+        assert f.value == "12" and [d.position for d in f.digits] == [0, 1, 2]
+        (item,) = offered(s, fid)
+        assert item.position == 2
+        service.apply_correction(s, item.digit_id, 0, reviewer="tester")
+        (item,) = offered(s, fid)
+        res = service.apply_correction(s, item.digit_id, None, reviewer="tester")  # x: the field ends
+        assert not res.field_needs_review and res.field_value == "120"
+        assert not offered(s, fid)
+        exported = next(x for d in export_json(s, rep.batch_id)["documents"] for p in d["pages"]
+                        for x in p["fields"] if x["name"] == f.name)  # fmt: skip
+        assert exported["value"] == "120" and [d["label"] for d in exported["digits"]] == [1, 2, 0, None]

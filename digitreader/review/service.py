@@ -534,6 +534,37 @@ def refresh_field(field: Field) -> None:
     field.needs_review = digit_flags or (bool(flags) and not all_reviewed)
 
 
+def fit_typed_string(session: Session, field: Field) -> None:
+    """A string field read empty (the one blank cell `assemble` gives a string field where nothing was
+    cut) takes its digits typed one cell at a time: while it needs review, one cell not yet seen follows
+    the last cell seen (added, with the field's box, after a digit was typed into the last one), so the
+    queue offers the next digit until an `x` ends the field or its rule is met. Cells not yet seen
+    beyond that one (left by an undo, or after the end) are dropped. Refreshes the field."""
+    if field.kind != "string" or not read_empty(field):
+        refresh_field(field)
+        return
+    cells = sorted(field.digits, key=lambda c: c.position)
+    seen = [i for i, c in enumerate(cells) if c.corrections]
+    last_seen = seen[-1] if seen else -1
+    ended = any(cells[i].blank for i in seen)
+    keep = last_seen + 1 if ended else last_seen + 2  # ended: no cell after the last seen
+    for cell in cells[max(keep, 1) :]:
+        field.digits.remove(cell)
+        session.delete(cell)
+    if not ended and last_seen == len(cells) - 1:
+        last = cells[last_seen]
+        field.digits.append(Digit(position=last.position + 1, x=field.x, y=field.y, w=field.w, h=field.h,
+                                  crop=None, blank=True, label=None, model_version=last.model_version))  # fmt: skip
+    refresh_field(field)
+    if not field.needs_review:  # the rule met: the cell offered for the next digit goes too
+        unseen = [c for c in field.digits if not c.corrections and c.position > 0]
+        for cell in unseen:
+            field.digits.remove(cell)
+            session.delete(cell)
+        refresh_field(field)
+    session.flush()
+
+
 def refresh_document(session: Session, document_id: int) -> str:
     """`done` when none of the document's fields needs review, else `needs_review` (failed stays failed)."""
     doc = session.get(Document, document_id)
@@ -607,7 +638,7 @@ def apply_correction(
     d.label = label
     d.blank = label is None
     d.needs_review = False
-    refresh_field(f)
+    fit_typed_string(session, f)
     session.flush()
     status = refresh_document(session, doc.id)
     session.flush()
@@ -685,7 +716,7 @@ def undo(session: Session, *, reviewer: str | None = None, correction_id: int | 
     session.delete(corr)
     session.flush()
     f = d.field
-    refresh_field(f)
+    fit_typed_string(session, f)
     session.flush()
     status = refresh_document(session, f.page.document_id)
     session.flush()
