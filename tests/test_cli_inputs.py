@@ -123,6 +123,27 @@ def test_a_glob_that_matches_folders_reads_them_as_folders(tmp_path: Path, monke
     assert exc.value.exit_code == ExitCode.USAGE and "no scans match days/2026-1[01]-*" in str(exc.value)
 
 
+def test_jpeg_names_windows_gives_are_read_and_files_left_out_are_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder's `.jfif` and `.jpe` files (JPEGs as Windows saves them) are scans; before, they were left
+    out without a word. Images of kinds not read (a fax as GIF, a phone's HEIC) are counted in one
+    warning; other files (a scan's sidecar .json, notes, Thumbs.db) and hidden ones are left out quietly."""
+    top = tmp_path / "in"
+    scans = [_scan(top / "a.jpg"), _scan(top / "b.jfif"), _scan(top / "sub" / "c.JPE")]
+    for junk in ("notes.txt", "a.truth.json", "Thumbs.db", "fax.gif", "sub/photo.HEIC", "sub/old.gif", "README"):
+        (top / junk).write_bytes(b"x")
+    (top / ".DS_Store").write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="digitreader.pipeline.process"):
+        assert collect_inputs([top]) == sorted(scans)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning == "left out 3 image(s) of kinds not read (.gif 2, .heic 1); convert them to PNG, JPEG, TIFF or PDF"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="digitreader.pipeline.process"):
+        assert collect_inputs([top / "a.jpg", top / "b.jfif"]) == scans[:2]
+    assert not caplog.records  # files named: nothing left out
+
+
 def test_submit_shows_a_name_that_is_not_utf8_as_status_and_export_do(
     isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -132,6 +132,16 @@ def test_transparent_areas_become_paper(tmp_path: Path, settings: Settings) -> N
     Image.fromarray(rgba, "RGBA").save(p)
     (page,) = list(load_pages(p, settings))
     assert page.gray[0, 0] == 255 and page.gray[15, 15] == 0
+    # The same picture as grey or RGB with a tRNS key colour (black: see-through), and a grey bar where
+    # the black bar was: before, the key colour was read as black, and such a page failed "all_black".
+    grey = np.zeros((50, 40), np.uint8)
+    grey[10:20, 10:30] = 40
+    Image.fromarray(grey, "L").save(tmp_path / "key.png", transparency=0)
+    Image.fromarray(np.dstack([grey] * 3), "RGB").save(tmp_path / "key-rgb.png", transparency=(0, 0, 0))
+    for name in ("key.png", "key-rgb.png"):
+        assert "transparency" in Image.open(tmp_path / name).info
+        (page,) = list(load_pages(tmp_path / name, settings))
+        assert page.gray[0, 0] == 255 and page.gray[15, 15] == 40, name
 
 
 def test_colour_becomes_grey(tmp_path: Path, settings: Settings) -> None:
@@ -219,3 +229,39 @@ def test_a_multipage_tiff_cut_anywhere_is_truncated_or_whole(
             assert outcome in ("3 pages", "truncated"), (size, outcome)
             outcomes.add(outcome)
     assert "truncated" in outcomes
+
+
+def test_a_stated_dpi_that_cannot_be_the_pages_is_not_believed(tmp_path: Path, settings: Settings) -> None:
+    """Cameras and many programs state 72 or 96 dpi whatever the pixels are. A 300-dpi A4 form stated at
+    72 dpi would be a sheet 1.24 m long: read at that scale no field was found, and the document was
+    "done" with nothing read. Such a dpi is not believed (the page size decides, as with no dpi)."""
+    from digitreader.pipeline.prepare import plausible_dpi
+    from digitreader.pipeline.process import segment_document
+
+    assert plausible_dpi(2480, 3508, 300) and plausible_dpi(595, 842, 72) and plausible_dpi(1378, 630, 200)
+    assert not plausible_dpi(2480, 3508, 72) and not plausible_dpi(2480, 3508, 96) and not plausible_dpi(10, 10, 50)
+    form = Image.open(Path(__file__).resolve().parents[1] / "examples" / "scans" / "scan-0001-00001.jpg")
+    pixels = form.convert("L")
+    counts = {}
+    for dpi in (300, 96, 72):
+        path = tmp_path / f"form-{dpi}.jpg"
+        pixels.save(path, dpi=(dpi, dpi), quality=92)
+        assert Image.open(path).info["dpi"][0] == dpi
+        cut = segment_document(path, settings, None, None)
+        assert not cut.failed
+        counts[dpi] = [len(p.fields) for p in cut.pages]
+    assert counts[300][0] >= 20 and counts[96] == counts[300] and counts[72] == counts[300]
+
+
+@pytest.mark.parametrize(("h", "w"), [(3, 4000), (6, 2480), (3508, 2), (1, 1)])
+def test_a_sliver_of_a_page_is_prepared_without_an_error(h: int, w: int) -> None:
+    """A page a few pixels thin (at 600 or 1200 dpi) was reduced to nothing: an OpenCV assertion, and the
+    document failed as an internal error."""
+    from digitreader.pipeline.prepare import prepare_page
+    from digitreader.types import PageImage
+
+    a = np.full((h, w), 255, np.uint8)
+    a[::3, ::9] = 0
+    for dpi in (None, 300, 600, 1200):
+        prepared = prepare_page(PageImage(1, a, dpi=dpi))
+        assert prepared.ink.size > 0 and (prepared.width, prepared.height) == (w, h)

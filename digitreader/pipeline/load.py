@@ -13,6 +13,7 @@ unreadable, truncated, unsupported, encrypted, too_large, empty_file, empty_page
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import logging
 import mmap
@@ -27,7 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digitreader.errors import InputError
 from digitreader.pipeline.normalize import to_gray
-from digitreader.pipeline.tiff import DamagedStrip, decode_frame
+from digitreader.pipeline.tiff import ORIENTATION, DamagedStrip, decode_frame
 from digitreader.settings import Settings
 from digitreader.types import PageImage
 
@@ -173,6 +174,9 @@ def _check_size(w: int, h: int, settings: Settings, path: Path, page: int) -> No
 def _to_array(im: Image.Image) -> np.ndarray:
     """Pillow image (any mode) -> numpy array that `to_gray` understands (grey, BGR or BGRA)."""
     mode = im.mode
+    if mode in ("L", "RGB") and "transparency" in im.info:  # a PNG's tRNS key colour: see-through
+        a = np.asarray(im.convert("RGBA"))
+        return a[..., [2, 1, 0, 3]]
     if mode in ("1", "L", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         return np.asarray(im)
     if mode == "I":
@@ -195,6 +199,17 @@ _ORIENT = {
     7: (True, 2, False),
     8: (False, 1, False),
 }
+
+
+def oriented(arr: np.ndarray, orient: int) -> np.ndarray:
+    """The pixels as stored, turned as the EXIF/TIFF orientation `orient` says (1-8; others: as stored)."""
+    if orient not in _ORIENT:
+        return arr
+    transpose, k, flip = _ORIENT[orient]
+    if transpose:
+        arr = np.swapaxes(arr, 0, 1)
+    arr = np.rot90(arr, k)
+    return arr[:, ::-1] if flip else arr
 
 
 _REDUCED = {2: "IMREAD_REDUCED_GRAYSCALE_2", 4: "IMREAD_REDUCED_GRAYSCALE_4", 8: "IMREAD_REDUCED_GRAYSCALE_8"}
@@ -225,6 +240,8 @@ def _fast_decode(path: Path, im: Image.Image, reduction: int = 1) -> np.ndarray 
         return None
     if im.mode not in ("L", "RGB", "1", "P", "RGBA", "LA", "I;16", "I;16B", "I"):
         return None
+    if im.mode in ("L", "RGB") and "transparency" in im.info:
+        return None  # a tRNS key colour, which these decoders drop: Pillow's path makes it paper
     data = path.read_bytes()
     if fmt == "PNG" and b"IEND" not in data[-32:]:
         return None
@@ -255,14 +272,7 @@ def _fast_decode(path: Path, im: Image.Image, reduction: int = 1) -> np.ndarray 
             orient = int(exif.get(0x0112, 1))
     except Exception:  # a broken EXIF block is not a broken image
         orient = 1
-    if orient in _ORIENT:
-        transpose, k, flip = _ORIENT[orient]
-        if transpose:
-            arr = np.swapaxes(arr, 0, 1)
-        arr = np.rot90(arr, k)
-        if flip:
-            arr = arr[:, ::-1]
-    return arr
+    return oriented(arr, orient)
 
 
 def _image_pages(
@@ -377,9 +387,11 @@ def _frames(path: Path, im: Image.Image, indices: range, settings: Settings) -> 
                 message = f"the image data is damaged: {exc}"
                 raise InputError(message, path=path, page=number, code="unreadable") from exc
             if arr is None:
-                arr = _pillow_frame(path, im, number)
-            elif arr.ndim == 3:
-                arr = arr[..., ::-1]  # RGB -> BGR, as _to_array gives it
+                arr = _pillow_frame(path, im, number, data)
+            else:
+                if arr.ndim == 3:
+                    arr = arr[..., ::-1]  # RGB -> BGR, as _to_array gives it
+                arr = oriented(arr, tiff_orientation(im))  # as a viewer shows the page, like Pillow's
             gray = to_gray(arr)
             if gray.size == 0:
                 raise InputError("the page has no pixels", path=path, page=number, code="empty_page")
@@ -388,14 +400,20 @@ def _frames(path: Path, im: Image.Image, indices: range, settings: Settings) -> 
             yield PageImage(number=number, gray=np.ascontiguousarray(gray), dpi=dpi, source=str(path))
 
 
-def _pillow_frame(path: Path, im: Image.Image, number: int) -> np.ndarray:
-    """The current frame decoded by Pillow (the first one turned by its EXIF orientation), with
-    Pillow's failures as the document's specific errors."""
+def _pillow_frame(path: Path, im: Image.Image, number: int, data: bytes | mmap.mmap | None = None) -> np.ndarray:
+    """The current frame decoded by Pillow, turned by its EXIF/TIFF orientation (every page: a viewer
+    turns each), with Pillow's failures as the document's specific errors. `data`: the TIFF's bytes."""
+    if im.format == "TIFF" and tiff_orientation(im) in (5, 6, 7, 8):
+        # Pillow 13 maps an uncompressed one-strip page from the file with its *turned* size: sheared
+        # garbage. Decoded from a copy in memory (no mapping), the page comes out whole.
+        copy = Image.open(io.BytesIO(bytes(data) if data is not None else path.read_bytes()))
+        copy.seek(number - 1)
+        im = copy
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im.load()
-            return _to_array(ImageOps.exif_transpose(im) if number == 1 else im)
+            return _to_array(ImageOps.exif_transpose(im))
     except Image.DecompressionBombError as exc:
         raise InputError(f"too large to decode ({exc})", path=path, page=number, code="too_large") from exc
     except (EOFError, SyntaxError) as exc:
@@ -405,6 +423,14 @@ def _pillow_frame(path: Path, im: Image.Image, number: int) -> np.ndarray:
         raise InputError(f"cannot decode the image ({exc})", path=path, page=number, code=code) from exc
     except (ValueError, MemoryError) as exc:
         raise InputError(f"cannot decode the image ({exc})", path=path, page=number, code="unreadable") from exc
+
+
+def tiff_orientation(im: Image.Image) -> int:
+    """The TIFF page's Orientation tag (1: as stored, the default)."""
+    try:
+        return int(im.tag_v2.get(ORIENTATION, 1))  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return 1
 
 
 def _dpi(im: Image.Image) -> float | None:

@@ -37,9 +37,25 @@ WORK_DPI = 150.0
 MAX_SKEW = 15.0
 
 
+#: The longest sheet this tool is for, in mm (A3 is 420, US tabloid 432): a file whose stated dpi makes
+#: its page longer is not believed. Cameras and many programs write 72 or 96 dpi whatever the pixels
+#: are: a 300-dpi A4 page (3508 pixels) "at 72 dpi" would be a sheet 1.24 m long, and read at that
+#: scale no field was found.
+MAX_SHEET_MM = 460.0
+
+
+def plausible_dpi(width: int, height: int, dpi: float | None) -> bool:
+    """Whether the file's stated dpi can be the page's: 72-1200, and the page no longer than
+    `MAX_SHEET_MM` at that resolution."""
+    if not dpi or not 72 <= dpi <= 1200:
+        return False
+    return max(width, height) * 25.4 / dpi <= MAX_SHEET_MM
+
+
 def px_per_mm(width: int, height: int, dpi: float | None) -> float:
-    """Pixels per millimetre: from the file's dpi when plausible, else from the page size (A4/letter)."""
-    if dpi and 72 <= dpi <= 1200:
+    """Pixels per millimetre: from the file's dpi when plausible (`plausible_dpi`), else from the page
+    size (A4/letter)."""
+    if dpi and plausible_dpi(width, height, dpi):
         return dpi / 25.4
     long_side = max(width, height)
     # Assume a page whose long side is A4 (297 mm); cheques and small slips are rarely without dpi.
@@ -98,6 +114,8 @@ def _profile_scores_np(xc: np.ndarray, yc: np.ndarray, angles: np.ndarray, n_bin
 def estimate_skew(flat: np.ndarray, ppm: float, max_angle: float = MAX_SKEW) -> float:
     """Skew in degrees (counter-clockwise as seen on screen) from a projection profile of the ink."""
     f = max(1, int(round(ppm * 25.4 / 100.0)))
+    if flat.shape[0] // f < 2 or flat.shape[1] // f < 2:
+        return 0.0  # a sliver of a page (a few rows or columns): no skew to see at 100 dpi
     small = cv2.resize(flat, (flat.shape[1] // f, flat.shape[0] // f), interpolation=cv2.INTER_AREA) if f > 1 else flat
     _, dark = cv2.threshold(small, 169, 1, cv2.THRESH_BINARY_INV)  # small < 170
     points = cv2.findNonZero(dark)  # (x, y) in row-major order, as np.nonzero gives them
@@ -184,8 +202,9 @@ def prepare_page(page: PageImage, settings: Settings | None = None, rotation: in
     """
     ppm0 = px_per_mm(page.width, page.height, page.dpi)
     r = max(1, page.reduction)  # the loader may have decoded the page already reduced
-    f2 = max(1, work_factor(ppm0 / r))
     gray = page.gray
+    # No more than the page's narrow side: a sliver of a few pixels is not reduced to nothing.
+    f2 = max(1, min(work_factor(ppm0 / r), *gray.shape))
     if f2 > 1:
         gray = cv2.resize(gray, (gray.shape[1] // f2, gray.shape[0] // f2), interpolation=cv2.INTER_AREA)
     f = r * f2

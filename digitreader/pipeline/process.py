@@ -30,6 +30,7 @@ import signal
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool  # by name: `cf.process` exists once imported
 from dataclasses import dataclass, replace
@@ -71,7 +72,15 @@ from digitreader.types import PageCut
 log = logging.getLogger(__name__)
 
 #: File types picked up when a folder is submitted (explicit files are always tried).
-SCAN_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pdf", ".webp", ".pbm", ".pgm", ".ppm"})
+SCAN_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".tif", ".tiff", ".bmp", ".pdf", ".webp", ".pbm", ".pgm", ".ppm"}
+)  # .jfif: the name Windows gives a saved JPEG
+#: Images and documents of kinds not read: a folder's files with these names are counted in a warning
+#: (a sidecar .json or .txt, a Thumbs.db, are left out without a word).
+UNREAD_IMAGE_SUFFIXES = frozenset(
+    {".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".jpx", ".svg", ".xps", ".oxps", ".djvu", ".djv",
+     ".psd", ".dng", ".cr2", ".nef", ".emf", ".wmf", ".tga", ".pcx", ".ico", ".eps", ".ps", ".docx", ".odt"}
+)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -103,11 +112,12 @@ def leave_unsettled(files: Sequence[Path], seconds: float) -> tuple[list[Path], 
     return [p for p in files if p not in too_new], too_new
 
 
-def _scans_in(folder: Path) -> list[Path]:
+def _scans_in(folder: Path, others: Counter[str] | None = None) -> list[Path]:
     """The scan files below `folder`, sorted: searched recursively through symlinked folders too, each
     real folder once (a link back to a folder above ends), leaving out hidden files and folders
     (names starting with "."). Only names below `folder` count: the parts of `folder` itself
-    (`..`, `~/.scans`) are the user's to choose."""
+    (`..`, `~/.scans`) are the user's to choose. `others` counts the images of kinds not read
+    (`UNREAD_IMAGE_SUFFIXES`; not hidden) left out, by suffix."""
     found: list[Path] = []
     visited: set[tuple[int, int]] = set()
     for top, dirs, files in os.walk(folder, followlinks=True):
@@ -123,8 +133,13 @@ def _scans_in(folder: Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # sorted: which link reads a folder is stable
         for name in files:
             q = Path(top, name)
-            if not name.startswith(".") and q.suffix.lower() in SCAN_SUFFIXES and q.is_file():
-                found.append(q)
+            if name.startswith("."):
+                continue
+            if q.suffix.lower() in SCAN_SUFFIXES:
+                if q.is_file():
+                    found.append(q)
+            elif others is not None and q.suffix.lower() in UNREAD_IMAGE_SUFFIXES:
+                others[q.suffix.lower()] += 1
     return sorted(found)
 
 
@@ -137,6 +152,7 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
     """
     out: list[Path] = []
     seen: set[Path] = set()
+    others: Counter[str] = Counter()  # images of kinds not read, in the folders
 
     def add(p: Path) -> None:
         key = p.resolve()
@@ -151,7 +167,7 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
         if p.is_file():
             add(p)
         elif p.is_dir():
-            found = _scans_in(p)
+            found = _scans_in(p, others)
             if not found:
                 raise UsageError(f"no scans found in folder {store.db_text(str(p))}", hint=types)
             for q in found:
@@ -160,7 +176,7 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
             matched = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
             if not matched:
                 raise UsageError(f"no files match {name}")
-            matches = [f for m in matched for f in ([m] if m.is_file() else _scans_in(m) if m.is_dir() else [])]
+            matches = [f for m in matched for f in ([m] if m.is_file() else _scans_in(m, others) if m.is_dir() else [])]
             if not matches:
                 raise UsageError(f"no scans match {name}", hint=types)
             for q in matches:
@@ -169,6 +185,13 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
             raise UsageError(f"not a regular file or folder: {name}", hint="name the scan files, or their folder")
         else:
             raise UsageError(f"no such file or folder: {name}")
+    if others:
+        kinds = ", ".join(f"{suffix} {n}" for suffix, n in sorted(others.items()))
+        log.warning(
+            "left out %d image(s) of kinds not read (%s); convert them to PNG, JPEG, TIFF or PDF",
+            sum(others.values()),
+            kinds,
+        )
     return out
 
 

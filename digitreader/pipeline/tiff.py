@@ -7,7 +7,7 @@ with numpy, and the pixels are Pillow's own. Tags are read from the frame Pillow
 (`Image.tag_v2`), so multi-page files go page by page as before.
 
 `decode_frame(data, im)` returns None for anything else (LZW, JPEG or CCITT compression, tiles,
-other bit depths, planar or alpha samples, a turned page, a strip that does not inflate to its size):
+other bit depths, planar or alpha samples, a strip that does not inflate to its size):
 the loader then decodes the frame with Pillow, which also reports what is wrong with a damaged one.
 Except for damaged Deflate data: a strip that zlib rejects (a bad header, bad codes, a checksum that
 does not match) raises `DamagedStrip`, and the page fails. Pillow's libtiff fails some of these too,
@@ -56,8 +56,9 @@ def _one(tags: Any, tag: int, default: int) -> int:
 
 def decode_frame(data: bytes | mmap.mmap, im: Any) -> np.ndarray | None:
     """The current frame of the TIFF `im` (a Pillow image, parsed from `data`, the file's bytes or the
-    file mapped into memory) as Pillow would give it (`np.asarray`: (h, w) grey, (h, w, 3) RGB), or
-    None (decode it with Pillow). Each strip is sliced out of `data` as bytes: nothing keeps a
+    file mapped into memory) as Pillow would give it (`np.asarray`: (h, w) grey, (h, w, 3) RGB) as
+    stored, not turned by its Orientation tag (the caller turns it), or None (decode it with Pillow).
+    Each strip is sliced out of `data` as bytes: nothing keeps a
     reference into a mapped file once this returns."""
     if getattr(im, "format", None) != "TIFF" or im.mode not in ("L", "RGB"):
         return None
@@ -70,7 +71,7 @@ def decode_frame(data: bytes | mmap.mmap, im: Any) -> np.ndarray | None:
     if (
         width <= 0
         or height <= 0
-        or (width, height) != im.size
+        or (width, height) not in (im.size, im.size[::-1])  # Pillow 13 gives a turned page its turned size
         or _one(tags, BITS, 1) != 8
         or spp != {"L": 1, "RGB": 3}[im.mode]
         or (spp, photometric) not in ((1, 0), (1, 1), (3, 2))
@@ -79,7 +80,7 @@ def decode_frame(data: bytes | mmap.mmap, im: Any) -> np.ndarray | None:
         or (predictor == 2 and compression == 1)  # not defined uncompressed; Pillow ignores it, libtiff not
         or _one(tags, PLANAR, 1) != 1
         or _one(tags, FILL_ORDER, 1) != 1
-        or _one(tags, ORIENTATION, 1) != 1
+        or _one(tags, ORIENTATION, 1) not in range(1, 9)
         or _one(tags, SAMPLE_FORMAT, 1) != 1
         or EXTRA_SAMPLES in tags
         or TILE_WIDTH in tags
