@@ -90,6 +90,30 @@ def test_submit_status_export_in_process(isolated_env: Path, scans: Path, tmp_pa
     assert runner.invoke(app, ["export", "999"]).exception.__class__ is NotFoundError
 
 
+def test_a_document_with_no_digit_field_is_named_in_the_summary_and_status(isolated_env: Path, tmp_path: Path) -> None:
+    """A page of printed text (or a form read at a wrong scale) is read with no field: `done`, with
+    nothing to review and nothing read. Before, neither `submit` nor `status` said so."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    letter = Image.new("L", (1240, 1754), 255)
+    draw = ImageDraw.Draw(letter)
+    for i in range(20):
+        draw.text(
+            (100, 100 + 60 * i), f"Dear customer, your order number {i} was sent", font=ImageFont.load_default(size=30)
+        )
+    letter.save(folder / "letter.png", dpi=(150, 150))
+    shutil.copy(Path(__file__).resolve().parents[1] / "examples" / "scans" / "scan-0003-00001.png", folder / "form.png")
+    res = runner.invoke(app, ["submit", str(folder)])
+    assert res.exit_code == 0, res.output
+    assert "no digit field found in 1 (not a form, or scanned at another scale?):" in res.stderr
+    assert f"    {folder / 'letter.png'}\n" in res.stderr and "form.png" not in res.stderr
+    st = json.loads(runner.invoke(app, ["status", res.stdout.strip(), "--json"]).stdout)
+    assert st["no_fields"] == [str(folder / "letter.png")] and st["documents"]["done"] == 2
+    assert "no digit field found in 1" in runner.invoke(app, ["status"]).stdout
+
+
 def test_usage_errors(isolated_env: Path, tmp_path: Path) -> None:
     env = _env(isolated_env)
     bad = _cli(["submit", str(tmp_path / "nope")], env)

@@ -821,6 +821,7 @@ def batch_status(session: Session, batch_id: int | None) -> dict[str, Any]:
             {"path": d.path, "code": d.error_code, "message": d.error_message} for d in failures(session, batch.id)
         ],
         "warnings": [{"path": d.path, "status": d.status, "warnings": d.warnings} for d in warned(session, batch.id)],
+        "no_fields": [d.path for d in fieldless(session, batch.id)],
         "newer_empty": newer_empty,
     }
 
@@ -882,6 +883,18 @@ def warned(session: Session, batch_id: int) -> list[Document]:
         session.scalars(
             select(Document)
             .where(Document.batch_id == batch_id, Document.warnings.is_not(None), Document.status != "failed")
+            .order_by(Document.id)
+        ).all()
+    )
+
+
+def fieldless(session: Session, batch_id: int) -> list[Document]:
+    """The batch's documents read (done or needing review) in which no digit field was found."""
+    has_field = select(Field.id).join(Page, Field.page_id == Page.id).where(Page.document_id == Document.id).exists()
+    return list(
+        session.scalars(
+            select(Document)
+            .where(Document.batch_id == batch_id, Document.status.in_(("done", "needs_review")), ~has_field)
             .order_by(Document.id)
         ).all()
     )

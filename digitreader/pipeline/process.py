@@ -751,6 +751,7 @@ def _recognize_and_store(
             seconds=cut.seconds + timings["recognize"] + timings["store"],
             warnings=cut.warnings,
             turned=sum(1 for p in results if p.rotation),
+            fields=sum(len(p.fields) for p in results),
         )
         report.processed.append(rep)
         hook.document_done(rep)

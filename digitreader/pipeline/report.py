@@ -24,6 +24,7 @@ class DocumentReport:
     #: What the image decoders said of damaged data while its pages were read (`DocumentCut.warnings`).
     warnings: tuple[str, ...] = ()
     turned: int = 0  # pages read turned upright (scanned upside down or on their side: `PageCut.rotation`)
+    fields: int | None = None  # digit fields found (None: not counted, e.g. failed)
 
 
 @dataclass
@@ -63,6 +64,12 @@ class BatchReport:
     @property
     def failed(self) -> list[DocumentReport]:
         return [d for d in self.processed if d.status == "failed"]
+
+    @property
+    def fieldless(self) -> list[DocumentReport]:
+        """Documents read in which no digit field was found (a page of printed text, a form scanned at
+        another scale): nothing to review, yet nothing read."""
+        return [d for d in self.processed if d.status != "failed" and d.fields == 0]
 
     @property
     def warned(self) -> list[DocumentReport]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from digitreader.cli.output import failure_line, local_time, print_json, warning_line
+from digitreader.cli.output import failure_line, local_time, print_json, shown, warning_line
 from digitreader.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ def _text(st: dict[str, Any]) -> str:
     if st.get("warnings"):
         lines.append(f"read from damaged image data ({len(st['warnings'])}; each message in the export):")
         lines += [f"  {warning_line(w['path'], w['warnings'])}" for w in st["warnings"]]
+    if st.get("no_fields"):
+        lines.append(f"no digit field found in {len(st['no_fields'])} (not a form, or scanned at another scale?):")
+        lines += [f"  {shown(path)}" for path in st["no_fields"]]
     if st["failures"]:
         lines.append(f"failures ({len(st['failures'])}):")
         lines += [f"  {failure_line(f['path'], f['code'], f['message'])}" for f in st["failures"]]

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.progress import TaskID
 
-from digitreader.cli.output import err, failure_line, progress, warning_line
+from digitreader.cli.output import err, failure_line, progress, shown, warning_line
 from digitreader.errors import BusyError, DigitreaderError, ExitCode, InputError
 from digitreader.pipeline.report import BatchReport, DocumentReport, ProgressHook
 from digitreader.settings import get_settings
@@ -164,6 +164,11 @@ def _summary(rep: BatchReport, settle: float = 0.0) -> str:
         lines += [f"    {warning_line(d.path, d.warnings)}" for d in rep.warned[:20]]
         if len(rep.warned) > 20:
             lines.append(f"    ... and {len(rep.warned) - 20} more")
+    if rep.fieldless:
+        lines.append(f"  no digit field found in {len(rep.fieldless)} (not a form, or scanned at another scale?):")
+        lines += [f"    {shown(d.path)}" for d in rep.fieldless[:20]]
+        if len(rep.fieldless) > 20:
+            lines.append(f"    ... and {len(rep.fieldless) - 20} more: digitreader status {rep.batch_id}")
     if rep.failed:
         lines.append(f"  failures ({len(rep.failed)}):")
         lines += [f"    {failure_line(d.path, d.error_code, d.error_message)}" for d in rep.failed[:20]]
