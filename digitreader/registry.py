@@ -443,8 +443,8 @@ def installed_models(settings: Settings) -> list[dict[str, Any]]:
         log.warning("model registry unavailable: %s", exc)
     out: list[dict[str, Any]] = []
     for f in files:
-        exists = f.exists()
-        meta = _onnx_meta_or_error(f) if exists else {"error": "file not found"}
+        exists = f.is_file()
+        meta = _onnx_meta_or_error(f) if exists else {"error": "not a file" if f.exists() else "file not found"}
         version = meta.get("version", f.stem)
         reg = registered.pop(version, None)
         digest = sha256_file(f) if exists else None

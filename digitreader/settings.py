@@ -22,8 +22,16 @@ def _default_home() -> Path:
 class Settings(BaseSettings):
     """Configuration for every part of digitreader; each field is `DIGITREADER_<NAME>`."""
 
+    # env_ignore_empty: `DIGITREADER_MODEL_PATH=` (a compose file's or .env's empty line) means the
+    # default, not an empty path. allow_inf_nan=False: `DOCUMENT_TIME_LIMIT=inf`, `THRESHOLD=nan`
+    # are refused with the others (an infinite time limit overflowed the timer on every document).
     model_config = SettingsConfigDict(
-        env_prefix="DIGITREADER_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="DIGITREADER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        env_ignore_empty=True,
+        allow_inf_nan=False,
     )
 
     # Where state lives.
@@ -114,5 +122,24 @@ class Settings(BaseSettings):
 
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings (read once). Tests build their own `Settings(...)` instead."""
-    return Settings()
+    """The process-wide settings (read once). Tests build their own `Settings(...)` instead.
+
+    Raises UsageError (exit 2) naming each `DIGITREADER_*` value that is not valid, or a `.env` file
+    that cannot be read, instead of a validation traceback."""
+    from pydantic import ValidationError
+
+    from digitreader.errors import UsageError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            name = "DIGITREADER_" + "_".join(str(part) for part in e["loc"]).upper()
+            problems.append(f"{name}={e.get('input')!r}: {e['msg']}")
+        raise UsageError(
+            "bad setting" + ("s" if len(problems) > 1 else "") + ": " + "; ".join(problems),
+            hint="fix or unset it (in the environment or .env); the README's Settings table lists each one",
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot read the settings file .env: it is not UTF-8 ({exc.reason})") from exc

@@ -84,6 +84,26 @@ def head_revision() -> str:
     return heads[0]
 
 
+def known_revision(revision: str) -> bool:
+    """Whether `revision` is one of this code's migrations (not one a newer release added)."""
+    from alembic.script import ScriptDirectory
+
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except Exception:  # alembic.util.CommandError: "Can't locate revision identified by ..."
+        return False
+
+
+def newer_schema(revision: str) -> DatabaseError:
+    """The error for a database at a revision this code does not know (a newer release made it)."""
+    return DatabaseError(
+        f"the database schema is at revision {revision}, newer than this digitreader knows (up to "
+        f"{head_revision()}): a newer release made or upgraded it",
+        hint="upgrade digitreader to the release that uses this database (or point DIGITREADER_DATABASE_URL "
+        "at another one)",
+    )
+
+
 def current_revision(engine: Engine) -> str | None:
     """The database's Alembic revision (None for an empty database)."""
     from alembic.runtime.migration import MigrationContext
@@ -171,6 +191,8 @@ def _upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | 
     from alembic import command
 
     before = current_revision(engine)
+    if before is not None and not known_revision(before):
+        raise newer_schema(before)
     try:
         command.upgrade(alembic_config(engine), revision)
     except SQLAlchemyError as exc:
@@ -217,6 +239,8 @@ def ensure_schema(engine: Engine) -> None:
     head = head_revision()
     if current == head:
         return
+    if current is not None and not known_revision(current):
+        raise newer_schema(current)
     if current is None and inspect(engine).get_table_names():
         raise DatabaseError(
             "the database has tables but no digitreader schema version",

@@ -66,6 +66,7 @@ from digitreader.pipeline.pool import (
     stop_pool,
 )
 from digitreader.pipeline.report import BatchReport, DocumentReport, ProgressHook
+from digitreader.pipeline.split import check_splitter
 from digitreader.settings import Settings
 from digitreader.types import PageCut
 
@@ -365,6 +366,7 @@ def process_batch(
         tmpl = load_template(template)
     if predictor is None:
         predictor = load_predictor(settings)
+    check_splitter(settings)
     thr = resolve_threshold(predictor, settings, threshold)
     info = predictor.info
     version = str(info.version)

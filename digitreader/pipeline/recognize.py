@@ -232,7 +232,13 @@ class Predictor:
         if not model_path.exists():
             raise ModelError(f"model file not found: {model_path}", code="missing",
                              hint="reinstall digitreader, or set DIGITREADER_MODEL_PATH to an ONNX model")  # fmt: skip
-        digest = _sha256(model_path)
+        if not model_path.is_file():
+            raise ModelError(f"the model is not a file: {model_path}", code="missing",
+                             hint="set DIGITREADER_MODEL_PATH to an ONNX model file")  # fmt: skip
+        try:
+            digest = _sha256(model_path)
+        except OSError as exc:
+            raise ModelError(f"cannot read the model {model_path}: {exc.strerror or exc}", code="unreadable") from exc
         if expected is not None and digest != expected.lower():
             raise ModelError(
                 f"{model_path}: SHA-256 {digest[:16]}... does not match its manifest ({expected[:16]}...)",

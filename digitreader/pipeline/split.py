@@ -342,6 +342,22 @@ def splitter_model(settings: Settings | None = None, reader: str | Path | None =
     return Path(choice).expanduser()
 
 
+def check_splitter(settings: Settings) -> None:
+    """Raise ModelError (exit 5) when DIGITREADER_SPLITTER names a file that is not there: a batch would
+    read every string field without the splitter's second opinion, with only a warning."""
+    choice = settings.splitter.strip()
+    if choice in ("reader", "shipped"):
+        return
+    if not Path(choice).expanduser().is_file():
+        from digitreader.errors import ModelError
+
+        raise ModelError(
+            f"DIGITREADER_SPLITTER={choice}: no such model file",
+            code="missing",
+            hint="set it to shipped (the default), reader, or an ONNX model file's path",
+        )
+
+
 def default_scorer(model_path: str | Path | None = None) -> DigitScorer | None:
     """A digit model as a `DigitScorer`, loaded once per process and path, or None when it cannot
     load. `model_path`: the model (`splitter_model` chooses the splitter's); None: DIGITREADER_MODEL_PATH,

@@ -51,13 +51,15 @@ def current_cmd() -> None:
 
     Example:  digitreader db current
     """
-    from digitreader.db.migrate import current_revision, head_revision
+    from digitreader.db.migrate import current_revision, head_revision, known_revision, newer_schema
     from digitreader.db.session import get_engine
 
     settings = get_settings()
     engine = get_engine(settings, check_schema=False)
     cur, head = current_revision(engine), head_revision()
     typer.echo(cur or "empty")
+    if cur is not None and not known_revision(cur):
+        raise newer_schema(cur)
     err.print("up to date" if cur == head else f"behind: latest is {head} (run: digitreader db upgrade)")
 
 
