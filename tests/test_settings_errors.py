@@ -89,3 +89,20 @@ def test_a_database_from_a_newer_release_is_a_database_error(tmp_path: Path) -> 
         assert res.returncode == ExitCode.DATABASE, (args, res.stderr)
         assert "Traceback" not in res.stderr, args
         assert "the database schema is at revision 9999, newer than this digitreader knows" in res.stderr, args
+
+
+def test_an_unusable_sqlite_file_is_not_blamed_on_a_server(tmp_path: Path) -> None:
+    """A SQLite file this user cannot write (WAL mode needs it even to read) was reported with the hint
+    "check that the server is running"."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
+
+    from digitreader.db.migrate import _unreachable
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    exc = DBAPIError("SELECT 1", None, sqlite3.OperationalError("attempt to write a readonly database"))
+    err = _unreachable(engine, exc)
+    assert err.exit_code == ExitCode.DATABASE and "readonly" in err.message
+    assert err.hint is not None and "can be written by this user" in err.hint and "server" not in err.hint
+    pg = _unreachable(create_engine("postgresql+psycopg://u@127.0.0.1:1/x"), exc)
+    assert pg.hint is not None and "server is running" in pg.hint

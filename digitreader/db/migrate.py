@@ -116,9 +116,16 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def _unreachable(engine: Engine, exc: DBAPIError) -> DatabaseError:
+    if engine.dialect.name == "sqlite":
+        # A SQLite file in WAL mode needs write access to it and its folder even to be read (-wal, -shm).
+        hint = (
+            "check that the database file and its folder can be written by this user (even reading needs it) "
+            "and that DIGITREADER_DATABASE_URL / DIGITREADER_HOME is right"
+        )
+    else:
+        hint = "check that the server is running and DIGITREADER_DATABASE_URL is right"
     return DatabaseError(
-        f"cannot use the database {engine.url.render_as_string(hide_password=True)}: {exc.orig}",
-        hint="check that the server is running and DIGITREADER_DATABASE_URL is right",
+        f"cannot use the database {engine.url.render_as_string(hide_password=True)}: {exc.orig}", hint=hint
     )
 
 
