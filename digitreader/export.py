@@ -18,6 +18,10 @@ the document was read as far as its data decodes, and digits on a lost part of a
 CSV: the same, joined with " | ", in the "warnings" column of each of the document's rows. Page
 "rotation": degrees clockwise the page was turned to be read (0, 90, 180 or 270: a page scanned upside
 down or on its side; its boxes are still in the page as submitted).
+
+Only documents read are exported (done, needs_review, failed): those of a batch still running, or
+interrupted, that are not read yet are left out, and counted in the batch-level "unread" (0 once the
+batch has ended).
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ import csv
 import io
 import logging
 from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from digitreader.db.models import Correction, Digit, Document, Field, Page, iso_utc
+from digitreader.db.models import Batch, Correction, Digit, Document, Field, Page, iso_utc
 from digitreader.db.store import current_status, get_batch
 
 log = logging.getLogger(__name__)
@@ -58,8 +62,22 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(float(v), 6)
 
 
+#: The statuses of a document read; the others (pending, processing) are not read yet.
+READ = ("done", "needs_review", "failed")
+
+
+class Exported(NamedTuple):
+    """What `write_csv` wrote: the rows (the header not counted), the batch's documents not read yet
+    and left out (`unread`), and the batch's status as it stands (running, interrupted, done...)."""
+
+    rows: int
+    unread: int
+    status: str
+
+
 def _documents(session: Session, batch_id: int) -> Iterator[Document]:
-    """The batch's documents with everything below them loaded (a few queries, not one per row)."""
+    """The batch's documents with everything below them loaded (a few queries, not one per row);
+    those not read yet too (see `_read`)."""
     stmt = (
         select(Document)
         .where(Document.batch_id == batch_id)
@@ -72,6 +90,14 @@ def _documents(session: Session, batch_id: int) -> Iterator[Document]:
         )
     )
     yield from session.scalars(stmt)
+
+
+def _read(session: Session, batch: Batch) -> tuple[list[Document], int]:
+    """The batch's documents read, and how many are not read yet (a batch still running, or
+    interrupted), from one list: a document that ends meanwhile is in one or the other, never both."""
+    docs = list(_documents(session, batch.id))
+    read = [d for d in docs if d.status in READ]
+    return read, len(docs) - len(read)
 
 
 def _latest_correction(d: Digit) -> Correction | None:
@@ -136,26 +162,34 @@ def document_json(doc: Document) -> dict[str, Any]:
 
 
 def export_json(session: Session, batch_id: int) -> dict[str, Any]:
-    """The batch as the "digitreader.results/v1" document. Raises NotFoundError for a bad id."""
+    """The batch as the "digitreader.results/v1" document: its documents read, and in "unread" how
+    many are not read yet (left out). Raises NotFoundError for a bad id."""
     batch = get_batch(session, batch_id)
+    status = current_status(session, batch)  # before the documents: "running" with none unread, at worst
+    docs, unread = _read(session, batch)
     return {
         "schema": SCHEMA,
         "batch": batch.id,
-        "status": current_status(session, batch),
+        "status": status,
         "created_at": iso_utc(batch.created_at),
         "model_version": batch.model_version,
         "model_precision": (batch.options or {}).get("precision"),  # fp32 or int8: the file that read
         "threshold": batch.threshold,
-        "documents": [document_json(d) for d in _documents(session, batch.id)],
+        "unread": unread,
+        "documents": [document_json(d) for d in docs],
     }
 
 
 def csv_rows(session: Session, batch_id: int) -> Iterator[dict[str, Any]]:
-    """One row per field; a document with no field gets one row with empty field columns: a failed
-    one with its error, and one read with none found (a page of printed text) too, so that every
-    document of the batch has a row."""
+    """One row per field of each document read (see `export_json`); a document with no field gets one
+    row with empty field columns: a failed one with its error, and one read with none found (a page of
+    printed text) too, so that every document read has a row."""
     batch = get_batch(session, batch_id)
-    for doc in _documents(session, batch.id):
+    yield from _csv_rows(batch, _read(session, batch)[0])
+
+
+def _csv_rows(batch: Batch, docs: list[Document]) -> Iterator[dict[str, Any]]:
+    for doc in docs:
         base = {"batch": batch.id, "document": doc.path, "sha256": doc.sha256, "status": doc.status}
         if doc.status == "failed" or not any(p.fields for p in doc.pages):
             err = f"{doc.error_code}: {doc.error_message}" if doc.status == "failed" else ""
@@ -188,15 +222,19 @@ def csv_rows(session: Session, batch_id: int) -> Iterator[dict[str, Any]]:
                 }
 
 
-def write_csv(session: Session, batch_id: int, out: TextIO) -> int:
-    """Write the CSV (header + one row per field) to `out`; returns the number of rows."""
+def write_csv(session: Session, batch_id: int, out: TextIO) -> Exported:
+    """Write the CSV (header + one row per field of each document read) to `out`; returns the number
+    of rows, of documents not read yet (left out) and the batch's status."""
+    batch = get_batch(session, batch_id)
+    status = current_status(session, batch)
+    docs, unread = _read(session, batch)
     writer = csv.DictWriter(out, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
     writer.writeheader()
     n = 0
-    for row in csv_rows(session, batch_id):
+    for row in _csv_rows(batch, docs):
         writer.writerow(row)
         n += 1
-    return n
+    return Exported(n, unread, status)
 
 
 def export_csv(session: Session, batch_id: int) -> str:

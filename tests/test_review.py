@@ -437,6 +437,14 @@ def test_a_script_with_the_bearer_token_labels_under_the_name_it_gives(rsettings
     assert script.post("/api/undo", headers={**auth, "X-Reviewer": "ana"}).status_code == 404
 
 
+def test_the_queue_of_a_batch_no_batch_can_be_is_not_found(rsettings: Settings) -> None:
+    """A batch id beyond the id column (an OverflowError from SQLite before: a 500) is "not found"."""
+    c = _client(rsettings)
+    for batch in ("99999999999999999999999", str(2**63), "0"):
+        r = c.get(f"/api/queue?batch={batch}")
+        assert r.status_code == 404 and "does not exist" in r.json()["error"], batch
+
+
 def test_web_refuses_malformed_labels_and_ids(
     rsettings: Settings, processed: tuple[Path, int], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -25,10 +25,12 @@ from rich.progress import (
 )
 
 from digitreader.errors import UsageError
-from digitreader.text import printable as shown
+from digitreader.text import shown
 
-#: Logs, progress and summaries: stderr. stdout is for data only.
-err = Console(stderr=True)
+#: Logs, progress and summaries: stderr. stdout is for data only. Never wrapped (`soft_wrap`): where
+#: stderr is no terminal (cron, a log file) Rich would break lines at 80 columns, and a line per
+#: document ("failed PATH: code: message") must stay one line, for grep as for people.
+err = Console(stderr=True, soft_wrap=True)
 
 
 _bar_console: Console | None = None
@@ -90,24 +92,70 @@ def _mode_for(path: Path) -> int:
     return 0o666 & ~mask
 
 
+#: `-o -`: standard output.
+STDOUT = "-"
+
+
+def _in_proc(path: Path) -> tuple[bool, int | None]:
+    """Whether `path`, or a link on the way to what it names, lies in /proc, and the descriptor of this
+    process it names if it does: `/dev/stdout` (a link to /proc/self/fd/1), `/dev/fd/3`,
+    `/proc/self/fd/1` name a descriptor already open (a terminal, a pipe, or a file the shell opened,
+    maybe to append), which is written as the shell writes `> /dev/stdout`: through a duplicate of it,
+    never by replacing a file of that name."""
+    p = Path(os.path.abspath(path))
+    for _ in range(40):  # the kernel's limit on links followed
+        p = Path(os.path.realpath(p.parent), p.name)  # the folders on the way, links resolved
+        if p.parts[1:2] == ("proc",):
+            mine = len(p.parts) >= 5 and p.parts[2] == str(os.getpid()) and p.parts[-2] == "fd"
+            return True, int(p.name) if mine and p.name.isdigit() else None
+        if not p.is_symlink():
+            return False, None
+        p = Path(p.parent, os.readlink(p))
+    return False, None
+
+
 @contextlib.contextmanager
 def output_file(path: Path) -> Iterator[TextIO]:
     """A file the user named (`export -o`, `predict -o`), written whole or not at all: the text goes
     to a temporary file beside it, which replaces it once the block ends without an error, so a reader
     never sees half a file and a command that fails leaves the old one. Folders on the way are made. A
     new file gets the mode the umask gives, a file replaced keeps its mode. A folder named, or a place
-    that cannot be written, is a `UsageError` (exit 2) that says why, never a traceback."""
+    that cannot be written, is a `UsageError` (exit 2) that says why, never a traceback.
+
+    `-` is standard output. A symbolic link is written through: the file it points to is replaced (in
+    its own folder), the link kept. What is not a regular file (a terminal or other device, a FIFO, a
+    socket) is opened and written as it is, as `> PATH` does, never replaced; `/dev/stdout`,
+    `/dev/fd/N` are written through the descriptor they name, as a shell does."""
+    if str(path) == STDOUT:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give a file name")
     tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mode = _mode_for(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        proc, named = _in_proc(path)
+        if named is not None:  # a descriptor of this process: written where it stands (appended, if so opened)
+            sys.stdout.flush()
+            with os.fdopen(os.dup(named), "w", encoding="utf-8", newline="") as fh:
+                yield fh
+            return
+        try:
+            special = proc or not stat.S_ISREG(path.stat().st_mode)
+        except FileNotFoundError:  # a new file, or a link to one
+            special = False
+        if special:  # a device, a FIFO, a socket: opened and written, as `> PATH` does
+            with open(path, "w", encoding="utf-8", newline="") as fh:
+                yield fh
+            return
+        real = Path(os.path.realpath(path))  # a link's file is replaced, the link kept
+        real.parent.mkdir(parents=True, exist_ok=True)
+        mode = _mode_for(real)
+        fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.")
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             os.fchmod(fd, mode)  # mkstemp's is 0600, whatever the umask
             yield fh
-        os.replace(tmp, path)
+        os.replace(tmp, real)
         tmp = None
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
@@ -140,7 +188,7 @@ def failure_line(path: str, code: str | None, message: str | None) -> str:
     """A failed document in one line, `PATH: CODE: MESSAGE`, its message without the path it starts
     with: the loaders' errors name their file ("a.png: the file is empty (0 bytes)"), and one of a
     page keeps the page ("a.pdf (page 2): ..." -> "a.pdf: truncated: page 2: ..."). A name that is not
-    valid UTF-8 is shown with `\\xNN` escapes (`text.printable`)."""
+    valid UTF-8 is shown with `\\xNN` escapes, a control character escaped too (`text.shown`)."""
     path, msg = shown(path), shown(message or "")
     if msg.startswith(path):
         rest = msg[len(path) :]

@@ -653,14 +653,23 @@ def finish_batch(
     return status
 
 
+def can_be_id(session: Session, row_id: int) -> bool:
+    """Whether `row_id` fits the database's id columns (SQLite's INTEGER: 64 bits; PostgreSQL's: 32). A
+    larger one (or one under 1) names no row, and the driver would refuse it: an OverflowError on
+    SQLite, "integer out of range" on PostgreSQL, where the caller means "no such row"."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    return 0 < row_id <= (2**63 - 1 if sqlite else 2**31 - 1)
+
+
 def get_batch(session: Session, batch_id: int | None = None) -> Batch:
-    """The batch `batch_id`, or the latest batch when None. Raises NotFoundError."""
+    """The batch `batch_id`, or the latest batch when None. Raises NotFoundError, also for an id no
+    batch can have (`can_be_id`: `status 99999999999999999999999`)."""
     if batch_id is None:
         batch = session.scalars(select(Batch).order_by(Batch.id.desc()).limit(1)).first()
         if batch is None:
             raise NotFoundError("there are no batches yet", hint="submit some scans: digitreader submit scans/")
         return batch
-    batch = session.get(Batch, batch_id)
+    batch = session.get(Batch, batch_id) if can_be_id(session, batch_id) else None
     if batch is None:
         raise NotFoundError(f"batch {batch_id} does not exist", hint="digitreader status lists the latest batch")
     return batch

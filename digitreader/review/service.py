@@ -40,8 +40,8 @@ import numpy as np
 from sqlalchemy import and_, func, or_, select, union_all
 from sqlalchemy.orm import Session, aliased
 
-from digitreader.db.models import Batch, Correction, Digit, Document, Field, Page, iso_utc, utcnow
-from digitreader.db.store import hold_document
+from digitreader.db.models import Correction, Digit, Document, Field, Page, iso_utc, utcnow
+from digitreader.db.store import can_be_id, get_batch, hold_document
 from digitreader.errors import ChangedMeanwhileError, NotFoundError, UsageError
 from digitreader.pipeline.assemble import FLAG_DAMAGED
 from digitreader.settings import Settings
@@ -334,8 +334,8 @@ def list_queue(
     """
     if order not in ORDERS:
         raise UsageError(f"order must be one of {', '.join(ORDERS)}")
-    if batch_id is not None and session.get(Batch, batch_id) is None:
-        raise NotFoundError(f"batch {batch_id} does not exist", hint="digitreader status lists the latest batch")
+    if batch_id is not None:
+        get_batch(session, batch_id)  # NotFoundError: none, or an id no batch can have
     stmt = _queue_stmt(batch_id, field)
     if order == "confidence":
         # NULL confidence (should not happen for a non-blank digit) first: it surely needs a look.
@@ -457,7 +457,7 @@ def _hold_document(session: Session, digit_id: int) -> None:
     """`store.hold_document` on the document of `digit_id`, before anything of it is read: a
     correction re-derives the field's value and the document's status from all their digits, so two
     corrections in one document at once (two reviewers, two tabs) must run one after the other."""
-    if not _can_be_id(session, digit_id):
+    if not can_be_id(session, digit_id):
         return  # no such digit: `_get_digit` says so
     doc_id = session.scalar(
         select(Page.document_id)
@@ -476,15 +476,8 @@ def _get_digit(session: Session, digit_id: int) -> Digit:
     return d
 
 
-def _can_be_id(session: Session, row_id: int) -> bool:
-    """Whether `row_id` fits the database's id column (SQLite: 64 bits; PostgreSQL's INTEGER: 32): a
-    larger one names no row, and the driver would refuse it (an OverflowError, not a "not found")."""
-    sqlite = session.get_bind().dialect.name == "sqlite"
-    return 0 < row_id <= (2**63 - 1 if sqlite else 2**31 - 1)
-
-
 def _find_digit(session: Session, digit_id: int, *, lock: bool = False) -> Digit | None:
-    if not _can_be_id(session, digit_id):
+    if not can_be_id(session, digit_id):
         return None
     return session.get(Digit, digit_id, with_for_update=lock and _locks(session))
 
@@ -675,7 +668,7 @@ def undo(session: Session, *, reviewer: str | None = None, correction_id: int | 
     NotFoundError when there is nothing to undo.
     """
     if correction_id is not None:
-        corr = session.get(Correction, correction_id) if _can_be_id(session, correction_id) else None
+        corr = session.get(Correction, correction_id) if can_be_id(session, correction_id) else None
         if corr is None:
             raise NotFoundError(f"correction {correction_id} does not exist")
     else:

@@ -87,6 +87,10 @@ def list_cmd(
     from digitreader.review import service
 
     with session_scope(get_settings()) as s:
+        if batch is not None:  # one that does not exist, or that no batch can have, is "not found" (exit 10)
+            from digitreader.db.store import get_batch
+
+            get_batch(s, batch)
         items = service.list_queue(s, batch_id=batch, field=field, order=order, limit=limit)
         counts = service.queue_counts(s, batch_id=batch, field=field)
     for it in items:
