@@ -9,7 +9,7 @@ import functools
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -109,6 +109,28 @@ class Settings(BaseSettings):
     review_token: str | None = Field(default=None, description="Token required when review binds off loopback.")
     reviewer: str | None = Field(default=None, description="Name stored with corrections (default: $USER).")
 
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        """The distributed mode's broker is Redis: `redis://[:password@]host[:port][/db]` (or rediss://,
+        unix://). Checked here, so that a malformed URL is a bad setting (exit 2) before anything is
+        registered, not an internal error once the batch exists."""
+        if url is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("the distributed mode needs a Redis broker: redis://host:6379/0")
+        try:
+            parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+        except ValueError as exc:
+            raise ValueError("the port is not a number") from exc
+        db = parts.path.strip("/") if parts.scheme != "unix" else ""
+        if db and not db.isdigit():
+            raise ValueError(f"the database number {db!r} is not a number (redis://host:6379/0)")
+        return url
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -118,6 +140,21 @@ class Settings(BaseSettings):
     @property
     def distributed(self) -> bool:
         return bool(self.broker_url)
+
+
+#: Settings whose values may hold a password or are one: never printed whole.
+SECRET = frozenset({"broker_url", "result_backend", "database_url", "review_token"})
+
+
+def _redacted(field: str, value: object) -> object:
+    """`value` as an error may show it: a URL's password replaced by ***, a token by ***."""
+    if field not in SECRET or not isinstance(value, str):
+        return value
+    if field == "review_token":
+        return "***"
+    import re
+
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", value)
 
 
 @functools.lru_cache(maxsize=1)
@@ -135,8 +172,9 @@ def get_settings() -> Settings:
     except ValidationError as exc:
         problems = []
         for e in exc.errors():
-            name = "DIGITREADER_" + "_".join(str(part) for part in e["loc"]).upper()
-            problems.append(f"{name}={e.get('input')!r}: {e['msg']}")
+            field = "_".join(str(part) for part in e["loc"])
+            shown = _redacted(field, e.get("input"))
+            problems.append(f"DIGITREADER_{field.upper()}={shown!r}: {e['msg']}")
         raise UsageError(
             "bad setting" + ("s" if len(problems) > 1 else "") + ": " + "; ".join(problems),
             hint="fix or unset it (in the environment or .env); the README's Settings table lists each one",

@@ -106,3 +106,21 @@ def test_an_unusable_sqlite_file_is_not_blamed_on_a_server(tmp_path: Path) -> No
     assert err.hint is not None and "can be written by this user" in err.hint and "server" not in err.hint
     pg = _unreachable(create_engine("postgresql+psycopg://u@127.0.0.1:1/x"), exc)
     assert pg.hint is not None and "server is running" in pg.hint
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis://:s3cret@127.0.0.1:6379/abc", "the database number 'abc' is not a number"),
+        ("redis://u:s3cret@127.0.0.1:notaport/14", "the port is not a number"),
+        ("http://127.0.0.1:6379/14", "needs a Redis broker"),
+    ],
+)
+def test_a_malformed_broker_url_is_a_bad_setting_and_nothing_is_registered(tmp_path: Path, url: str, says: str) -> None:
+    """Before: an internal error (ValueError, KeyError 'No such transport'), exit 1, after the batch was
+    registered: it stayed "running" with its documents pending. The password is never shown."""
+    res = _run(["submit", str(SCAN)], tmp_path, DIGITREADER_BROKER_URL=url)
+    assert res.returncode == ExitCode.USAGE and res.stdout == "" and "Traceback" not in res.stderr
+    assert "bad setting: DIGITREADER_BROKER_URL=" in res.stderr and says in res.stderr
+    assert "s3cret" not in res.stderr
+    assert _run(["status"], tmp_path).returncode == ExitCode.NOT_FOUND  # no batch was made
