@@ -853,6 +853,7 @@ class Submission:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     unsettled: list[str] = field(default_factory=list)  # modified too recently (settle_seconds): left for later
     status: str = "running"
+    in_queue: int = 0  # a resumed batch's documents queued by an earlier run, not queued again
 
 
 def submit_batch(
@@ -906,12 +907,38 @@ def submit_batch(
     sub = Submission(plan.batch_id, plan.resumed, plan.total, 0, plan.skipped, unreadable,
                      sorted(str(p) for p in too_new))  # fmt: skip
     ids = [doc_id for doc_id, _ in plan.todo]
+    if plan.resumed and ids:
+        # Those queued by an earlier run are on the broker, or being read: queued again, the copies
+        # would run at once, each counted as a delivery (a false `worker_lost`). A message lost from
+        # the broker is queued again by the orphan sweep.
+        waiting = _queued_already(engine, ids)
+        sub.in_queue = len(waiting)
+        ids = [i for i in ids if i not in waiting]
     if ids:
         (publish or publish_documents(settings))(ids)
+        _mark_queued(engine, ids)
         sub.queued = len(ids)
         log.info("batch %s: queued %d document(s) on %r", plan.batch_id, len(ids), PAGES_QUEUE)
     sub.status = finish_if_complete(engine, plan.batch_id) or "running"
     return sub
+
+
+def _queued_already(engine: Engine, ids: Sequence[int]) -> set[int]:
+    """Of `ids`, the documents an earlier run put on the broker (`Document.queued_at`)."""
+    out: set[int] = set()
+    with session_scope(engine=engine) as s:
+        for i in range(0, len(ids), 10_000):
+            chunk = list(ids[i : i + 10_000])
+            out.update(s.scalars(select(Document.id).where(Document.id.in_(chunk), Document.queued_at.is_not(None))))
+    return out
+
+
+def _mark_queued(engine: Engine, ids: Sequence[int]) -> None:
+    """Note that `ids` were put on the broker now."""
+    when = store.now()
+    with session_scope(engine=engine) as s:
+        for i in range(0, len(ids), 10_000):
+            s.execute(update(Document).where(Document.id.in_(list(ids[i : i + 10_000]))).values(queued_at=when))
 
 
 def _held_elsewhere(session: Session, engine: Engine, batch_id: int) -> bool:

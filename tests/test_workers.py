@@ -34,6 +34,7 @@ from digitreader import distributed as dist
 from digitreader.db import Digit, Document, Field, Page, session_scope
 from digitreader.db.migrate import upgrade
 from digitreader.db.session import dispose_engines, get_engine, make_engine
+from digitreader.errors import ExitCode
 from digitreader.export import export_json
 from digitreader.pipeline.document import DocumentCut
 from digitreader.pipeline.process import process_batch, segment_document
@@ -614,6 +615,61 @@ def test_a_hot_folder_queued_again_gets_only_its_new_files(
     )
     with session_scope(engine=get_engine(settings)) as s:
         assert [d.path for d in s.scalars(select(Document).where(Document.batch_id == sub.batch_id))] == [str(new)]
+
+
+def test_a_batch_queued_again_queues_only_what_no_run_queued(
+    tmp_path: Path, redis_url: str, small_pages: list[Path]
+) -> None:
+    """The same submission run again while its batch still runs (a cron line every 15 minutes): its
+    documents queued by the first run are not queued again (before, every pending document was: the
+    copies ran at once and each counted as a delivery, so a healthy document could fail `worker_lost`).
+    One the broker never took (it was down) is queued by the next run. `--if-busy exit` then exits 11
+    with the batch id, as the embedded submit does (before, it was ignored: exit 0, all queued again)."""
+    import redis
+
+    from digitreader.errors import BrokerError
+
+    variants(small_pages, 3, tmp_path / "scans")
+    env = base_env(tmp_path, f"sqlite:///{tmp_path / 'again.db'}", redis_url, None)
+    settings = make_settings(env)
+    queued: list[int] = []
+    first = dist.submit_batch([str(tmp_path / "scans")], settings, publish=queued.extend)
+    assert first.queued == 3 and len(queued) == 3
+    again = dist.submit_batch([str(tmp_path / "scans")], settings, publish=queued.extend)
+    assert again.batch_id == first.batch_id and again.resumed
+    assert (again.queued, again.in_queue, len(queued)) == (0, 3, 3)
+
+    def down(ids: object) -> None:
+        raise BrokerError("the broker is down")
+
+    outage = make_settings({**env, "DIGITREADER_DATABASE_URL": f"sqlite:///{tmp_path / 'outage.db'}"})
+    with pytest.raises(BrokerError):
+        dist.submit_batch([str(tmp_path / "scans")], outage, publish=down)  # registered, not queued
+    later: list[int] = []
+    back = dist.submit_batch([str(tmp_path / "scans")], outage, publish=later.extend)
+    assert back.resumed and (back.queued, back.in_queue, len(later)) == (3, 0, 3)
+
+    # The command line, with the real broker (no page worker runs: the messages wait in the queue).
+    client = redis.Redis.from_url(redis_url)
+    client.delete("pages")
+    cli_env = {**{k: v for k, v in os.environ.items() if not k.startswith("DIGITREADER_")}, **env}
+    cli_env["DIGITREADER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'cli.db'}"
+    variants(small_pages, 2, tmp_path / "cron")
+    run = [sys.executable, "-m", "digitreader", "submit", "-q", str(tmp_path / "cron")]
+    one = subprocess.run(run, env=cli_env, capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    assert client.llen("pages") == 2
+    two = subprocess.run([*run, "--if-busy", "exit"], env=cli_env, capture_output=True, text=True, timeout=120)
+    assert two.returncode == ExitCode.BUSY and two.stdout.strip() == one.stdout.strip()
+    assert "2 document(s) queued for the worker pools" in two.stderr
+    three = subprocess.run(
+        run[:-2] + [str(tmp_path / "cron")], env=cli_env, capture_output=True, text=True, timeout=120
+    )
+    assert (
+        three.returncode == 0 and "queued 0 of 2 document(s), 2 queued by an earlier run and not again" in three.stderr
+    )
+    assert client.llen("pages") == 2  # nothing queued twice
+    client.delete("pages")
 
 
 def test_a_long_document_is_cut_in_parts_by_the_page_pool(tmp_path: Path, redis_url: str, data_dir: Path) -> None:

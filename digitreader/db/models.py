@@ -104,6 +104,8 @@ class Document(Base):
     page_count: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Distributed: when its page task was put on the broker (a resumed batch queues only the others).
+    queued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     seconds: Mapped[float | None] = mapped_column(Float)  # processing time of this document
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # stage -> seconds (summed over pages)

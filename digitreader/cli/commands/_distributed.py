@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from digitreader.cli.output import err, progress
-from digitreader.errors import BrokerError, InputError, UsageError
+from digitreader.errors import BrokerError, BusyError, InputError, UsageError
 from digitreader.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,12 @@ def submit_distributed(
     force: bool,
     quiet: bool,
     wait: bool,
+    exit_if_busy: bool = False,
 ) -> None:
     """Queue the batch on the broker, print its id on stdout at once; with `wait`, show progress
-    until it is finished and exit like the embedded submit (0, 3 some failed, 4 all failed)."""
+    until it is finished and exit like the embedded submit (0, 3 some failed, 4 all failed).
+    `exit_if_busy` (--if-busy exit): a resumed batch whose documents are all queued by an earlier run
+    and still unread (the workers are at it) is busy: its id, then exit 11, as the embedded submit."""
     from digitreader import distributed as dist
 
     if not settings.broker_url:
@@ -42,11 +45,14 @@ def submit_distributed(
     finally:
         reading.stop()
     typer.echo(str(sub.batch_id))
+    if exit_if_busy and sub.resumed and not sub.queued and sub.in_queue:
+        raise BusyError(sub.batch_id, f"{sub.in_queue} document(s) queued for the worker pools")
     if not quiet:
         busy = sum(1 for f in sub.skipped if f.reason == "in_progress")
         skipped = (f", {len(sub.skipped) - busy} skipped (already processed, failed before, or duplicate)"
                    if len(sub.skipped) > busy else "")  # fmt: skip
         skipped += f", {busy} skipped (being read by another batch now)" if busy else ""
+        skipped += f", {sub.in_queue} queued by an earlier run and not again" if sub.in_queue else ""
         err.print(f"batch {sub.batch_id}{' (resumed)' if sub.resumed else ''}: queued {sub.queued} of "
                   f"{sub.total} document(s){skipped}", highlight=False, markup=False)  # fmt: skip
         if sub.unsettled:

@@ -239,7 +239,7 @@ def submit(
         from digitreader.cli.commands._distributed import submit_distributed
 
         return submit_distributed(paths, settings, template=template, threshold=threshold, force=force,
-                                  quiet=quiet, wait=wait)  # fmt: skip
+                                  quiet=quiet, wait=wait, exit_if_busy=if_busy is IfBusy.exit)  # fmt: skip
     from digitreader.pipeline.process import process_batch
 
     hook = _Bar(quiet)
