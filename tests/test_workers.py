@@ -340,6 +340,10 @@ def test_workers_export_equals_embedded(
                              cwd=tmp_path, env=worker_env(env), capture_output=True, timeout=240)  # fmt: skip
         assert res.returncode == 0, res.stderr.decode()[-3000:] + pool.tail()
         batch_id = int(res.stdout.decode().strip())
+        # Its summary names what the embedded one names (before: only the counts by status).
+        said = res.stderr.decode()
+        assert "  pages: 10" in said and "flagged digits:" in said, said
+        assert f"read from damaged image data (1; each message in the export):\n    {files[-2]}" in said, said
         st = subprocess.run([sys.executable, "-m", "digitreader", "status", str(batch_id), "--json"],
                             cwd=tmp_path, env=worker_env(env), capture_output=True, timeout=60)  # fmt: skip
         assert st.returncode == 0, st.stderr.decode()

@@ -77,6 +77,7 @@ def submit_distributed(
     if not quiet:
         by = ", ".join(f"{k} {v}" for k, v in sorted(prog.counts.items()))
         err.print(f"batch {sub.batch_id}: {prog.status} ({by})", highlight=False, markup=False)
+        _details(settings, sub.batch_id)
     if prog.status == "failed":
         raise InputError(f"every document of batch {sub.batch_id} failed", code="batch_failed",
                          hint=f"digitreader status {sub.batch_id} lists the reasons")  # fmt: skip
@@ -87,6 +88,20 @@ def submit_distributed(
             f"{prog.counts.get('failed', 0)} document(s) of batch {sub.batch_id} failed; the others were stored",
             hint=f"digitreader status {sub.batch_id} lists the reasons",
         )
+
+
+def _details(settings: Settings, batch_id: int) -> None:
+    """What the embedded submit's summary says beyond the counts, from the database (the workers did
+    the reading): pages, digits, flagged, and the documents that failed, were read from damaged image
+    data or had no digit field, each by name (`status`'s lines, indented)."""
+    from digitreader.cli.commands.status import _text
+    from digitreader.db import session_scope
+    from digitreader.db.store import batch_status
+
+    with session_scope(settings) as s:
+        st = batch_status(s, batch_id)
+    lines = _text(st).splitlines()[2:]  # after the batch's and the documents' lines, said above
+    err.print("\n".join(f"  {line}" for line in lines), highlight=False, markup=False)
 
 
 def _warn_without_workers(settings: Settings) -> None:
