@@ -915,7 +915,11 @@ def submit_batch(
         sub.in_queue = len(waiting)
         ids = [i for i in ids if i not in waiting]
     if ids:
-        (publish or publish_documents(settings))(ids)
+        try:
+            (publish or publish_documents(settings))(ids)
+        except BrokerError as exc:
+            exc.batch_id = plan.batch_id  # registered: the CLI prints its id, as on success
+            raise
         _mark_queued(engine, ids)
         sub.queued = len(ids)
         log.info("batch %s: queued %d document(s) on %r", plan.batch_id, len(ids), PAGES_QUEUE)

@@ -124,6 +124,8 @@ class DatabaseError(DigitreaderError):
 class BrokerError(DigitreaderError):
     exit_code = ExitCode.BROKER
     code = "broker"
+    #: The batch registered before the broker failed (the same command again queues what is missing).
+    batch_id: int | None = None
 
 
 class InputError(DigitreaderError):

@@ -124,3 +124,15 @@ def test_a_malformed_broker_url_is_a_bad_setting_and_nothing_is_registered(tmp_p
     assert "bad setting: DIGITREADER_BROKER_URL=" in res.stderr and says in res.stderr
     assert "s3cret" not in res.stderr
     assert _run(["status"], tmp_path).returncode == ExitCode.NOT_FOUND  # no batch was made
+
+
+def test_a_broker_that_is_down_at_submit_still_gives_the_batch_id(tmp_path: Path) -> None:
+    """The batch is registered before its documents are queued: with the broker down, submit exits 7
+    and prints the batch's id alone on stdout as on success (before: nothing), and the same command
+    again resumes that batch."""
+    down = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    first = _run(["submit", str(SCAN)], tmp_path, DIGITREADER_BROKER_URL=down)
+    assert first.returncode == ExitCode.BROKER and "cannot queue documents on the broker" in first.stderr
+    assert first.stdout.strip().isdigit() and first.stdout.count("\n") == 1
+    again = _run(["submit", str(SCAN)], tmp_path, DIGITREADER_BROKER_URL=down)
+    assert again.returncode == ExitCode.BROKER and again.stdout == first.stdout

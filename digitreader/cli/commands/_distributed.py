@@ -42,6 +42,10 @@ def submit_distributed(
     try:
         sub = dist.submit_batch(paths, settings, template=template, threshold=threshold, force=force,
                                 on_hashed=reading.hashing)  # fmt: skip
+    except BrokerError as exc:
+        if exc.batch_id is not None:  # registered, not queued: its id alone on stdout, as always
+            typer.echo(str(exc.batch_id))
+        raise
     finally:
         reading.stop()
     typer.echo(str(sub.batch_id))
