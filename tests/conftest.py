@@ -40,6 +40,20 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture()
+def home(batch: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """DIGITREADER_HOME at the requesting module's `batch` (its home folder, its batch id: a module-scoped
+    fixture that submitted something there), with no other database, broker or precision set."""
+    from digitreader.settings import get_settings
+
+    monkeypatch.setenv("DIGITREADER_HOME", str(batch[0]))
+    for name in ("DIGITREADER_DATABASE_URL", "DIGITREADER_BROKER_URL", "DIGITREADER_PRECISION"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    yield batch[0]
+    get_settings.cache_clear()
+
+
+@pytest.fixture()
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point every DIGITREADER_* setting that holds state at a temporary folder (for CLI tests)."""
     home = tmp_path / "home"

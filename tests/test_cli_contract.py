@@ -27,6 +27,7 @@ import pytest
 
 from digitreader.errors import ExitCode
 from tests.test_cli_inputs import run_cli
+from tests.test_cli_submit import _wait_frozen
 from tests.test_db import pg_url  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,18 +64,6 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
         mp.setattr("sys.stdout", out)
         assert run_cli(["submit", "-q", str(CHEQUE)]) == 0
         yield home, out.getvalue().strip()
-    get_settings.cache_clear()
-
-
-@pytest.fixture()
-def home(batch: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    from digitreader.settings import get_settings
-
-    monkeypatch.setenv("DIGITREADER_HOME", str(batch[0]))
-    for name in ("DIGITREADER_DATABASE_URL", "DIGITREADER_BROKER_URL", "DIGITREADER_PRECISION"):
-        monkeypatch.delenv(name, raising=False)
-    get_settings.cache_clear()
-    yield batch[0]
     get_settings.cache_clear()
 
 
@@ -235,16 +224,6 @@ def _read_so_far(db: Path, batch: int) -> tuple[int, int]:
         return 0, 0
 
 
-def _wait_stopped(pid: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        st = Path(f"/proc/{pid}/stat").read_text()
-        if st[st.rindex(")") + 2] == "T":
-            return
-        time.sleep(0.001)
-    raise AssertionError(f"process {pid} did not stop")
-
-
 def _export(batch: int, fmt: str, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
     assert run_cli(["export", str(batch), "--format", fmt]) == 0
     out = capsys.readouterr()
@@ -290,7 +269,7 @@ def test_export_of_a_batch_still_running_leaves_out_what_is_not_read_yet(
         while time.monotonic() < deadline and proc.poll() is None and _read_so_far(db, batch)[0] < 1:
             time.sleep(0.01)
         proc.send_signal(signal.SIGSTOP)  # frozen with its batch lock held: the batch is running
-        _wait_stopped(proc.pid)
+        _wait_frozen(proc.pid)
         read, total = _read_so_far(db, batch)
         assert 1 <= read < total, "the batch ended before it could be exported while running"
 

@@ -53,18 +53,6 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
     get_settings.cache_clear()
 
 
-@pytest.fixture()
-def home(batch: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    from digitreader.settings import get_settings
-
-    monkeypatch.setenv("DIGITREADER_HOME", str(batch[0]))
-    for name in ("DIGITREADER_DATABASE_URL", "DIGITREADER_BROKER_URL", "DIGITREADER_PRECISION"):
-        monkeypatch.delenv(name, raising=False)
-    get_settings.cache_clear()
-    yield batch[0]
-    get_settings.cache_clear()
-
-
 def test_csv_gives_a_document_read_with_no_field_one_row(
     batch: tuple[Path, str], home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

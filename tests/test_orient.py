@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from digitreader.cli.commands.status import _text as status_text
+from digitreader.cli.commands.status import status_text
 from digitreader.cli.commands.submit import _summary
 from digitreader.db import Digit, Field, Page, session_scope
 from digitreader.db.store import batch_status

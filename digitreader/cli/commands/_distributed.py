@@ -98,13 +98,13 @@ def _details(settings: Settings, batch_id: int) -> None:
     """What the embedded submit's summary says beyond the counts, from the database (the workers did
     the reading): pages, digits, flagged, and the documents that failed, were read from damaged image
     data or had no digit field, each by name (`status`'s lines, indented)."""
-    from digitreader.cli.commands.status import _text
+    from digitreader.cli.commands.status import status_text
     from digitreader.db import session_scope
     from digitreader.db.store import batch_status
 
     with session_scope(settings) as s:
         st = batch_status(s, batch_id)
-    lines = _text(st).splitlines()[2:]  # after the batch's and the documents' lines, said above
+    lines = status_text(st).splitlines()[2:]  # after the batch's and the documents' lines, said above
     err.print("\n".join(f"  {line}" for line in lines), highlight=False, markup=False)
 
 

@@ -13,7 +13,8 @@ from digitreader.settings import get_settings
 log = logging.getLogger(__name__)
 
 
-def _text(st: dict[str, Any]) -> str:
+def status_text(st: dict[str, Any]) -> str:
+    """`store.batch_status` as `status` prints it (also the end of a distributed `submit --wait`)."""
     docs = st["documents"]
     by = ", ".join(f"{k} {v}" for k, v in sorted(docs.items()) if k != "total")
     share = f" ({100.0 * st['flagged_digits'] / st['digits']:.1f} %)" if st["digits"] else ""
@@ -74,7 +75,7 @@ def status(
     if as_json:
         print_json(st)
     else:
-        typer.echo(_text(st) + ("\n" + broker_text(st["broker"]) if "broker" in st else ""))
+        typer.echo(status_text(st) + ("\n" + broker_text(st["broker"]) if "broker" in st else ""))
 
 
 def register(app: typer.Typer) -> None:
