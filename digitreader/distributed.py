@@ -1015,6 +1015,7 @@ def requeue_orphans(settings: Settings, *, min_age: float | None = None) -> list
     if ids:
         log.warning("re-queueing %d document(s) with no message left for them: %s", len(ids), ids[:20])
         publish_documents(settings)(ids)
+        _mark_queued(engine, ids)  # on the broker now: a later submission leaves them to it
     return ids
 
 

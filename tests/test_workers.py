@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select, text, update
 
 from digitreader import distributed as dist
 from digitreader.db import Digit, Document, Field, Page, session_scope
@@ -524,8 +524,14 @@ def test_lost_messages_are_requeued(tmp_path: Path, pg_db: str, redis_url: str, 
     assert dist.requeue_orphans(settings, min_age=0) == []
     client.delete("infer")
     assert dist.requeue_orphans(settings, min_age=3600) == []  # too recent
+    with session_scope(engine=get_engine(settings)) as s:  # as if the broker had never taken them
+        s.execute(update(Document).where(Document.batch_id == sub.batch_id).values(queued_at=None))
     ids = dist.requeue_orphans(settings, min_age=0)
     assert len(ids) == 3 and client.llen("pages") == 3
+    with session_scope(engine=get_engine(settings)) as s:  # on the broker now: not stranded
+        assert (
+            s.scalar(select(func.count()).where(Document.batch_id == sub.batch_id, Document.queued_at.is_(None))) == 0
+        )
     client.delete("pages")
 
 
@@ -673,6 +679,51 @@ def test_a_batch_queued_again_queues_only_what_no_run_queued(
         three.returncode == 0 and "queued 0 of 2 document(s), 2 queued by an earlier run and not again" in three.stderr
     )
     assert client.llen("pages") == 2  # nothing queued twice
+    client.delete("pages")
+
+
+def test_documents_stranded_by_a_broker_outage_go_to_the_next_changed_submission(
+    tmp_path: Path, redis_url: str, small_pages: list[Path]
+) -> None:
+    """The broker was down at submit (exit 7: the batch registered, nothing queued), and a scan
+    arrived before the next run. Before, the next run made a batch of the new scan alone and skipped
+    the others as "being read by another batch" (nothing was reading them), reporting success; they
+    waited until the same file set was submitted again or the orphan sweep queued them. Now a document
+    no run put on the broker a minute after its batch was registered is taken over by the new batch,
+    and the stranded batch, with nothing left, is closed. Within that minute (its own run may still be
+    queueing it) it is left alone, as before."""
+    import redis
+
+    variants(small_pages, 3, tmp_path / "scans")
+    env = base_env(tmp_path, f"sqlite:///{tmp_path / 'stranded.db'}", redis_url, None)
+    client = redis.Redis.from_url(redis_url)
+    client.delete("pages")
+    cli_env = {**{k: v for k, v in os.environ.items() if not k.startswith("DIGITREADER_")}, **env}
+    run = [sys.executable, "-m", "digitreader", "submit", str(tmp_path / "scans")]
+    down = subprocess.run(run, env={**cli_env, "DIGITREADER_BROKER_URL": "redis://127.0.0.1:1/0"},
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert down.returncode == ExitCode.BROKER, down.stderr
+    stranded = int(down.stdout)
+    shutil.move(variants(small_pages, 4, tmp_path / "more")[3], tmp_path / "scans" / "later.png")
+    settings = make_settings(env)
+    soon = dist.submit_batch([str(tmp_path / "scans")], settings, publish=lambda ids: None)
+    assert soon.total == 1 and {(f.reason, f.batch_id) for f in soon.skipped} == {("in_progress", stranded)}
+
+    engine = get_engine(settings)
+    with engine.begin() as conn:  # a minute later
+        conn.execute(text("UPDATE batches SET created_at = '2020-01-01 00:00:00' WHERE id = :b"), {"b": stranded})
+    shutil.move(variants(small_pages, 5, tmp_path / "more2")[4], tmp_path / "scans" / "latest.png")
+    res = subprocess.run(run, env=cli_env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    batch = int(res.stdout)
+    assert batch not in (stranded, soon.batch_id)
+    assert client.llen("pages") == 4  # the three stranded documents and the newest scan, each once
+    with session_scope(engine=engine) as s:
+        names = sorted(Path(d.path).name for d in s.scalars(select(Document).where(Document.batch_id == batch)))
+        left = s.scalar(select(func.count()).select_from(Document).where(Document.batch_id == stranded))
+        status = s.scalar(text("SELECT status FROM batches WHERE id = :b"), {"b": stranded})
+    assert len(names) == 4 and "latest.png" in names and "later.png" not in names  # later.png: `soon`'s
+    assert left == 0 and status == "done"
     client.delete("pages")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, delete, false, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Table, and_, delete, false, func, insert, not_, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -42,6 +42,10 @@ if TYPE_CHECKING:  # numpy's import is not needed to read batches (`status`, `ba
 log = logging.getLogger(__name__)
 
 UNFINISHED_BATCH = ("running", "interrupted")
+#: A distributed batch's document that no run has put on the broker this long after the batch was
+#: registered is stranded (the broker was down when it was submitted: exit 7), not about to be queued
+#: by the run that registered it, which publishes right after its commit.
+STRANDED_AFTER = dt.timedelta(seconds=60)
 PENDING_DOCUMENT = ("pending", "processing")
 
 
@@ -239,6 +243,8 @@ def register_batch(
             skipped.append(SkippedFile(f.path, sha, "in_progress", batch_id))
     if held_elsewhere is not None and mode == "embedded":
         _take_over_pending(session, chunks, set(unique), held_elsewhere)
+    elif held_elsewhere is not None and mode == "distributed" and unique:
+        _take_over_stranded(session, _chunks(unique))
 
     batch = Batch(
         status="running",
@@ -310,12 +316,50 @@ def _being_read(
                     Document.sha256.in_(chunk),
                     Document.status.in_(PENDING_DOCUMENT),
                     Batch.status.in_(UNFINISHED_BATCH),
+                    not_(_stranded()),
                 )
                 .group_by(Document.sha256)
             ).all()
         )
     held = {b for b in set(pending.values()) if held_elsewhere(b)}
     return {sha: b for sha, b in pending.items() if b in held}
+
+
+def _stranded() -> ColumnElement[bool]:
+    """A document of a distributed batch that no run put on the broker (`STRANDED_AFTER`): no worker
+    will read it until that batch's own submission is run again, so it is no one's now."""
+    return and_(
+        Batch.mode == "distributed",
+        Document.status == "pending",
+        Document.queued_at.is_(None),
+        Batch.created_at < now() - STRANDED_AFTER,
+    )
+
+
+def _take_over_stranded(session: Session, chunks: Sequence[Sequence[str]]) -> None:
+    """A new distributed batch is about to read these contents: the stranded documents of them
+    (`_stranded`) leave their batch, which is closed if nothing is left for it to read. Before, the
+    new batch skipped them as "being read" by the stranded batch, and they waited there until the
+    orphan sweep queued them or the same file set was submitted again."""
+    rows: list[tuple[int, int]] = []
+    for chunk in chunks:
+        rows += session.execute(
+            select(Document.id, Document.batch_id)
+            .join(Batch, Batch.id == Document.batch_id)
+            .where(Document.sha256.in_(chunk), Batch.status.in_(UNFINISHED_BATCH), _stranded())
+        ).all()
+    by_batch: dict[int, list[int]] = {}
+    for doc_id, batch_id in rows:
+        by_batch.setdefault(batch_id, []).append(doc_id)
+    for batch_id, ids in sorted(by_batch.items()):
+        _drop_pending(session, ids)
+        log.info("batch %s: %d document(s) never queued, taken over by a new batch", batch_id, len(ids))
+        if not session.scalar(
+            select(func.count()).where(Document.batch_id == batch_id, Document.status.in_(PENDING_DOCUMENT))
+        ):
+            status = _final_status(document_counts(session, batch_id), interrupted=False)
+            session.execute(update(Batch).where(Batch.id == batch_id).values(status=status, finished_at=utcnow()))
+            log.info("batch %s: nothing left to read, closed (%s)", batch_id, status)
 
 
 def _take_over_pending(
