@@ -29,7 +29,10 @@ class PageImage:
     dpi: float | None = None  # of the page as submitted
     source: str = ""  # file path, for error messages
     reduction: int = 1  # `gray` is the page as submitted reduced by this integer factor
-    full_size: tuple[int, int] | None = None  # (width, height) as submitted, when reduced
+    full_size: tuple[int, int] | None = None  # (width, height) as submitted, when reduced or resampled
+    #: Rows of the page as submitted per row of `gray` (after `reduction`): not 1 where the file's
+    #: pixels are not square (a fax at 204 x 98 dpi) and `gray` was resampled to square pixels.
+    y_scale: float = 1.0
 
     @property
     def width(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -251,6 +252,68 @@ def test_a_stated_dpi_that_cannot_be_the_pages_is_not_believed(tmp_path: Path, s
         assert not cut.failed
         counts[dpi] = [len(p.fields) for p in cut.pages]
     assert counts[300][0] >= 20 and counts[96] == counts[300] and counts[72] == counts[300]
+
+
+@pytest.mark.parametrize("turned", [False, True])
+def test_a_fax_in_normal_mode_is_read_with_square_pixels(turned: bool, tmp_path: Path, settings: Settings) -> None:
+    """A fax in normal mode is 204 dpi across and 98 dpi down: each pixel twice as tall as wide. Read
+    as stored, every field was half as tall as its width says: of the sample form's 27 fields 8-16
+    were found, and a few of those read surely as other numbers. Now its rows are resampled to square
+    pixels first (`load.square_pixels`), and every box maps back to the fax's own pixels. Stored on
+    its side (TIFF Orientation 6, 98 x 204 dpi as stored), the same."""
+    import json
+
+    from digitreader.pipeline.process import segment_document
+
+    scan = Path(__file__).resolve().parents[1] / "examples" / "scans" / "scan-0001-00001.jpg"
+    truth = json.loads(scan.with_name("scan-0001-00001.truth.json").read_text())
+    form = Image.open(scan).convert("L")
+    fine_dpi = form.info["dpi"][0]
+    w, h = form.size
+    sx, sy = 204 / fine_dpi, 98 / fine_dpi
+    fax = form.resize((round(w * sx), round(h * sy)), Image.Resampling.LANCZOS)
+    fax = fax.point(lambda v: 255 if v > 200 else 0).convert("1")  # bitonal, as a fax is
+    path = tmp_path / "fax.tif"
+    if turned:  # stored on its side: a viewer turns it 90 degrees clockwise (Orientation 6)
+        fax.transpose(Image.Transpose.ROTATE_90).save(path, compression="group3", dpi=(98, 204), tiffinfo={274: 6})
+    else:
+        fax.save(path, compression="group3", dpi=(204, 98))
+    (page,) = list(load_pages(path, settings))
+    assert (page.width, page.height) == fax.size and page.dpi == 204
+    assert abs(page.gray.shape[0] - fax.size[1] * 204 / 98) <= 1 and abs(page.y_scale - 98 / 204) < 0.01
+    cut = segment_document(path, settings, None, None)
+    assert not cut.failed
+    (read,) = cut.pages
+    true_fields = truth["pages"][0]["fields"]
+    assert len(read.fields) >= len(true_fields) - 2
+    found = 0
+    for tf in true_fields:  # each true field's box, in the fax's pixels, holds a field found there
+        x, y, bw, bh = tf["bbox"]
+        cx, cy = (x + bw / 2) * sx, (y + bh / 2) * sy
+        here = [
+            f
+            for f in read.fields
+            if f.bbox[0] <= cx <= f.bbox[0] + f.bbox[2] and f.bbox[1] <= cy <= f.bbox[1] + f.bbox[3]
+        ]
+        if here:
+            found += 1
+            fb = here[0].bbox
+            assert abs(fb[2] - bw * sx) <= 0.1 * bw * sx and abs(fb[3] - bh * sy) <= 0.15 * bh * sy, (fb, tf["bbox"])
+    assert found >= len(true_fields) - 2
+    # The review strips are cut where the fields are: each shows its field's box at square pixels.
+    (strips,) = cut.strips
+    assert len(strips) == len(read.fields)
+    for f, st in zip(read.fields, strips, strict=True):
+        assert st is not None
+        img = cv2.imdecode(np.frombuffer(st.jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert img is not None
+        _, _, bw, bh = st.box
+        assert abs(img.shape[0] / img.shape[1] - (bh * 204 / 98) / bw) < 0.05 * (bh * 204 / 98) / bw
+        # It shows what the form itself shows there (the page before it was faxed).
+        x0, y0 = st.box[0] / sx, st.box[1] / sy
+        ref = np.asarray(form)[int(y0) : int(y0 + bh / sy), int(x0) : int(x0 + bw / sx)]
+        ref = cv2.resize(ref, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_AREA)
+        assert np.corrcoef(ref.ravel().astype(float), img.ravel().astype(float))[0, 1] > 0.6, f.bbox
 
 
 @pytest.mark.parametrize(("h", "w"), [(3, 4000), (6, 2480), (3508, 2), (1, 1)])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import math
 import multiprocessing
 import os
 import signal
@@ -64,15 +65,17 @@ class FieldStrip:
     box: BBox
 
 
-def field_strips(gray: np.ndarray, page: PageCut) -> tuple[FieldStrip | None, ...]:
-    """One strip per field of `page`, cut from the page as submitted (`gray`, uint8), turned the way
-    the page was read (`page.rotation`: a reviewer sees the digits upright). A field whose box is empty
-    or off the page gets None; so does one whose JPEG cannot be encoded."""
+def field_strips(gray: np.ndarray, page: PageCut, y_scale: float = 1.0) -> tuple[FieldStrip | None, ...]:
+    """One strip per field of `page`, cut from the page as submitted (`gray`, uint8; its rows
+    resampled to square pixels where `y_scale`, the submitted rows per row of `gray`, is not 1: a
+    fax), turned the way the page was read (`page.rotation`: a reviewer sees the digits upright). A
+    field whose box is empty or off the page gets None; so does one whose JPEG cannot be encoded."""
     import cv2
 
     from digitreader.pipeline.prepare import turn
 
-    height, width = gray.shape[:2]
+    rows, width = gray.shape[:2]
+    height = int(round(rows * y_scale))  # of the page as submitted
     sideways = page.rotation in (90, 270)  # the strip's width and height swap once it is turned
     out: list[FieldStrip | None] = []
     for f in page.fields:
@@ -80,12 +83,13 @@ def field_strips(gray: np.ndarray, page: PageCut) -> tuple[FieldStrip | None, ..
         m = int(round(STRIP_MARGIN * (w if sideways else h)))  # of the field's height upright
         x0, y0 = max(0, x - m), max(0, y - m)
         x1, y1 = min(width, x + w + m), min(height, y + h + m)
-        if x1 <= x0 or y1 <= y0:
+        g0, g1 = (y0, y1) if y_scale == 1.0 else (int(y0 / y_scale), min(rows, math.ceil(y1 / y_scale)))
+        if x1 <= x0 or y1 <= y0 or g1 <= g0:
             out.append(None)
             continue
-        region = turn(gray[y0:y1, x0:x1], page.rotation) if page.rotation else gray[y0:y1, x0:x1]
+        region = turn(gray[g0:g1, x0:x1], page.rotation) if page.rotation else gray[g0:g1, x0:x1]
         bw, bh = x1 - x0, y1 - y0
-        rw, rh = (bh, bw) if sideways else (bw, bh)  # the strip as it is shown
+        rw, rh = (g1 - g0, bw) if sideways else (bw, g1 - g0)  # the strip as it is shown
         scale = min(1.0, STRIP_HEIGHT / rh, STRIP_MAX_WIDTH / rw)
         if scale < 1.0:
             size = (max(1, round(rw * scale)), max(1, round(rh * scale)))
@@ -237,7 +241,7 @@ def segment_document(
                     cuts.append(PageCut(page.number, page.width, page.height, (), blank=True))
                 t1 = time.perf_counter()
                 timings["segment"] += t1 - t
-                strips.append(field_strips(page.gray, cuts[-1]))
+                strips.append(field_strips(page.gray, cuts[-1], page.y_scale))
                 timings["strips"] += time.perf_counter() - t1
         if not cuts:
             raise InputError("the document has no pages", path=path, code="empty_file")

@@ -13,6 +13,7 @@ unreadable, truncated, unsupported, encrypted, too_large, empty_file, empty_page
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import itertools
 import logging
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -294,13 +296,16 @@ def _image_pages(
                 if r > 1:  # the page as submitted, after the EXIF orientation (a quarter turn swaps)
                     unturned = gray.shape == (-(-im.height // r), -(-im.width // r))
                     size = (im.width, im.height) if unturned else (im.height, im.width)
-                yield PageImage(
-                    number=1,
-                    gray=np.ascontiguousarray(gray),
-                    dpi=_dpi(im),
-                    source=str(path),
-                    reduction=r,
-                    full_size=size,
+                yield square_pixels(
+                    PageImage(
+                        number=1,
+                        gray=np.ascontiguousarray(gray),
+                        dpi=_dpi(im),
+                        source=str(path),
+                        reduction=r,
+                        full_size=size,
+                    ),
+                    _dpi_ratio(im),
                 )
                 return
         yield from _frames(path, im, indices, settings)
@@ -397,7 +402,8 @@ def _frames(path: Path, im: Image.Image, indices: range, settings: Settings) -> 
                 raise InputError("the page has no pixels", path=path, page=number, code="empty_page")
             dpi = _dpi(im)
             log.debug("%s page %d: %dx%d mode %s dpi %s", path, number, gray.shape[1], gray.shape[0], im.mode, dpi)
-            yield PageImage(number=number, gray=np.ascontiguousarray(gray), dpi=dpi, source=str(path))
+            page = PageImage(number=number, gray=np.ascontiguousarray(gray), dpi=dpi, source=str(path))
+            yield square_pixels(page, _dpi_ratio(im))
 
 
 def _pillow_frame(path: Path, im: Image.Image, number: int, data: bytes | mmap.mmap | None = None) -> np.ndarray:
@@ -434,9 +440,59 @@ def tiff_orientation(im: Image.Image) -> int:
 
 
 def _dpi(im: Image.Image) -> float | None:
-    """The horizontal resolution the file states, or None when it states none (or 1, a placeholder)."""
+    """The horizontal resolution the file states (of the page as a viewer shows it), or None when it
+    states none (or 1, a placeholder)."""
     dpi = im.info.get("dpi")
-    return float(dpi[0]) if dpi and float(dpi[0]) > 1 else None
+    if not dpi or float(dpi[0]) <= 1:
+        return None
+    if len(dpi) > 1 and float(dpi[1]) > 1 and dpi[1] != dpi[0] and _quarter_turned(im):
+        return float(dpi[1])  # the stored columns are the page's rows
+    return float(dpi[0])
+
+
+def _quarter_turned(im: Image.Image) -> bool:
+    """Whether the file's orientation (TIFF Orientation, EXIF) shows its stored rows as columns."""
+    try:
+        if im.format == "TIFF":
+            return tiff_orientation(im) in (5, 6, 7, 8)
+        if im.format == "JPEG" or "exif" in im.info:
+            return int(im.getexif().get(0x0112, 1)) in (5, 6, 7, 8)
+    except Exception:  # a broken EXIF block: read as stored, as `_fast_decode` does
+        return False
+    return False
+
+
+#: Pixels this close to square (x and y resolutions within 2 %) are taken as square.
+SQUARE_TOLERANCE = 0.02
+
+
+def _dpi_ratio(im: Image.Image) -> float:
+    """The file's horizontal over its vertical resolution, of the page as a viewer shows it: 204/98
+    for a fax in normal mode; 1.0 when it states no such pair, or an implausible one."""
+    dpi: Any = im.info.get("dpi")
+    try:
+        x, y = float(dpi[0]), float(dpi[1])
+    except (TypeError, ValueError, IndexError):
+        return 1.0
+    if x <= 1 or y <= 1 or x == y or not 0.2 <= x / y <= 5:
+        return 1.0
+    return y / x if _quarter_turned(im) else x / y
+
+
+def square_pixels(page: PageImage, ratio: float) -> PageImage:
+    """The page with square pixels: a file whose pixels are taller than wide (a fax in normal mode,
+    204 x 98 dpi) has its rows resampled to the horizontal resolution, and the reverse; `dpi` is
+    then the horizontal one, and `y_scale` maps rows back to the page as submitted. Read as stored,
+    every field of a normal-mode fax was half as tall as its width says: few were found, and those
+    read as garbage, some surely."""
+    if abs(ratio - 1.0) <= SQUARE_TOLERANCE:
+        return page
+    h, w = page.gray.shape
+    rows = max(1, int(round(h * ratio)))
+    gray = cv2.resize(page.gray, (w, rows), interpolation=cv2.INTER_LINEAR if ratio > 1 else cv2.INTER_AREA)
+    return dataclasses.replace(
+        page, gray=np.ascontiguousarray(gray), full_size=(page.width, page.height), y_scale=h / rows
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -200,7 +200,8 @@ def prepare_page(page: PageImage, settings: Settings | None = None, rotation: in
     270): the page is turned that many degrees clockwise first (`orient.py`: a page scanned upside
     down or sideways); `to_original` maps back through the turn too.
     """
-    ppm0 = px_per_mm(page.width, page.height, page.dpi)
+    # Square pixels (`load.square_pixels`): a fax's rows were resampled to its horizontal resolution.
+    ppm0 = px_per_mm(page.width, int(round(page.height / page.y_scale)), page.dpi)
     r = max(1, page.reduction)  # the loader may have decoded the page already reduced
     gray = page.gray
     # No more than the page's narrow side: a sliver of a few pixels is not reduced to nothing.
@@ -209,7 +210,7 @@ def prepare_page(page: PageImage, settings: Settings | None = None, rotation: in
         gray = cv2.resize(gray, (gray.shape[1] // f2, gray.shape[0] // f2), interpolation=cv2.INTER_AREA)
     f = r * f2
     ppm = ppm0 / f
-    scale_back = np.array([[f, 0.0, 0.0], [0.0, f, 0.0]])
+    scale_back = np.array([[f, 0.0, 0.0], [0.0, f * page.y_scale, 0.0]])
     if rotation % 360:
         turned = turn(gray, rotation)
         scale_back = scale_back @ unturn_matrix(rotation, gray.shape[1], gray.shape[0])
