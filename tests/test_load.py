@@ -316,6 +316,44 @@ def test_a_fax_in_normal_mode_is_read_with_square_pixels(turned: bool, tmp_path:
         assert np.corrcoef(ref.ravel().astype(float), img.ravel().astype(float))[0, 1] > 0.6, f.bbox
 
 
+@pytest.mark.parametrize("margin", [0, 90])
+def test_a_dark_margin_around_a_skewed_sheet_is_paper(margin: int, tmp_path: Path, settings: Settings) -> None:
+    """A sheet smaller than the scanner's bed, lying 2.5 degrees skewed, with the bed around it black
+    (the lid open) or grey. Before, the margin was read as ink: the skew was measured from its straight
+    edges (0 degrees) and not one field of the form was found. Now the margin is paper
+    (`prepare.fill_margins`): the skew is the sheet's, and the fields are those found without it, at
+    the same place on the sheet."""
+    import cv2
+
+    from digitreader.pipeline.prepare import fill_margins, prepare_page
+    from digitreader.pipeline.process import segment_document
+
+    scan = Path(__file__).resolve().parents[1] / "examples" / "scans" / "scan-0001-00001.jpg"
+    form = np.asarray(Image.open(scan).convert("L"))
+    form = cv2.copyMakeBorder(form, 120, 120, 120, 120, cv2.BORDER_CONSTANT, value=235)  # the sheet's edges
+    h, w = form.shape
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), 2.5, 1.0)
+    sheet = cv2.warpAffine(form, turn, (w, h), borderMode=cv2.BORDER_CONSTANT, borderValue=235)
+    top, left = 150, 220
+    bed = np.full((h + 2 * top, w + 2 * left), margin, np.uint8)
+    bed[top : top + h, left : left + w] = sheet
+    plain, framed = tmp_path / "sheet.png", tmp_path / "on-the-bed.png"
+    Image.fromarray(sheet).save(plain, dpi=(300, 300))
+    Image.fromarray(bed).save(framed, dpi=(300, 300))
+    skews = [prepare_page(next(iter(load_pages(p, settings))), settings).skew_degrees for p in (plain, framed)]
+    assert abs(skews[0] - skews[1]) < 0.3 and abs(skews[0]) > 2.0, skews
+    want, got = segment_document(plain, settings, None, None), segment_document(framed, settings, None, None)
+    assert not got.failed and len(want.pages[0].fields) >= 20
+    boxes = sorted(f.bbox for f in got.pages[0].fields)
+    moved = sorted((x + left, y + top, bw, bh) for x, y, bw, bh in (f.bbox for f in want.pages[0].fields))
+    assert len(boxes) == len(moved)
+    for a, b in zip(boxes, moved, strict=True):
+        assert max(abs(u - v) for u, v in zip(a, b, strict=True)) <= 4, (a, b)
+    assert np.array_equal(fill_margins(sheet), sheet)  # no margin: the page as it is
+    filled = fill_margins(bed)
+    assert (filled[:top] > 200).all() and np.array_equal(filled[top : top + h, left : left + w], sheet)
+
+
 @pytest.mark.parametrize(("h", "w"), [(3, 4000), (6, 2480), (3508, 2), (1, 1)])
 def test_a_sliver_of_a_page_is_prepared_without_an_error(h: int, w: int) -> None:
     """A page a few pixels thin (at 600 or 1200 dpi) was reduced to nothing: an OpenCV assertion, and the
