@@ -354,6 +354,37 @@ def test_a_dark_margin_around_a_skewed_sheet_is_paper(margin: int, tmp_path: Pat
     assert (filled[:top] > 200).all() and np.array_equal(filled[top : top + h, left : left + w], sheet)
 
 
+def test_a_faint_scan_is_read_as_the_same_page_with_contrast(tmp_path: Path, settings: Settings) -> None:
+    """A form scanned light (its darkest ink 35 % as far from paper: a pale copy, a light scan,
+    pencil). Before, the skew was taken as 0 (no pixel under the skew's fixed level of 170) and the
+    ink levels were those of a page with black ink: 1 to 22 of a form's 27 fields were found, and
+    most of their digits came out blank. Now the skew is measured at the page's own ink level and the
+    ink levels are brought closer to paper by the page's contrast (`prepare.ink_levels`): the same
+    fields as the page scanned with contrast, at the same places."""
+    from digitreader.pipeline.prepare import ink_levels, prepare_page
+    from digitreader.pipeline.process import segment_document
+
+    scan = Path(__file__).resolve().parents[1] / "examples" / "scans" / "scan-0001-00001.jpg"
+    form = np.asarray(Image.open(scan).convert("L")).astype(np.float32)
+    light = np.clip(255 - (255 - form) * 0.35, 0, 255).astype(np.uint8)
+    faint = tmp_path / "faint.png"
+    Image.fromarray(light).save(faint, dpi=(300, 300))
+    pages = [next(iter(load_pages(p, settings))) for p in (scan, faint)]
+    normal, pale = (prepare_page(p, settings) for p in pages)
+    assert abs(normal.skew_degrees) > 1.0 and abs(pale.skew_degrees - normal.skew_degrees) < 0.3
+    assert normal.levels is not None and pale.levels is not None
+    assert normal.levels[0] <= 195 and pale.levels[0] > 220  # the strong-ink level follows the contrast
+    assert ink_levels(np.full((300, 300), 250, np.uint8))[0] <= 195  # a blank sheet: no faint ink
+    want, got = segment_document(scan, settings, None, None), segment_document(faint, settings, None, None)
+    assert not got.failed and len(want.pages[0].fields) >= 20
+    boxes = sorted(f.bbox for f in got.pages[0].fields)
+    assert len(boxes) == len(want.pages[0].fields)
+    for a, b in zip(boxes, sorted(f.bbox for f in want.pages[0].fields), strict=True):
+        assert max(abs(u - v) for u, v in zip(a, b, strict=True)) <= 4, (a, b)
+    blanks = [sum(s.blank for f in c.pages[0].fields for s in f.slots) for c in (want, got)]
+    assert abs(blanks[0] - blanks[1]) <= 2, blanks  # the digits are ink, not blank cells
+
+
 @pytest.mark.parametrize(("h", "w"), [(3, 4000), (6, 2480), (3508, 2), (1, 1)])
 def test_a_sliver_of_a_page_is_prepared_without_an_error(h: int, w: int) -> None:
     """A page a few pixels thin (at 600 or 1200 dpi) was reduced to nothing: an OpenCV assertion, and the

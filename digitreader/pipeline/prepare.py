@@ -158,6 +158,15 @@ def estimate_skew(flat: np.ndarray, ppm: float, max_angle: float = MAX_SKEW) -> 
     _, dark = cv2.threshold(small, 169, 1, cv2.THRESH_BINARY_INV)  # small < 170
     points = cv2.findNonZero(dark)  # (x, y) in row-major order, as np.nonzero gives them
     if points is None or len(points) < 50:
+        # A faint page (a light scan, a pale photocopy, pencil): its ink is lighter than 170 where it
+        # is darkest, and the skew was taken as 0 (a form 2 degrees skewed then read 1 field of 8).
+        # Its own strong-ink level (`ink_levels`) says what is ink, where there is enough of it to
+        # be a page's lines (0.2 % of the page): a stroke or two is no skew to measure.
+        _, dark = cv2.threshold(small, ink_levels(small)[0] - 1, 1, cv2.THRESH_BINARY_INV)
+        points = cv2.findNonZero(dark)
+        if points is not None and len(points) < 0.002 * small.size:
+            points = None
+    if points is None or len(points) < 50:
         return 0.0
     points = points.reshape(-1, 2)
     if len(points) > 8000:
@@ -195,10 +204,20 @@ def _weighted_median(values: np.ndarray, counts: np.ndarray) -> float:
     return (lo + hi) / 2
 
 
+#: Ink this far below paper, where it is darkest, is what the ink levels are made for.
+NOMINAL_CONTRAST = 220.0
+#: A page whose darkest ink (the darkest `FAINT_QUANTILE` of its pixels) is nearer to paper than
+#: `FAINT_BELOW` levels is faint; nearer than `FAINT_MIN`, it holds no ink to speak of (a blank sheet).
+FAINT_QUANTILE = 0.001
+FAINT_BELOW = 110.0
+FAINT_MIN = 40.0
+
+
 def ink_levels(flat: np.ndarray) -> tuple[float, float]:
     """(strong, weak) grey levels of a background-normalized page, from its paper noise."""
     # The median paper level and its median absolute deviation, from the histogram of a sample.
-    counts = np.bincount(flat[::7, ::7].ravel(), minlength=256)[201:256]
+    hist = np.bincount(flat[::7, ::7].ravel(), minlength=256)
+    counts = hist[201:256]
     if int(counts.sum()) > 100:
         levels = np.arange(201, 256, dtype=np.float64)
         med = _weighted_median(levels, counts)
@@ -207,8 +226,19 @@ def ink_levels(flat: np.ndarray) -> tuple[float, float]:
         noise = 1.4826 * _weighted_median(dev[order], counts[order])
     else:
         med, noise = 255.0, 3.0
-    strong = min(195.0, med - max(60.0, 8.0 * noise))
-    weak = min(230.0, med - max(25.0, 4.0 * noise))
+    # The levels below are for ink about 220 levels darker than paper where it is darkest. A faint
+    # page (a light scan, a pale copy, pencil) has its darkest ink (the darkest 0.1 %) less than half
+    # as far from paper: the levels are brought closer to paper by as much, as if the page had been
+    # scanned with more contrast (a form scanned at 35 % contrast then read 1 field in 4).
+    scale = 1.0
+    total = int(hist.sum())
+    if total:
+        darkest = float(np.searchsorted(np.cumsum(hist), FAINT_QUANTILE * total))
+        contrast = med - darkest
+        if FAINT_MIN <= contrast < FAINT_BELOW:
+            scale = contrast / NOMINAL_CONTRAST
+    strong = min(255.0 - 60.0 * scale, med - max(60.0 * scale, 8.0 * noise))
+    weak = min(255.0 - 25.0 * scale, med - max(25.0 * scale, 4.0 * noise))
     return strong, weak
 
 
