@@ -165,7 +165,7 @@ def estimate_skew(flat: np.ndarray, ppm: float, max_angle: float = MAX_SKEW) -> 
         _, dark = cv2.threshold(small, ink_levels(small)[0] - 1, 1, cv2.THRESH_BINARY_INV)
         points = cv2.findNonZero(dark)
         if points is not None and len(points) < 0.002 * small.size:
-            points = None
+            return 0.0
     if points is None or len(points) < 50:
         return 0.0
     points = points.reshape(-1, 2)
