@@ -114,6 +114,49 @@ def fill_margins(gray: np.ndarray) -> np.ndarray:
     return out
 
 
+#: A straight line along the whole scan (dust on the scanner's glass or on its sensor, drawn as the
+#: sheet moves past) is dark over this share of the image's height (or width, lying) ...
+STREAK_SHARE = 0.9
+#: ... and no wider than this (mm): a black bar is not a streak.
+STREAK_WIDTH_MM = 2.0
+
+
+def remove_streaks(flat: np.ndarray, ppm: float) -> np.ndarray:
+    """A background-normalized page without the streaks along the whole scan (dust on the glass), each
+    filled, row by row, with the darker of the pixels just beside it: a line that crosses it (a box's
+    edge) goes on across, and so does a box's wall running beside it on a skewed sheet (the lighter
+    of the two erased the wall where it neared the streak). Left in, a streak through a form joined
+    its fields into one figure: 2 to 8 of 8 were found on a page it crossed. A page without one costs
+    two sums of its dark pixels."""
+    h, w = flat.shape
+    if h < 20 or w < 20:
+        return flat
+    _, dark = cv2.threshold(flat, 169, 1, cv2.THRESH_BINARY_INV)  # flat < 170, as the skew's
+    out = flat
+    for axis, length in ((0, h), (1, w)):  # columns (a streak down the page), then rows
+        counts = cv2.reduce(dark, axis, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
+        hits = np.flatnonzero(counts >= STREAK_SHARE * length)
+        if not hits.size:
+            continue
+        runs = np.split(hits, np.flatnonzero(np.diff(hits) > 1) + 1)
+        for run in runs:
+            a, b = int(run[0]), int(run[-1])
+            while a > 0 and counts[a - 1] >= 0.3 * length:  # its blurred edges
+                a -= 1
+            while b < counts.size - 1 and counts[b + 1] >= 0.3 * length:
+                b += 1
+            if b - a + 1 > STREAK_WIDTH_MM * ppm:
+                continue
+            lo, hi = max(0, a - 1), min(counts.size - 1, b + 1)
+            side_a, side_b = max(0, lo - 1), min(counts.size - 1, hi + 1)
+            if out is flat:
+                out = flat.copy()
+            view = out if axis == 0 else out.T
+            fill = np.minimum(view[:, side_a], view[:, side_b])
+            view[:, lo : hi + 1] = fill[:, None]
+    return out
+
+
 def flatten(gray: np.ndarray, ppm: float) -> np.ndarray:
     """Illumination correction: divide by the paper level, so paper ~255 everywhere."""
     bg = estimate_background(gray, ppm)
@@ -284,7 +327,7 @@ def prepare_page(page: PageImage, settings: Settings | None = None, rotation: in
         turned = turn(gray, rotation)
         scale_back = scale_back @ unturn_matrix(rotation, gray.shape[1], gray.shape[0])
         gray = turned
-    flat = flatten(gray, ppm)
+    flat = remove_streaks(flatten(gray, ppm), ppm)
     skew = estimate_skew(flat, ppm)
     h, w = flat.shape
     if abs(skew) >= 0.05:
