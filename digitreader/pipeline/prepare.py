@@ -80,19 +80,25 @@ def estimate_background(gray: np.ndarray, ppm: float) -> np.ndarray:
 MARGIN_DARK = 0.6
 #: ... and covers at least this share of the image's outermost rows and columns.
 MARGIN_FRAME = 0.25
-#: ... and each of its pieces at least this share of the page.
+#: ... and each of its pieces at least this share of the page ...
 MARGIN_AREA = 0.005
+#: ... meeting paper: this share of the paper's level, `MARGIN_RING_MM` beyond its edge (a shadow of
+#: uneven light darkens the page gradually, and there it is still as dark as the edge's level).
+MARGIN_PAPER = 0.8
+MARGIN_RING_MM = 2.0
 
 
-def fill_margins(gray: np.ndarray) -> np.ndarray:
+def fill_margins(gray: np.ndarray, ppm: float) -> np.ndarray:
     """The dark margins of a scan made paper: the scanner's lid or bed around a smaller sheet (a
     cheque, a form on A3), black or grey, straight while the sheet lies skewed. Left in, they were
     read as ink: the skew was measured from their straight edges rather than from the form's lines
     (0 instead of the sheet's 2.6 degrees), and not one field of a slightly skewed form was found.
 
     A margin is dark (`MARGIN_DARK`), touches the image's edge, along at least `MARGIN_FRAME` of it
-    in all, and is large (`MARGIN_AREA`); ink touching it goes with it. A page without one costs a
-    look at its outermost pixels and a sparse sample."""
+    in all, is large (`MARGIN_AREA`) and meets paper at its edge (`MARGIN_PAPER`): a page darkened
+    gradually towards one side by uneven light is no margin (its darkest side was made paper, with
+    the fields on it). Ink touching a margin goes with it. A page without one costs a look at its
+    outermost pixels and a sparse sample."""
     h, w = gray.shape
     if h < 3 or w < 3:
         return gray
@@ -107,6 +113,17 @@ def fill_margins(gray: np.ndarray) -> np.ndarray:
     big = [int(i) for i in edge if i and stats[i, cv2.CC_STAT_AREA] >= MARGIN_AREA * h * w]
     if not big:
         return gray
+    k = max(3, int(round(MARGIN_RING_MM * ppm)) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
+    margins = []
+    for i in big:
+        mask = (labels == i).astype(np.uint8)
+        ring = cv2.dilate(mask, kernel) > mask
+        if ring.any() and float(np.median(gray[ring])) >= MARGIN_PAPER * paper:
+            margins.append(i)
+    if not margins:
+        return gray
+    big = margins
     lut = np.zeros(n, bool)
     lut[big] = True
     out = gray.copy()
@@ -321,7 +338,7 @@ def prepare_page(page: PageImage, settings: Settings | None = None, rotation: in
         gray = cv2.resize(gray, (gray.shape[1] // f2, gray.shape[0] // f2), interpolation=cv2.INTER_AREA)
     f = r * f2
     ppm = ppm0 / f
-    gray = fill_margins(gray)
+    gray = fill_margins(gray, ppm)
     scale_back = np.array([[f, 0.0, 0.0], [0.0, f * page.y_scale, 0.0]])
     if rotation % 360:
         turned = turn(gray, rotation)
