@@ -136,41 +136,58 @@ def fill_margins(gray: np.ndarray, ppm: float) -> np.ndarray:
 STREAK_SHARE = 0.9
 #: ... and no wider than this (mm): a black bar is not a streak.
 STREAK_WIDTH_MM = 2.0
+#: A column of a streak whose paper level (its median, of 255) is under this shows nothing through.
+STREAK_OPAQUE = 110.0
+#: Beside a streak, columns darker than this (their median) are its shading.
+STREAK_PAPER = 245.0
 
 
 def remove_streaks(flat: np.ndarray, ppm: float) -> np.ndarray:
-    """A background-normalized page without the streaks along the whole scan (dust on the glass), each
-    filled, row by row, with the darker of the pixels just beside it: a line that crosses it (a box's
-    edge) goes on across, and so does a box's wall running beside it on a skewed sheet (the lighter
-    of the two erased the wall where it neared the streak). Left in, a streak through a form joined
-    its fields into one figure: 2 to 8 of 8 were found on a page it crossed. A page without one costs
-    two sums of its dark pixels."""
+    """A background-normalized page without the streaks and creases along the whole scan (dust on
+    the glass, a fold): each column of one (each row, lying) is divided by its own paper level (its
+    median), as `flatten` divides out uneven light, so a crease's shading goes and the ink under it
+    stays; where a streak is opaque (its level under `STREAK_OPAQUE`: nothing shows through), its
+    columns are filled, row by row, with the darker of the pixels just beside it, so a line that
+    crosses it (a box's edge) goes on across. Left in, a streak through a form joined its fields into
+    one figure (2 to 8 of 8 found on a page it crossed); a crease, narrower than `flatten`'s 5 mm,
+    was ink. A page without either costs two sums of its dark pixels."""
     h, w = flat.shape
     if h < 20 or w < 20:
         return flat
     _, dark = cv2.threshold(flat, 169, 1, cv2.THRESH_BINARY_INV)  # flat < 170, as the skew's
     out = flat
+    reach = max(1, int(round(STREAK_WIDTH_MM * ppm)))
     for axis, length in ((0, h), (1, w)):  # columns (a streak down the page), then rows
         counts = cv2.reduce(dark, axis, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
         hits = np.flatnonzero(counts >= STREAK_SHARE * length)
         if not hits.size:
             continue
-        runs = np.split(hits, np.flatnonzero(np.diff(hits) > 1) + 1)
-        for run in runs:
+        for run in np.split(hits, np.flatnonzero(np.diff(hits) > 1) + 1):
             a, b = int(run[0]), int(run[-1])
-            while a > 0 and counts[a - 1] >= 0.3 * length:  # its blurred edges
-                a -= 1
-            while b < counts.size - 1 and counts[b + 1] >= 0.3 * length:
-                b += 1
             if b - a + 1 > STREAK_WIDTH_MM * ppm:
-                continue
-            lo, hi = max(0, a - 1), min(counts.size - 1, b + 1)
-            side_a, side_b = max(0, lo - 1), min(counts.size - 1, hi + 1)
+                continue  # a black bar of the form, not a streak
             if out is flat:
                 out = flat.copy()
             view = out if axis == 0 else out.T
-            fill = np.minimum(view[:, side_a], view[:, side_b])
-            view[:, lo : hi + 1] = fill[:, None]
+            level = {c: float(np.median(view[:, c])) for c in range(a, b + 1)}
+            # Its shading beyond the dark core (a crease's soft sides), as far as it darkens the paper.
+            for step, start in ((-1, a - 1), (1, b + 1)):
+                c = start
+                while 0 <= c < counts.size and abs(c - start) < reach:
+                    m = float(np.median(view[:, c]))
+                    if m >= STREAK_PAPER:
+                        break
+                    level[c] = m
+                    c += step
+            opaque = [c for c, m in level.items() if m < STREAK_OPAQUE]
+            for c, m in level.items():
+                if m >= STREAK_OPAQUE:
+                    view[:, c] = np.clip(view[:, c].astype(np.float32) * (255.0 / max(m, 1.0)), 0, 255).astype(np.uint8)
+            if opaque:
+                lo, hi = min(opaque), max(opaque)
+                side_a, side_b = max(0, lo - 1), min(counts.size - 1, hi + 1)
+                fill = np.minimum(view[:, side_a], view[:, side_b])
+                view[:, lo : hi + 1] = fill[:, None]
     return out
 
 
