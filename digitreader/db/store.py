@@ -354,12 +354,7 @@ def _take_over_stranded(session: Session, chunks: Sequence[Sequence[str]]) -> No
     for batch_id, ids in sorted(by_batch.items()):
         _drop_pending(session, ids)
         log.info("batch %s: %d document(s) never queued, taken over by a new batch", batch_id, len(ids))
-        if not session.scalar(
-            select(func.count()).where(Document.batch_id == batch_id, Document.status.in_(PENDING_DOCUMENT))
-        ):
-            status = _final_status(document_counts(session, batch_id), interrupted=False)
-            session.execute(update(Batch).where(Batch.id == batch_id).values(status=status, finished_at=utcnow()))
-            log.info("batch %s: nothing left to read, closed (%s)", batch_id, status)
+        _close_if_nothing_pending(session, batch_id)
 
 
 def _take_over_pending(
@@ -390,12 +385,18 @@ def _take_over_pending(
         if ids:
             _drop_pending(session, ids)
             log.info("batch %s: %d pending document(s) taken over by a new batch", batch_id, len(ids))
-        if not session.scalar(
-            select(func.count()).where(Document.batch_id == batch_id, Document.status.in_(PENDING_DOCUMENT))
-        ):
-            status = _final_status(document_counts(session, batch_id), interrupted=False)
-            session.execute(update(Batch).where(Batch.id == batch_id).values(status=status, finished_at=utcnow()))
-            log.info("batch %s: nothing left to read, closed (%s)", batch_id, status)
+        _close_if_nothing_pending(session, batch_id)
+
+
+def _close_if_nothing_pending(session: Session, batch_id: int) -> None:
+    """A batch whose documents were taken over by a new one is closed when none is left to read,
+    rather than left "running" or "interrupted" for a run that never comes."""
+    if not session.scalar(
+        select(func.count()).where(Document.batch_id == batch_id, Document.status.in_(PENDING_DOCUMENT))
+    ):
+        status = _final_status(document_counts(session, batch_id), interrupted=False)
+        session.execute(update(Batch).where(Batch.id == batch_id).values(status=status, finished_at=utcnow()))
+        log.info("batch %s: nothing left to read, closed (%s)", batch_id, status)
 
 
 def _drop_pending(session: Session, ids: Sequence[int]) -> None:
