@@ -267,3 +267,35 @@ def test_stress_inputs_reads_each_damaged_scan_or_names_what_is_wrong(
     assert report["internal"] == [] and report["crashed"] == [] and rc == 0
     assert sum(report["outcomes"].values()) == 12
     assert any(not k.endswith(": read") for k in report["outcomes"])  # some damage was noticed
+
+
+def test_scanner_kinds_move_the_truth_with_the_page_and_score(bench_scans: Path, tmp_path: Path) -> None:
+    """bench_scanner.py: a margin moves every truth box with the sheet (the same pixels under it), a
+    fax is written in normal mode, and a faint copy of the pages is scored against their truth."""
+    import cv2
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        bench_scanner = importlib.import_module("bench_scanner")
+    finally:
+        sys.path.remove(str(BENCH))
+    bench_scanner.make("margin_black", bench_scans, tmp_path / "margin")
+    src = sorted(bench_scans.glob("*.png"))[0]
+    before, after = cv2.imread(str(src), 0), cv2.imread(str(tmp_path / "margin" / src.name), 0)
+    assert before is not None and after is not None
+    t0 = json.loads(src.with_suffix(".truth.json").read_text())["pages"][0]["fields"][0]["bbox"]
+    t1 = json.loads((tmp_path / "margin" / src.with_suffix(".truth.json").name).read_text())["pages"][0]["fields"][0][
+        "bbox"
+    ]
+    assert after.shape[0] > before.shape[0] and (after[:5] == 0).all()
+    assert (
+        before[t0[1] : t0[1] + t0[3], t0[0] : t0[0] + t0[2]] == after[t1[1] : t1[1] + t1[3], t1[0] : t1[0] + t1[2]]
+    ).all()
+    bench_scanner.make("fax_normal", bench_scans, tmp_path / "fax")
+    from PIL import Image
+
+    with Image.open(next((tmp_path / "fax").glob("*.tif"))) as im:
+        assert im.info["dpi"] == (204, 98) and im.mode == "1"
+    bench_scanner.make("faint", bench_scans, tmp_path / "faint")
+    r = bench_scanner.score("faint", tmp_path / "faint")
+    assert r["digits"] > 50 and r["digits_wrong"] <= 0.05 * r["digits"], r

@@ -1,0 +1,192 @@
+"""Generated pages changed the way a clerk's scanner or copier changes them, each kind read and scored.
+
+    .venv/bin/python benchmarks/bench_scanner.py --pages 20 --seed 31          # every kind
+    .venv/bin/python benchmarks/bench_scanner.py --pages 20 --kinds faint crease_down --json out.json
+
+`--pages` pages are made with `digitreader.synth` (300 dpi PNG, with their truth; cached under
+--cache, never in the repo), then each kind of change is applied to every page and the changed pages
+are read by the embedded pipeline into a fresh SQLite database and scored by `bench_errors.py`'s rule
+(digits and fields wrong against the truth; the truth's boxes move with the page where it grows):
+
+- clean: the pages as made;
+- margin_black, margin_grey: the sheet on a scanner bed 6 % wider on each side (lid open: black;
+  a grey bed: 90);
+- faint: 35 % of the contrast (a light scan, a pale copy);
+- streak: a 3-pixel dark line down the whole page (dust on the glass);
+- crease_down, crease_across: a fold's soft shadow through the middle field, 40 % darker at its
+  middle, 15 px wide;
+- uneven_light: darkened gradually to 55 % at the right edge;
+- fax_normal: as a fax in normal mode (G3 TIFF, 204 x 98 dpi: pixels twice as tall as wide), scored
+  by the field values found (the truth's boxes are in the page's 300-dpi pixels).
+
+Session 27's numbers are in docs/benchmarks.md ("Scans as they come from clerks' scanners").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_errors import errors, run  # noqa: E402
+
+
+def _shifted(truth: dict[str, Any], dx: int, dy: int) -> dict[str, Any]:
+    out = json.loads(json.dumps(truth))
+    for page in out["pages"]:
+        for f in page["fields"]:
+            f["bbox"][0] += dx
+            f["bbox"][1] += dy
+            for d in f["digits"]:
+                d["bbox"][0] += dx
+                d["bbox"][1] += dy
+    return out
+
+
+def _margin(fill: int) -> Callable[[np.ndarray, dict[str, Any]], tuple[np.ndarray, dict[str, Any]]]:
+    def change(g: np.ndarray, truth: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        b = int(0.06 * g.shape[1])
+        return cv2.copyMakeBorder(g, b // 2, b, b, b, cv2.BORDER_CONSTANT, value=fill), _shifted(truth, b, b // 2)
+
+    return change
+
+
+def _crease(across: bool) -> Callable[[np.ndarray, dict[str, Any]], tuple[np.ndarray, dict[str, Any]]]:
+    def change(g: np.ndarray, truth: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        fields = truth["pages"][0]["fields"]
+        x, y, w, h = fields[len(fields) // 2]["bbox"]
+        if across:
+            d = np.arange(g.shape[0], dtype=np.float32)[:, None] - (y + h / 2)
+        else:
+            d = np.arange(g.shape[1], dtype=np.float32)[None, :] - (x + w / 2)
+        shade = 1 - 0.4 * np.exp(-(d**2) / (2 * (15 / 2.355) ** 2))
+        return np.clip(g * shade, 0, 255).astype(np.uint8), truth
+
+    return change
+
+
+def _faint(g: np.ndarray, truth: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    return np.clip(255 - (255 - g.astype(np.float32)) * 0.35, 0, 255).astype(np.uint8), truth
+
+
+def _streak(g: np.ndarray, truth: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    out = g.copy()
+    x = int(0.55 * g.shape[1])
+    out[:, x : x + 3] = 20
+    return out, truth
+
+
+def _uneven(g: np.ndarray, truth: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    ramp = np.linspace(1.0, 0.55, g.shape[1], dtype=np.float32)[None, :]
+    return (g * ramp).astype(np.uint8), truth
+
+
+KINDS: dict[str, Callable[[np.ndarray, dict[str, Any]], tuple[np.ndarray, dict[str, Any]]] | None] = {
+    "clean": lambda g, t: (g, t),
+    "margin_black": _margin(0),
+    "margin_grey": _margin(90),
+    "faint": _faint,
+    "streak": _streak,
+    "crease_down": _crease(False),
+    "crease_across": _crease(True),
+    "uneven_light": _uneven,
+    "fax_normal": None,  # a TIFF of its own: `_fax`
+}
+
+
+def _fax(src: Path, out: Path) -> None:
+    im = Image.open(src).convert("L")
+    dpi = float(im.info.get("dpi", (300, 300))[0])
+    fax = im.resize((round(im.width * 204 / dpi), round(im.height * 98 / dpi)), Image.Resampling.LANCZOS)
+    fax.point(lambda v: 255 if v > 200 else 0).convert("1").save(
+        out / (src.stem + ".tif"), compression="group3", dpi=(204, 98)
+    )
+    (out / (src.stem + ".truth.json")).write_text((src.with_suffix("").with_suffix(".truth.json")).read_text())
+
+
+def make(kind: str, pages: Path, out: Path) -> None:
+    """The pages in `pages` changed by `kind`, with their truth, into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    for src in sorted(pages.glob("*.png")):
+        if kind == "fax_normal":
+            _fax(src, out)
+            continue
+        change = KINDS[kind]
+        assert change is not None
+        truth = json.loads(src.with_suffix(".truth.json").read_text())
+        g = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
+        assert g is not None, src
+        img, t = change(g, truth)
+        Image.fromarray(img).save(out / src.name, dpi=(300, 300))
+        (out / (src.stem + ".truth.json")).write_text(json.dumps(t))
+
+
+def score(kind: str, scans: Path) -> dict[str, Any]:
+    export = run(scans)
+    truth_fields = 0
+    truth_digits = 0
+    for t in scans.glob("*.truth.json"):
+        for page in json.loads(t.read_text())["pages"]:
+            truth_fields += len(page["fields"])
+            truth_digits += sum(d["label"] is not None for f in page["fields"] for d in f["digits"])
+    if kind == "fax_normal":  # boxes in other pixels: the field values found, as multisets
+        right = 0
+        for doc in export["documents"]:
+            truth = json.loads((scans / (Path(doc["path"]).stem + ".truth.json")).read_text())
+            want = [f["value"] for p in truth["pages"] for f in p["fields"]]
+            for f in (f for p in doc["pages"] for f in p["fields"]):
+                if f["value"] in want:
+                    want.remove(f["value"])
+                    right += 1
+        return {"kind": kind, "fields": truth_fields, "fields_right": right}
+    rows = errors(export, scans)
+    return {
+        "kind": kind,
+        "digits": truth_digits,
+        "digits_wrong": sum(r["kind"] == "digit" for r in rows),
+        "fields": truth_fields,
+        "fields_wrong": sum(r["kind"] == "field" for r in rows),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pages", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=31)
+    ap.add_argument("--kinds", nargs="+", choices=sorted(KINDS), default=list(KINDS))
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "digitreader-bench")
+    ap.add_argument("--data-dir", default=os.environ.get("DIGITREADER_DATA_DIR"))
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    from digitreader.synth import generate
+
+    pages = args.cache / f"scanner-src-{args.pages}-seed{args.seed}"
+    if not (pages / ".complete").exists():
+        generate(pages, pages=args.pages, seed=args.seed, fmt="png", kind="mixed", dpi=300, data_dir=args.data_dir)
+        (pages / ".complete").write_text("ok")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.kinds:
+            scans = Path(tmp) / kind
+            make(kind, pages, scans)
+            r = score(kind, scans)
+            results.append(r)
+            print(json.dumps(r), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
