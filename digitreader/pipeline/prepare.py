@@ -115,21 +115,20 @@ def fill_margins(gray: np.ndarray, ppm: float) -> np.ndarray:
         return gray
     k = max(3, int(round(MARGIN_RING_MM * ppm)) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
-    margins = []
+    lut = np.zeros(n, bool)
     for i in big:
         mask = (labels == i).astype(np.uint8)
         ring = cv2.dilate(mask, kernel) > mask
-        if ring.any() and float(np.median(gray[ring])) >= MARGIN_PAPER * paper:
-            margins.append(i)
-    if not margins:
+        lut[i] = bool(ring.any()) and float(np.median(gray[ring])) >= MARGIN_PAPER * paper
+    if not lut.any():
         return gray
-    big = margins
-    lut = np.zeros(n, bool)
-    lut[big] = True
     out = gray.copy()
     out[lut[labels]] = int(round(paper))
     return out
 
+
+#: Ink for the skew's measure and for finding streaks: darker than this on a background-normalized page.
+DARK = 170
 
 #: A straight line along the whole scan (dust on the scanner's glass or on its sensor, drawn as the
 #: sheet moves past) is dark over this share of the image's height (or width, lying) ...
@@ -154,7 +153,7 @@ def remove_streaks(flat: np.ndarray, ppm: float) -> np.ndarray:
     h, w = flat.shape
     if h < 20 or w < 20:
         return flat
-    _, dark = cv2.threshold(flat, 169, 1, cv2.THRESH_BINARY_INV)  # flat < 170, as the skew's
+    _, dark = cv2.threshold(flat, DARK - 1, 1, cv2.THRESH_BINARY_INV)  # flat < DARK, as the skew's
     out = flat
     reach = max(1, int(round(STREAK_WIDTH_MM * ppm)))
     for axis, length in ((0, h), (1, w)):  # columns (a streak down the page), then rows
@@ -232,10 +231,10 @@ def estimate_skew(flat: np.ndarray, ppm: float, max_angle: float = MAX_SKEW) -> 
     if flat.shape[0] // f < 2 or flat.shape[1] // f < 2:
         return 0.0  # a sliver of a page (a few rows or columns): no skew to see at 100 dpi
     small = cv2.resize(flat, (flat.shape[1] // f, flat.shape[0] // f), interpolation=cv2.INTER_AREA) if f > 1 else flat
-    _, dark = cv2.threshold(small, 169, 1, cv2.THRESH_BINARY_INV)  # small < 170
+    _, dark = cv2.threshold(small, DARK - 1, 1, cv2.THRESH_BINARY_INV)  # small < DARK
     points = cv2.findNonZero(dark)  # (x, y) in row-major order, as np.nonzero gives them
     if points is None or len(points) < 50:
-        # A faint page (a light scan, a pale photocopy, pencil): its ink is lighter than 170 where it
+        # A faint page (a light scan, a pale photocopy, pencil): its ink is lighter than `DARK` where it
         # is darkest, and the skew was taken as 0 (a form 2 degrees skewed then read 1 field of 8).
         # Its own strong-ink level (`ink_levels`) says what is ink, where there is enough of it to
         # be a page's lines (0.2 % of the page): a stroke or two is no skew to measure.
