@@ -17,9 +17,16 @@ are read by the embedded pipeline into a fresh SQLite database and scored by `be
   middle, 15 px wide;
 - uneven_light: darkened gradually to 55 % at the right edge;
 - fax_normal: as a fax in normal mode (G3 TIFF, 204 x 98 dpi: pixels twice as tall as wide), scored
-  by the field values found (the truth's boxes are in the page's 300-dpi pixels).
+  by the field values found (the truth's boxes are in the page's 300-dpi pixels);
+- bleed_25, bleed_40: the back of the sheet showing through (the next page, mirrored and softened),
+  darkening the front by 25 or 40 % of its darkness;
+- form_red, form_blue: the form printed in a light colour (salmon red, light blue), the digits written
+  in blue-black ink (an RGB page: the form's colour outside the truth's digit boxes);
+- bilevel_dither, bilevel_160: 1-bit PNGs, as a scanner's black-and-white mode writes them
+  (Floyd-Steinberg dithered; thresholded at 160);
+- turned_20: the sheet fed turned 20 degrees, beyond the skew search (scored by the values found).
 
-Session 27's numbers are in docs/benchmarks.md ("Scans as they come from clerks' scanners").
+Session 27's and 28's numbers are in docs/benchmarks.md ("Scans as they come from clerks' scanners").
 """
 
 from __future__ import annotations
@@ -91,7 +98,60 @@ def _uneven(g: np.ndarray, truth: dict[str, Any]) -> tuple[np.ndarray, dict[str,
     return (g * ramp).astype(np.uint8), truth
 
 
-KINDS: dict[str, Callable[[np.ndarray, dict[str, Any]], tuple[np.ndarray, dict[str, Any]]] | None] = {
+def _bleed(share: float) -> Callable[[np.ndarray, dict[str, Any], np.ndarray], tuple[np.ndarray, dict[str, Any]]]:
+    """The back of the sheet showing through: `back` (another page) mirrored, softened by the paper
+    (a blur of 0.2 mm), darkening the front by `share` of its own darkness."""
+
+    def change(g: np.ndarray, truth: dict[str, Any], back: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        b = cv2.resize(back, (g.shape[1], g.shape[0]), interpolation=cv2.INTER_AREA)[:, ::-1]
+        b = cv2.GaussianBlur(b, (0, 0), 2.5).astype(np.float32) / 255.0
+        return np.clip(g * (1.0 - share * (1.0 - b)), 0, 255).astype(np.uint8), truth
+
+    return change
+
+
+def _colour_form(
+    rgb: tuple[int, int, int],
+) -> Callable[[np.ndarray, dict[str, Any]], tuple[np.ndarray, dict[str, Any]]]:
+    """The form printed in a light colour `rgb`, the digits written in blue-black ink: a pixel's
+    darkness is the form's colour outside the truth's digit boxes, the ink's inside them (an RGB page)."""
+    ink = np.array([25, 30, 90], np.float32)
+
+    def change(g: np.ndarray, truth: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        paper = float(np.percentile(g[::8, ::8], 90))
+        t = np.clip(1.0 - g.astype(np.float32) / paper, 0.0, 1.0)[..., None]
+        writing = np.zeros(g.shape, bool)
+        for f in truth["pages"][0]["fields"]:
+            for d in f["digits"]:
+                x, y, w, h = d["bbox"]
+                writing[max(0, y - 1) : y + h + 1, max(0, x - 1) : x + w + 1] = True
+        colour = np.where((writing[..., None]) & (t > 0.2), ink, np.array(rgb, np.float32))
+        out = paper * (1.0 - t) + np.minimum(colour, paper) * t
+        return np.clip(out, 0, 255).astype(np.uint8), truth
+
+    return change
+
+
+def _turned(degrees: float) -> Callable[[np.ndarray, dict[str, Any]], tuple[np.ndarray, dict[str, Any]]]:
+    """The sheet fed turned by `degrees` (counter-clockwise), on a canvas that keeps its corners; scored
+    by the field values found (`BY_VALUE`)."""
+
+    def change(g: np.ndarray, truth: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        h, w = g.shape
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+        a = np.radians(abs(degrees))
+        nw, nh = int(w * np.cos(a) + h * np.sin(a)) + 1, int(h * np.cos(a) + w * np.sin(a)) + 1
+        m[0, 2] += (nw - w) / 2
+        m[1, 2] += (nh - h) / 2
+        return cv2.warpAffine(g, m, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=255), truth
+
+    return change
+
+
+#: Kinds whose truth boxes are not the page's pixels: scored by the field values found, as multisets.
+BY_VALUE = {"fax_normal", "turned_20"}
+
+KINDS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]] | None] = {
     "clean": lambda g, t: (g, t),
     "margin_black": _margin(0),
     "margin_grey": _margin(90),
@@ -101,6 +161,13 @@ KINDS: dict[str, Callable[[np.ndarray, dict[str, Any]], tuple[np.ndarray, dict[s
     "crease_across": _crease(True),
     "uneven_light": _uneven,
     "fax_normal": None,  # a TIFF of its own: `_fax`
+    "bleed_25": _bleed(0.25),  # with the next page as its back: `make`
+    "bleed_40": _bleed(0.40),
+    "form_red": _colour_form((240, 130, 120)),
+    "form_blue": _colour_form((150, 190, 240)),
+    "bilevel_dither": None,  # 1-bit PNGs of their own: `_bilevel`
+    "bilevel_160": None,
+    "turned_20": _turned(20.0),
 }
 
 
@@ -114,19 +181,34 @@ def _fax(src: Path, out: Path) -> None:
     (out / (src.stem + ".truth.json")).write_text((src.with_suffix("").with_suffix(".truth.json")).read_text())
 
 
+def _bilevel(src: Path, out: Path, dither: bool) -> None:
+    im = Image.open(src).convert("L")
+    one = im.convert("1") if dither else im.point(lambda v: 255 if v > 160 else 0).convert("1")
+    one.save(out / src.name, dpi=(300, 300))
+    (out / (src.stem + ".truth.json")).write_text((src.with_suffix("").with_suffix(".truth.json")).read_text())
+
+
 def make(kind: str, pages: Path, out: Path) -> None:
     """The pages in `pages` changed by `kind`, with their truth, into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    for src in sorted(pages.glob("*.png")):
+    srcs = sorted(pages.glob("*.png"))
+    for i, src in enumerate(srcs):
         if kind == "fax_normal":
             _fax(src, out)
+            continue
+        if kind.startswith("bilevel"):
+            _bilevel(src, out, dither=kind == "bilevel_dither")
             continue
         change = KINDS[kind]
         assert change is not None
         truth = json.loads(src.with_suffix(".truth.json").read_text())
         g = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
         assert g is not None, src
-        img, t = change(g, truth)
+        if kind.startswith("bleed"):
+            back = cv2.imread(str(srcs[(i + 1) % len(srcs)]), cv2.IMREAD_GRAYSCALE)
+            img, t = change(g, truth, back)
+        else:
+            img, t = change(g, truth)
         Image.fromarray(img).save(out / src.name, dpi=(300, 300))
         (out / (src.stem + ".truth.json")).write_text(json.dumps(t))
 
@@ -139,7 +221,7 @@ def score(kind: str, scans: Path) -> dict[str, Any]:
         for page in json.loads(t.read_text())["pages"]:
             truth_fields += len(page["fields"])
             truth_digits += sum(d["label"] is not None for f in page["fields"] for d in f["digits"])
-    if kind == "fax_normal":  # boxes in other pixels: the field values found, as multisets
+    if kind in BY_VALUE:  # boxes in other pixels: the field values found, as multisets
         right = 0
         for doc in export["documents"]:
             truth = json.loads((scans / (Path(doc["path"]).stem + ".truth.json")).read_text())

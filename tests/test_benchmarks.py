@@ -296,6 +296,16 @@ def test_scanner_kinds_move_the_truth_with_the_page_and_score(bench_scans: Path,
 
     with Image.open(next((tmp_path / "fax").glob("*.tif"))) as im:
         assert im.info["dpi"] == (204, 98) and im.mode == "1"
+    bench_scanner.make("bilevel_dither", bench_scans, tmp_path / "dither")
+    with Image.open(tmp_path / "dither" / src.name) as im:
+        assert im.mode == "1"
+    bench_scanner.make("form_red", bench_scans, tmp_path / "red")
+    red = cv2.imread(str(tmp_path / "red" / src.name))  # BGR: the form's lines red, the digits blue-black
+    assert red is not None and red.shape[:2] == before.shape
+    d = json.loads(src.with_suffix(".truth.json").read_text())["pages"][0]["fields"][0]["digits"][0]["bbox"]
+    digit = red[d[1] : d[1] + d[3], d[0] : d[0] + d[2]].reshape(-1, 3).astype(int)
+    darkest = digit[digit.sum(axis=1).argmin()]
+    assert darkest[0] > darkest[2]  # blue over red in the ink
     bench_scanner.make("faint", bench_scans, tmp_path / "faint")
     r = bench_scanner.score("faint", tmp_path / "faint")
     assert r["digits"] > 50 and r["digits_wrong"] <= 0.05 * r["digits"], r

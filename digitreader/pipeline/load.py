@@ -487,9 +487,15 @@ def square_pixels(page: PageImage, ratio: float) -> PageImage:
     read as garbage, some surely."""
     if abs(ratio - 1.0) <= SQUARE_TOLERANCE:
         return page
+    from digitreader.pipeline.prepare import px_per_mm, soften_bilevel
+
     h, w = page.gray.shape
     rows = max(1, int(round(h * ratio)))
-    gray = cv2.resize(page.gray, (w, rows), interpolation=cv2.INTER_LINEAR if ratio > 1 else cv2.INTER_AREA)
+    # A bilevel page (a fax is one) is softened first, as the prepare stage does a square one: resampled,
+    # its black and white would no longer be told from grey there.
+    ppm = px_per_mm(w * page.reduction, rows * page.reduction, page.dpi) / page.reduction
+    gray = soften_bilevel(page.gray, ppm, ppm / ratio)
+    gray = cv2.resize(gray, (w, rows), interpolation=cv2.INTER_LINEAR if ratio > 1 else cv2.INTER_AREA)
     return dataclasses.replace(
         page, gray=np.ascontiguousarray(gray), full_size=(page.width, page.height), y_scale=h / rows
     )
