@@ -13,6 +13,7 @@ import pytest
 
 from digitreader.pipeline import png
 from digitreader.pipeline.load import load_pages
+from digitreader.pipeline.normalize import colour_to_gray
 from digitreader.settings import Settings
 
 
@@ -146,9 +147,17 @@ def test_rgb_rows_unfilter_per_pixel(page: np.ndarray, filters: list[int]) -> No
     out = png.decode_png(data, gray=False)
     assert out is not None and np.array_equal(out, rgb)
     grey = png.decode_png(data)
-    ref = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    assert ref is not None
     assert grey is not None and grey.shape == page.shape
+    # A page with colour is grey by its darkest channel (`normalize.colour_to_gray`), not luminance.
+    assert np.array_equal(grey, colour_to_gray(rgb, rgb=True))
+    assert np.array_equal(
+        grey, np.maximum(rgb.min(axis=2), np.clip(2 * cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(int) - 255, 0, 255))
+    )
+    # One without colour (three equal channels) is its luminance, as libpng's own conversion makes it.
+    data = write_png(np.stack([page, page, page], axis=2), filters)
+    grey = png.decode_png(data)
+    ref = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert ref is not None and grey is not None
     assert np.abs(grey.astype(int) - ref.astype(int)).max() <= 1  # rounding of the grey conversion
 
 

@@ -105,7 +105,8 @@ def _joined(parts: list[memoryview]) -> memoryview | bytes:
 def decode_png(data: bytes, *, gray: bool = True) -> np.ndarray | None:
     """Pixels of an 8-bit greyscale or RGB non-interlaced PNG, or None (decode it another way).
 
-    `gray`: an RGB page is returned converted to grey (OpenCV's BT.601 weights), else as (h, w, 3) RGB.
+    `gray`: an RGB page is returned converted to grey (`normalize.colour_to_gray`: OpenCV's BT.601
+    weights where it holds no colour), else as (h, w, 3) RGB.
     """
     if not available() or not data.startswith(SIGNATURE):
         return None
@@ -131,6 +132,6 @@ def decode_png(data: bytes, *, gray: bool = True) -> np.ndarray | None:
         return pixels[:, :, 0]
     if not gray:
         return pixels
-    import cv2
+    from digitreader.pipeline.normalize import colour_to_gray
 
-    return cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+    return colour_to_gray(pixels, rgb=True)

@@ -6,7 +6,8 @@
 - Illumination: the paper level is estimated with a grey-level closing (removes the dark ink) on a
   reduced copy, smoothed and divided out, so shadows and uneven light become flat white paper.
 - Skew: measured from the page's own lines (form boxes, printed text, writing) by a projection
-  profile over sampled ink pixels, ±15°, refined to 0.05°.
+  profile over sampled ink pixels, ±15° (on to ±45° where the profile still sharpens at 15°),
+  refined to 0.05°.
 - Binarization: a threshold on the background-normalized page set from the measured paper noise
   (locally adaptive, because the background division is local), followed by hysteresis so faint
   pencil strokes connected to clearly inked pixels are kept while isolated noise is not.
@@ -37,7 +38,11 @@ ANALYSIS_DPI = 75.0
 #: The prepared page is reduced by an integer factor to at least this resolution: 150 dpi keeps a
 #: handwritten digit 30-60 px tall (more than the 20 px of the MNIST form) and is 4x cheaper than 300.
 WORK_DPI = 150.0
+#: The skew is searched within this many degrees either way ...
 MAX_SKEW = 15.0
+#: ... and, where the sharpest profile lies at that edge (a sheet fed at an angle, laid crooked on
+#: the glass), on to this many: beyond 45 degrees a page is a quarter turn the other way (`orient.py`).
+WIDE_SKEW = 45.0
 
 
 #: The longest sheet this tool is for, in mm (A3 is 420, US tabloid 432): a file whose stated dpi makes
@@ -228,6 +233,27 @@ def _profile_scores_np(xc: np.ndarray, yc: np.ndarray, angles: np.ndarray, n_bin
     return (h * h).sum(axis=1)
 
 
+#: The look beyond `MAX_SKEW`: a coarse profile every `WIDE_STEP` degrees of this many ink points.
+WIDE_POINTS = 2000
+WIDE_STEP = 1.0
+
+
+def _wide_skew(xc: np.ndarray, yc: np.ndarray, max_angle: float, n_bins: int) -> float:
+    """The angle beyond `max_angle` (to `WIDE_SKEW`, either way) where the ink's profile is sharper
+    than anywhere within it, on a coarse grid of a sample of the points; 0.0 where there is none (nearly
+    every page: the search within `max_angle` then goes on as before)."""
+    n = len(xc)
+    if n > WIDE_POINTS:
+        pick = np.random.default_rng(1).choice(n, WIDE_POINTS, replace=False)
+        xc, yc = xc[pick], yc[pick]
+    inner = np.arange(-max_angle, max_angle + 1e-9, WIDE_STEP)
+    outer = np.arange(max_angle + WIDE_STEP, WIDE_SKEW + 1e-9, WIDE_STEP)
+    angles = np.concatenate([inner, outer, -outer])
+    scores = _profile_scores(xc, yc, angles, n_bins)
+    i = int(np.argmax(scores))
+    return float(angles[i]) if i >= len(inner) else 0.0
+
+
 def estimate_skew(flat: np.ndarray, ppm: float, max_angle: float = MAX_SKEW) -> float:
     """Skew in degrees (counter-clockwise as seen on screen) from a projection profile of the ink."""
     f = max(1, int(round(ppm * 25.4 / 100.0)))
@@ -254,7 +280,9 @@ def estimate_skew(flat: np.ndarray, ppm: float, max_angle: float = MAX_SKEW) -> 
     yc = points[:, 1].astype(np.float32) - small.shape[0] / 2
     n_bins = int(math.hypot(*small.shape)) + 4
     best = 0.0
-    for span, step in ((max_angle, 0.5), (0.5, 0.1), (0.1, 0.025)):
+    if max_angle < WIDE_SKEW:
+        best = _wide_skew(xc, yc, max_angle, n_bins)
+    for span, step in ((max_angle if best == 0.0 else 1.0, 0.5), (0.5, 0.1), (0.1, 0.025)):
         cands = np.arange(best - span, best + span + 1e-9, step)
         best = float(cands[int(np.argmax(_profile_scores(xc, yc, cands, n_bins)))])
     return round(best, 3)
