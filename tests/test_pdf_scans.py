@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from digitreader.pipeline.load import _scanned_image, load_pages
-from digitreader.pipeline.normalize import to_gray
+from digitreader.pipeline.normalize import colour_to_gray, to_gray
 from digitreader.settings import Settings
 
 
@@ -72,7 +72,9 @@ def test_a_scanned_page_is_its_image(tmp_path: Path, scan: np.ndarray) -> None:
     assert np.array_equal(pages[0].gray, scan) and pages[0].dpi is not None and abs(pages[0].dpi - 300) < 0.01
     assert (pages[0].width, pages[0].height) == (247, 331)
     assert _fast(make_pdf([rgb])) is not None  # an RGB page takes the image path too
-    assert np.array_equal(pages[1].gray, cv2.cvtColor(rgb[..., ::-1], cv2.COLOR_BGR2GRAY))
+    # A page with colour is grey by its darkest channel (`normalize.colour_to_gray`), not by luminance.
+    assert np.array_equal(pages[1].gray, colour_to_gray(np.ascontiguousarray(rgb[..., ::-1])))
+    assert not np.array_equal(pages[1].gray, cv2.cvtColor(rgb[..., ::-1], cv2.COLOR_BGR2GRAY))
 
 
 def test_a_pillow_jpeg_pdf_takes_the_image_path(scan: np.ndarray) -> None:
