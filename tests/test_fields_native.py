@@ -171,3 +171,28 @@ def test_a_line_covering_exactly_line_cover_counts_in_both() -> None:
     want = _frame_py(sub, 0, 0, g)
     assert want is not None and want.kind == "boxes"
     assert _frame(sub, 0, 0, g) == want
+
+
+def test_faint_pixels_tested_one_by_one_match_the_whole_page_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`faint_line_mask` tests a few faint pixels one by one (`_blackhat_at`) and many by closing the
+    whole page: the same mask either way, at the page's edges too (OpenCV's default border)."""
+    rng = np.random.default_rng(5)
+    gray = np.full((90, 120), 250, np.uint8)
+    gray[10:12, :] = 205  # a thin light line, along the top edge's neighbourhood
+    gray[40:44, 5:115] = 210  # a line 4 pixels wide
+    gray[60:75, :] = cv2.GaussianBlur(np.full((15, 120), 200, np.uint8), (0, 0), 3)  # a soft band
+    gray[:, 0:2] = 215  # a light line along the left edge
+    gray = np.clip(gray.astype(int) + rng.integers(-6, 7, gray.shape), 0, 255).astype(np.uint8)
+    ink = np.zeros_like(gray)
+    ink[40:44, 50:60] = 255
+    ys, xs = np.nonzero(np.ones_like(gray))
+    for k in (3, 5):
+        full = cv2.morphologyEx(gray, cv2.MORPH_BLACKHAT, np.ones((k, k), np.uint8))
+        assert np.array_equal(fields._blackhat_at(gray, ys, xs, k), full[ys, xs].astype(np.int32))
+    masks = []
+    for local in (10**9, -1):
+        monkeypatch.setattr(fields, "FAINT_LOCAL", local)
+        masks.append(fields.faint_line_mask(gray, 229.0, ink))
+    assert np.array_equal(masks[0], masks[1])
+    assert masks[0][10:12, 20:100].mean() > 200 and masks[0][41:43, 10:40].mean() > 200
+    assert not masks[0][40:44, 50:60].any()  # already ink

@@ -638,8 +638,8 @@ def test_the_back_of_the_sheet_showing_through_is_not_taken_for_boxes(tmp_path: 
     levels under paper, counted as faint box lines and joined the front's boxes into pieces that
     formed no field: 17 of the sample form's 27 fields were read as on the clean form. Now a faint
     pixel counts for the line image only on a thin line (`fields.faint_line_mask`): 23 (the back's
-    digits touching the front's are still read with them). A thin line printed light still counts;
-    a wide soft band does not."""
+    digits touching the front's are still read with them). A line printed light, 2 or 4 pixels wide,
+    still counts; a wide soft band does not."""
     from digitreader.pipeline.fields import faint_line_mask
     from digitreader.pipeline.process import segment_document
     from digitreader.pipeline.recognize import Predictor
@@ -656,8 +656,9 @@ def test_the_back_of_the_sheet_showing_through_is_not_taken_for_boxes(tmp_path: 
     line[19:21] = 215  # a thin line printed light: kept
     line[5:12] = cv2.GaussianBlur(np.full((7, 60), 215, np.uint8), (0, 0), 2.0)[:, :]  # a wide soft band
     line[5:12] = np.clip(255 - (255 - line[5:12].astype(int)) * np.hanning(9)[1:8, None], 0, 255).astype(np.uint8)
+    line[30:34] = 215  # a line 4 pixels wide, printed light: kept by its sharp edges
     kept = faint_line_mask(line, 229.0)
-    assert kept[19:21].all() and not kept[5:12, 5:55].any()
+    assert kept[19:21].all() and kept[30:34].all() and not kept[5:12, 5:55].any()
     predictor = Predictor.load(None, settings)
 
     def values(path: Path) -> list[str]:
