@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -16,6 +17,29 @@ from digitreader.settings import Settings
 from digitreader.types import FieldCut
 
 DATA = Path(__file__).resolve().parent / "data"
+
+
+def _value(field: FieldCut, predictor: Any) -> str:
+    """A cut field's value as the model reads it (its blank cells left out)."""
+    crops = [s.crop for s in field.slots if not s.blank]
+    return "".join(str(v) for v in predictor.predict(np.stack(crops)).labels.tolist()) if crops else ""
+
+
+def _read_alike(scan: Path, changed: Path, settings: Settings) -> tuple[list[str], list[str], int]:
+    """The values of the fields read on a page and on a changed copy of it (each in the order
+    found), and how many of the first are among the second (as multisets: boxes move with a turn)."""
+    from digitreader.pipeline.process import segment_document
+    from digitreader.pipeline.recognize import Predictor
+
+    predictor = Predictor.load(None, settings)
+
+    def values(path: Path) -> list[str]:
+        cut = segment_document(path, settings, None, None)
+        assert not cut.failed
+        return [_value(f, predictor) for f in cut.pages[0].fields]
+
+    want, got = values(scan), values(changed)
+    return want, got, sum(min(want.count(v), got.count(v)) for v in set(want))
 
 
 def _page(h: int = 120, w: int = 90) -> np.ndarray:
@@ -492,9 +516,7 @@ def test_a_bilevel_scan_is_read_as_the_grey_page(dither: bool, tmp_path: Path, s
     predictor = Predictor.load(None, settings)
 
     def value(f: FieldCut) -> str:
-        crops = [s.crop for s in f.slots if not s.blank]
-        labels = predictor.predict(np.stack(crops)).labels.tolist() if crops else []
-        return "".join(str(v) for v in labels)
+        return _value(f, predictor)
 
     want, got = segment_document(scan, settings, None, None), segment_document(path, settings, None, None)
     assert not got.failed
@@ -515,8 +537,6 @@ def test_a_sheet_fed_turned_beyond_15_degrees_is_deskewed(degrees: float, tmp_pa
     to 45 (`prepare.WIDE_SKEW`), finds the page's own angle where the ink's profile is sharper there
     than anywhere within 15: 27 and 25 fields read as the upright page's."""
     from digitreader.pipeline.prepare import prepare_page
-    from digitreader.pipeline.process import segment_document
-    from digitreader.pipeline.recognize import Predictor
 
     scan = Path(__file__).resolve().parents[1] / "examples" / "scans" / "scan-0001-00001.jpg"
     form = np.asarray(Image.open(scan).convert("L"))
@@ -530,20 +550,8 @@ def test_a_sheet_fed_turned_beyond_15_degrees_is_deskewed(degrees: float, tmp_pa
     Image.fromarray(cv2.warpAffine(form, m, (nw, nh), borderValue=255)).save(path, dpi=(300, 300))
     upright, turned = (prepare_page(next(iter(load_pages(p, settings))), settings) for p in (scan, path))
     assert abs(turned.skew_degrees - upright.skew_degrees - degrees) < 0.5, (turned.skew_degrees, upright.skew_degrees)
-    predictor = Predictor.load(None, settings)
-
-    def values(path: Path) -> list[str]:
-        cut = segment_document(path, settings, None, None)
-        assert not cut.failed
-        out = []
-        for f in cut.pages[0].fields:
-            crops = [s.crop for s in f.slots if not s.blank]
-            out.append("".join(str(v) for v in predictor.predict(np.stack(crops)).labels.tolist()) if crops else "")
-        return out
-
-    want, got = values(scan), values(path)
-    same = sum(min(want.count(v), got.count(v)) for v in set(want))
-    assert len(want) >= 20 and same >= len(want) - 5, (same, len(want))
+    want, got, same = _read_alike(scan, path, settings)
+    assert len(want) >= 20 and same >= len(want) - 2, (same, len(want))
 
 
 def _form_in_colour(form: np.ndarray, truth: dict, rgb: tuple[int, int, int]) -> np.ndarray:
@@ -594,9 +602,6 @@ def test_a_form_printed_in_a_light_colour_is_read_as_the_grey_form(
     Now a colour page is grey by its darkest channel (`normalize.colour_to_gray`): 27 and 27."""
     import json
 
-    from digitreader.pipeline.process import segment_document
-    from digitreader.pipeline.recognize import Predictor
-
     scan = Path(__file__).resolve().parents[1] / "examples" / "scans" / "scan-0001-00001.jpg"
     truth = json.loads(scan.with_name("scan-0001-00001.truth.json").read_text())
     form = np.asarray(Image.open(scan).convert("L"))
@@ -605,20 +610,8 @@ def test_a_form_printed_in_a_light_colour_is_read_as_the_grey_form(
     (page,) = list(load_pages(path, settings))
     lum = np.asarray(Image.open(path).convert("L"))
     assert float(page.gray.mean()) < float(lum.mean()) - 1.0  # the red lines darker than by luminance
-    predictor = Predictor.load(None, settings)
-
-    def values(path: Path) -> list[str]:
-        cut = segment_document(path, settings, None, None)
-        assert not cut.failed
-        out = []
-        for f in cut.pages[0].fields:
-            crops = [s.crop for s in f.slots if not s.blank]
-            out.append("".join(str(v) for v in predictor.predict(np.stack(crops)).labels.tolist()) if crops else "")
-        return out
-
-    want, got = values(scan), values(path)
-    same = sum(min(want.count(v), got.count(v)) for v in set(want))
-    assert len(want) >= 20 and same >= len(want) - 5, (same, len(want))
+    want, got, same = _read_alike(scan, path, settings)
+    assert len(want) >= 20 and same >= len(want) - 2, (same, len(want))
 
 
 def test_a_patch_of_solid_ink_is_not_taken_for_a_sheet_turned_45_degrees(settings: Settings) -> None:
@@ -641,8 +634,6 @@ def test_the_back_of_the_sheet_showing_through_is_not_taken_for_boxes(tmp_path: 
     digits touching the front's are still read with them). A line printed light, 2 or 4 pixels wide,
     still counts; a wide soft band does not."""
     from digitreader.pipeline.fields import faint_line_mask
-    from digitreader.pipeline.process import segment_document
-    from digitreader.pipeline.recognize import Predictor
 
     scans = Path(__file__).resolve().parents[1] / "examples" / "scans"
     scan = scans / "scan-0001-00001.jpg"
@@ -659,17 +650,5 @@ def test_the_back_of_the_sheet_showing_through_is_not_taken_for_boxes(tmp_path: 
     line[30:34] = 215  # a line 4 pixels wide, printed light: kept by its sharp edges
     kept = faint_line_mask(line, 229.0)
     assert kept[19:21].all() and kept[30:34].all() and not kept[5:12, 5:55].any()
-    predictor = Predictor.load(None, settings)
-
-    def values(path: Path) -> list[str]:
-        cut = segment_document(path, settings, None, None)
-        assert not cut.failed
-        out = []
-        for f in cut.pages[0].fields:
-            crops = [s.crop for s in f.slots if not s.blank]
-            out.append("".join(str(v) for v in predictor.predict(np.stack(crops)).labels.tolist()) if crops else "")
-        return out
-
-    want, got = values(scan), values(path)
-    same = sum(min(want.count(v), got.count(v)) for v in set(want))
+    want, got, same = _read_alike(scan, path, settings)
     assert len(want) >= 20 and same >= len(want) - 5, (same, len(want))

@@ -409,14 +409,15 @@ def _structures(lines: np.ndarray, g: _Geom, ticks: bool = True) -> tuple[list[_
 #: and then by `FAINT_EDGE` of its own darkness (a line up to 4 pixels wide, with sharp edges: a box
 #: printed light). Not inside a soft, wide shadow: the back of the sheet showing through.
 FAINT_SHARP = 0.5
-FAINT_EDGE = 0.9
+FAINT_EDGE = 0.7
 _SQUARE3 = np.ones((3, 3), np.uint8)
 _SQUARE5 = np.ones((5, 5), np.uint8)
 
 
 #: Up to this many faint pixels outside the ink (a clean page has some dozens) are tested one by one
-#: (`_blackhat_at`) rather than by closing the whole page (2-3 ms at 150 dpi).
-FAINT_LOCAL = 4096
+#: (`_blackhat_at`: 0.1-0.3 ms for 50) rather than by closing the whole page (5-6 ms on one core at
+#: 150 dpi; one by one costs as much at about 500).
+FAINT_LOCAL = 512
 
 
 def _blackhat_at(gray: np.ndarray, ys: np.ndarray, xs: np.ndarray, k: int) -> np.ndarray:
@@ -428,13 +429,13 @@ def _blackhat_at(gray: np.ndarray, ys: np.ndarray, xs: np.ndarray, k: int) -> np
     r = k // 2
     h, w = gray.shape
     off = np.arange(-2 * r, 2 * r + 1)
-    padded = np.pad(gray, 2 * r, constant_values=0)  # 0: never the largest of a dilation
-    patch = padded[(ys[:, None] + 2 * r + off)[:, :, None], (xs[:, None] + 2 * r + off)[:, None, :]]
+    rows, cols = ys[:, None] + off, xs[:, None] + off
+    patch = gray[np.clip(rows, 0, h - 1)[:, :, None], np.clip(cols, 0, w - 1)[:, None, :]]
+    outside = ~(((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :])
+    patch[outside] = 0  # never the largest of a dilation
     dilated = sliding_window_view(patch, (k, k), axis=(1, 2)).max(axis=(-2, -1))  # at p + (-r..r)
-    near = np.arange(-r, r + 1)
-    row, col = ys[:, None] + near, xs[:, None] + near
-    inside = ((row >= 0) & (row < h))[:, :, None] & ((col >= 0) & (col < w))[:, None, :]
-    closed = np.where(inside, dilated, 255).min(axis=(1, 2))  # 255: never the smallest of an erosion
+    inner = ~outside[:, r : 3 * r + 1, r : 3 * r + 1]
+    closed = np.where(inner, dilated, 255).min(axis=(1, 2))  # 255: never the smallest of an erosion
     return closed.astype(np.int32) - gray[ys, xs].astype(np.int32)
 
 
@@ -446,7 +447,7 @@ def faint_line_mask(gray: np.ndarray, weak: float, ink: np.ndarray | None = None
     Before, every pixel under the weak level counted: where the back of a sheet showed through at
     20-25 % of its darkness, its boxes' soft shadows, 20-40 levels under paper, joined the front's
     boxes into pieces that formed no field (a page of 27 fields lost 10), and 42-79 of 216 fields were
-    read wrong (20-34 now)."""
+    read wrong (20-35 now)."""
     _, faint = cv2.threshold(gray, weak, 255, cv2.THRESH_BINARY_INV)
     if ink is not None:
         faint = cv2.bitwise_and(faint, cv2.bitwise_not(ink))
