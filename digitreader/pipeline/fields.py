@@ -30,6 +30,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from digitreader.pipeline.prepare import cover, ink_levels, median
 from digitreader.settings import Settings
@@ -424,8 +425,6 @@ def _blackhat_at(gray: np.ndarray, ys: np.ndarray, xs: np.ndarray, k: int) -> np
     """`cv2.morphologyEx(gray, MORPH_BLACKHAT, ones((k, k)))` at the points (ys, xs) only, int32: the
     same values, from each point's (2k - 1)-square patch (outside the page counts as nothing, as
     OpenCV's default border makes it)."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
     r = k // 2
     h, w = gray.shape
     off = np.arange(-2 * r, 2 * r + 1)
@@ -437,6 +436,14 @@ def _blackhat_at(gray: np.ndarray, ys: np.ndarray, xs: np.ndarray, k: int) -> np
     inner = ~outside[:, r : 3 * r + 1, r : 3 * r + 1]
     closed = np.where(inner, dilated, 255).min(axis=(1, 2))  # 255: never the smallest of an erosion
     return closed.astype(np.int32) - gray[ys, xs].astype(np.int32)
+
+
+def _sharp_edged(depth: np.ndarray, grey: np.ndarray) -> np.ndarray:
+    """Whether a 5 x 5 closing took back `FAINT_EDGE` of each pixel's own darkness (`depth`, int32, of
+    pixels `grey`): the edge of a printed line, not of a shadow. In whole tenths, as both paths of
+    `faint_line_mask` test it."""
+    own = 255 - grey.astype(np.int32)
+    return depth * 10 >= np.rint(own * FAINT_EDGE * 10).astype(np.int32)
 
 
 def faint_line_mask(gray: np.ndarray, weak: float, ink: np.ndarray | None = None) -> np.ndarray:
@@ -464,8 +471,7 @@ def faint_line_mask(gray: np.ndarray, weak: float, ink: np.ndarray | None = None
         ys, xs = ys[~thin], xs[~thin]
         if len(ys):
             depth = _blackhat_at(gray, ys, xs, 5)
-            own = 255 - gray[ys, xs].astype(np.int32)
-            sharp = (depth >= level) & (depth * 10 >= np.rint(own * FAINT_EDGE * 10).astype(np.int32))
+            sharp = (depth >= level) & _sharp_edged(depth, gray[ys, xs])
             out[ys[sharp], xs[sharp]] = 255
         return out
     depth3 = cv2.morphologyEx(gray, cv2.MORPH_BLACKHAT, _SQUARE3)
@@ -480,8 +486,7 @@ def faint_line_mask(gray: np.ndarray, weak: float, ink: np.ndarray | None = None
     if found is not None:
         found = found.reshape(-1, 2)
         xs, ys = found[:, 0], found[:, 1]
-        own = 255 - gray[ys, xs].astype(np.int32)
-        sharp = depth5[ys, xs].astype(np.int32) * 10 >= np.rint(own * FAINT_EDGE * 10).astype(np.int32)
+        sharp = _sharp_edged(depth5[ys, xs].astype(np.int32), gray[ys, xs])
         keep[ys[sharp], xs[sharp]] = 255
     return keep
 
