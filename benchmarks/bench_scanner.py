@@ -18,13 +18,16 @@ are read by the embedded pipeline into a fresh SQLite database and scored by `be
 - uneven_light: darkened gradually to 55 % at the right edge;
 - fax_normal: as a fax in normal mode (G3 TIFF, 204 x 98 dpi: pixels twice as tall as wide), scored
   by the field values found (the truth's boxes are in the page's 300-dpi pixels);
-- bleed_25, bleed_40: the back of the sheet showing through (the next page, mirrored and softened),
-  darkening the front by 25 or 40 % of its darkness;
+- bleed_15, bleed_25, bleed_40: the back of the sheet showing through (the next page, mirrored and
+  softened), darkening the front by 15, 25 or 40 % of its darkness;
 - form_red, form_blue: the form printed in a light colour (salmon red, light blue), the digits written
   in blue-black ink (an RGB page: the form's colour outside the truth's digit boxes);
 - bilevel_dither, bilevel_160: 1-bit PNGs, as a scanner's black-and-white mode writes them
   (Floyd-Steinberg dithered; thresholded at 160);
-- turned_20: the sheet fed turned 20 degrees, beyond the skew search (scored by the values found).
+- turned_20: the sheet fed turned 20 degrees, beyond the skew search (scored by the values found);
+- two_cheques: two cheques laid on the glass of an A4 flatbed, each turned its own way (2-7 degrees,
+  opposite ways), one above the other (cheques of their own, generated beside the pages: as many
+  pages as `--pages` / 2, scored by the values found).
 
 Session 27's and 28's numbers are in docs/benchmarks.md ("Scans as they come from clerks' scanners").
 """
@@ -148,8 +151,37 @@ def _turned(degrees: float) -> Callable[[np.ndarray, dict[str, Any]], tuple[np.n
     return change
 
 
+def _two_cheques(cheques: list[Path], out: Path, seed: int) -> None:
+    """Pairs of cheque scans laid on an A4 flatbed (300 dpi, the lid white), each turned its own way:
+    one 2-7 degrees counter-clockwise, the other 2-7 clockwise, the first above the second, each
+    moved sideways at random; the page's truth is both cheques' fields (scored by value)."""
+    rng = np.random.default_rng(seed)
+    W, H = 2480, 3508
+    for k in range(len(cheques) // 2):
+        bed = np.full((H, W), 252, np.uint8)
+        fields: list[Any] = []
+        sign = 1 if rng.random() < 0.5 else -1
+        top = int(rng.integers(150, 400))
+        for j, src in enumerate(cheques[2 * k : 2 * k + 2]):
+            g = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
+            assert g is not None, src
+            degrees = sign * (1 if j == 0 else -1) * float(rng.uniform(2.0, 7.0))
+            turned, _ = _turned(degrees)(g, {})
+            mask, _ = _turned(degrees)(np.zeros_like(g), {})
+            h, w = turned.shape
+            x = int(rng.integers(40, max(41, W - w - 40)))
+            y = top if j == 0 else max(top + h + 60, H - h - int(rng.integers(150, 600)))
+            region = bed[y : y + h, x : x + w]
+            region[mask == 0] = turned[mask == 0]
+            truth = json.loads(src.with_suffix(".truth.json").read_text())
+            fields += [f for p in truth["pages"] for f in p["fields"]]
+        name = f"two-cheques-{k + 1:03d}"
+        Image.fromarray(bed).save(out / f"{name}.png", dpi=(300, 300))
+        (out / f"{name}.truth.json").write_text(json.dumps({"pages": [{"fields": fields}]}))
+
+
 #: Kinds whose truth boxes are not the page's pixels: scored by the field values found, as multisets.
-BY_VALUE = {"fax_normal", "turned_20"}
+BY_VALUE = {"fax_normal", "turned_20", "two_cheques"}
 
 KINDS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]] | None] = {
     "clean": lambda g, t: (g, t),
@@ -161,13 +193,15 @@ KINDS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]] | None] = {
     "crease_across": _crease(True),
     "uneven_light": _uneven,
     "fax_normal": None,  # a TIFF of its own: `_fax`
-    "bleed_25": _bleed(0.25),  # with the next page as its back: `make`
+    "bleed_15": _bleed(0.15),  # with the next page as its back: `make`
+    "bleed_25": _bleed(0.25),
     "bleed_40": _bleed(0.40),
     "form_red": _colour_form((240, 130, 120)),
     "form_blue": _colour_form((150, 190, 240)),
     "bilevel_dither": None,  # 1-bit PNGs of their own: `_bilevel`
     "bilevel_160": None,
     "turned_20": _turned(20.0),
+    "two_cheques": None,  # pages of their own, from cheques made for them: `_two_cheques`
 }
 
 
@@ -188,9 +222,14 @@ def _bilevel(src: Path, out: Path, dither: bool) -> None:
     (out / (src.stem + ".truth.json")).write_text((src.with_suffix("").with_suffix(".truth.json")).read_text())
 
 
-def make(kind: str, pages: Path, out: Path) -> None:
-    """The pages in `pages` changed by `kind`, with their truth, into `out`."""
+def make(kind: str, pages: Path, out: Path, cheques: Path | None = None) -> None:
+    """The pages in `pages` changed by `kind`, with their truth, into `out` (two_cheques: pairs of
+    the cheques in `cheques`)."""
     out.mkdir(parents=True, exist_ok=True)
+    if kind == "two_cheques":
+        assert cheques is not None
+        _two_cheques(sorted(cheques.glob("*.png")), out, seed=len(out.name))
+        return
     srcs = sorted(pages.glob("*.png"))
     for i, src in enumerate(srcs):
         if kind == "fax_normal":
@@ -257,11 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     if not (pages / ".complete").exists():
         generate(pages, pages=args.pages, seed=args.seed, fmt="png", kind="mixed", dpi=300, data_dir=args.data_dir)
         (pages / ".complete").write_text("ok")
+    cheques = args.cache / f"scanner-cheques-{args.pages}-seed{args.seed}"
+    if "two_cheques" in args.kinds and not (cheques / ".complete").exists():
+        generate(
+            cheques, pages=args.pages, seed=args.seed + 1, fmt="png", kind="cheque", dpi=300, data_dir=args.data_dir
+        )
+        (cheques / ".complete").write_text("ok")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
             scans = Path(tmp) / kind
-            make(kind, pages, scans)
+            make(kind, pages, scans, cheques)
             r = score(kind, scans)
             results.append(r)
             print(json.dumps(r), flush=True)

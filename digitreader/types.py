@@ -57,6 +57,10 @@ class PreparedPage:
     skew_degrees: float = 0.0
     dpi: float | None = None
     levels: tuple[float, float] | None = None  # (strong, weak) ink grey levels of `gray` (prepare.ink_levels)
+    # The page as it was before its deskew (illumination-corrected, like `gray`), and the (2, 3) affine
+    # from its pixels to `gray`'s: a sheet turned its own way is straightened from it (`sheets.py`).
+    unskewed: np.ndarray | None = None
+    deskew: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

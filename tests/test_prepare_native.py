@@ -10,7 +10,7 @@ import pytest
 
 from digitreader.pipeline import prepare
 from digitreader.pipeline.load import load_pages
-from digitreader.pipeline.prepare import _profile_scores, _profile_scores_np, estimate_skew, flatten, px_per_mm
+from digitreader.pipeline.prepare import _profile_scores_np, estimate_skew, flatten, profile_scores, px_per_mm
 from digitreader.settings import Settings
 
 pytestmark = pytest.mark.skipif(prepare._prepare is None, reason="the C extension was not built (no C compiler)")
@@ -25,7 +25,7 @@ def test_random_points_give_the_same_scores() -> None:
         n_bins = int(np.hypot(h, w)) + int(rng.integers(-40, 5))  # some points fall off either end
         angles = np.arange(-15.0, 15.0 + 1e-9, float(rng.choice([0.5, 0.1, 0.025]))) + float(rng.random())
         want = _profile_scores_np(xc, yc, angles, n_bins)
-        got = _profile_scores(xc, yc, angles, n_bins)
+        got = profile_scores(xc, yc, angles, n_bins)
         assert got.dtype == np.float64 and np.array_equal(got, want), f"case {i}"
 
 
@@ -47,7 +47,7 @@ def test_generated_pages_get_the_same_skew(tmp_path: Path, data_dir: Path, monke
             flat = flatten(page.gray, ppm)
             got = estimate_skew(flat, ppm)
             with monkeypatch.context() as m:
-                m.setattr(prepare, "_profile_scores", _profile_scores_np)
+                m.setattr(prepare, "profile_scores", _profile_scores_np)
                 assert estimate_skew(flat, ppm) == got
             skews.append(got)
     assert any(abs(s) >= 0.5 for s in skews)  # pages that were skewed

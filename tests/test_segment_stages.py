@@ -463,3 +463,15 @@ def test_date_slashes(layout: str, lean: dict[int, float] | None, dropped: set[i
     """A date's two separators are dropped when they lean alike and cut the string into a date's
     groups, even as steep as a leaning '1'; a single steep stroke, or two at other places, stay."""
     assert _date_slashes(_strokes(layout, lean), med_h=60.0) == dropped
+
+
+@pytest.mark.parametrize(("pitch", "found"), [(8.0, True), (25.0, True), (37.0, False), (45.0, False)])
+def test_a_tick_row_s_cells_are_at_most_30_mm_wide(pitch: float, found: bool) -> None:
+    """Ticks rising from a line 37 or 45 mm apart are no tick row: a cheque's wavy background pattern
+    crossing its "Pay" line at even steps was taken for one (3 ticks 37 mm apart, cells 46 mm tall),
+    and read as a field. Up to `fields.TICK_PITCH_MAX_MM` (30 mm) they still are one: a real tick row
+    whose digits hide two ticks in three is found with cells 22 mm wide."""
+    img = _blank(150, 40)
+    _ticks(img, 10, 30, 4 if 4 * pitch < 130 else 3, cw=pitch)
+    fields = find_fields(prepare_page(PageImage(1, img, dpi=DPI)))
+    assert [f.kind for f in fields] == (["boxes"] if found else []), fields

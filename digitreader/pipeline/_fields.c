@@ -388,9 +388,9 @@ static PyObject *frame(const uint8_t *sub, int h, int w, int x0, int y0, const i
     return found("boxes", fx, fy, bw, bh, cells);
 }
 
-/* fields._ticks_py. mm: g.mm(1.5), g.mm(1.3), g.mm(1.2), g.mm(4.0). */
+/* fields._ticks_py. mm: g.mm(1.5), g.mm(1.3), g.mm(1.2), g.mm(4.0), g.mm(TICK_PITCH_MAX_MM). */
 static PyObject *ticks(const uint8_t *sub, int h, int w, int x0, int y0, const int *mm, Scratch *sc) {
-    int mm15 = mm[0], probe = mm[1], mm12 = mm[2], mm40 = mm[3];
+    int mm15 = mm[0], probe = mm[1], mm12 = mm[2], mm40 = mm[3], pitch_max = mm[4];
     row_cover_dilated(sub, h, w, sc->rows);
     for (int y = 0; y < h; y++) sc->flag[y] = sc->rows[y] >= 0.8;
     int nhl = runs_of(sc->flag, h, sc->r1);
@@ -437,6 +437,7 @@ static PyObject *ticks(const uint8_t *sub, int h, int w, int x0, int y0, const i
     double pitch = median_of(gaps, ng - 1);
     if (gmax > 1.4 * pitch || gmin < 0.7 * pitch) Py_RETURN_NONE;
     if (pitch < mm40) Py_RETURN_NONE;
+    if (pitch > pitch_max) Py_RETURN_NONE;
     uint8_t *between = sc->flag;
     memset(between, 1, (size_t)w);
     for (int i = 0; i < ng; i++) {
@@ -585,7 +586,7 @@ static PyMethodDef methods[] = {
      "frame(piece, height, width, x0, y0, (mm 1.5, 4.5, 30, 3.0, 0.8, 2.0)) -> (kind, bbox, cells) or None: "
      "fields._frame_py in C."},
     {"ticks", py_ticks, METH_VARARGS,
-     "ticks(piece, height, width, x0, y0, (mm 1.5, 1.3, 1.2, 4.0, 0, 0)) -> (kind, bbox, cells) or None: "
+     "ticks(piece, height, width, x0, y0, (mm 1.5, 1.3, 1.2, 4.0, TICK_PITCH_MAX_MM, 0)) -> (kind, bbox, cells) or None: "
      "fields._ticks_py in C."},
     {NULL, NULL, 0, NULL},
 };

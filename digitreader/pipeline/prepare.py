@@ -205,7 +205,7 @@ def flatten(gray: np.ndarray, ppm: float) -> np.ndarray:
     return cv2.divide(gray, cv2.max(bg, 1), scale=255)
 
 
-def _profile_scores(xc: np.ndarray, yc: np.ndarray, angles: np.ndarray, n_bins: int) -> np.ndarray:
+def profile_scores(xc: np.ndarray, yc: np.ndarray, angles: np.ndarray, n_bins: int) -> np.ndarray:
     """Sharpness (sum of squared bin counts) of the ink's projection profile at each angle.
 
     In C (`_prepare.c`: the same float32 steps, so the same bins and scores) where it was built."""
@@ -221,7 +221,7 @@ def _profile_scores(xc: np.ndarray, yc: np.ndarray, angles: np.ndarray, n_bins: 
 
 
 def _profile_scores_np(xc: np.ndarray, yc: np.ndarray, angles: np.ndarray, n_bins: int) -> np.ndarray:
-    """`_profile_scores` with numpy, all angles in one pass."""
+    """`profile_scores` with numpy, all angles in one pass."""
     rad = [math.radians(a) for a in angles.tolist()]
     cos = np.array([math.cos(a) for a in rad], np.float32)[:, None]
     sin = np.array([math.sin(a) for a in rad], np.float32)[:, None]
@@ -255,7 +255,7 @@ def _wide_skew(xc: np.ndarray, yc: np.ndarray, max_angle: float, n_bins: int) ->
     inner = np.arange(-max_angle, max_angle + 1e-9, WIDE_STEP)
     outer = np.arange(max_angle + WIDE_STEP, WIDE_SKEW + 1e-9, WIDE_STEP)
     angles = np.concatenate([inner, outer, -outer])
-    scores = _profile_scores(xc, yc, angles, n_bins)
+    scores = profile_scores(xc, yc, angles, n_bins)
     i = int(np.argmax(scores))
     # A peak at the look's far edge is no peak: a page with a large patch of solid ink (a shadow made
     # black by a fax's threshold) projected sharpest at 45 degrees, and was turned so.
@@ -292,7 +292,7 @@ def estimate_skew(flat: np.ndarray, ppm: float, max_angle: float = MAX_SKEW) -> 
         best = _wide_skew(xc, yc, max_angle, n_bins)
     for span, step in ((max_angle if best == 0.0 else 1.0, 0.5), (0.5, 0.1), (0.1, 0.025)):
         cands = np.arange(best - span, best + span + 1e-9, step)
-        best = float(cands[int(np.argmax(_profile_scores(xc, yc, cands, n_bins)))])
+        best = float(cands[int(np.argmax(profile_scores(xc, yc, cands, n_bins)))])
     return round(best, 3)
 
 
@@ -443,17 +443,12 @@ def prepare_page(page: PageImage, settings: Settings | None = None, rotation: in
         turned = turn(gray, rotation)
         scale_back = scale_back @ unturn_matrix(rotation, gray.shape[1], gray.shape[0])
         gray = turned
-    flat = remove_streaks(flatten(gray, ppm), ppm)
+    flat = unskewed = remove_streaks(flatten(gray, ppm), ppm)
     skew = estimate_skew(flat, ppm)
     h, w = flat.shape
+    m: np.ndarray = np.eye(2, 3)
     if abs(skew) >= 0.05:
-        # Rotate by -skew about the centre, on a canvas large enough to keep the corners.
-        m = cv2.getRotationMatrix2D((w / 2, h / 2), -skew, 1.0)
-        a = math.radians(abs(skew))
-        nw = int(math.ceil(w * math.cos(a) + h * math.sin(a)))
-        nh = int(math.ceil(h * math.cos(a) + w * math.sin(a)))
-        m[0, 2] += (nw - w) / 2
-        m[1, 2] += (nh - h) / 2
+        m, (nw, nh) = straightening(w, h, skew)
         flat = cv2.warpAffine(
             flat, m, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=255
         )
@@ -474,7 +469,21 @@ def prepare_page(page: PageImage, settings: Settings | None = None, rotation: in
         skew_degrees=skew,
         dpi=ppm * 25.4,
         levels=levels,
+        unskewed=unskewed,
+        deskew=m,
     )
+
+
+def straightening(w: int, h: int, skew: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """The (2, 3) affine that turns a `w` x `h` image by -`skew` degrees about its centre onto a canvas
+    large enough to keep its corners, and that canvas's size (width, height)."""
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), -skew, 1.0)
+    a = math.radians(abs(skew))
+    nw = int(math.ceil(w * math.cos(a) + h * math.sin(a)))
+    nh = int(math.ceil(h * math.cos(a) + w * math.sin(a)))
+    m[0, 2] += (nw - w) / 2
+    m[1, 2] += (nh - h) / 2
+    return m, (nw, nh)
 
 
 def turn(img: np.ndarray, rotation: int) -> np.ndarray:

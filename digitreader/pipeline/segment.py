@@ -15,6 +15,7 @@ from digitreader.pipeline.cut import cut_field
 from digitreader.pipeline.fields import find_fields
 from digitreader.pipeline.orient import print_reading, upright_cut
 from digitreader.pipeline.prepare import prepare_page
+from digitreader.pipeline.sheets import SHEET_TURN, find_sheets, sheet_page
 from digitreader.pipeline.split import DigitScorer, default_scorer, splitter_model
 from digitreader.settings import Settings, get_settings
 from digitreader.types import FieldRegion, PageCut, PageImage, PreparedPage
@@ -94,6 +95,47 @@ def segment_page(
     return dataclasses.replace(cut, timings={**cut.timings, "orient": spent})
 
 
+def fields_on_sheets(
+    prepared: PreparedPage, regions: Sequence[FieldRegion], settings: Settings | None = None
+) -> list[tuple[PreparedPage, FieldRegion]] | None:
+    """The page's fields with the prepared page each is to be cut from, where the page holds sheets
+    turned their own way (`sheets.py`): a sheet straightened on its own gives its own fields, unless
+    it finds fewer than the page did on it. None where nothing changed (one sheet, or every sheet
+    straight with the page). Ordered sheet by sheet (top to bottom), each in the fields stage's order;
+    fields on no sheet come first."""
+    sheets = find_sheets(prepared)
+    if not any(abs(s.turn) >= SHEET_TURN for s in sheets):
+        return None
+
+    def centre(r: FieldRegion) -> tuple[float, float]:
+        x, y, w, h = r.bbox
+        return x + w / 2, y + h / 2
+
+    groups: list[list[tuple[PreparedPage, FieldRegion]]] = [[] for _ in range(len(sheets) + 1)]
+    for r in regions:
+        on = next((k for k, s in enumerate(sheets) if s.holds(*centre(r))), len(sheets))
+        groups[on].append((prepared, r))
+    changed = False
+    for k, sheet in enumerate(sheets):
+        if abs(sheet.turn) < SHEET_TURN:
+            continue
+        alone = sheet_page(prepared, sheet, sheets)
+        own = find_fields(alone, settings)
+        log.debug(
+            "page %d: a sheet turned %.2f degrees: %d fields alone, %d with the page",
+            prepared.number,
+            sheet.turn,
+            len(own),
+            len(groups[k]),
+        )
+        if len(own) >= len(groups[k]):
+            groups[k] = [(alone, r) for r in own]
+            changed = True
+    if not changed:
+        return None
+    return groups[-1] + [pair for g in groups[:-1] for pair in g]
+
+
 def _cut_page(
     page: PageImage,
     settings: Settings | None,
@@ -107,6 +149,7 @@ def _cut_page(
     """The page turned `rotation` degrees clockwise, prepared, its fields found (or the template
     applied) and cut. `keep`: the prepared page and its fields are appended to it (turned 0 only)."""
     timings: dict[str, float] = {}
+    on_sheets: list[tuple[PreparedPage, FieldRegion]] | None = None
     t0 = time.perf_counter()
     if prepared is None:
         prepared = prepare_page(page, settings, rotation)
@@ -119,12 +162,16 @@ def _cut_page(
         regions = apply_template(prepared, template)
     elif regions is None:
         regions = find_fields(prepared, settings)
+        on_sheets = fields_on_sheets(prepared, regions, settings)
     t2 = time.perf_counter()
     timings["fields"] = t2 - t1
     if keep is not None and rotation == 0:
         keep.append((prepared, regions))
+    if on_sheets is None:
+        on_sheets = [(prepared, r) for r in regions]
     fields = tuple(
-        cut_field(prepared, r, name=r.name or f"field-{i:02d}", scorer=scorer) for i, r in enumerate(regions, start=1)
+        cut_field(where, r, name=r.name or f"field-{i:02d}", scorer=scorer)
+        for i, (where, r) in enumerate(on_sheets, start=1)
     )
     timings["cut"] = time.perf_counter() - t2
     log.debug(
